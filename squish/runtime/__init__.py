@@ -1,0 +1,139 @@
+"""The runtime: what turns a resolved container spec into a running container.
+
+Everything above this package (the reconciler, the daemon, the CLI) talks to a
+``Runtime``: start, stop, list, update ports, and a stream of exit events.
+Two implementations ship in the package:
+
+- ``squish.runtime.bwrap_runtime.BwrapRuntime``: the real one, driving
+  bubblewrap for the namespaces and mounts and slirp4netns for the network.
+- ``squish.runtime.fake.FakeRuntime``: in memory, with the same contract, for
+  the reconciler's tests.
+
+Only this package touches subprocesses and namespaces.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from squish.layers import Mount
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_HOST_IP = "127.0.0.1"
+DEFAULT_TMP_SIZE = 64 * 1024 * 1024
+DEFAULT_STOP_GRACE = 10.0
+
+
+@dataclass(frozen=True)
+class PortForward:
+    """A host port forwarded into the container.
+
+    ``host_ip`` None means the runtime's configured default bind address.
+    """
+
+    host: int
+    container: int
+    protocol: Literal["tcp", "udp"] = "tcp"
+    host_ip: str | None = None
+
+    def describe(self, default_ip: str = DEFAULT_HOST_IP) -> str:
+        ip = self.host_ip or default_ip
+        host = f"[{ip}]" if ":" in ip else ip
+        return f"{host}:{self.host}->{self.container}/{self.protocol}"
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything the runtime needs to start one container; no manifest types.
+
+    ``rootfs`` is mounted read-only at ``/``; ``mounts`` go at their targets.
+    """
+
+    name: str
+    rootfs: Path
+    command: str
+    args: tuple[str, ...] = ()
+    mounts: tuple[Mount, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    ports: tuple[PortForward, ...] = ()
+    network: bool = True
+    tmp_size: int = DEFAULT_TMP_SIZE
+
+
+class ContainerState(enum.StrEnum):
+    """Where a container is in its life; only the runtime moves it forward."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    EXITED = "exited"
+
+    @property
+    def can_stop(self) -> bool:
+        return self in (ContainerState.STARTING, ContainerState.RUNNING)
+
+    @property
+    def can_update_ports(self) -> bool:
+        return self is ContainerState.RUNNING
+
+
+@dataclass
+class Container:
+    """A container as the runtime sees it (a snapshot; copy before handing out)."""
+
+    id: str
+    spec: ContainerSpec
+    state: ContainerState
+    started_at: float
+    pid: int | None = None  # host pid of the command (pid 2 inside), when known
+    init_pid: int | None = None  # host pid of the sandbox's pid 1
+    ports: tuple[PortForward, ...] = ()
+    exit_code: int | None = None
+    finished_at: float | None = None
+    log_path: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True)
+class ExitEvent:
+    """A container ended: by itself, by a signal, or because it was stopped.
+
+    ``exit_code`` follows the shell convention: 128+N for death by signal N.
+    ``stopped`` is true when the exit was asked for through ``stop``.
+    """
+
+    container_id: str
+    name: str
+    exit_code: int
+    at: float
+    stopped: bool
+    reason: str = ""
+
+
+class Runtime(Protocol):
+    """What the reconciler needs from a container runtime.
+
+    ``start`` returns once the command has been released to run (after its
+    network and port forwards are up); failures before that raise
+    ``RuntimeFailure`` and leave nothing behind. Every container that was
+    started produces exactly one ``ExitEvent`` on every subscription.
+    """
+
+    async def start(self, spec: ContainerSpec) -> Container: ...
+
+    async def stop(self, container_id: str, *, grace: float = DEFAULT_STOP_GRACE) -> Container: ...
+
+    def list(self) -> list[Container]: ...
+
+    async def update_ports(self, container_id: str, ports: Sequence[PortForward]) -> Container: ...
+
+    def subscribe(self) -> MemoryObjectReceiveStream[ExitEvent]: ...

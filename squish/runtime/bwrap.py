@@ -1,0 +1,86 @@
+"""The bwrap command line for a container: pure, sync, tested with tables.
+
+Called by ``BwrapRuntime.start``. The file descriptors are the runtime's
+handshake with bwrap (see ``bwrap_runtime`` for the dance):
+
+- ``--info-fd``: bwrap writes the sandbox's pid 1 (as seen from the host).
+- ``--userns-block-fd``: bwrap waits until the runtime has written the user
+  namespace's uid/gid maps. The runtime writes them itself (instead of letting
+  bwrap do it inside the child) so that they exist before slirp4netns joins
+  the namespace; bwrap then needs no second, nested user namespace.
+- ``--block-fd``: bwrap waits with the command until the network is up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from squish.runtime import DEFAULT_PATH, ContainerSpec
+from squish.runtime.mounts import HostView, Special, plan_mounts
+
+
+@dataclass(frozen=True)
+class HandshakeFds:
+    """The child's ends of the runtime <-> bwrap pipes."""
+
+    info: int
+    userns_block: int
+    block: int
+
+
+def container_env(spec: ContainerSpec) -> dict[str, str]:
+    """Exactly the squishfile's env, plus a default PATH when it sets none."""
+    env = {"PATH": DEFAULT_PATH}
+    env.update(spec.env)
+    return env
+
+
+def bwrap_argv(
+    spec: ContainerSpec,
+    fds: HandshakeFds,
+    *,
+    bwrap: str = "bwrap",
+    host: HostView | None = None,
+) -> list[str]:
+    """Build the full argv that runs ``spec`` under bwrap."""
+    argv = [
+        bwrap,
+        # Every namespace; the net namespace too when the container has no
+        # network, so that it sees nothing but its own loopback.
+        "--unshare-user",
+        "--unshare-ipc",
+        "--unshare-pid",
+        "--unshare-uts",
+        "--unshare-net",
+        "--unshare-cgroup-try",
+        # uid 0 inside, mapped to the daemon's user outside; no capabilities
+        # (bwrap drops them all and sets no_new_privs).
+        "--uid",
+        "0",
+        "--gid",
+        "0",
+        "--cap-drop",
+        "ALL",
+        "--die-with-parent",
+        # A new session: the command cannot TIOCSTI into the daemon's tty.
+        "--new-session",
+        "--info-fd",
+        str(fds.info),
+        "--userns-block-fd",
+        str(fds.userns_block),
+        "--block-fd",
+        str(fds.block),
+        "--hostname",
+        spec.name,
+    ]
+    specials = [
+        Special("/proc", "proc"),
+        Special("/dev", "dev"),
+        Special("/tmp", "tmpfs", size=spec.tmp_size),  # noqa: S108 (inside the container)
+    ]
+    argv += plan_mounts(spec.rootfs, spec.mounts, specials, host)
+    argv += ["--chdir", "/", "--clearenv"]
+    for key, value in container_env(spec).items():
+        argv += ["--setenv", key, value]
+    argv += ["--", spec.command, *spec.args]
+    return argv

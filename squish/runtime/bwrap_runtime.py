@@ -1,0 +1,468 @@
+"""The real runtime: containers as bwrap sandboxes with slirp4netns networking.
+
+Used by the daemon and the CLI through the ``Runtime`` protocol. Must run in
+the event loop's thread of the process that owns the containers: bwrap's
+``--die-with-parent`` fires when the *thread* that spawned it exits, so
+spawning from a worker thread would kill containers when the thread pool
+retires that thread.
+
+Starting a container is a handshake with bwrap over pipes:
+
+1. bwrap clones its sandbox (new user, mount, pid, uts, ipc and net
+   namespaces) and writes the sandbox's pid 1 to ``--info-fd``; it then waits
+   on ``--userns-block-fd``.
+2. We write the uid/gid maps (root inside = our user outside) and release it.
+   Doing it ourselves means the maps exist before slirp4netns joins the user
+   namespace; bwrap would otherwise write them later, from inside, racing
+   slirp4netns's ``setegid(0)``.
+3. While bwrap builds the mounts, slirp4netns joins the network namespace
+   (through the user namespace that owns it, found with NS_GET_USERNS),
+   brings up ``tap0`` and reports ready; port forwards go through its API.
+4. We write to ``--block-fd``: only now does the command run, with its
+   network already up.
+
+Stopping sends SIGTERM to the command (pid 2 inside, found through pid 1's
+children; a SIGTERM to a pid namespace's init without a handler would be
+ignored), waits for the grace period, then SIGKILLs pid 1, which takes the
+whole pid namespace with it. Exits are noticed through pidfds, at once, not
+by polling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import TracebackType
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from squish.errors import ContainerNotFound, PortInUse, RuntimeFailure
+from squish.runtime import (
+    DEFAULT_HOST_IP,
+    DEFAULT_STOP_GRACE,
+    Container,
+    ContainerSpec,
+    ContainerState,
+    ExitEvent,
+    PortForward,
+    kernel,
+)
+from squish.runtime.bwrap import HandshakeFds, bwrap_argv
+from squish.runtime.logs import DEFAULT_KEEP, DEFAULT_MAX_BYTES, RotatingLog, drain
+from squish.runtime.slirp import Slirp
+
+# How long stop() looks for pid 2 when called right after start(), before
+# bwrap's pid 1 has forked it.
+_PID2_WAIT = 0.5
+
+
+def check_ports_free(ports: Sequence[PortForward], default_ip: str) -> None:
+    """Raise ``PortInUse`` when a host port is already bound by someone.
+
+    Done before anything starts, so a taken port is a clear error instead of
+    a container that comes up without its forward. (A port can still be
+    taken in the instant between this check and slirp4netns binding it; the
+    forward then fails and the start is rolled back.)
+    """
+    for port in ports:
+        ip = port.host_ip or default_ip
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        kind = socket.SOCK_STREAM if port.protocol == "tcp" else socket.SOCK_DGRAM
+        with socket.socket(family, kind) as probe:
+            if kind == socket.SOCK_STREAM:
+                # Ignore TIME_WAIT leftovers, as the real listener will.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((ip, port.host))
+            except OSError as exc:
+                raise PortInUse(
+                    f"host port {port.describe(default_ip)}: {exc.strerror or exc}"
+                ) from exc
+
+
+@dataclass(eq=False)
+class _Live:
+    """The runtime's own record of a container it started."""
+
+    container: Container
+    monitor: subprocess.Popen[bytes]
+    monitor_pidfd: int
+    init_pidfd: int
+    run_dir: Path
+    slirp: Slirp | None = None
+    forwards: dict[PortForward, int] = field(default_factory=dict)
+    exited: anyio.Event = field(default_factory=anyio.Event)
+    stop_requested: bool = False
+
+
+class BwrapRuntime:
+    """Runs containers rootless with bwrap and slirp4netns.
+
+    Use as an async context manager; leaving it stops every container::
+
+        async with BwrapRuntime(run_dir=..., log_dir=...) as runtime:
+            container = await runtime.start(spec)
+    """
+
+    def __init__(
+        self,
+        *,
+        run_dir: Path,
+        log_dir: Path,
+        default_host_ip: str = DEFAULT_HOST_IP,
+        bwrap: str = "bwrap",
+        slirp4netns: str = "slirp4netns",
+        log_max_bytes: int = DEFAULT_MAX_BYTES,
+        log_keep: int = DEFAULT_KEEP,
+    ) -> None:
+        self.run_dir = run_dir
+        self.log_dir = log_dir
+        self.default_host_ip = default_host_ip
+        self.bwrap = bwrap
+        self.slirp4netns = slirp4netns
+        self.log_max_bytes = log_max_bytes
+        self.log_keep = log_keep
+        self._live: dict[str, _Live] = {}
+        self._subscribers: list[MemoryObjectSendStream[ExitEvent]] = []
+        self._exit_stack = contextlib.AsyncExitStack()
+        self._tg: TaskGroup | None = None
+
+    async def __aenter__(self) -> BwrapRuntime:
+        for tool in (self.bwrap, self.slirp4netns):
+            if shutil.which(tool) is None:
+                raise RuntimeFailure(f"{tool} is not installed (run scripts/setup as root)")
+        kernel.become_subreaper()
+        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Whatever a previous owner of this run directory left behind belongs
+        # to containers that died with it (they cannot outlive their owner).
+        for stale in self.run_dir.iterdir():
+            shutil.rmtree(stale, ignore_errors=True)
+        self._tg = await self._exit_stack.enter_async_context(anyio.create_task_group())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        with anyio.CancelScope(shield=True):
+            await self.stop_all()
+        for subscriber in self._subscribers:
+            subscriber.close()
+        return await self._exit_stack.__aexit__(exc_type, exc, tb)
+
+    async def stop_all(self, *, grace: float = DEFAULT_STOP_GRACE) -> None:
+        async with anyio.create_task_group() as tg:
+            for container_id in list(self._live):
+                tg.start_soon(self._stop_quietly, container_id, grace)
+
+    async def _stop_quietly(self, container_id: str, grace: float) -> None:
+        with contextlib.suppress(ContainerNotFound):
+            await self.stop(container_id, grace=grace)
+
+    # -- queries ---------------------------------------------------------
+
+    def _snapshot(self, live: _Live) -> Container:
+        container = live.container
+        if container.pid is None and container.init_pid is not None and not live.exited.is_set():
+            found = kernel.children(container.init_pid)
+            if found:
+                container.pid = found[0]
+        return replace(container)
+
+    def list(self) -> list[Container]:
+        return [self._snapshot(live) for live in self._live.values()]
+
+    def get(self, container_id: str) -> Container:
+        return self._snapshot(self._get(container_id))
+
+    def _get(self, container_id: str) -> _Live:
+        try:
+            return self._live[container_id]
+        except KeyError:
+            raise ContainerNotFound(f"no running container {container_id[:12]}") from None
+
+    def subscribe(self) -> MemoryObjectReceiveStream[ExitEvent]:
+        send, receive = anyio.create_memory_object_stream[ExitEvent](max_buffer_size=1024)
+        self._subscribers.append(send)
+        return receive
+
+    # -- start -----------------------------------------------------------
+
+    async def start(self, spec: ContainerSpec) -> Container:
+        if self._tg is None:
+            raise RuntimeFailure("the runtime is not running (use it as 'async with')")
+        if spec.ports and not spec.network:
+            raise RuntimeFailure(f"{spec.name}: ports need a network, but network is 'none'")
+        check_ports_free(spec.ports, self.default_host_ip)
+        container_id = secrets.token_hex(32)
+        run_dir = self.run_dir / container_id[:16]
+        run_dir.mkdir(mode=0o700)
+        log = RotatingLog(
+            self.log_dir / f"{spec.name}.log", max_bytes=self.log_max_bytes, keep=self.log_keep
+        )
+        fds: list[int] = []
+
+        def pipe() -> tuple[int, int]:
+            pair = os.pipe2(os.O_CLOEXEC)
+            fds.extend(pair)
+            return pair
+
+        def close(fd: int) -> None:
+            fds.remove(fd)
+            os.close(fd)
+
+        live: _Live | None = None
+        try:
+            log_r, log_w = pipe()
+            info_r, info_w = pipe()
+            userns_r, userns_w = pipe()
+            block_r, block_w = pipe()
+            argv = bwrap_argv(spec, HandshakeFds(info_w, userns_r, block_r), bwrap=self.bwrap)
+            started_at = time.time()
+            try:
+                # Spawned here, in the loop's thread, on purpose: see the
+                # module docstring (--die-with-parent follows the thread).
+                monitor = subprocess.Popen(  # noqa: ASYNC220
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_w,
+                    stderr=log_w,
+                    pass_fds=(info_w, userns_r, block_r),
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise RuntimeFailure(f"cannot run {self.bwrap}: {exc}") from exc
+            for fd in (info_w, userns_r, block_r):
+                close(fd)
+            monitor_pidfd = os.pidfd_open(monitor.pid)
+            fds.append(monitor_pidfd)
+
+            info = await self._read_info(info_r)
+            close(info_r)
+            if info is None:
+                monitor.wait()
+                raise RuntimeFailure(f"{spec.name}: bwrap failed: {_pending_complaint(log_r)}")
+            init_pid = int(info["child-pid"])
+            init_pidfd = os.pidfd_open(init_pid)
+            fds.append(init_pidfd)
+            container = Container(
+                id=container_id,
+                spec=spec,
+                state=ContainerState.STARTING,
+                started_at=started_at,
+                init_pid=init_pid,
+                log_path=log.path,
+            )
+            live = _Live(container, monitor, monitor_pidfd, init_pidfd, run_dir)
+            kernel.map_root_to(init_pid, os.getuid(), os.getgid())
+            if spec.network:
+                netns_fd = os.open(f"/proc/{init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                fds.append(netns_fd)
+                userns_fd = kernel.owning_userns(netns_fd)
+                fds.append(userns_fd)
+            os.write(userns_w, b"1")
+            close(userns_w)
+            if spec.network:
+                live.slirp = await Slirp.start(
+                    netns_fd=netns_fd,
+                    userns_fd=userns_fd,
+                    api_socket=run_dir / "slirp.sock",
+                    log_fd=log_w,
+                    slirp4netns=self.slirp4netns,
+                )
+                close(netns_fd)
+                close(userns_fd)
+                for port in spec.ports:
+                    await self._add_forward(live, port)
+            close(log_w)
+            # Release the command; its network is up.
+            os.write(block_w, b"1")
+            close(block_w)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                if live is not None:
+                    await self._abort(live)
+                for fd in fds:
+                    os.close(fd)
+                log.close()
+                shutil.rmtree(run_dir, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise RuntimeFailure(f"{spec.name}: cannot start: {exc}") from exc
+            raise
+        container.state = ContainerState.RUNNING
+        container.ports = tuple(live.forwards)
+        self._live[container_id] = live
+        self._tg.start_soon(self._watch, live, log_r, log)
+        return self._snapshot(live)
+
+    async def _read_info(self, info_r: int) -> dict[str, int] | None:
+        """Read bwrap's info JSON; None when bwrap died before writing it."""
+        data = b""
+        os.set_blocking(info_r, False)
+        while True:
+            await anyio.wait_readable(info_r)
+            try:
+                chunk = os.read(info_r, 4096)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                break
+            data += chunk
+        if not data:
+            return None
+        decoded: dict[str, int] = json.loads(data)
+        return decoded
+
+    async def _add_forward(self, live: _Live, port: PortForward) -> None:
+        assert live.slirp is not None
+        ip = port.host_ip or self.default_host_ip
+        forward_id = await live.slirp.add_forward(port.protocol, ip, port.host, port.container)
+        live.forwards[port] = forward_id
+
+    async def _abort(self, live: _Live) -> None:
+        """Undo a half-done start: kill the sandbox, stop slirp4netns."""
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(live.init_pidfd, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            live.monitor.kill()
+        live.monitor.wait()
+        await self._reap_init(live)
+        if live.slirp is not None:
+            await live.slirp.close()
+
+    async def _reap_init(self, live: _Live) -> None:
+        # pid 1 dies by PDEATHSIG once the monitor is gone, and exits only
+        # after every other process of its pid namespace has; as a subreaper
+        # we may have inherited it and must reap it ourselves.
+        with anyio.move_on_after(5):
+            await anyio.wait_readable(live.init_pidfd)
+        with contextlib.suppress(ChildProcessError):
+            os.waitid(os.P_PIDFD, live.init_pidfd, os.WEXITED | os.WNOHANG)  # noqa: ASYNC222
+
+    # -- exit ------------------------------------------------------------
+
+    async def _watch(self, live: _Live, log_r: int, log: RotatingLog) -> None:
+        container = live.container
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(drain, log_r, log)
+            await anyio.wait_readable(live.monitor_pidfd)
+            returncode = live.monitor.wait()
+            await self._reap_init(live)
+            if live.slirp is not None:
+                await live.slirp.close()
+        os.close(live.monitor_pidfd)
+        os.close(live.init_pidfd)
+        shutil.rmtree(live.run_dir, ignore_errors=True)
+        exit_code = returncode if returncode >= 0 else 128 - returncode
+        container.state = ContainerState.EXITED
+        container.exit_code = exit_code
+        container.finished_at = time.time()
+        self._live.pop(container.id, None)
+        event = ExitEvent(
+            container_id=container.id,
+            name=container.name,
+            exit_code=exit_code,
+            at=container.finished_at,
+            stopped=live.stop_requested,
+            reason=_bwrap_complaint(log.recent),
+        )
+        live.exited.set()
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber.send_nowait(event)
+            except anyio.WouldBlock:
+                pass  # a subscriber that stopped reading loses events, not us
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                self._subscribers.remove(subscriber)
+
+    # -- stop ------------------------------------------------------------
+
+    async def stop(self, container_id: str, *, grace: float = DEFAULT_STOP_GRACE) -> Container:
+        live = self._get(container_id)
+        container = live.container
+        if container.state.can_stop:
+            live.stop_requested = True
+            container.state = ContainerState.STOPPING
+            await self._terminate_command(live)
+            with anyio.move_on_after(grace):
+                await live.exited.wait()
+            if not live.exited.is_set():
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(live.init_pidfd, signal.SIGKILL)
+        await live.exited.wait()
+        return replace(container)
+
+    async def _terminate_command(self, live: _Live) -> None:
+        init_pid = live.container.init_pid
+        assert init_pid is not None
+        deadline = time.monotonic() + _PID2_WAIT
+        while not live.exited.is_set():
+            found = kernel.children(init_pid)
+            if found:
+                for pid in found:
+                    with contextlib.suppress(ProcessLookupError):
+                        pidfd = os.pidfd_open(pid)
+                        try:
+                            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+                        finally:
+                            os.close(pidfd)
+                return
+            if time.monotonic() > deadline:
+                return
+            await anyio.sleep(0.002)
+
+    # -- ports -----------------------------------------------------------
+
+    async def update_ports(self, container_id: str, ports: Sequence[PortForward]) -> Container:
+        live = self._get(container_id)
+        container = live.container
+        if not container.state.can_update_ports:
+            raise RuntimeFailure(f"{container.name}: cannot change ports while {container.state}")
+        wanted = list(dict.fromkeys(ports))
+        if wanted and live.slirp is None:
+            raise RuntimeFailure(f"{container.name}: ports need a network, but network is 'none'")
+        removed = [port for port in live.forwards if port not in wanted]
+        added = [port for port in wanted if port not in live.forwards]
+        for port in removed:
+            assert live.slirp is not None
+            await live.slirp.remove_forward(live.forwards.pop(port))
+        # Only ports nobody holds yet need the check; a port moved from one
+        # forward of this container to another was freed just above.
+        check_ports_free(added, self.default_host_ip)
+        for port in added:
+            await self._add_forward(live, port)
+        container.ports = tuple(live.forwards)
+        return self._snapshot(live)
+
+
+def _pending_complaint(log_r: int) -> str:
+    """What bwrap wrote before dying, read from the not yet drained log pipe."""
+    os.set_blocking(log_r, False)
+    try:
+        said = os.read(log_r, 4096)
+    except BlockingIOError:
+        said = b""
+    return _bwrap_complaint(said) or "no message"
+
+
+def _bwrap_complaint(recent: bytes | bytearray) -> str:
+    """bwrap's own last error ("bwrap: execvp /app/x: No such file ..."), if any."""
+    for line in reversed(recent.decode(errors="replace").splitlines()):
+        if line.startswith("bwrap: "):
+            return line
+    return ""

@@ -1,0 +1,124 @@
+"""An in-memory runtime with the real one's contract, for tests above it.
+
+The reconciler's tests drive this instead of bwrap: containers "run" until
+a test makes them exit (``crash``) or they are stopped, ports are checked for
+conflicts between containers, and every call is recorded in ``calls`` so a
+test can assert on what the reconciler asked for. Failures can be scripted
+per container name with ``fail_next_start``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+
+import anyio
+import anyio.lowlevel
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from squish.errors import ContainerNotFound, PortInUse, RuntimeFailure
+from squish.runtime import (
+    DEFAULT_HOST_IP,
+    DEFAULT_STOP_GRACE,
+    Container,
+    ContainerSpec,
+    ContainerState,
+    ExitEvent,
+    PortForward,
+)
+
+
+class FakeRuntime:
+    """Containers as dictionary entries; exits delivered like the real thing."""
+
+    def __init__(self, *, default_host_ip: str = DEFAULT_HOST_IP) -> None:
+        self.default_host_ip = default_host_ip
+        self.calls: list[tuple[str, str]] = []
+        self._live: dict[str, Container] = {}
+        self._subscribers: list[MemoryObjectSendStream[ExitEvent]] = []
+        self._failures: dict[str, RuntimeFailure] = {}
+        self._pids = itertools.count(1000)
+
+    def fail_next_start(self, name: str, error: RuntimeFailure) -> None:
+        self._failures[name] = error
+
+    def subscribe(self) -> MemoryObjectReceiveStream[ExitEvent]:
+        send, receive = anyio.create_memory_object_stream[ExitEvent](max_buffer_size=1024)
+        self._subscribers.append(send)
+        return receive
+
+    def list(self) -> list[Container]:
+        return [replace(container) for container in self._live.values()]
+
+    def _held_ports(self, exclude: str | None = None) -> set[tuple[str, int, str]]:
+        return {
+            (port.host_ip or self.default_host_ip, port.host, port.protocol)
+            for container in self._live.values()
+            if container.id != exclude
+            for port in container.ports
+        }
+
+    def _check_ports(self, ports: Sequence[PortForward], exclude: str | None = None) -> None:
+        held = self._held_ports(exclude)
+        for port in ports:
+            if (port.host_ip or self.default_host_ip, port.host, port.protocol) in held:
+                raise PortInUse(f"host port {port.describe(self.default_host_ip)}: in use")
+
+    async def start(self, spec: ContainerSpec) -> Container:
+        self.calls.append(("start", spec.name))
+        await anyio.lowlevel.checkpoint()
+        if spec.name in self._failures:
+            raise self._failures.pop(spec.name)
+        if spec.ports and not spec.network:
+            raise RuntimeFailure(f"{spec.name}: ports need a network, but network is 'none'")
+        self._check_ports(spec.ports)
+        container = Container(
+            id=secrets.token_hex(32),
+            spec=spec,
+            state=ContainerState.RUNNING,
+            started_at=time.time(),
+            pid=next(self._pids),
+            init_pid=next(self._pids),
+            ports=tuple(dict.fromkeys(spec.ports)),
+        )
+        self._live[container.id] = container
+        return replace(container)
+
+    def _get(self, container_id: str) -> Container:
+        try:
+            return self._live[container_id]
+        except KeyError:
+            raise ContainerNotFound(f"no running container {container_id[:12]}") from None
+
+    def _exit(self, container: Container, exit_code: int, *, stopped: bool) -> None:
+        container.state = ContainerState.EXITED
+        container.exit_code = exit_code
+        container.finished_at = time.time()
+        del self._live[container.id]
+        event = ExitEvent(container.id, container.name, exit_code, container.finished_at, stopped)
+        for subscriber in self._subscribers:
+            subscriber.send_nowait(event)
+
+    def crash(self, container_id: str, exit_code: int = 1) -> None:
+        """Make a container exit by itself, as if its command had died."""
+        self._exit(self._get(container_id), exit_code, stopped=False)
+
+    async def stop(self, container_id: str, *, grace: float = DEFAULT_STOP_GRACE) -> Container:
+        self.calls.append(("stop", container_id))
+        container = self._get(container_id)
+        await anyio.lowlevel.checkpoint()
+        self._exit(container, 143, stopped=True)
+        return replace(container)
+
+    async def update_ports(self, container_id: str, ports: Sequence[PortForward]) -> Container:
+        self.calls.append(("update_ports", container_id))
+        container = self._get(container_id)
+        if ports and not container.spec.network:
+            raise RuntimeFailure(f"{container.name}: ports need a network, but network is 'none'")
+        self._check_ports(ports, exclude=container_id)
+        await anyio.lowlevel.checkpoint()
+        container.ports = tuple(dict.fromkeys(ports))
+        return replace(container)

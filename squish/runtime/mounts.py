@@ -1,0 +1,253 @@
+"""Mount planning: the container's filesystem as bwrap arguments.
+
+Called by the bwrap argv builder. Pure apart from looking at the host through
+a ``HostView`` (the real one lstat()s, tests pass a dictionary).
+
+The rootfs and every layer are shared read-only between containers, so a
+layer whose target does not exist in the base (``/app/run.sh``,
+``/sdk/python``, ``/data/x``) cannot be given a mount point by creating it in
+the base. Instead the nearest existing directory above the target is
+"exploded": a tmpfs is mounted over it, each entry of the original directory
+is bind-mounted back into the tmpfs (with the original's read-only flag),
+bwrap creates the missing mount points in the tmpfs, and the tmpfs is
+remounted read-only once everything is in place. Inside the container the
+directory looks exactly like the original plus the new mount points, and
+nothing was written anywhere on the host.
+
+The common case costs nothing: a target that exists in the base is mounted
+over directly, and the built-in base ships empty ``/app`` and ``/sdk`` so
+exploding them binds no entries at all.
+
+Mount points are ordered by depth so that a parent is always mounted before
+anything inside it; a symlink on the way to a target is refused, because the
+kernel would resolve it against the wrong root while bwrap sets up mounts.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Literal, Protocol
+
+from squish.errors import RuntimeFailure
+from squish.layers import Mount
+
+
+class Kind(enum.Enum):
+    MISSING = "missing"
+    DIR = "directory"
+    FILE = "file"
+    SYMLINK = "symlink"
+    OTHER = "special file"
+
+
+class HostView(Protocol):
+    """What the planner needs to know about host paths."""
+
+    def kind(self, path: Path) -> Kind: ...
+
+    def entries(self, path: Path) -> list[str]: ...
+
+    def readlink(self, path: Path) -> str: ...
+
+
+class RealHost:
+    """The host filesystem, seen through lstat (symlinks are not followed)."""
+
+    def kind(self, path: Path) -> Kind:
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return Kind.MISSING
+        except NotADirectoryError:
+            return Kind.MISSING
+        if stat.S_ISDIR(mode):
+            return Kind.DIR
+        if stat.S_ISREG(mode):
+            return Kind.FILE
+        if stat.S_ISLNK(mode):
+            return Kind.SYMLINK
+        return Kind.OTHER
+
+    def entries(self, path: Path) -> list[str]:
+        return sorted(os.listdir(path))
+
+    def readlink(self, path: Path) -> str:
+        return os.readlink(path)
+
+
+@dataclass(frozen=True)
+class Special:
+    """A kernel filesystem mounted fresh in the container."""
+
+    target: str
+    kind: Literal["proc", "dev", "tmpfs"]
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class _Bind:
+    source: Path
+    rw: bool
+    # A bind created by exploding a directory may point at a symlink, which
+    # is recreated as a symlink instead of being mounted.
+    symlink: str | None = None
+
+
+@dataclass(frozen=True)
+class _Tmpfs:
+    """A writable-at-setup directory: an exploded one, or /tmp."""
+
+    remount_ro: bool
+
+
+_Owner = _Bind | _Tmpfs | Special
+
+
+def _depth(path: str) -> int:
+    return 0 if path == "/" else path.count("/")
+
+
+def _parent(path: str) -> str:
+    return str(PurePosixPath(path).parent)
+
+
+def _join(parent: str, name: str) -> str:
+    return f"/{name}" if parent == "/" else f"{parent}/{name}"
+
+
+class _Planner:
+    def __init__(self, rootfs: Path, host: HostView) -> None:
+        self.host = host
+        self.owners: dict[str, _Owner] = {"/": _Bind(rootfs, rw=False)}
+        # Mount points bwrap will create inside tmpfs owners: path -> kind.
+        self.created: dict[str, Kind] = {}
+
+    def owner_of(self, path: str) -> tuple[str, _Owner]:
+        probe = path
+        while probe not in self.owners:
+            probe = _parent(probe)
+        return probe, self.owners[probe]
+
+    def kind_in_view(self, path: str) -> Kind:
+        mount_point, owner = self.owner_of(path)
+        if isinstance(owner, _Bind):
+            if owner.symlink is not None:
+                return Kind.SYMLINK
+            rel = os.path.relpath(path, mount_point)
+            host_path = owner.source if rel == "." else owner.source / rel
+            return self.host.kind(host_path)
+        if path == mount_point:
+            return Kind.DIR
+        if isinstance(owner, Special) and owner.kind != "tmpfs":
+            return Kind.OTHER
+        return self.created.get(path, Kind.MISSING)
+
+    def make_dir_creatable(self, path: str, *, why: str) -> None:
+        """Make ``path`` a directory in which bwrap can create mount points."""
+        kind = self.kind_in_view(path)
+        if kind is Kind.MISSING:
+            self.make_dir_creatable(_parent(path), why=why)
+            self.created[path] = Kind.DIR
+            return
+        if kind is not Kind.DIR:
+            raise RuntimeFailure(
+                f"{why}: {path} is a {kind.value} in the container, not a directory"
+            )
+        mount_point, owner = self.owner_of(path)
+        if isinstance(owner, _Tmpfs) or (isinstance(owner, Special) and owner.kind == "tmpfs"):
+            return
+        if isinstance(owner, Special):
+            raise RuntimeFailure(f"{why}: cannot mount inside {mount_point}")
+        self.explode(path, mount_point, owner)
+
+    def explode(self, path: str, mount_point: str, owner: _Bind) -> None:
+        rel = os.path.relpath(path, mount_point)
+        source = owner.source if rel == "." else owner.source / rel
+        self.owners[path] = _Tmpfs(remount_ro=True)
+        for name in self.host.entries(source):
+            child = _join(path, name)
+            if child in self.owners:
+                continue  # already a mount point of its own; it stays on top
+            child_source = source / name
+            link = None
+            if self.host.kind(child_source) is Kind.SYMLINK:
+                link = self.host.readlink(child_source)
+            self.owners[child] = _Bind(child_source, owner.rw, symlink=link)
+
+    def place(self, target: str, owner: _Owner, want: Kind, *, why: str) -> None:
+        kind = self.kind_in_view(target)
+        if kind is Kind.SYMLINK:
+            raise RuntimeFailure(
+                f"{why}: {target} is a symlink in the container; use the real path"
+            )
+        if kind is Kind.MISSING:
+            self.make_dir_creatable(_parent(target), why=why)
+            self.created[target] = want
+        elif kind is Kind.OTHER or (want is Kind.DIR) != (kind is Kind.DIR):
+            raise RuntimeFailure(
+                f"{why}: {target} is a {kind.value} in the container, the layer is a {want.value}"
+            )
+        self.owners[target] = owner
+
+    def argv(self) -> list[str]:
+        args: list[str] = []
+        remount: list[str] = []
+        order = sorted(self.owners.items(), key=lambda item: _depth(item[0]))
+        for target, owner in order:
+            if isinstance(owner, _Bind):
+                if owner.symlink is not None:
+                    args += ["--symlink", owner.symlink, target]
+                else:
+                    args += ["--bind" if owner.rw else "--ro-bind", str(owner.source), target]
+            elif isinstance(owner, _Tmpfs):
+                if target != "/":  # bwrap's root is a tmpfs already
+                    args += ["--tmpfs", target]
+                if owner.remount_ro:
+                    remount.append(target)
+            elif owner.kind == "tmpfs":
+                if owner.size is not None:
+                    args += ["--size", str(owner.size)]
+                args += ["--tmpfs", target]
+            else:
+                args += [f"--{owner.kind}", target]
+        for target in remount:
+            args += ["--remount-ro", target]
+        return args
+
+
+def plan_mounts(
+    rootfs: Path,
+    mounts: Sequence[Mount],
+    specials: Sequence[Special] = (),
+    host: HostView | None = None,
+) -> list[str]:
+    """Return the bwrap arguments that build the container's filesystem.
+
+    Raises ``RuntimeFailure`` when a layer cannot be placed (its target is a
+    symlink, or a file where the layer is a directory, or the reverse).
+    """
+    view = host or RealHost()
+    if view.kind(rootfs) is not Kind.DIR:
+        raise RuntimeFailure(f"rootfs {rootfs} is not a directory")
+    planner = _Planner(rootfs, view)
+    placed: list[tuple[str, _Owner, Kind, str]] = []
+    for special in specials:
+        placed.append((special.target, special, Kind.DIR, special.target))
+    for mount in mounts:
+        kind = view.kind(mount.source)
+        if kind not in (Kind.DIR, Kind.FILE):
+            raise RuntimeFailure(
+                f"layer for {mount.target}: {mount.source} is a {kind.value}, "
+                "expected a file or directory"
+            )
+        placed.append((mount.target, _Bind(mount.source, mount.rw), kind, f"layer {mount.target}"))
+    # Parents first: a target's mount point may only be created once
+    # everything above it is in place.
+    for target, owner, want, why in sorted(placed, key=lambda p: _depth(p[0])):
+        planner.place(target, owner, want, why=why)
+    return planner.argv()

@@ -1,0 +1,161 @@
+"""slirp4netns: user-mode networking for one container, and its API socket.
+
+Called by ``BwrapRuntime``. One slirp4netns process per networked container
+joins the container's network namespace (through the user namespace that
+owns it), configures ``tap0`` with 10.0.2.100/24, gateway 10.0.2.2 and DNS
+10.0.2.3, and forwards host ports into the container through its JSON API
+socket, which lets forwards be added and removed while the container runs.
+
+Its lifetime is tied to the runtime's by ``--exit-fd``: slirp4netns exits as
+soon as the pipe's write end closes, which the kernel does when the daemon
+dies, however it dies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from squish.errors import PortInUse, RuntimeFailure
+
+MTU = 65520
+GUEST_ADDR = "10.0.2.100"
+
+
+@dataclass
+class Slirp:
+    """A running slirp4netns and the fds that tie it to us."""
+
+    process: subprocess.Popen[bytes]
+    api_socket: Path
+    exit_w: int  # closing this makes slirp4netns exit
+
+    @classmethod
+    async def start(
+        cls,
+        *,
+        netns_fd: int,
+        userns_fd: int,
+        api_socket: Path,
+        log_fd: int,
+        slirp4netns: str = "slirp4netns",
+    ) -> Slirp:
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        exit_r, exit_w = os.pipe2(os.O_CLOEXEC)
+        argv = [
+            slirp4netns,
+            "--configure",
+            f"--mtu={MTU}",
+            "--disable-host-loopback",
+            "--enable-seccomp",
+            f"--userns-path=/proc/self/fd/{userns_fd}",
+            "--netns-type=path",
+            "--ready-fd",
+            str(ready_w),
+            "--exit-fd",
+            str(exit_r),
+            "--api-socket",
+            str(api_socket),
+            f"/proc/self/fd/{netns_fd}",
+            "tap0",
+        ]
+        try:
+            # In the loop's thread, like bwrap; exiting is tied to --exit-fd.
+            process = subprocess.Popen(  # noqa: ASYNC220
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=log_fd,
+                pass_fds=(userns_fd, netns_fd, ready_w, exit_r),
+            )
+        except OSError as exc:
+            for fd in (ready_r, ready_w, exit_r, exit_w):
+                os.close(fd)
+            raise RuntimeFailure(f"cannot run slirp4netns: {exc}") from exc
+        os.close(ready_w)
+        os.close(exit_r)
+        slirp = cls(process, api_socket, exit_w)
+        try:
+            await anyio.wait_readable(ready_r)
+            ready = os.read(ready_r, 1)
+        finally:
+            os.close(ready_r)
+        if ready != b"1":
+            await slirp.close()
+            raise RuntimeFailure(
+                "slirp4netns failed to set up the network "
+                "(is /dev/net/tun usable by this user? see the container log)"
+            )
+        return slirp
+
+    async def _call(self, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            async with await anyio.connect_unix(str(self.api_socket)) as stream:
+                await stream.send(json.dumps(request).encode())
+                await stream.send_eof()
+                reply = b""
+                async for chunk in stream:
+                    reply += chunk
+        except (OSError, anyio.BrokenResourceError) as exc:
+            raise RuntimeFailure(f"slirp4netns API: {exc}") from exc
+        try:
+            decoded: dict[str, Any] = json.loads(reply)
+        except ValueError as exc:
+            raise RuntimeFailure(f"slirp4netns API: unreadable reply {reply[:80]!r}") from exc
+        return decoded
+
+    async def add_forward(
+        self, protocol: str, host_ip: str, host_port: int, guest_port: int
+    ) -> int:
+        """Forward ``host_ip:host_port`` to the container; returns the forward's id."""
+        reply = await self._call(
+            {
+                "execute": "add_hostfwd",
+                "arguments": {
+                    "proto": protocol,
+                    "host_addr": host_ip,
+                    "host_port": host_port,
+                    "guest_addr": GUEST_ADDR,
+                    "guest_port": guest_port,
+                },
+            }
+        )
+        if "error" in reply:
+            desc = reply["error"].get("desc", reply["error"])
+            if "bind" in str(desc).lower() or "in use" in str(desc).lower():
+                raise PortInUse(f"port {host_ip}:{host_port}/{protocol} is already in use")
+            raise RuntimeFailure(f"slirp4netns cannot forward {host_port}/{protocol}: {desc}")
+        return int(reply["return"]["id"])
+
+    async def remove_forward(self, forward_id: int) -> None:
+        reply = await self._call({"execute": "remove_hostfwd", "arguments": {"id": forward_id}})
+        if "error" in reply:
+            raise RuntimeFailure(
+                f"slirp4netns cannot remove forward {forward_id}: {reply['error']}"
+            )
+
+    async def close(self) -> None:
+        """Make slirp4netns exit and wait until it has, then remove its socket."""
+        if self.exit_w >= 0:
+            os.close(self.exit_w)
+            self.exit_w = -1
+        try:
+            pidfd = os.pidfd_open(self.process.pid)
+        except ProcessLookupError:
+            pass
+        else:
+            try:
+                with anyio.move_on_after(2):
+                    await anyio.wait_readable(pidfd)
+                if self.process.poll() is None:
+                    self.process.kill()
+            finally:
+                os.close(pidfd)
+        self.process.wait()
+        self.api_socket.unlink(missing_ok=True)
