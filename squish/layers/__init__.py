@@ -1,0 +1,30 @@
+"""The layer store: every layer of a squishfile resolved to a host path.
+
+The daemon and the CLI call ``LayerStore.resolve(base, layers)`` with a
+squishfile's layers and pass the resulting ``ResolvedLayers`` (a rootfs
+directory and ``Mount``\\ s) to the runtime, which imports ``Mount`` from here.
+This package never imports the manifest: layers come in as anything shaped
+like ``LayerRef``.
+
+Inside, one ``Resolver`` per ``LayerKind`` does the work (``path``: local files
+and directories; ``busybox``: the built-in base), directories the store builds
+live in the content-addressed ``LayerCache`` (``cache``), and ``model`` holds
+the pure types. Only the names below are public.
+"""
+
+from squish.layers.cache import LayerCache
+from squish.layers.model import BUILTIN_BASE, LayerKind, LayerRef, Mount, ResolvedLayers
+from squish.layers.resolver import RecordingResolver, Resolver
+from squish.layers.store import LayerStore
+
+__all__ = [
+    "BUILTIN_BASE",
+    "LayerCache",
+    "LayerKind",
+    "LayerRef",
+    "LayerStore",
+    "Mount",
+    "RecordingResolver",
+    "ResolvedLayers",
+    "Resolver",
+]

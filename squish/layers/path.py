@@ -1,0 +1,48 @@
+"""The resolver for local path layers: files and directories used as they are.
+
+Chosen by ``squish.layers.store.LayerStore`` for ``LayerKind.PATH`` (a file or
+directory bind-mounted at the layer's target) and ``LayerKind.ROOTFS_PATH`` (a
+directory used as the base rootfs). Nothing is copied: the runtime binds the
+host path read-only (or read-write when the manifest says ``rw``).
+"""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+from squish.errors import LayerError
+from squish.layers.model import LayerRef
+
+
+class PathResolver:
+    """Checks that a layer's host path exists and is something bwrap can bind."""
+
+    def __init__(self, *, directory_only: bool = False) -> None:
+        self.directory_only = directory_only
+
+    def resolve(self, layer: LayerRef) -> Path:
+        if layer.path is None:
+            raise LayerError("has no path")
+        path = layer.path
+        if not path.is_absolute():
+            # The manifest resolves paths against the squishfile's directory;
+            # a relative one here would depend on the daemon's cwd.
+            raise LayerError(f"{path} is not an absolute host path")
+        try:
+            # Resolve symlinks now so the runtime binds what was checked here.
+            real = path.resolve(strict=True)
+            mode = real.stat().st_mode
+        except FileNotFoundError as exc:
+            if path.is_symlink():
+                raise LayerError(f"{path} is a symlink to something that does not exist") from exc
+            raise LayerError(f"{path} does not exist") from exc
+        except OSError as exc:
+            raise LayerError(f"cannot access {path}: {exc.strerror}") from exc
+        if self.directory_only and not stat.S_ISDIR(mode):
+            raise LayerError(f"{path} is not a directory; a base rootfs must be one")
+        # Devices, sockets and fifos have no business being layers, and binding
+        # one would hand the container a host resource.
+        if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+            raise LayerError(f"{path} is not a regular file or directory")
+        return real

@@ -1,0 +1,142 @@
+"""The layer store: every layer of a squishfile resolved to a host path.
+
+Called by whatever turns a parsed ``Squishfile`` into a runtime
+``ContainerSpec`` (the daemon and the CLI): ``resolve(sf.base, sf.layers)``
+gives the rootfs and the mounts. The store itself only decides *which*
+resolver handles a layer (``classify``) and labels errors; the resolvers do
+the work. Kinds without a resolver yet (Alpine, registries, archives) fail
+with a message saying so, and start working when one is passed in
+``resolvers``.
+
+Resolving may build the built-in base (a few hundred milliseconds, once) and,
+later, download; it blocks, so async callers run it in a worker thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from squish.errors import LayerError
+from squish.layers.busybox import BusyboxBase
+from squish.layers.cache import LayerCache
+from squish.layers.model import (
+    BUILTIN_BASE,
+    LayerKind,
+    LayerRef,
+    Mount,
+    ResolvedLayers,
+    classify,
+    describe,
+    mount_target,
+)
+from squish.layers.path import PathResolver
+from squish.layers.resolver import Resolver
+
+# What to tell the user when a kind has no resolver: what is missing and what
+# to do instead.
+_UNAVAILABLE = {
+    LayerKind.REGISTRY: (
+        "version layers need a layer registry; none is configured (coming with layer "
+        "downloads); give the layer as a path for now"
+    ),
+    LayerKind.ALPINE_BASE: (
+        f'Alpine downloads are not available yet; use base = "{BUILTIN_BASE}" (built in) '
+        'or base = "<path to a rootfs directory>"'
+    ),
+    LayerKind.ARCHIVE: (
+        "archive layers are not supported yet (coming with the layer cache); "
+        "unpack it and give the directory instead"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class _DefaultBase:
+    """Stands in for the base layer when a squishfile names none."""
+
+    version: str | None
+    path: Path | None
+    name: str = "base"
+    target: str = "/"
+    rw: bool = False
+
+    @classmethod
+    def configured(cls, default_base: str) -> _DefaultBase:
+        # Same reading as a squishfile's `base = "..."`, except that paths must
+        # be absolute: there is no squishfile to be relative to.
+        if default_base.startswith("/"):
+            return cls(version=None, path=Path(default_base))
+        return cls(version=default_base, path=None)
+
+
+class LayerStore:
+    """Resolves layers to host paths, caching what it builds under ``state_dir``.
+
+    ``default_base`` is the base used when a squishfile has none: a version
+    (``"busybox"``) or the absolute path of a rootfs directory.
+    ``busybox`` overrides the binary the built-in base is built from (default:
+    ``busybox`` on ``PATH``). ``resolvers`` adds or replaces the resolver for a
+    kind, which is how downloads plug in and how tests fake them.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        default_base: str = BUILTIN_BASE,
+        busybox: Path | None = None,
+        resolvers: Mapping[LayerKind, Resolver] | None = None,
+    ) -> None:
+        self.state_dir = state_dir
+        self.default_base = default_base
+        self.cache = LayerCache(state_dir / "layers")
+        self._busybox_base = BusyboxBase(self.cache, busybox=busybox)
+        self._resolvers: dict[LayerKind, Resolver] = {
+            LayerKind.PATH: PathResolver(),
+            LayerKind.ROOTFS_PATH: PathResolver(directory_only=True),
+            LayerKind.BUILTIN_BASE: self._busybox_base,
+        }
+        self._resolvers.update(resolvers or {})
+
+    def resolve(self, base: LayerRef | None, layers: Iterable[LayerRef]) -> ResolvedLayers:
+        """Resolve a squishfile's base (None: the default) and its other layers."""
+        # Mounts first: checking paths is instant, building a base is not, and
+        # a typo in a path is the likelier mistake.
+        mounts = tuple(self._resolve_mount(layer) for layer in layers)
+        return ResolvedLayers(rootfs=self.resolve_base(base), mounts=mounts)
+
+    def resolve_base(self, base: LayerRef | None) -> Path:
+        """Return the host directory of the base rootfs; None means the default."""
+        if base is None:
+            default = _DefaultBase.configured(self.default_base)
+            return self._resolve(default, f"default base {self.default_base!r}", as_base=True)
+        return self._resolve(base, describe(base, as_base=True), as_base=True)
+
+    def builtin_base(self) -> Path:
+        """Build (once) and return the built-in busybox rootfs."""
+        try:
+            return self._busybox_base.materialise()
+        except LayerError as exc:
+            raise LayerError(f"built-in base {BUILTIN_BASE!r}: {exc}") from exc
+
+    def _resolve_mount(self, layer: LayerRef) -> Mount:
+        label = describe(layer, as_base=False)
+        try:
+            target = mount_target(layer)
+        except LayerError as exc:
+            raise LayerError(f"{label}: {exc}") from exc
+        return Mount(source=self._resolve(layer, label, as_base=False), target=target, rw=layer.rw)
+
+    def _resolve(self, layer: LayerRef, label: str, *, as_base: bool) -> Path:
+        # Resolvers report what is wrong; only here is it known which layer,
+        # and in which role, so the label is added here and nowhere else.
+        try:
+            kind = classify(layer, as_base=as_base)
+            resolver = self._resolvers.get(kind)
+            if resolver is None:
+                raise LayerError(_UNAVAILABLE.get(kind, f"no resolver for {kind} layers"))
+            return resolver.resolve(layer)
+        except LayerError as exc:
+            raise LayerError(f"{label}: {exc}") from exc

@@ -1,0 +1,712 @@
+"""The squishfile model: parse, validate and resolve one manifest, and hash it.
+
+A squishfile is the TOML manifest describing one container (its base rootfs,
+layers, command, env and ports; see DESIGN.md). This module turns its bytes into
+an immutable :class:`Squishfile`, or raises one :class:`~squish.errors.ManifestError`
+whose single line names the file, the field path (``ports[0].host``) and what
+to fix. It also computes the spec hash the reconciler compares to decide
+between leaving a container alone, updating its ports in place, and replacing
+it (:func:`diff_specs`).
+
+Callers: the CLI (``squish validate``), the sources (directory and git) that
+feed desired state to the reconciler, and the layer store, which resolves the
+:class:`Layer` values produced here to host paths.
+
+The module is part of the pure core: besides reading the one file in
+:func:`load_squishfile` and checking that path layers exist, it does no I/O.
+pydantic is used internally for the shape of the document (unknown keys, types)
+and never leaks out: the public types are frozen dataclasses and every pydantic
+error is translated to a ``ManifestError`` here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import posixpath
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path, PurePosixPath
+from types import MappingProxyType
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+
+from squish.errors import ManifestError
+
+__all__ = [
+    "Change",
+    "Layer",
+    "Port",
+    "Squishfile",
+    "diff_specs",
+    "load_squishfile",
+    "parse_squishfile",
+]
+
+PortProtocol = Literal["tcp", "udp"]
+Network = Literal["slirp4netns", "none"]
+
+# Layers with these names are the base rootfs, mounted at "/".
+BASE_LAYER_NAMES = ("alpine", "base")
+
+# Bumped whenever the meaning of a hashed field changes, so that an upgraded
+# daemon replaces containers whose spec it would now interpret differently.
+_SPEC_SCHEMA = 1
+
+_LAYER_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Versions end up in layer-store paths and download URLs, so they must not be
+# able to climb out of a directory: no "/", and they start with a letter or digit.
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+# The container name becomes a hostname, a directory and a metrics label.
+_CONTAINER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_PATH_PREFIXES = ("./", "../", "/")
+_KERNEL_DIRS = ("proc", "sys", "dev")
+_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+
+
+# --------------------------------------------------------------------------
+# Public model
+
+
+@dataclass(frozen=True)
+class Port:
+    """One published port: ``host_ip:host`` on the host forwards to ``container``."""
+
+    container: int
+    host: int
+    protocol: PortProtocol = "tcp"
+    # None lets the runtime choose its default bind address.
+    host_ip: str | None = None
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One read-only (or explicitly ``rw``) bind mount of the container.
+
+    Exactly one of ``version`` (resolved by the layer store) and ``path`` (an
+    absolute, resolved host path) is set. ``target`` is where it appears in the
+    container, ``"/"`` for the base rootfs.
+    """
+
+    name: str
+    version: str | None
+    path: Path | None
+    target: str
+    rw: bool = False
+    sha256: str | None = None
+
+    @property
+    def is_base(self) -> bool:
+        return self.name in BASE_LAYER_NAMES
+
+
+def _empty_env() -> Mapping[str, str]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Squishfile:
+    """A validated squishfile: everything that defines one container."""
+
+    file: Path | None = None
+    name: str
+    base: Layer | None = None
+    layers: tuple[Layer, ...] = ()
+    command: str
+    args: tuple[str, ...] = ()
+    # A read-only view in file order; excluded from __hash__ because a mapping
+    # is not hashable (equality still compares it).
+    env: Mapping[str, str] = field(default_factory=_empty_env, hash=False)
+    ports: tuple[Port, ...] = ()
+    network: Network = "slirp4netns"
+
+    def __post_init__(self) -> None:
+        # Callers (fakes, tests) may pass lists and dicts; freeze them so the
+        # value really is immutable.
+        object.__setattr__(self, "layers", tuple(self.layers))
+        object.__setattr__(self, "args", tuple(self.args))
+        object.__setattr__(self, "ports", tuple(self.ports))
+        if not isinstance(self.env, MappingProxyType):
+            object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
+
+    def spec_hash(self) -> str:
+        """sha256 hex of everything that defines the container."""
+        return _hash(self._spec(with_ports=True))
+
+    def spec_hash_without_ports(self) -> str:
+        """Like :meth:`spec_hash`, but blind to ports (which can change in place)."""
+        return _hash(self._spec(with_ports=False))
+
+    def _spec(self, *, with_ports: bool) -> dict[str, Any]:
+        # The file path and its mtime are deliberately absent: moving or
+        # touching a squishfile does not change the container it describes.
+        spec: dict[str, Any] = {
+            "schema": _SPEC_SCHEMA,
+            "name": self.name,
+            "network": self.network,
+            "base": None if self.base is None else _layer_spec(self.base),
+            # Targets are unique, so sorting by target is total; it makes the
+            # hash independent of how the layers are listed in the file.
+            "layers": [_layer_spec(layer) for layer in sorted(self.layers, key=_by_target)],
+            "command": self.command,
+            "args": list(self.args),
+            # json sorts the keys: env order never changes the hash.
+            "env": dict(self.env),
+        }
+        if with_ports:
+            spec["ports"] = sorted(
+                (
+                    {
+                        "container": port.container,
+                        "host": port.host,
+                        "protocol": port.protocol,
+                        "host_ip": port.host_ip,
+                    }
+                    for port in self.ports
+                ),
+                key=lambda p: (p["host"], p["protocol"], p["host_ip"] or "", p["container"]),
+            )
+        return spec
+
+
+class Change(StrEnum):
+    """What it takes to go from one spec of a container to another."""
+
+    SAME = "same"
+    PORTS = "ports"  # update the port forwards of the running container
+    REPLACE = "replace"  # stop the old container, start the new one
+
+
+def diff_specs(old: Squishfile, new: Squishfile) -> Change:
+    """Decide how a running ``old`` container must change to become ``new``."""
+    if old.spec_hash() == new.spec_hash():
+        return Change.SAME
+    if old.spec_hash_without_ports() == new.spec_hash_without_ports():
+        return Change.PORTS
+    return Change.REPLACE
+
+
+def load_squishfile(path: Path | str) -> Squishfile:
+    """Read, parse and validate the squishfile at ``path``.
+
+    The container is named after the file's stem; relative layer paths resolve
+    against the file's directory.
+    """
+    file = str(path)
+    source = Path(path)
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ManifestError(file, f"cannot read the file: {reason}") from exc
+    squishfile = parse_squishfile(data, file=file, base_dir=source.parent, name=source.stem)
+    return replace(squishfile, file=source)
+
+
+def parse_squishfile(data: bytes, *, file: str, base_dir: Path, name: str) -> Squishfile:
+    """Parse and validate squishfile bytes.
+
+    ``file`` only labels errors; ``base_dir`` anchors relative layer paths;
+    ``name`` is the container name. The result has ``file=None``.
+    """
+    doc = _parse_toml(data, file)
+    try:
+        raw = _RawSquishfile.model_validate(doc)
+    except ValidationError as exc:
+        problem = _translate(exc.errors()[0])
+        raise ManifestError(file, problem.message, field=problem.field) from exc
+    try:
+        return _resolve(raw, doc, base_dir=base_dir, name=name)
+    except _Invalid as exc:
+        raise ManifestError(file, exc.message, field=exc.field) from exc
+
+
+# --------------------------------------------------------------------------
+# Hashing
+
+
+def _by_target(layer: Layer) -> str:
+    return layer.target
+
+
+def _layer_spec(layer: Layer) -> dict[str, Any]:
+    return {
+        "name": layer.name,
+        "version": layer.version,
+        "path": None if layer.path is None else str(layer.path),
+        "target": layer.target,
+        "rw": layer.rw,
+        "sha256": layer.sha256,
+    }
+
+
+def _hash(spec: dict[str, Any]) -> str:
+    # Canonical JSON (sorted keys, fixed separators, ASCII only) is the same
+    # bytes in every process and Python version; the spec holds no floats.
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+# --------------------------------------------------------------------------
+# Bytes -> TOML document
+
+
+def _parse_toml(data: bytes, file: str) -> dict[str, Any]:
+    try:
+        # utf-8-sig: tolerate the byte order mark some editors write.
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ManifestError(
+            file,
+            f"not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8",
+            line=line,
+        ) from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        match = _TOML_POSITION.search(message)
+        if match is None:
+            # "(at end of document)": the last line is where it went wrong.
+            message = message.replace(" (at end of document)", "") + " at end of file"
+            line = text.count("\n") + (0 if text.endswith("\n") else 1)
+        else:
+            line = int(match.group(1))
+            message = f"{message[: match.start()]} at column {match.group(2)}"
+        raise ManifestError(file, f"invalid TOML: {message}", line=max(line, 1)) from exc
+    except RecursionError as exc:
+        # tomllib recurses on nested arrays and tables.
+        raise ManifestError(file, "invalid TOML: nested too deeply") from exc
+
+
+# --------------------------------------------------------------------------
+# TOML document -> raw model (shape and per-field rules)
+#
+# Per-field rules are pydantic validators raising ValueError with a finished
+# message; _translate puts them, and pydantic's own errors, into words.
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+def _command(value: str) -> str:
+    if not value.strip():
+        raise ValueError('must not be empty: name the program to run, e.g. "/app/server"')
+    return _no_nul(value)
+
+
+def _port_number(value: object) -> int:
+    # type() rather than isinstance(): TOML true/false are bools, which are
+    # ints to Python but never a port number.
+    if type(value) is not int or not 1 <= value <= 65535:
+        raise ValueError(f"must be an integer between 1 and 65535, got {_describe(value)}")
+    return value
+
+
+def _host_ip(value: str) -> str:
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(
+            f"must be an IPv4 or IPv6 address such as 127.0.0.1 or ::1, got {_describe(value)}"
+        ) from None
+    # The canonical spelling, so "::0001" and "::1" hash alike.
+    return str(address)
+
+
+def _layer_name(value: str) -> str:
+    if not _LAYER_NAME.fullmatch(value) or value in (".", ".."):
+        raise ValueError(
+            "layer names may contain only letters, digits, '_', '.' and '-' "
+            f"and must not be '.' or '..', got {_describe(value)}"
+        )
+    return value
+
+
+def _env_key(value: str) -> str:
+    if not _ENV_KEY.fullmatch(value):
+        raise ValueError(
+            "environment variable names must be letters, digits and '_', "
+            f"not starting with a digit, got {_describe(value)}"
+        )
+    return value
+
+
+def _version(value: str) -> str:
+    if not _VERSION.fullmatch(value):
+        raise ValueError(
+            'must be a version such as "3.14" (letters, digits, ".", "_", "+" and "-"), '
+            f"got {_describe(value)}"
+        )
+    return value
+
+
+def _layer_path(value: str) -> str:
+    if not value:
+        raise ValueError('must not be empty: give a path such as "./app"')
+    return _no_nul(value)
+
+
+def _target(value: str) -> str:
+    _no_nul(value)
+    if not value.startswith("/"):
+        raise ValueError(f"must be an absolute container path such as /app/x, got {value!r}")
+    # normpath keeps a leading "//" (POSIX allows it a special meaning).
+    if posixpath.normpath(value) != value or value.startswith("//"):
+        raise ValueError(
+            f"must be a normalised path (no '.', '..', '//' or trailing '/'), got {value!r}"
+        )
+    if value == "/":
+        raise ValueError("must not be '/': the base layer is the root; mount below it")
+    top = PurePosixPath(value).parts[1]
+    if top in _KERNEL_DIRS:
+        raise ValueError(
+            f"must not be inside /{top}: the runtime owns /proc, /sys and /dev, got {value!r}"
+        )
+    return value
+
+
+def _sha256(value: str) -> str:
+    if not _SHA256.fullmatch(value):
+        raise ValueError(f"must be a sha256 hex digest (64 hex digits), got {_describe(value)}")
+    return value.lower()
+
+
+_NoNul = Annotated[str, AfterValidator(_no_nul)]
+_Command = Annotated[str, AfterValidator(_command)]
+_PortNumber = Annotated[int, PlainValidator(_port_number)]
+_HostIp = Annotated[str, AfterValidator(_host_ip)]
+_LayerName = Annotated[str, AfterValidator(_layer_name)]
+_EnvKey = Annotated[str, AfterValidator(_env_key)]
+_Version = Annotated[str, AfterValidator(_version)]
+_LayerPath = Annotated[str, AfterValidator(_layer_path)]
+_Target = Annotated[str, AfterValidator(_target)]
+_Sha256 = Annotated[str, AfterValidator(_sha256)]
+
+
+class _Raw(BaseModel):
+    # strict: a TOML string is never silently taken for a number or a bool.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _RawLayer(_Raw):
+    version: _Version | None = None
+    path: _LayerPath | None = None
+    target: _Target | None = None
+    rw: bool = False
+    sha256: _Sha256 | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_string(cls, data: Any) -> Any:
+        # `python = "3.11"` and `app = "./x"` are shorthands for a table.
+        if isinstance(data, str):
+            if data.startswith(_PATH_PREFIXES):
+                return {"path": data}
+            # Checked here so a bad string is reported at `layers.<name>`,
+            # where the user wrote it, not at a `version` key they never typed.
+            if not _VERSION.fullmatch(data):
+                raise ValueError(
+                    'must be a version such as "3.14" or a path starting with ./, ../ or /, '
+                    f"got {_describe(data)}"
+                )
+            return {"version": data}
+        if not isinstance(data, dict):
+            raise ValueError(
+                "must be a version string, a path string (starting with ./, ../ or /) "
+                f"or a table, got {_describe(data)}"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _one_source(self) -> _RawLayer:
+        if (self.version is None) == (self.path is None):
+            given = "both" if self.version is not None else "neither"
+            raise ValueError(f"must have exactly one of 'version' or 'path', got {given}")
+        return self
+
+
+class _RawRun(_Raw):
+    command: _Command
+    args: list[_NoNul] = Field(default_factory=list)
+
+
+class _RawPort(_Raw):
+    container: _PortNumber
+    host: _PortNumber
+    protocol: PortProtocol = "tcp"
+    host_ip: _HostIp | None = None
+
+
+class _RawSquishfile(_Raw):
+    network: Network = "slirp4netns"
+    layers: dict[_LayerName, _RawLayer] = Field(default_factory=dict)
+    run: _RawRun
+    env: dict[_EnvKey, _NoNul] = Field(default_factory=dict)
+    ports: list[_RawPort] = Field(default_factory=list)
+
+
+class _Invalid(Exception):
+    """One problem at ``field`` (``None``: the whole file); becomes a ManifestError."""
+
+    def __init__(self, field: str | None, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+_EXPECTED = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "bool_type": "true or false",
+    "list_type": "an array",
+    "dict_type": "a table",
+    "model_type": "a table",
+    "model_attributes_type": "a table",
+}
+
+_MISSING_HINTS = {
+    "run": ': add a [run] table with command = "..."',
+    "command": ': name the program to run, e.g. command = "/app/server"',
+    "container": ": the port inside the container, e.g. container = 8080",
+    "host": ": the port on the host, e.g. host = 8080",
+}
+
+
+def _translate(error: ErrorDetails) -> _Invalid:
+    """Put one pydantic error into squish's words (never its multi-line text)."""
+    loc = tuple(error["loc"])
+    kind = error["type"]
+    value = error["input"]
+    ctx = error.get("ctx", {})
+    if kind == "extra_forbidden":
+        parent = loc[:-1]
+        allowed = ", ".join(_allowed_keys(parent))
+        return _Invalid(_field_path(parent), f"unknown key {loc[-1]!r} (allowed: {allowed})")
+    if kind == "missing":
+        return _Invalid(_field_path(loc), "is required" + _MISSING_HINTS.get(str(loc[-1]), ""))
+    if kind == "value_error" and "error" in ctx:
+        message = str(ctx["error"])
+    elif kind in _EXPECTED:
+        message = f"must be {_EXPECTED[kind]}, got {_describe(value)}"
+    elif kind == "literal_error":
+        message = f"must be {ctx['expected']}, got {_describe(value)}"
+    else:
+        message = error["msg"]
+    return _Invalid(_field_path(loc), " ".join(message.split()))
+
+
+def _allowed_keys(parent: tuple[int | str, ...]) -> list[str]:
+    model: type[_Raw]
+    match parent:
+        case ():
+            model = _RawSquishfile
+        case ("run",):
+            model = _RawRun
+        case ("layers", str()):
+            model = _RawLayer
+        case ("ports", int()):
+            model = _RawPort
+        case _:  # pragma: no cover - every table with fixed keys is listed above
+            return []
+    return list(model.model_fields)
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str | None:
+    """``("ports", 0, "host")`` -> ``ports[0].host``; odd keys are quoted."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part == "[key]":
+            # pydantic's marker for "the key itself failed"; the key is already in the path.
+            continue
+        else:
+            name = part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else json.dumps(part)
+            path += f".{name}" if path else name
+    return path or None
+
+
+def _describe(value: object) -> str:
+    """A short, one-line description of a TOML value for error messages."""
+    if isinstance(value, bool):
+        return f"boolean {'true' if value else 'false'}"
+    if isinstance(value, int):
+        return f"integer {value}"
+    if isinstance(value, float):
+        return f"float {value}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        return f"string {shown!r}"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return f"a {type(value).__name__}"  # TOML dates and times
+
+
+# --------------------------------------------------------------------------
+# Raw model -> Squishfile (rules spanning fields; paths and targets)
+
+
+def _resolve(raw: _RawSquishfile, doc: dict[str, Any], *, base_dir: Path, name: str) -> Squishfile:
+    if not _CONTAINER_NAME.fullmatch(name):
+        raise _Invalid(
+            None,
+            f"container name {name!r} (the file name without .toml) may contain only letters, "
+            "digits, '_', '.' and '-' and must start with a letter or digit; rename the file",
+        )
+    raw_layers = doc.get("layers", {})
+    base: Layer | None = None
+    layers: list[Layer] = []
+    owner_of_target: dict[str, str] = {}
+    for layer_name, raw_layer in raw.layers.items():
+        shorthand = isinstance(raw_layers.get(layer_name), str)
+        layer = _resolve_layer(layer_name, raw_layer, shorthand=shorthand, base_dir=base_dir)
+        if layer.is_base:
+            if base is not None:
+                raise _Invalid(
+                    _layer_field(layer_name),
+                    f"only one base layer is allowed, but both '{base.name}' and "
+                    f"'{layer_name}' are given; remove one",
+                )
+            base = layer
+            continue
+        other = owner_of_target.get(layer.target)
+        if other is not None:
+            where = "target" if raw_layer.target is not None else None
+            raise _Invalid(
+                _layer_field(layer_name, where),
+                f"target {layer.target} is already used by {_layer_field(other)}; "
+                "give one of them a different target",
+            )
+        owner_of_target[layer.target] = layer_name
+        layers.append(layer)
+    return Squishfile(
+        name=name,
+        base=base,
+        layers=tuple(layers),
+        command=raw.run.command,
+        args=tuple(raw.run.args),
+        env=raw.env,
+        ports=_resolve_ports(raw.ports),
+        network=raw.network,
+    )
+
+
+def _resolve_layer(name: str, raw: _RawLayer, *, shorthand: bool, base_dir: Path) -> Layer:
+    path: Path | None = None
+    if raw.path is not None:
+        path = _host_path(raw.path, base_dir, _layer_field(name, None if shorthand else "path"))
+    if name in BASE_LAYER_NAMES:
+        if name == "alpine" and raw.version is None:
+            raise _Invalid(
+                _layer_field(name),
+                'must be an Alpine version such as "3.14"; '
+                "name the layer 'base' to use a rootfs directory",
+            )
+        for key in ("target", "rw"):
+            if key in raw.model_fields_set:
+                raise _Invalid(
+                    _layer_field(name, key),
+                    "is not allowed on the base layer (it is always the read-only root '/')",
+                )
+        return Layer(name, raw.version, path, "/", rw=False, sha256=raw.sha256)
+    if raw.rw and raw.version is not None:
+        # Versioned layers are shared by every container using them.
+        raise _Invalid(
+            _layer_field(name, "rw"),
+            "rw = true is only allowed on path layers; versioned layers are shared and read-only",
+        )
+    if raw.target is not None:
+        target = raw.target
+    elif raw.path is None or path is None:
+        target = f"/sdk/{name}"
+    else:
+        target = _default_path_target(name, raw.path, path)
+    return Layer(name, raw.version, path, target, rw=raw.rw, sha256=raw.sha256)
+
+
+def _host_path(raw_path: str, base_dir: Path, field_path: str) -> Path:
+    try:
+        resolved = (base_dir / raw_path).resolve()
+        exists = resolved.exists()
+    except (OSError, RuntimeError) as exc:
+        # RuntimeError: a symlink loop (Python < 3.13).
+        raise _Invalid(field_path, f"cannot access {raw_path!r}: {exc}") from exc
+    if not exists:
+        raise _Invalid(
+            field_path,
+            f"{raw_path!r} does not exist (resolved to {resolved}; relative paths start "
+            "at the squishfile's directory)",
+        )
+    return resolved
+
+
+def _default_path_target(name: str, raw_path: str, resolved: Path) -> str:
+    """Where a path layer without ``target`` is mounted.
+
+    ``app = "./test/http-asm"`` -> ``/app/http-asm``; any other name keeps the
+    path minus its leading ``./``, ``../`` and ``/``: ``../lib/y`` -> ``/app/lib/y``.
+    """
+    normal = posixpath.normpath(raw_path)
+    if name == "app":
+        basename = PurePosixPath(normal).name
+        if basename in ("", ".", ".."):
+            basename = resolved.name
+        parts: tuple[str, ...] = (basename,) if basename else ()
+    else:
+        # After normpath, ".." can only lead the path; "." only stands alone.
+        parts = tuple(p for p in PurePosixPath(normal).parts if p not in ("/", ".", ".."))
+    return "/".join(("/app", *parts))
+
+
+def _resolve_ports(raw_ports: list[_RawPort]) -> tuple[Port, ...]:
+    ports: list[Port] = []
+    host_owner: dict[tuple[int, str, str | None], int] = {}
+    container_owner: dict[tuple[int, str], int] = {}
+    for index, raw in enumerate(raw_ports):
+        host_key = (raw.host, raw.protocol, raw.host_ip)
+        if host_key in host_owner:
+            bind = f"{raw.host_ip}:" if raw.host_ip else ""
+            raise _Invalid(
+                f"ports[{index}].host",
+                f"host port {bind}{raw.host}/{raw.protocol} is already used by "
+                f"ports[{host_owner[host_key]}]; pick another host port",
+            )
+        container_key = (raw.container, raw.protocol)
+        if container_key in container_owner:
+            raise _Invalid(
+                f"ports[{index}].container",
+                f"container port {raw.container}/{raw.protocol} is already published by "
+                f"ports[{container_owner[container_key]}]; publish it once",
+            )
+        host_owner[host_key] = index
+        container_owner[container_key] = index
+        ports.append(Port(raw.container, raw.host, raw.protocol, raw.host_ip))
+    return tuple(ports)
+
+
+def _layer_field(name: str, key: str | None = None) -> str:
+    loc = ("layers", name) if key is None else ("layers", name, key)
+    return _field_path(loc) or "layers"

@@ -1,0 +1,728 @@
+"""Tests of the squishfile model (squish.manifest) and ``squish validate``.
+
+Table-driven: each bad squishfile must give one ManifestError naming the file
+and the field; the spec hash must follow what defines the container and
+nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from squish.cli import main
+from squish.errors import ManifestError
+from squish.manifest import (
+    Change,
+    Layer,
+    Port,
+    Squishfile,
+    diff_specs,
+    load_squishfile,
+    parse_squishfile,
+)
+
+EXAMPLE = """\
+network = "none"
+[layers]
+alpine = "3.14"
+python = "3.11"
+app = "./test/http-asm"
+conf = { path = "./app.toml", target = "/etc/app.toml" }
+scratch = { path = "./scratch", target = "/app/scratch", rw = true }
+[run]
+command = "/app/http-asm"
+args = ["2000", "/app"]
+[env]
+KEY = "value"
+[[ports]]
+container = 2000
+host = 42069
+protocol = "tcp"
+host_ip = "127.0.0.1"
+"""
+
+MINIMAL = '[run]\ncommand = "/bin/true"\n'
+
+
+def run(*lines: str) -> str:
+    """A ``[run]`` table with these lines."""
+    return "[run]\n" + "".join(f"{line}\n" for line in lines)
+
+
+def layers(*lines: str) -> str:
+    """A ``[layers]`` table with these lines, plus a valid ``[run]``."""
+    return "[layers]\n" + "".join(f"{line}\n" for line in lines) + MINIMAL
+
+
+def target(path: str) -> str:
+    """A path layer ``c`` mounted at ``path``."""
+    return layers(f'c = {{ path = "./scratch", target = "{path}" }}')
+
+
+def env(*lines: str) -> str:
+    return MINIMAL + "[env]\n" + "".join(f"{line}\n" for line in lines)
+
+
+def ports(*tables: str) -> str:
+    """A valid ``[run]`` and one ``[[ports]]`` table per argument."""
+    return MINIMAL + "".join(f"[[ports]]\n{table}\n" for table in tables)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A directory with the files the example squishfile's path layers name."""
+    (tmp_path / "test" / "http-asm").mkdir(parents=True)
+    (tmp_path / "app.toml").write_text("")
+    (tmp_path / "scratch").mkdir()
+    (tmp_path / "rootfs").mkdir()
+    return tmp_path
+
+
+def write(directory: Path, text: str | bytes, name: str = "web.toml") -> Path:
+    path = directory / name
+    if isinstance(text, str):
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+    else:
+        path.write_bytes(text)
+    return path
+
+
+def parse(text: str, *, name: str = "web", base_dir: Path = Path("/")) -> Squishfile:
+    return parse_squishfile(
+        textwrap.dedent(text).encode(), file=f"{name}.toml", base_dir=base_dir, name=name
+    )
+
+
+# -- the good path ------------------------------------------------------------
+
+
+def test_example_parses_with_the_right_targets(project: Path) -> None:
+    squishfile = load_squishfile(write(project, EXAMPLE))
+
+    assert squishfile.file == project / "web.toml"
+    assert squishfile.name == "web"
+    assert squishfile.network == "none"
+    assert squishfile.base == Layer("alpine", "3.14", None, "/")
+    assert squishfile.base.is_base
+    assert squishfile.layers == (
+        Layer("python", "3.11", None, "/sdk/python"),
+        Layer("app", None, project / "test" / "http-asm", "/app/http-asm"),
+        Layer("conf", None, project / "app.toml", "/etc/app.toml"),
+        Layer("scratch", None, project / "scratch", "/app/scratch", rw=True),
+    )
+    assert not any(layer.is_base for layer in squishfile.layers)
+    assert squishfile.command == "/app/http-asm"
+    assert squishfile.args == ("2000", "/app")
+    assert dict(squishfile.env) == {"KEY": "value"}
+    assert squishfile.ports == (Port(2000, 42069, "tcp", "127.0.0.1"),)
+
+
+def test_minimal_squishfile_gets_the_defaults() -> None:
+    squishfile = parse(MINIMAL)
+
+    assert squishfile.file is None
+    assert squishfile.base is None
+    assert squishfile.layers == ()
+    assert squishfile.args == ()
+    assert dict(squishfile.env) == {}
+    assert squishfile.ports == ()
+    assert squishfile.network == "slirp4netns"
+
+
+@pytest.mark.parametrize(
+    ("layer", "target"),
+    [
+        ('app = "./test/http-asm"', "/app/http-asm"),
+        ('tools = "./test/http-asm"', "/app/test/http-asm"),
+        ('tools = "../lib/y"', "/app/lib/y"),
+        ('tools = "./test/../test/http-asm"', "/app/test/http-asm"),
+        ('tools = { path = "app.toml" }', "/app/app.toml"),
+        ('app = { path = "./app.toml" }', "/app/app.toml"),
+        ('node = "20"', "/sdk/node"),
+        ('node = { version = "20", target = "/opt/node" }', "/opt/node"),
+        ('conf = { path = "./app.toml", target = "/etc/app.toml" }', "/etc/app.toml"),
+        ('conf = { path = "./app.toml", target = "/process" }', "/process"),
+    ],
+)
+def test_layer_targets(tmp_path: Path, layer: str, target: str) -> None:
+    directory = tmp_path / "project"
+    (directory / "test" / "http-asm").mkdir(parents=True)
+    (directory / "app.toml").write_text("")
+    (tmp_path / "lib" / "y").mkdir(parents=True)
+
+    squishfile = load_squishfile(write(directory, f"[layers]\n{layer}\n{MINIMAL}"))
+
+    assert [layer.target for layer in squishfile.layers] == [target]
+
+
+@pytest.mark.parametrize(
+    ("layer", "expected"),
+    [
+        ('alpine = "3.14"', Layer("alpine", "3.14", None, "/")),
+        ('alpine = { version = "3.19", sha256 = "' + "AB" * 32 + '" }', None),
+        ('base = "busybox"', Layer("base", "busybox", None, "/")),
+        ('base = "./rootfs"', None),
+    ],
+)
+def test_base_layer(project: Path, layer: str, expected: Layer | None) -> None:
+    squishfile = load_squishfile(write(project, f"[layers]\n{layer}\n{MINIMAL}"))
+
+    assert squishfile.layers == ()
+    assert squishfile.base is not None
+    assert squishfile.base.target == "/"
+    if expected is not None:
+        assert squishfile.base == expected
+    if squishfile.base.name == "base" and squishfile.base.version is None:
+        assert squishfile.base.path == project / "rootfs"
+    if squishfile.base.sha256 is not None:
+        assert squishfile.base.sha256 == "ab" * 32
+
+
+def test_ports_may_share_a_host_port_across_protocols_and_addresses() -> None:
+    squishfile = parse(
+        MINIMAL
+        + """
+        [[ports]]
+        container = 53
+        host = 5353
+        protocol = "udp"
+        [[ports]]
+        container = 53
+        host = 5353
+        [[ports]]
+        container = 54
+        host = 5353
+        host_ip = "::0001"
+        """
+    )
+
+    assert squishfile.ports == (
+        Port(53, 5353, "udp", None),
+        Port(53, 5353, "tcp", None),
+        Port(54, 5353, "tcp", "::1"),
+    )
+
+
+def test_env_keeps_file_order_and_is_read_only() -> None:
+    squishfile = parse(MINIMAL + '[env]\nB = "2"\nA = "1"\nC = ""\n')
+
+    assert list(squishfile.env.items()) == [("B", "2"), ("A", "1"), ("C", "")]
+    with pytest.raises(TypeError):
+        squishfile.env["B"] = "3"  # type: ignore[index]
+
+
+def test_squishfile_is_immutable_and_hashable(project: Path) -> None:
+    squishfile = load_squishfile(write(project, EXAMPLE))
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        squishfile.command = "/bin/sh"  # type: ignore[misc]
+    assert hash(squishfile) == hash(load_squishfile(project / "web.toml"))
+    assert squishfile == load_squishfile(project / "web.toml")
+
+
+# -- every bad input is one ManifestError naming file and field -----------------
+
+BAD = [
+    # (id, squishfile text, field, words in the message)
+    ("unknown-top-level", 'colour = "red"\n' + MINIMAL, None, "unknown key 'colour'"),
+    (
+        "unknown-run",
+        run('command = "x"', 'cmd = "x"'),
+        "run",
+        "unknown key 'cmd' (allowed: command, args)",
+    ),
+    (
+        "unknown-layer-table",
+        layers('conf = { path = "./app.toml", trget = "/etc/app.toml" }'),
+        "layers.conf",
+        "unknown key 'trget' (allowed: version, path, target, rw, sha256)",
+    ),
+    (
+        "unknown-port",
+        ports("container = 1\nhost = 2\nproto = 'tcp'"),
+        "ports[0]",
+        "unknown key 'proto'",
+    ),
+    ("args-not-array", run('command = "x"', 'args = "a b"'), "run.args", "must be an array"),
+    ("arg-not-string", run('command = "x"', "args = [1]"), "run.args[0]", "must be a string"),
+    ("command-not-string", run("command = 5"), "run.command", "must be a string"),
+    ("run-not-table", 'run = "x"\n', "run", "must be a table"),
+    ("env-value-int", env("KEY = 1"), "env.KEY", "must be a string, got integer 1"),
+    ("env-key-digit", env('"1BAD" = "x"'), "env.1BAD", "environment variable names"),
+    ("env-key-dash", env('"A-B" = "x"'), "env.A-B", "environment variable names"),
+    ("env-nul", env('KEY = "a\\u0000b"'), "env.KEY", "NUL"),
+    (
+        "rw-not-bool",
+        layers('s = { path = "./scratch", rw = "yes" }'),
+        "layers.s.rw",
+        "true or false",
+    ),
+    (
+        "port-too-big",
+        ports("container = 1\nhost = 70000"),
+        "ports[0].host",
+        "must be an integer between 1 and 65535, got integer 70000",
+    ),
+    ("port-zero", ports("container = 0\nhost = 1"), "ports[0].container", "between 1 and 65535"),
+    ("port-bool", ports("container = true\nhost = 1"), "ports[0].container", "got boolean true"),
+    ("port-string", ports('container = 1\nhost = "80"'), "ports[0].host", "got string '80'"),
+    ("port-float", ports("container = 1\nhost = 80.0"), "ports[0].host", "got float 80.0"),
+    ("port-missing-host", ports("container = 1"), "ports[0].host", "is required"),
+    ("ports-not-array", MINIMAL + "[ports]\ncontainer = 1\n", "ports", "must be an array"),
+    (
+        "protocol",
+        ports('container = 1\nhost = 2\nprotocol = "sctp"'),
+        "ports[0].protocol",
+        "must be 'tcp' or 'udp', got string 'sctp'",
+    ),
+    (
+        "host-ip",
+        ports('container = 1\nhost = 2\nhost_ip = "localhost"'),
+        "ports[0].host_ip",
+        "IPv4 or IPv6",
+    ),
+    (
+        "duplicate-host-port",
+        ports("container = 1\nhost = 80", "container = 2\nhost = 80"),
+        "ports[1].host",
+        "already used by ports[0]",
+    ),
+    (
+        "duplicate-container-port",
+        ports("container = 1\nhost = 80", "container = 1\nhost = 81"),
+        "ports[1].container",
+        "already published by ports[0]",
+    ),
+    ("target-relative", target("etc/app.toml"), "layers.c.target", "absolute"),
+    ("target-dotdot", target("/app/../etc/x"), "layers.c.target", "normalised"),
+    ("target-dot", target("/app/./x"), "layers.c.target", "normalised"),
+    ("target-trailing-slash", target("/app/x/"), "layers.c.target", "normalised"),
+    ("target-double-slash", target("//app"), "layers.c.target", "normalised"),
+    ("target-root", target("/"), "layers.c.target", "must not be '/'"),
+    ("target-proc", target("/proc"), "layers.c.target", "inside /proc"),
+    ("target-sys", target("/sys/fs/x"), "layers.c.target", "inside /sys"),
+    ("target-dev", target("/dev/null"), "layers.c.target", "inside /dev"),
+    ("empty-command", run('command = ""'), "run.command", "must not be empty"),
+    ("blank-command", run('command = "  "'), "run.command", "must not be empty"),
+    ("nul-command", run('command = "/bin/a\\u0000"'), "run.command", "NUL"),
+    ("nul-arg", run('command = "x"', 'args = ["\\u0000"]'), "run.args[0]", "NUL"),
+    ("missing-command", run("args = []"), "run.command", "is required"),
+    ("missing-run", '[env]\nA = "b"\n', "run", "is required"),
+    ("missing-path-short", layers('app = "./nope"'), "layers.app", "'./nope' does not exist"),
+    (
+        "missing-path-table",
+        layers('c = { path = "nope" }'),
+        "layers.c.path",
+        "'nope' does not exist",
+    ),
+    ("empty-path", layers('c = { path = "" }'), "layers.c.path", "must not be empty"),
+    (
+        "two-bases",
+        layers('alpine = "3.14"', 'base = "busybox"'),
+        "layers.base",
+        "only one base layer",
+    ),
+    ("alpine-path", layers('alpine = "./rootfs"'), "layers.alpine", "Alpine version"),
+    (
+        "base-target",
+        layers('base = { version = "busybox", target = "/x" }'),
+        "layers.base.target",
+        "not allowed on the base layer",
+    ),
+    (
+        "base-rw",
+        layers('base = { path = "./rootfs", rw = true }'),
+        "layers.base.rw",
+        "not allowed on the base layer",
+    ),
+    (
+        "rw-versioned",
+        layers('python = { version = "3.11", rw = true }'),
+        "layers.python.rw",
+        "only allowed on path layers",
+    ),
+    (
+        "duplicate-targets",
+        layers(
+            'a = { path = "./app.toml", target = "/etc/x" }',
+            'b = { path = "./scratch", target = "/etc/x" }',
+        ),
+        "layers.b.target",
+        "already used by layers.a",
+    ),
+    (
+        "duplicate-default-targets",
+        layers(
+            'app = "./test/http-asm"', 'other = { path = "./scratch", target = "/app/http-asm" }'
+        ),
+        "layers.other.target",
+        "already used by layers.app",
+    ),
+    (
+        "both-version-and-path",
+        layers('x = { version = "1", path = "./scratch" }'),
+        "layers.x",
+        "exactly one of 'version' or 'path', got both",
+    ),
+    ("neither-version-nor-path", layers('x = { target = "/x" }'), "layers.x", "got neither"),
+    ("layer-int", layers("x = 3"), "layers.x", "got integer 3"),
+    (
+        "layer-bad-version",
+        layers('python = "3.11/../../etc"'),
+        "layers.python",
+        "must be a version",
+    ),
+    (
+        "layer-bad-version-table",
+        layers('python = { version = "" }'),
+        "layers.python.version",
+        "must be a version",
+    ),
+    ("layer-bad-name", layers('"bad name" = "1"'), 'layers."bad name"', "layer names"),
+    ("layer-dotdot-name", layers('".." = "1"'), 'layers.".."', "must not be '.' or '..'"),
+    ("layers-not-table", 'layers = "x"\n' + MINIMAL, "layers", "must be a table"),
+    ("sha256", layers('x = { version = "1", sha256 = "abc" }'), "layers.x.sha256", "64 hex digits"),
+    (
+        "network",
+        'network = "host"\n' + MINIMAL,
+        "network",
+        "must be 'slirp4netns' or 'none', got string 'host'",
+    ),
+    ("network-type", "network = false\n" + MINIMAL, "network", "got boolean false"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "words"),
+    [pytest.param(text, field, words, id=case) for case, text, field, words in BAD],
+)
+def test_bad_squishfile(project: Path, text: str, field: str | None, words: str) -> None:
+    path = write(project, text)
+
+    with pytest.raises(ManifestError) as caught:
+        load_squishfile(path)
+
+    error = caught.value
+    assert error.file == str(path)
+    assert error.field == field
+    assert words in error.message
+    assert_one_readable_line(str(error), path)
+    if field is not None:
+        assert f": {field}: " in str(error)
+
+
+def assert_one_readable_line(message: str, path: Path) -> None:
+    assert message.startswith(str(path))
+    assert "\n" not in message
+    assert "pydantic" not in message
+    assert "Input should" not in message
+    assert "Value error" not in message
+
+
+def test_non_utf8_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, b'[run]\ncommand = "caf\xe9"\n')
+
+    with pytest.raises(ManifestError) as caught:
+        load_squishfile(path)
+
+    assert caught.value.line == 2
+    assert "UTF-8" in caught.value.message
+    assert_one_readable_line(str(caught.value), path)
+
+
+def test_utf8_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    assert (
+        load_squishfile(write(tmp_path, b"\xef\xbb\xbf" + MINIMAL.encode())).command == "/bin/true"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ('[run]\ncommand = "x"\nargs = [\n', 3),
+        ('[run]\ncommand = "x"\ncommand = "y"\n', 3),
+        ('[run]\ncommand = "x"\n\nargs = ]\n', 4),
+        ("= 1\n", 1),
+    ],
+)
+def test_toml_syntax_error_gives_the_line(tmp_path: Path, text: str, line: int) -> None:
+    path = write(tmp_path, text)
+
+    with pytest.raises(ManifestError) as caught:
+        load_squishfile(path)
+
+    assert caught.value.line == line
+    assert caught.value.message.startswith("invalid TOML: ")
+    assert f"{path}:{line}: invalid TOML" in str(caught.value)
+    assert_one_readable_line(str(caught.value), path)
+
+
+def test_deeply_nested_toml_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    path = write(tmp_path, "a = " + "[" * 5000 + "]" * 5000 + "\n" + MINIMAL)
+
+    with pytest.raises(ManifestError, match="nested too deeply"):
+        load_squishfile(path)
+
+
+@pytest.mark.parametrize("make", ["missing", "directory"])
+def test_unreadable_file(tmp_path: Path, make: str) -> None:
+    path = tmp_path / "web.toml"
+    if make == "directory":
+        path.mkdir()
+
+    with pytest.raises(ManifestError) as caught:
+        load_squishfile(str(path))
+
+    assert caught.value.file == str(path)
+    assert "cannot read the file" in caught.value.message
+    assert_one_readable_line(str(caught.value), path)
+
+
+def test_container_name_comes_from_the_file_stem(tmp_path: Path) -> None:
+    assert load_squishfile(write(tmp_path, MINIMAL, "my-app.v2.toml")).name == "my-app.v2"
+
+    path = write(tmp_path, MINIMAL, "my app.toml")
+    with pytest.raises(ManifestError, match="rename the file") as caught:
+        load_squishfile(path)
+    assert caught.value.field is None
+
+
+def test_only_the_first_problem_is_reported(project: Path) -> None:
+    text = 'network = "host"\n[run]\ncommand = ""\n'
+
+    with pytest.raises(ManifestError) as caught:
+        load_squishfile(write(project, text))
+
+    assert caught.value.field == "network"
+
+
+# -- the spec hash and what a change means -------------------------------------------
+
+
+def test_spec_hash_ignores_whitespace_comments_and_key_order(project: Path) -> None:
+    reordered = """\
+        # same container, written differently
+        [run]
+        args    = [ "2000",  "/app" ]
+        command = "/app/http-asm"
+
+        [[ports]]
+        host_ip = "127.0.0.1"
+        host = 42069
+        container = 2000
+
+        [layers]
+        scratch = { target = "/app/scratch", rw = true, path = "scratch" }
+        conf = { target = "/etc/app.toml", path = "./app.toml" }
+        app = { path = "./test/../test/http-asm" }
+        python = { version = "3.11" }
+        alpine = "3.14"
+
+        [env]
+        KEY = 'value'
+    """
+    original = load_squishfile(write(project, EXAMPLE))
+    rewritten = load_squishfile(write(project, 'network = "none"\n' + textwrap.dedent(reordered)))
+
+    assert rewritten.spec_hash() == original.spec_hash()
+    assert diff_specs(original, rewritten) is Change.SAME
+
+
+def test_spec_hash_ignores_env_order() -> None:
+    first = parse(MINIMAL + '[env]\nA = "1"\nB = "2"\n')
+    second = parse(MINIMAL + '[env]\nB = "2"\nA = "1"\n')
+
+    assert list(first.env) != list(second.env)
+    assert first.spec_hash() == second.spec_hash()
+
+
+def test_spec_hash_is_pinned() -> None:
+    # The hash decides whether a running container is replaced, so it must be
+    # the same in every process and Python version; a deliberate change of the
+    # hashed spec must update this value (and bump the schema number).
+    squishfile = parse(
+        """\
+        [layers]
+        alpine = "3.14"
+        python = "3.11"
+        [run]
+        command = "/bin/sh"
+        args = ["-c", "echo hi"]
+        [env]
+        B = "2"
+        A = "ü"
+        [[ports]]
+        container = 80
+        host = 8080
+        """,
+        name="pinned",
+    )
+
+    assert squishfile.spec_hash() == PINNED_HASH
+    assert len(squishfile.spec_hash_without_ports()) == 64
+    assert squishfile.spec_hash_without_ports() != squishfile.spec_hash()
+
+
+PINNED_HASH = "119a4b2cc76111d86823755b41aa0453e2a861316bf8879331df8c1f7d0847e3"
+
+
+CHANGES = [
+    # (id, old, new, change)
+    ("same", MINIMAL, MINIMAL, Change.SAME),
+    (
+        "port-host",
+        ports("container = 1\nhost = 80"),
+        ports("container = 1\nhost = 81"),
+        Change.PORTS,
+    ),
+    ("port-added", MINIMAL, ports("container = 1\nhost = 80"), Change.PORTS),
+    (
+        "port-protocol",
+        ports("container = 1\nhost = 80"),
+        ports("container = 1\nhost = 80\nprotocol = 'udp'"),
+        Change.PORTS,
+    ),
+    (
+        "port-order",
+        ports("container = 1\nhost = 80", "container = 2\nhost = 81"),
+        ports("container = 2\nhost = 81", "container = 1\nhost = 80"),
+        Change.SAME,
+    ),
+    ("command", MINIMAL, run('command = "/bin/false"'), Change.REPLACE),
+    ("args", MINIMAL, MINIMAL + 'args = ["x"]\n', Change.REPLACE),
+    ("env", MINIMAL, env('A = "1"'), Change.REPLACE),
+    ("network", MINIMAL, 'network = "none"\n' + MINIMAL, Change.REPLACE),
+    ("network-default", MINIMAL, 'network = "slirp4netns"\n' + MINIMAL, Change.SAME),
+    ("layer-version", layers('node = "20"'), layers('node = "22"'), Change.REPLACE),
+    (
+        "layer-target",
+        layers('node = "20"'),
+        layers('node = { version = "20", target = "/opt/node" }'),
+        Change.REPLACE,
+    ),
+    (
+        "layer-order",
+        layers('node = "20"', 'go = "1.22"'),
+        layers('go = "1.22"', 'node = "20"'),
+        Change.SAME,
+    ),
+    ("base", layers('alpine = "3.14"'), layers('alpine = "3.19"'), Change.REPLACE),
+    (
+        "ports-and-command",
+        MINIMAL,
+        run('command = "/bin/false"') + "[[ports]]\ncontainer = 1\nhost = 80\n",
+        Change.REPLACE,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "change"),
+    [pytest.param(old, new, change, id=case) for case, old, new, change in CHANGES],
+)
+def test_diff_specs(old: str, new: str, change: Change) -> None:
+    assert diff_specs(parse(old), parse(new)) is change
+
+
+def test_name_is_part_of_the_spec() -> None:
+    assert diff_specs(parse(MINIMAL, name="a"), parse(MINIMAL, name="b")) is Change.REPLACE
+
+
+def test_file_location_is_not_part_of_the_spec(tmp_path: Path) -> None:
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    first = load_squishfile(write(tmp_path / "one", MINIMAL))
+    second = load_squishfile(write(tmp_path / "two", MINIMAL))
+
+    assert first.file != second.file
+    assert diff_specs(first, second) is Change.SAME
+
+
+def test_a_moved_path_layer_is_a_replace(tmp_path: Path) -> None:
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v2").mkdir()
+    old = load_squishfile(
+        write(tmp_path, '[layers]\napp = { path = "./v1", target = "/app/x" }\n' + MINIMAL)
+    )
+    new = load_squishfile(
+        write(tmp_path, '[layers]\napp = { path = "./v2", target = "/app/x" }\n' + MINIMAL)
+    )
+
+    assert diff_specs(old, new) is Change.REPLACE
+
+
+# -- squish validate ---------------------------------------------------------------
+
+
+def test_validate_ok(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(project, EXAMPLE)
+
+    assert main(["validate", str(path)]) == 0
+
+    out, err = capsys.readouterr()
+    assert out == f"{path}: ok\n"
+    assert err == ""
+
+
+def test_validate_reports_every_bad_file_and_fails(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = write(project, EXAMPLE, "good.toml")
+    bad = write(project, MINIMAL + "[[ports]]\ncontainer = 1\nhost = 70000\n", "bad.toml")
+    missing = project / "missing.toml"
+    also_good = write(project, MINIMAL, "also-good.toml")
+
+    assert main(["validate", str(good), str(bad), str(missing), str(also_good)]) == 1
+
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"{good}: ok", f"{also_good}: ok"]
+    errors = err.splitlines()
+    assert errors == [
+        f"{bad}: ports[0].host: must be an integer between 1 and 65535, got integer 70000",
+        f"{missing}: cannot read the file: No such file or directory",
+    ]
+
+
+def test_validate_json(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = write(project, MINIMAL, "good.toml")
+    bad = write(project, '[run]\ncommand = ""\n', "bad.toml")
+
+    assert main(["validate", "--json", str(good), str(bad)]) == 1
+
+    out, err = capsys.readouterr()
+    assert err == ""
+    report = json.loads(out)["files"]
+    assert report[0] == {
+        "file": str(good),
+        "ok": True,
+        "name": "good",
+        "spec_hash": load_squishfile(good).spec_hash(),
+    }
+    assert report[1]["ok"] is False
+    assert report[1]["error"]["field"] == "run.command"
+
+
+@pytest.mark.parametrize("argv", [[], ["validate"], ["no-such-command"]])
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_python_dash_m_squish(project: Path) -> None:
+    path = write(project, MINIMAL)
+    result = subprocess.run(
+        [sys.executable, "-m", "squish", "validate", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{path}: ok\n"
