@@ -38,6 +38,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -102,7 +103,9 @@ class _Live:
     init_pidfd: int
     run_dir: Path
     slirp: Slirp | None = None
-    forwards: dict[PortForward, int] = field(default_factory=dict)
+    # The container's user and net namespaces, kept open for UDP relays.
+    ns_fds: tuple[int, int] | None = None
+    forwards: dict[PortForward, int | subprocess.Popen[bytes]] = field(default_factory=dict)
     exited: anyio.Event = field(default_factory=anyio.Event)
     stop_requested: bool = False
 
@@ -282,11 +285,12 @@ class BwrapRuntime:
                     netns_fd=netns_fd,
                     userns_fd=userns_fd,
                     api_socket=run_dir / "slirp.sock",
-                    log_fd=log_w,
+                    log_path=run_dir / "slirp4netns.log",
                     slirp4netns=self.slirp4netns,
                 )
-                close(netns_fd)
-                close(userns_fd)
+                fds.remove(netns_fd)
+                fds.remove(userns_fd)
+                live.ns_fds = (userns_fd, netns_fd)
                 for port in spec.ports:
                     await self._add_forward(live, port)
             close(log_w)
@@ -329,10 +333,31 @@ class BwrapRuntime:
         return decoded
 
     async def _add_forward(self, live: _Live, port: PortForward) -> None:
-        assert live.slirp is not None
+        assert live.slirp is not None and live.ns_fds is not None
         ip = port.host_ip or self.default_host_ip
-        forward_id = await live.slirp.add_forward(port.protocol, ip, port.host, port.container)
-        live.forwards[port] = forward_id
+        if port.protocol == "tcp":
+            live.forwards[port] = await live.slirp.add_forward("tcp", ip, port.host, port.container)
+        else:
+            live.forwards[port] = await _start_udp_relay(live.ns_fds, ip, port)
+
+    async def _remove_forward(self, live: _Live, port: PortForward) -> None:
+        forward = live.forwards.pop(port)
+        if isinstance(forward, int):
+            assert live.slirp is not None
+            await live.slirp.remove_forward(forward)
+        else:
+            forward.kill()
+            forward.wait()
+
+    def _close_network(self, live: _Live) -> None:
+        for forward in live.forwards.values():
+            if not isinstance(forward, int):
+                forward.kill()
+                forward.wait()
+        if live.ns_fds is not None:
+            for fd in live.ns_fds:
+                os.close(fd)
+            live.ns_fds = None
 
     async def _abort(self, live: _Live) -> None:
         """Undo a half-done start: kill the sandbox, stop slirp4netns."""
@@ -342,6 +367,7 @@ class BwrapRuntime:
             live.monitor.kill()
         live.monitor.wait()
         await self._reap_init(live)
+        self._close_network(live)
         if live.slirp is not None:
             await live.slirp.close()
 
@@ -363,6 +389,7 @@ class BwrapRuntime:
             await anyio.wait_readable(live.monitor_pidfd)
             returncode = live.monitor.wait()
             await self._reap_init(live)
+            self._close_network(live)
             if live.slirp is not None:
                 await live.slirp.close()
         os.close(live.monitor_pidfd)
@@ -388,6 +415,7 @@ class BwrapRuntime:
             except anyio.WouldBlock:
                 pass  # a subscriber that stopped reading loses events, not us
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                subscriber.close()
                 self._subscribers.remove(subscriber)
 
     # -- stop ------------------------------------------------------------
@@ -439,8 +467,7 @@ class BwrapRuntime:
         removed = [port for port in live.forwards if port not in wanted]
         added = [port for port in wanted if port not in live.forwards]
         for port in removed:
-            assert live.slirp is not None
-            await live.slirp.remove_forward(live.forwards.pop(port))
+            await self._remove_forward(live, port)
         # Only ports nobody holds yet need the check; a port moved from one
         # forward of this container to another was freed just above.
         check_ports_free(added, self.default_host_ip)
@@ -448,6 +475,47 @@ class BwrapRuntime:
             await self._add_forward(live, port)
         container.ports = tuple(live.forwards)
         return self._snapshot(live)
+
+
+_UDP_RELAY = Path(__file__).with_name("udp_relay.py")
+
+
+async def _start_udp_relay(
+    ns_fds: tuple[int, int], ip: str, port: PortForward
+) -> subprocess.Popen[bytes]:
+    """Bind the host side of a UDP forward and start its relay (see udp_relay)."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as host:
+        try:
+            host.bind((ip, port.host))
+        except OSError as exc:
+            raise PortInUse(f"host port {port.describe(ip)}: {exc.strerror or exc}") from exc
+        userns_fd, netns_fd = ns_fds
+        argv = [sys.executable, "-S", str(_UDP_RELAY), str(os.getpid()), str(userns_fd)]
+        argv += [str(netns_fd), str(host.fileno()), str(port.container)]
+        # In the loop's thread: PDEATHSIG follows the spawning thread.
+        relay = subprocess.Popen(  # noqa: ASYNC220
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            pass_fds=(userns_fd, netns_fd, host.fileno()),
+            start_new_session=True,
+        )
+    assert relay.stdout is not None
+    ready = relay.stdout.fileno()
+    with anyio.move_on_after(10):
+        await anyio.wait_readable(ready)
+    os.set_blocking(ready, False)
+    try:
+        said = os.read(ready, 64)
+    except BlockingIOError:
+        said = b""
+    relay.stdout.close()
+    if said != b"ready\n":
+        relay.kill()
+        relay.wait()
+        raise RuntimeFailure(f"cannot forward {port.describe(ip)}: the UDP relay failed to start")
+    return relay
 
 
 def _pending_complaint(log_r: int) -> str:

@@ -43,7 +43,7 @@ class Slirp:
         netns_fd: int,
         userns_fd: int,
         api_socket: Path,
-        log_fd: int,
+        log_path: Path,
         slirp4netns: str = "slirp4netns",
     ) -> Slirp:
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
@@ -66,14 +66,18 @@ class Slirp:
             "tap0",
         ]
         try:
-            # In the loop's thread, like bwrap; exiting is tied to --exit-fd.
-            process = subprocess.Popen(  # noqa: ASYNC220
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log_fd,
-                stderr=log_fd,
-                pass_fds=(userns_fd, netns_fd, ready_w, exit_r),
-            )
+            # Its chatter (one line per API call) stays out of the container's
+            # log; it goes to a file in the container's run directory.
+            with log_path.open("ab") as log:
+                # In the loop's thread, like bwrap; exiting is tied to --exit-fd.
+                process = subprocess.Popen(  # noqa: ASYNC220
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    pass_fds=(userns_fd, netns_fd, ready_w, exit_r),
+                    start_new_session=True,
+                )
         except OSError as exc:
             for fd in (ready_r, ready_w, exit_r, exit_w):
                 os.close(fd)
@@ -88,9 +92,11 @@ class Slirp:
             os.close(ready_r)
         if ready != b"1":
             await slirp.close()
+            # A few lines, on the failure path only: not worth a thread.
+            said = log_path.read_text(errors="replace").strip().splitlines()  # noqa: ASYNC240
             raise RuntimeFailure(
                 "slirp4netns failed to set up the network "
-                "(is /dev/net/tun usable by this user? see the container log)"
+                f"({said[-1] if said else 'no message'}; is /dev/net/tun mode 0666?)"
             )
         return slirp
 
