@@ -1,0 +1,219 @@
+"""Container start latency: squish's runtime side by side with raw bwrap.
+
+Run as an ordinary user (squish is rootless):
+
+    .venv/bin/python bench/start_latency.py -n 100
+
+Three series, interleaved so that machine noise hits them alike:
+
+- ``bwrap``: raw bwrap with the same isolation squish uses (all namespaces,
+  fresh /proc, /dev and /tmp, the built-in base read-only), spawned from
+  Python with ``subprocess.Popen``: the anchor.
+- ``squish``: ``BwrapRuntime.start`` of a ``network = "none"`` container.
+- ``squish+net``: ``BwrapRuntime.start`` with slirp4netns and one TCP
+  forward, until busybox httpd answers an HTTP request through the forward.
+
+"Running" is the moment the command inside has executed: it writes to a
+FIFO in a bind-mounted directory that the benchmark waits on, the same for
+bwrap and squish. Prints median and p90 per series and the ratio to bwrap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+
+from squish.layers import LayerStore, Mount
+from squish.runtime import DEFAULT_PATH, ContainerSpec, PortForward
+from squish.runtime.bwrap_runtime import BwrapRuntime
+
+READY = "/mnt/ready"
+
+
+def raw_bwrap_argv(rootfs: Path, bench_dir: Path) -> list[str]:
+    return [
+        "bwrap",
+        "--unshare-all",
+        "--unshare-user",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--hostname",
+        "raw",
+        "--ro-bind",
+        str(rootfs),
+        "/",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
+        "--bind",
+        str(bench_dir),
+        "/mnt",
+        "--clearenv",
+        "--setenv",
+        "PATH",
+        DEFAULT_PATH,
+        "--",
+        "/bin/sh",
+        "-c",
+        f"echo > {READY}; exec sleep 1000",
+    ]
+
+
+class Fifo:
+    """A FIFO in the bind-mounted directory; the command's write is the signal."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "ready"
+        self.path.unlink(missing_ok=True)
+        os.mkfifo(self.path)
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+
+    async def wait(self) -> float:
+        await anyio.wait_readable(self.fd)
+        return time.perf_counter()
+
+    def close(self) -> None:
+        os.close(self.fd)
+        self.path.unlink(missing_ok=True)
+
+
+async def time_raw(rootfs: Path, bench_dir: Path) -> float:
+    fifo = Fifo(bench_dir)
+    try:
+        started = time.perf_counter()
+        process = subprocess.Popen(raw_bwrap_argv(rootfs, bench_dir))
+        ready = await fifo.wait()
+        process.kill()
+        process.wait()
+        return ready - started
+    finally:
+        fifo.close()
+
+
+async def time_squish(runtime: BwrapRuntime, rootfs: Path, bench_dir: Path) -> float:
+    fifo = Fifo(bench_dir)
+    spec = ContainerSpec(
+        name="bench",
+        rootfs=rootfs,
+        command="/bin/sh",
+        args=("-c", f"echo > {READY}; exec sleep 1000"),
+        mounts=(Mount(bench_dir, "/mnt", rw=True),),
+        network=False,
+    )
+    try:
+        started = time.perf_counter()
+        container = await runtime.start(spec)
+        ready = await fifo.wait()
+        await runtime.stop(container.id, grace=0)
+        return ready - started
+    finally:
+        fifo.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def http_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+            conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            return conn.recv(16).startswith(b"HTTP/")
+    except OSError:
+        return False
+
+
+async def time_networked(runtime: BwrapRuntime, rootfs: Path, site: Path) -> float:
+    port = free_port()
+    spec = ContainerSpec(
+        name="bench-net",
+        rootfs=rootfs,
+        command="httpd",
+        args=("-f", "-p", "8080", "-h", "/mnt"),
+        mounts=(Mount(site, "/mnt", rw=False),),
+        ports=(PortForward(port, 8080),),
+    )
+    started = time.perf_counter()
+    container = await runtime.start(spec)
+    while not http_answers(port):
+        await anyio.sleep(0.0005)
+    answered = time.perf_counter()
+    await runtime.stop(container.id, grace=0)
+    return answered - started
+
+
+def summary(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    p90 = ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
+    return statistics.median(ordered) * 1e3, p90 * 1e3
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", type=int, default=50, help="starts per series")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if os.getuid() == 0:
+        sys.exit("run the benchmark as an ordinary user: squish is rootless")
+    with tempfile.TemporaryDirectory(prefix="squish-bench-") as tmp:
+        work = Path(tmp)
+        rootfs = LayerStore(work / "state").builtin_base()
+        bench_dir = work / "bench"
+        bench_dir.mkdir()
+        site = work / "site"
+        site.mkdir()
+        (site / "index.html").write_text("ok\n")
+        series: dict[str, list[float]] = {"bwrap": [], "squish": [], "squish+net": []}
+        async with BwrapRuntime(run_dir=work / "run", log_dir=work / "logs") as runtime:
+            for _ in range(3):  # warm caches for every series
+                await time_raw(rootfs, bench_dir)
+                await time_squish(runtime, rootfs, bench_dir)
+                await time_networked(runtime, rootfs, site)
+            for _ in range(args.n):
+                series["bwrap"].append(await time_raw(rootfs, bench_dir))
+                series["squish"].append(await time_squish(runtime, rootfs, bench_dir))
+                series["squish+net"].append(await time_networked(runtime, rootfs, site))
+    anchor, _ = summary(series["bwrap"])
+    rows = []
+    for name, samples in series.items():
+        median, p90 = summary(samples)
+        rows.append(
+            {
+                "series": name,
+                "n": len(samples),
+                "median_ms": round(median, 2),
+                "p90_ms": round(p90, 2),
+                "ratio_to_bwrap": round(median / anchor, 2),
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'series':<12} {'n':>4} {'median ms':>10} {'p90 ms':>8} {'x bwrap':>8}")
+    for row in rows:
+        print(
+            f"{row['series']:<12} {row['n']:>4} {row['median_ms']:>10.2f} "
+            f"{row['p90_ms']:>8.2f} {row['ratio_to_bwrap']:>8.2f}"
+        )
+
+
+if __name__ == "__main__":
+    anyio.run(main)

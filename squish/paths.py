@@ -1,0 +1,35 @@
+"""Where squish keeps things on the host, following the XDG base directories.
+
+Called by the CLI and the daemon. State (the layer cache, the built-in base,
+logs) lives under ``$XDG_STATE_HOME/squish`` (``~/.local/state/squish``);
+runtime files (sockets, per-container scratch) under
+``$XDG_RUNTIME_DIR/squish``, or, where there is no such directory, a private
+``/tmp/squish-<uid>`` that must be ours and mode 0700.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from squish.errors import SquishError
+
+
+def state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "squish"
+
+
+def runtime_dir() -> Path:
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and Path(xdg).is_dir():
+        path = Path(xdg) / "squish"
+        path.mkdir(mode=0o700, exist_ok=True)
+        return path
+    path = Path(f"/tmp/squish-{os.getuid()}")  # noqa: S108 (checked below: ours, 0700)
+    path.mkdir(mode=0o700, exist_ok=True)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise SquishError(f"{path} is not a private directory of this user; remove it")
+    return path

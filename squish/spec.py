@@ -1,0 +1,29 @@
+"""From a squishfile to what the runtime runs: resolve layers, build the spec.
+
+Called by the CLI (``squish run``) and the daemon. Sits above the three
+layers it joins: the manifest model, the layer store and the runtime types.
+"""
+
+from __future__ import annotations
+
+from squish.layers import LayerStore
+from squish.manifest import Squishfile
+from squish.runtime import ContainerSpec, PortForward
+
+
+def container_spec(squishfile: Squishfile, store: LayerStore) -> ContainerSpec:
+    """Resolve the squishfile's layers (may build or fetch them) into a spec."""
+    resolved = store.resolve(squishfile.base, squishfile.layers)
+    return ContainerSpec(
+        name=squishfile.name,
+        rootfs=resolved.rootfs,
+        command=squishfile.command,
+        args=squishfile.args,
+        mounts=resolved.mounts,
+        env=dict(squishfile.env),
+        ports=tuple(
+            PortForward(port.host, port.container, port.protocol, port.host_ip)
+            for port in squishfile.ports
+        ),
+        network=squishfile.network != "none",
+    )
