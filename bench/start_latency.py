@@ -188,9 +188,11 @@ async def main() -> None:
                 await time_squish(runtime, rootfs, bench_dir)
                 await time_networked(runtime, rootfs, site)
             for _ in range(args.n):
-                series["bwrap"].append(await time_raw(rootfs, bench_dir))
-                series["squish"].append(await time_squish(runtime, rootfs, bench_dir))
-                series["squish+net"].append(await time_networked(runtime, rootfs, site))
+                # A start that never comes is a failure to report, not a hang.
+                with anyio.fail_after(10):
+                    series["bwrap"].append(await time_raw(rootfs, bench_dir))
+                    series["squish"].append(await time_squish(runtime, rootfs, bench_dir))
+                    series["squish+net"].append(await time_networked(runtime, rootfs, site))
     anchor, _ = summary(series["bwrap"])
     rows = []
     for name, samples in series.items():

@@ -4,11 +4,15 @@ Called by ``BwrapRuntime.start``. The file descriptors are the runtime's
 handshake with bwrap (see ``bwrap_runtime`` for the dance):
 
 - ``--info-fd``: bwrap writes the sandbox's pid 1 (as seen from the host).
-- ``--userns-block-fd``: bwrap waits until the runtime has written the user
-  namespace's uid/gid maps. The runtime writes them itself (instead of letting
-  bwrap do it inside the child) so that they exist before slirp4netns joins
-  the namespace; bwrap then needs no second, nested user namespace.
-- ``--block-fd``: bwrap waits with the command until the network is up.
+- ``--userns-block-fd`` (networked containers only): bwrap waits until the
+  runtime has written the user namespace's uid/gid maps. The runtime writes
+  them itself (instead of letting bwrap do it inside the child) so that they
+  exist before slirp4netns joins the namespace.
+- ``--block-fd`` (networked containers only): bwrap waits with the command
+  until the network is up.
+
+A container without network needs neither: bwrap maps uid 0 to the user
+itself, exactly as the runtime would, and runs at full speed.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ class HandshakeFds:
     """The child's ends of the runtime <-> bwrap pipes."""
 
     info: int
-    userns_block: int
-    block: int
+    userns_block: int | None = None
+    block: int | None = None
 
 
 def container_env(spec: ContainerSpec) -> dict[str, str]:
@@ -66,13 +70,12 @@ def bwrap_argv(
         "--new-session",
         "--info-fd",
         str(fds.info),
-        "--userns-block-fd",
-        str(fds.userns_block),
-        "--block-fd",
-        str(fds.block),
-        "--hostname",
-        spec.name,
     ]
+    if fds.userns_block is not None:
+        argv += ["--userns-block-fd", str(fds.userns_block)]
+    if fds.block is not None:
+        argv += ["--block-fd", str(fds.block)]
+    argv += ["--hostname", spec.name]
     specials = [
         Special("/proc", "proc"),
         Special("/dev", "dev"),

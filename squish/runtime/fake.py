@@ -42,6 +42,17 @@ class FakeRuntime:
         self._failures: dict[str, RuntimeFailure] = {}
         self._pids = itertools.count(1000)
 
+    async def __aenter__(self) -> FakeRuntime:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Like the real runtime: stop everything, end every subscription."""
+        for container_id in list(self._live):
+            await self.stop(container_id)
+        for subscriber in self._subscribers:
+            subscriber.close()
+        self._subscribers.clear()
+
     def fail_next_start(self, name: str, error: RuntimeFailure) -> None:
         self._failures[name] = error
 
@@ -99,8 +110,12 @@ class FakeRuntime:
         container.finished_at = time.time()
         del self._live[container.id]
         event = ExitEvent(container.id, container.name, exit_code, container.finished_at, stopped)
-        for subscriber in self._subscribers:
-            subscriber.send_nowait(event)
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber.send_nowait(event)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                subscriber.close()
+                self._subscribers.remove(subscriber)
 
     def crash(self, container_id: str, exit_code: int = 1) -> None:
         """Make a container exit by itself, as if its command had died."""

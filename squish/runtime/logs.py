@@ -45,6 +45,7 @@ class RotatingLog:
 
     def _rotate(self) -> None:
         os.close(self._fd)
+        self._fd = -1
         for index in range(self.keep - 1, 0, -1):
             older = self.path.with_name(f"{self.path.name}.{index}")
             if index == self.keep - 1:
@@ -53,7 +54,9 @@ class RotatingLog:
                 newer = self.path.with_name(f"{self.path.name}.{index - 1}")
                 if newer.exists():
                     newer.rename(older)
-        if self.keep > 1:
+        # The file may have been deleted while open (rm to free space): then
+        # there is nothing to keep, and the new file starts afresh.
+        if self.keep > 1 and self.path.exists():
             self.path.rename(self.path.with_name(f"{self.path.name}.1"))
         else:
             self.path.unlink(missing_ok=True)

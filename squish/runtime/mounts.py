@@ -163,11 +163,18 @@ class _Planner:
             return
         if isinstance(owner, Special):
             raise RuntimeFailure(f"{why}: cannot mount inside {mount_point}")
-        self.explode(path, mount_point, owner)
+        self.explode(path, mount_point, owner, why=why)
 
-    def explode(self, path: str, mount_point: str, owner: _Bind) -> None:
+    def explode(self, path: str, mount_point: str, owner: _Bind, *, why: str) -> None:
         rel = os.path.relpath(path, mount_point)
         source = owner.source if rel == "." else owner.source / rel
+        if owner.rw:
+            # A tmpfs over part of a writable layer would swallow writes that
+            # belong on the host.
+            where = "a writable layer" if rel == "." else f"in the writable layer {mount_point}"
+            raise RuntimeFailure(
+                f"{why}: {path} is {where}; create the mount point in {source} on the host"
+            )
         self.owners[path] = _Tmpfs(remount_ro=True)
         for name in self.host.entries(source):
             child = _join(path, name)
@@ -180,6 +187,13 @@ class _Planner:
             self.owners[child] = _Bind(child_source, owner.rw, symlink=link)
 
     def place(self, target: str, owner: _Owner, want: Kind, *, why: str) -> None:
+        # Top down, so that each lstat() sees real directories above it: the
+        # first symlink on the way is found as itself, never followed.
+        for ancestor in reversed(PurePosixPath(target).parents):
+            if str(ancestor) != "/" and self.kind_in_view(str(ancestor)) is Kind.SYMLINK:
+                raise RuntimeFailure(
+                    f"{why}: {ancestor} is a symlink in the container; use the real path"
+                )
         kind = self.kind_in_view(target)
         if kind is Kind.SYMLINK:
             raise RuntimeFailure(
@@ -240,6 +254,8 @@ def plan_mounts(
         placed.append((special.target, special, Kind.DIR, special.target))
     for mount in mounts:
         kind = view.kind(mount.source)
+        if kind is Kind.MISSING:
+            raise RuntimeFailure(f"layer for {mount.target}: {mount.source} does not exist")
         if kind not in (Kind.DIR, Kind.FILE):
             raise RuntimeFailure(
                 f"layer for {mount.target}: {mount.source} is a {kind.value}, "
