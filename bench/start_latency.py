@@ -154,7 +154,7 @@ async def time_networked(runtime: BwrapRuntime, rootfs: Path, site: Path) -> flo
     started = time.perf_counter()
     container = await runtime.start(spec)
     while not http_answers(port):
-        await anyio.sleep(0.0005)
+        await anyio.sleep(0.0001)
     answered = time.perf_counter()
     await runtime.stop(container.id, grace=0)
     return answered - started

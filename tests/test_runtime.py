@@ -422,6 +422,14 @@ async def test_nothing_is_left_after_stop(
     assert running.pid is not None and running.init_pid is not None
     ours = kernel.children(os.getpid())
     assert len(ours) == 2  # bwrap's monitor and slirp4netns
+    slirp = next(pid for pid in ours if Path(f"/proc/{pid}/comm").read_text() == "slirp4netns\n")
+    # slirp4netns runs sandboxed: a mount namespace of its own, a seccomp
+    # filter, and of all capabilities (in the container's user namespace)
+    # only CAP_NET_BIND_SERVICE.
+    assert os.readlink(f"/proc/{slirp}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+    status = Path(f"/proc/{slirp}/status").read_text()
+    assert "CapBnd:\t0000000000000400" in status
+    assert "Seccomp:\t2" in status
     assert any(runtime.run_dir.iterdir())
 
     await runtime.stop(container.id)

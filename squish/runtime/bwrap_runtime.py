@@ -6,7 +6,7 @@ the event loop's thread of the process that owns the containers: bwrap's
 spawning from a worker thread would kill containers when the thread pool
 retires that thread.
 
-Starting a container is a handshake with bwrap over pipes:
+Starting a networked container is a handshake with bwrap over pipes:
 
 1. bwrap clones its sandbox (new user, mount, pid, uts, ipc and net
    namespaces) and writes the sandbox's pid 1 to ``--info-fd``; it then waits
@@ -15,11 +15,15 @@ Starting a container is a handshake with bwrap over pipes:
    Doing it ourselves means the maps exist before slirp4netns joins the user
    namespace; bwrap would otherwise write them later, from inside, racing
    slirp4netns's ``setegid(0)``.
-3. While bwrap builds the mounts, slirp4netns joins the network namespace
-   (through the user namespace that owns it, found with NS_GET_USERNS),
-   brings up ``tap0`` and reports ready; port forwards go through its API.
+3. While bwrap builds the mounts, slirp4netns joins the sandbox's user and
+   network namespaces, brings up ``tap0`` and reports ready.
 4. We write to ``--block-fd``: only now does the command run, with its
-   network already up.
+   network already up. Port forwards are added while it starts: TCP through
+   slirp4netns's API, UDP through ``udp_relay`` (which needs the namespaces'
+   fds, the user namespace found with NS_GET_USERNS).
+
+A container without network skips all of it: bwrap maps the ids itself, and
+nothing of ours runs while it sets the sandbox up.
 
 Stopping sends SIGTERM to the command (pid 2 inside, found through pid 1's
 children; a SIGTERM to a pid namespace's init without a handler would be
@@ -371,8 +375,7 @@ class BwrapRuntime:
         fds.remove(userns_w)
         os.close(userns_w)
         live.slirp = await Slirp.start(
-            netns_fd=netns_fd,
-            userns_fd=userns_fd,
+            pid=init_pid,
             api_socket=live.run_dir / "slirp.sock",
             log_path=live.run_dir / "slirp4netns.log",
             slirp4netns=self.slirp4netns,

@@ -1,10 +1,11 @@
 """slirp4netns: user-mode networking for one container, and its API socket.
 
 Called by ``BwrapRuntime``. One slirp4netns process per networked container
-joins the container's network namespace (through the user namespace that
-owns it), configures ``tap0`` with 10.0.2.100/24, gateway 10.0.2.2 and DNS
-10.0.2.3, and forwards host ports into the container through its JSON API
-socket, which lets forwards be added and removed while the container runs.
+joins the container's user and network namespaces, configures ``tap0`` with
+10.0.2.100/24, gateway 10.0.2.2 and DNS 10.0.2.3, and forwards host TCP ports
+into the container through its JSON API socket, which lets forwards be added
+and removed while the container runs. It runs with its seccomp filter and its
+sandbox (an empty mount namespace, no capabilities) enabled.
 
 Its lifetime is tied to the runtime's by ``--exit-fd``: slirp4netns exits as
 soon as the pipe's write end closes, which the kernel does when the daemon
@@ -40,8 +41,7 @@ class Slirp:
     async def start(
         cls,
         *,
-        netns_fd: int,
-        userns_fd: int,
+        pid: int,
         api_socket: Path,
         log_path: Path,
         slirp4netns: str = "slirp4netns",
@@ -54,15 +54,18 @@ class Slirp:
             f"--mtu={MTU}",
             "--disable-host-loopback",
             "--enable-seccomp",
-            f"--userns-path=/proc/self/fd/{userns_fd}",
-            "--netns-type=path",
+            "--enable-sandbox",
             "--ready-fd",
             str(ready_w),
             "--exit-fd",
             str(exit_r),
             "--api-socket",
             str(api_socket),
-            f"/proc/self/fd/{netns_fd}",
+            # By pid, not by namespace paths: slirp4netns then joins the
+            # pid's user namespace itself, which its sandbox needs
+            # (--enable-sandbox fails with --userns-path, slirp4netns #317).
+            # The pid is the sandbox's pid 1, held on bwrap's --block-fd.
+            str(pid),
             "tap0",
         ]
         try:
@@ -75,7 +78,7 @@ class Slirp:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,
-                    pass_fds=(userns_fd, netns_fd, ready_w, exit_r),
+                    pass_fds=(ready_w, exit_r),
                     start_new_session=True,
                 )
         except OSError as exc:
