@@ -58,6 +58,7 @@ __all__ = [
 ]
 
 PortProtocol = Literal["tcp", "udp"]
+RestartPolicy = Literal["always", "on-failure", "never"]
 Network = Literal["slirp4netns", "none"]
 
 # Layers with these names are the base rootfs, mounted at "/".
@@ -135,6 +136,8 @@ class Squishfile:
     env: Mapping[str, str] = field(default_factory=_empty_env, hash=False)
     ports: tuple[Port, ...] = ()
     network: Network = "slirp4netns"
+    # What to do when the command ends by itself (the kubelet's restartPolicy).
+    restart: RestartPolicy = "always"
 
     def __post_init__(self) -> None:
         # Callers (fakes, tests) may pass lists and dicts; freeze them so the
@@ -168,6 +171,7 @@ class Squishfile:
             "args": list(self.args),
             # json sorts the keys: env order never changes the hash.
             "env": dict(self.env),
+            "restart": self.restart,
         }
         if with_ports:
             spec["ports"] = sorted(
@@ -458,12 +462,17 @@ class _RawPort(_Raw):
     host_ip: _HostIp | None = None
 
 
+class _RawRestart(_Raw):
+    policy: RestartPolicy = "always"
+
+
 class _RawSquishfile(_Raw):
     network: Network = "slirp4netns"
     layers: dict[_LayerName, _RawLayer] = Field(default_factory=dict)
     run: _RawRun
     env: dict[_EnvKey, _NoNul] = Field(default_factory=dict)
     ports: list[_RawPort] = Field(default_factory=list)
+    restart: _RawRestart = Field(default_factory=_RawRestart)
 
 
 class _Invalid(Exception):
@@ -523,6 +532,8 @@ def _allowed_keys(parent: tuple[int | str, ...]) -> list[str]:
             model = _RawSquishfile
         case ("run",):
             model = _RawRun
+        case ("restart",):
+            model = _RawRestart
         case ("layers", str()):
             model = _RawLayer
         case ("ports", int()):
@@ -611,6 +622,7 @@ def _resolve(raw: _RawSquishfile, doc: dict[str, Any], *, base_dir: Path, name: 
         env=raw.env,
         ports=_resolve_ports(raw.ports),
         network=raw.network,
+        restart=raw.restart.policy,
     )
 
 

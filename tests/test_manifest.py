@@ -570,7 +570,7 @@ def test_spec_hash_is_pinned() -> None:
     assert squishfile.spec_hash_without_ports() != squishfile.spec_hash()
 
 
-PINNED_HASH = "119a4b2cc76111d86823755b41aa0453e2a861316bf8879331df8c1f7d0847e3"
+PINNED_HASH = "2c765edb0933758cfb53821a5f38738ffbfdc95a0e150fc646064fe4da81f570"
 
 
 CHANGES = [
@@ -726,3 +726,33 @@ def test_python_dash_m_squish(project: Path) -> None:
 
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"{path}: ok\n"
+
+
+# -- restart policy -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("table", "policy"),
+    [
+        ("", "always"),
+        ('[restart]\npolicy = "on-failure"\n', "on-failure"),
+        ('[restart]\npolicy = "never"\n', "never"),
+    ],
+)
+def test_restart_policy_defaults_to_always(table: str, policy: str) -> None:
+    squishfile = parse('[run]\ncommand = "/bin/true"\n' + table)
+    assert squishfile.restart == policy
+
+
+@pytest.mark.parametrize(
+    ("table", "field", "message"),
+    [
+        ('[restart]\npolicy = "sometimes"\n', "restart.policy", "'always', 'on-failure'"),
+        ('[restart]\npolcy = "never"\n', "restart", "unknown key 'polcy'"),
+    ],
+)
+def test_bad_restart_policy_is_named(table: str, field: str, message: str) -> None:
+    with pytest.raises(ManifestError) as caught:
+        parse('[run]\ncommand = "/bin/true"\n' + table)
+    assert caught.value.field == field
+    assert message in str(caught.value)
