@@ -1,0 +1,351 @@
+"""The Prometheus exporter: what squish says about itself on ``/metrics``.
+
+The daemon owns one ``Metrics`` and hands it to the reconciler, which counts
+every reconcile and keeps the container and manifest gauges level with what it
+just observed; the runtime side reports starts, restarts and the pid of each
+container's process tree. ``serve()`` exposes it all over HTTP for Prometheus,
+``exposition()`` gives the same text to the API and to tests.
+
+Everything lives in a private ``CollectorRegistry``, never prometheus_client's
+global one, so two daemons (or two tests) in one process never share samples.
+
+Following controller-runtime, every label value that is known up front (the
+container states, the reconcile results, the manifest states) is exported at 0
+from the start: a dashboard's ``rate()`` and an alert's ``absent()`` then work
+before the first event instead of seeing a series appear out of nowhere.
+
+The only label beyond those fixed sets is ``container``, whose value is a
+container name; nothing else a user wrote (env values, paths) ever becomes a
+label.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+    start_http_server,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from squish.errors import SquishError
+
+CONTAINER_STATES = ("running", "stopped", "failed", "backoff")
+RECONCILE_RESULTS = ("success", "error", "requeue")
+MANIFEST_STATES = ("valid", "invalid")
+
+# Starting a container is a fork/exec of bwrap plus a few mounts: around a few
+# milliseconds when the layers are cached, seconds when something is slow.
+START_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# A reconcile plans (microseconds) and then waits for its actions, which may
+# include stopping a container with its grace period; hence the longer tail.
+RECONCILE_BUCKETS = (*START_BUCKETS, 30.0, 60.0)
+
+
+class Metrics:
+    """Every metric squish exports, in a registry of its own."""
+
+    def __init__(self, *, version: str) -> None:
+        self.registry = CollectorRegistry()
+        build = Info("squish_build", "Version of the running squish.", registry=self.registry)
+        build.info({"version": version})
+
+        self._manifests = Gauge(
+            "squish_manifests",
+            "Squishfiles last seen by the sources, by whether they validated.",
+            ["state"],
+            registry=self.registry,
+        )
+        for state in MANIFEST_STATES:
+            self._manifests.labels(state).set(0)
+
+        self._containers = Gauge(
+            "squish_containers",
+            "Containers known to the runtime, by state.",
+            ["state"],
+            registry=self.registry,
+        )
+        for state in CONTAINER_STATES:
+            self._containers.labels(state).set(0)
+
+        self._reconcile_duration = Histogram(
+            "squish_reconcile_duration_seconds",
+            "Time one reconcile took, from reading state to its last action.",
+            buckets=RECONCILE_BUCKETS,
+            registry=self.registry,
+        )
+        self._reconciles = Counter(
+            "squish_reconciles",
+            "Reconciles finished, by outcome.",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in RECONCILE_RESULTS:
+            self._reconciles.labels(result)
+
+        self._starts = Counter(
+            "squish_container_starts", "Containers started.", registry=self.registry
+        )
+        self._start_duration = Histogram(
+            "squish_container_start_duration_seconds",
+            "Time from asking the runtime to start a container until it was running.",
+            buckets=START_BUCKETS,
+            registry=self.registry,
+        )
+        self._restarts = Counter(
+            "squish_container_restarts",
+            "Times a container was restarted after it exited or crashed.",
+            ["container"],
+            registry=self.registry,
+        )
+
+        self._processes = _ProcessCollector()
+        self.registry.register(self._processes)
+
+    def set_manifests(self, *, valid: int, invalid: int) -> None:
+        self._manifests.labels("valid").set(valid)
+        self._manifests.labels("invalid").set(invalid)
+
+    def set_containers(self, counts: Mapping[str, int]) -> None:
+        """Set the per-state container gauge; a state not in ``counts`` is 0."""
+        unknown = set(counts) - set(CONTAINER_STATES)
+        if unknown:
+            raise ValueError(
+                f"unknown container state {sorted(unknown)!r}; "
+                f"expected one of {', '.join(CONTAINER_STATES)}"
+            )
+        for state in CONTAINER_STATES:
+            self._containers.labels(state).set(counts.get(state, 0))
+
+    def observe_reconcile(self, seconds: float, result: str) -> None:
+        if result not in RECONCILE_RESULTS:
+            # Checked rather than passed through: a typo would otherwise
+            # quietly open a new series that no dashboard looks at.
+            raise ValueError(
+                f"unknown reconcile result {result!r}; "
+                f"expected one of {', '.join(RECONCILE_RESULTS)}"
+            )
+        self._reconcile_duration.observe(seconds)
+        self._reconciles.labels(result).inc()
+
+    def container_started(self, seconds: float) -> None:
+        self._starts.inc()
+        self._start_duration.observe(seconds)
+
+    def container_restarted(self, name: str) -> None:
+        self._restarts.labels(name).inc()
+
+    def track_process(self, name: str, pid: int) -> None:
+        """Export CPU and memory of the process tree rooted at ``pid`` as ``name``.
+
+        Replaces any pid tracked for ``name`` before (a restarted container).
+        """
+        self._processes.track(name, pid)
+
+    def forget_container(self, name: str) -> None:
+        """Drop every series labelled with this container (restarts, CPU, RSS)."""
+        self._processes.forget(name)
+        # remove() raises KeyError for a label set that never had a sample;
+        # forgetting a container that never restarted is the common case.
+        with contextlib.suppress(KeyError):
+            self._restarts.remove(name)
+
+    def exposition(self) -> bytes:
+        """The current samples in Prometheus' text format (what a scrape gets)."""
+        return generate_latest(self.registry)
+
+    def serve(self, host: str, port: int) -> Callable[[], None]:
+        """Serve ``/metrics`` on ``host:port`` from a thread; return its shutdown.
+
+        prometheus_client's server answers the scrape on any path, ``/metrics``
+        included. The returned function stops it and may be called twice.
+        """
+        try:
+            server, thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise SquishError(f"metrics: cannot listen on {host}:{port}: {reason}") from exc
+
+        lock = threading.Lock()
+        stopped = False
+
+        def shutdown() -> None:
+            nonlocal stopped
+            with lock:
+                if stopped:
+                    return
+                stopped = True
+            server.shutdown()
+            server.server_close()
+            thread.join()
+
+        return shutdown
+
+
+@dataclass(frozen=True)
+class _Tracked:
+    pid: int
+    # The kernel's start time of ``pid`` when it was tracked: if the process
+    # exits and its pid is handed to an unrelated process, the start times
+    # differ and we skip it instead of exporting a stranger's CPU and memory.
+    start_ticks: int | None
+
+
+class _ProcessCollector(Collector):
+    """CPU and RSS of each tracked container, read from ``/proc`` at scrape time.
+
+    A container is a tree (bwrap, the sandbox's pid 1, the command and its
+    children), so both are sums over the tracked pid and every descendant.
+    Reading at scrape time rather than on a timer means the numbers are as
+    fresh as the scrape and cost nothing when nobody scrapes.
+    """
+
+    def __init__(self) -> None:
+        # track()/forget() run on the daemon's thread, collect() on the HTTP
+        # server's; collect() works on a copy taken under the lock.
+        self._lock = threading.Lock()
+        self._tracked: dict[str, _Tracked] = {}
+        self._ticks_per_second = os.sysconf("SC_CLK_TCK")
+
+    def track(self, name: str, pid: int) -> None:
+        with self._lock:
+            known = self._tracked.get(name)
+        # The reconciler re-tracks every running container each round. Keep
+        # the start time first seen for a pid: re-reading it would accept a
+        # stranger that inherited the pid after the container's process died.
+        if known is not None and known.pid == pid:
+            return
+        stat = _read_stat(pid)
+        tracked = _Tracked(pid, stat.start_ticks if stat else None)
+        with self._lock:
+            self._tracked[name] = tracked
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._tracked.pop(name, None)
+
+    def describe(self) -> Iterator[Metric]:
+        # Names only, so that registering checks for clashes without the
+        # registry calling collect() and reading /proc.
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        cpu, rss = self._families()
+        with self._lock:
+            tracked = dict(self._tracked)
+        for name, process in sorted(tracked.items()):
+            usage = self._tree_usage(process)
+            if usage is None:
+                continue  # the container's process is gone: no sample, no error
+            ticks, rss_bytes = usage
+            cpu.add_metric([name], ticks / self._ticks_per_second)
+            rss.add_metric([name], rss_bytes)
+        yield cpu
+        yield rss
+
+    @staticmethod
+    def _families() -> tuple[CounterMetricFamily, GaugeMetricFamily]:
+        cpu = CounterMetricFamily(
+            "squish_container_cpu_seconds",
+            "User and system CPU time of the container's processes, "
+            "including their reaped children.",
+            labels=["container"],
+        )
+        rss = GaugeMetricFamily(
+            "squish_container_memory_rss_bytes",
+            "Resident memory of the container's processes, summed (shared pages count once "
+            "per process).",
+            labels=["container"],
+        )
+        return cpu, rss
+
+    def _tree_usage(self, root: _Tracked) -> tuple[int, int] | None:
+        """CPU ticks and RSS bytes of ``root`` and its descendants, None if it is gone."""
+        stat = _read_stat(root.pid)
+        if stat is None or stat.start_ticks != root.start_ticks:
+            return None
+        # No double counting: a live child's time is only in its own stat and
+        # moves into its parent's cutime/cstime when reaped, after which it
+        # no longer shows up as a child. (An orphan adopted by a subreaper
+        # outside the tree leaves it; the counter may then dip, which
+        # Prometheus treats as a counter reset.)
+        ticks = stat.ticks
+        rss = _read_rss(root.pid)
+        seen = {root.pid}
+        pending = _children(root.pid)
+        while pending:
+            pid = pending.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            child = _read_stat(pid)
+            if child is None:
+                continue  # exited between listing and reading
+            ticks += child.ticks
+            rss += _read_rss(pid)
+            pending.extend(_children(pid))
+        return ticks, rss
+
+
+@dataclass(frozen=True)
+class _Stat:
+    ticks: int  # utime + stime + cutime + cstime
+    start_ticks: int
+
+
+def _read_stat(pid: int) -> _Stat | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The comm field may itself contain spaces and ')', so split after the
+    # last ')'. Then state is index 0, utime 11, stime 12, cutime 13,
+    # cstime 14 and starttime 19 (proc(5) fields 3, 14-17 and 22).
+    fields = text.rsplit(b")", 1)[1].split()
+    return _Stat(
+        ticks=sum(int(fields[i]) for i in (11, 12, 13, 14)),
+        start_ticks=int(fields[19]),
+    )
+
+
+def _read_rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024  # the kernel writes kB
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0  # gone, or a zombie, which has no memory left
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of every thread of ``pid`` (needs CONFIG_PROC_CHILDREN).
+
+    The children file is per thread: a child forked by a thread other than
+    the main one is listed only under that thread.
+    """
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    found: list[int] = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                found.extend(int(part) for part in f.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return found

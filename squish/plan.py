@@ -1,0 +1,192 @@
+"""The pure core of reconciling: what to do, given what is wanted and what is.
+
+Called by the ``Reconciler`` on every trigger (a file changed, a container
+exited, a timer, an API request). ``plan(desired, records, running, now)``
+looks at every name at once and returns the actions that move the actual
+state towards the desired one; it does no I/O and decides everything, so it
+is tested with tables. The executor only carries the actions out and writes
+down what happened in the records.
+
+Rules, per name:
+
+- manifest gone: stop its container;
+- manifest invalid: keep whatever runs (the last good version), start nothing;
+- running, same spec: nothing; only ports changed: update the forwards in
+  place; anything else changed: replace;
+- not running: start it, unless the user stopped it (until its manifest
+  changes or ``start``), its restart policy says it is done, or it is in
+  back-off after crashing;
+- two manifests claiming one host port: the container already holding it
+  keeps it; the other gets a conflict naming both files.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Set
+from dataclasses import dataclass, field
+
+from squish.manifest import Change, Squishfile, diff_specs
+from squish.sources import Manifest
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Restart back-off, as the kubelet's: immediate, then doubling to a cap."""
+
+    initial: float = 10.0
+    maximum: float = 300.0
+    reset_after: float = 600.0  # running this long forgets earlier crashes
+
+    def delay(self, crashes: int) -> float:
+        """Seconds to wait before restart number ``crashes`` (1-based)."""
+        if crashes <= 1:
+            return 0.0
+        return float(min(self.initial * 2 ** (crashes - 2), self.maximum))
+
+
+@dataclass
+class Record:
+    """What the reconciler remembers about one name between rounds."""
+
+    name: str
+    container_id: str | None = None  # the current (or last) container
+    applied: Squishfile | None = None  # what that container was started from
+    running: bool = False
+    stopped_by_user: bool = False
+    stopped_hash: str | None = None  # the spec the user stopped; an edit starts it again
+    crashes: int = 0  # consecutive, reset after a long enough run
+    restarts: int = 0  # total, for ps and metrics
+    backoff_until: float | None = None
+    exit_code: int | None = None
+    exit_reason: str = ""
+    exited_hash: str | None = None  # spec of the container that exited by itself
+    failure: str | None = None  # why the last start failed, or the conflict
+    failed_hash: str | None = None
+    started_at: float | None = None
+    in_flight: bool = False  # an action for this name is being carried out
+
+
+class Kind(enum.StrEnum):
+    START = "start"
+    STOP = "stop"
+    REPLACE = "replace"
+    UPDATE_PORTS = "update-ports"
+    CONFLICT = "conflict"  # not an action on the runtime: record the failure
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: Kind
+    name: str
+    squishfile: Squishfile | None = None
+    container_id: str | None = None
+    reason: str = ""
+    restart: bool = field(default=False)  # a start that restarts a crashed container
+
+
+def _ports(squishfile: Squishfile) -> set[tuple[str | None, int, str]]:
+    return {(port.host_ip, port.host, port.protocol) for port in squishfile.ports}
+
+
+def _clash(
+    mine: set[tuple[str | None, int, str]], theirs: set[tuple[str | None, int, str]]
+) -> tuple[str | None, int, str] | None:
+    for ip, port, protocol in mine:
+        for other_ip, other_port, other_protocol in theirs:
+            same_ip = ip is None or other_ip is None or ip == other_ip
+            if port == other_port and protocol == other_protocol and same_ip:
+                return (ip, port, protocol)
+    return None
+
+
+def _wants_start(record: Record | None, wanted: Squishfile, now: float) -> tuple[bool, bool]:
+    """(start it?, is it a restart?) for a name whose container is not running."""
+    if record is None:
+        return True, False
+    spec = wanted.spec_hash()
+    if record.stopped_by_user and record.stopped_hash == spec:
+        return False, False
+    if record.exited_hash == spec and record.exit_code is not None:
+        policy = wanted.restart
+        if policy == "never" or (policy == "on-failure" and record.exit_code == 0):
+            return False, False
+        if record.backoff_until is not None and record.backoff_until > now:
+            return False, True
+        return True, True
+    waiting = record.backoff_until is not None and record.backoff_until > now
+    if record.failed_hash == spec and record.failure is not None and waiting:
+        # A start that failed (a layer, a port) is retried with back-off too.
+        return False, True
+    return True, False
+
+
+def plan(
+    desired: Mapping[str, Manifest],
+    records: Mapping[str, Record],
+    running: Set[str],
+    now: float,
+) -> list[Action]:
+    """Actions that make ``running`` (container ids) match ``desired``."""
+    actions: list[Action] = []
+    # Host ports held by running containers, by name: they keep them.
+    held: dict[str, set[tuple[str | None, int, str]]] = {}
+    for name, holder in records.items():
+        if holder.container_id in running and holder.applied is not None:
+            held[name] = _ports(holder.applied)
+
+    def claim(name: str, squishfile: Squishfile) -> str | None:
+        """A conflict reason, or None after taking the ports for ``name``."""
+        mine = _ports(squishfile)
+        for other, theirs in sorted(held.items()):
+            if other == name:
+                continue
+            clash = _clash(mine, theirs)
+            if clash is not None:
+                ip, port, protocol = clash
+                owner = desired[other].file if other in desired else f"{other}.toml"
+                mine_file = desired[name].file if name in desired else f"{name}.toml"
+                where = f"{ip}:{port}" if ip else str(port)
+                return f"host port {where}/{protocol} of {mine_file} is already used by {owner}"
+        held[name] = mine
+        return None
+
+    for name in sorted(set(desired) | set(records)):
+        record = records.get(name)
+        if record is not None and record.in_flight:
+            continue
+        is_running = record is not None and record.container_id in running
+        manifest = desired.get(name)
+        if manifest is None:
+            if is_running:
+                assert record is not None
+                actions.append(
+                    Action(Kind.STOP, name, container_id=record.container_id, reason="removed")
+                )
+            continue
+        wanted = manifest.squishfile
+        if wanted is None:
+            continue  # invalid: the last good version (if any) keeps running
+        if is_running:
+            assert record is not None and record.applied is not None
+            change = diff_specs(record.applied, wanted)
+            if change is Change.SAME:
+                continue
+            spec = wanted.spec_hash()
+            waiting = record.backoff_until is not None and record.backoff_until > now
+            if record.failed_hash == spec and waiting:
+                continue  # this change failed (a port in use); retried after back-off
+            if conflict := claim(name, wanted):
+                actions.append(Action(Kind.CONFLICT, name, wanted, reason=conflict))
+                continue
+            kind = Kind.UPDATE_PORTS if change is Change.PORTS else Kind.REPLACE
+            actions.append(Action(kind, name, wanted, container_id=record.container_id))
+            continue
+        start, restart = _wants_start(record, wanted, now)
+        if not start:
+            continue
+        if conflict := claim(name, wanted):
+            actions.append(Action(Kind.CONFLICT, name, wanted, reason=conflict))
+            continue
+        actions.append(Action(Kind.START, name, wanted, restart=restart))
+    return actions

@@ -1,0 +1,607 @@
+"""The reconciler: keeps the running containers equal to the manifests.
+
+Owned by the daemon, which gives it a source, a runtime and a layer store;
+the API talks to it as a ``ControlPlane``. It is level-triggered, in the way
+of controller-runtime: every trigger (a manifest changed, a container exited,
+the periodic resync, a user's request) just marks it dirty, and one loop
+re-reads the whole desired state (``source.snapshot()``) and the whole actual
+state (``runtime.list()``) and lets the pure ``plan`` decide. A missed
+trigger therefore costs at most one resync period, never an update.
+
+Actions run as tasks of the reconciler's task group, at most ``parallelism``
+at once; a name with an action in flight is left alone by ``plan`` until the
+action is done, so two actions never race on one container. Resolving layers
+may block (building the base, later downloads), so it runs in a worker
+thread; starting the container itself happens in the loop's thread, as the
+runtime requires.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from squish import __version__
+from squish.control import ContainerStatus, Event, Phase
+from squish.errors import ContainerNotFound, RuntimeFailure, SquishError
+from squish.layers import LayerStore
+from squish.manifest import Squishfile, parse_squishfile
+from squish.metrics import Metrics
+from squish.plan import Action, Backoff, Kind, Record, plan
+from squish.runtime import DEFAULT_STOP_GRACE, ContainerSpec, ExitEvent, Runtime
+from squish.sources import Manifest, Source
+from squish.spec import container_spec
+
+log = logging.getLogger("squish.reconciler")
+
+T = TypeVar("T")
+
+# How long create() watches a fresh container for an immediate failure
+# (a command that does not exist, a layer bwrap cannot mount).
+_EARLY_EXIT = 0.3
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        source: Source,
+        runtime: Runtime,
+        store: LayerStore,
+        manifests_dir: Path,
+        log_dir: Path,
+        metrics: Metrics | None = None,
+        backoff: Backoff | None = None,
+        resync: float = 5.0,
+        parallelism: int = 8,
+        stop_grace: float = DEFAULT_STOP_GRACE,
+        resolve: Callable[[Squishfile, LayerStore], ContainerSpec] = container_spec,
+    ) -> None:
+        self.source = source
+        self.runtime = runtime
+        self.store = store
+        self.manifests_dir = manifests_dir
+        self.log_dir = log_dir
+        self.metrics = metrics
+        self.backoff = backoff or Backoff()
+        self.resync = resync
+        self.stop_grace = stop_grace
+        self._resolve = resolve
+        self._limiter = anyio.CapacityLimiter(parallelism)
+        self.records: dict[str, Record] = {}
+        self._desired: Mapping[str, Manifest] = {}
+        self._specs: dict[str, ContainerSpec] = {}
+        self._dirty = anyio.Event()
+        self._changed = anyio.Event()
+        self._subscribers: list[MemoryObjectSendStream[Event]] = []
+        self._reported_errors: dict[str, str] = {}
+        self._tg: TaskGroup | None = None
+        self._started = time.time()
+
+    # -- the loop ------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            self.reconcile_once()
+            tg.start_soon(self._watch_source)
+            tg.start_soon(self._watch_exits)
+            tg.start_soon(self._loop)
+            task_status.started()
+
+    def trigger(self) -> None:
+        self._dirty.set()
+
+    async def _loop(self) -> None:
+        while True:
+            with anyio.move_on_after(self._next_wake()):
+                await self._dirty.wait()
+            self._dirty = anyio.Event()
+            self.reconcile_once()
+
+    def _next_wake(self) -> float:
+        """Seconds until the next resync or the next restart out of back-off."""
+        now = time.time()
+        wake = self.resync
+        for record in self.records.values():
+            if record.backoff_until is not None and record.backoff_until > now:
+                wake = min(wake, record.backoff_until - now + 0.001)
+        return wake
+
+    async def _watch_source(self) -> None:
+        async for _ in self.source.changes():
+            self.trigger()
+
+    async def _watch_exits(self) -> None:
+        with self.runtime.subscribe() as exits:
+            async for event in exits:
+                self._on_exit(event)
+                self.trigger()
+
+    def reconcile_once(self) -> None:
+        """One level-triggered round: read everything, plan, launch actions."""
+        started = time.perf_counter()
+        result = "success"
+        try:
+            self._desired = self.source.snapshot()
+            self._note_manifests()
+            running = {container.id for container in self.runtime.list()}
+            self._notice_lost(running)
+            now = time.time()
+            for action in plan(self._desired, self.records, running, now):
+                record = self.records.setdefault(action.name, Record(action.name))
+                record.in_flight = True
+                assert self._tg is not None
+                self._tg.start_soon(self._execute, action)
+            if any(r.backoff_until and r.backoff_until > now for r in self.records.values()):
+                result = "requeue"
+            self._update_metrics(running)
+        except Exception:
+            # A bug in a round must not kill the daemon: count it, log it,
+            # and let the next trigger try again.
+            result = "error"
+            log.exception("reconcile failed")
+        if self.metrics is not None:
+            self.metrics.observe_reconcile(time.perf_counter() - started, result)
+        self._notify()
+
+    def _notice_lost(self, running: set[str]) -> None:
+        # Level-triggered safety net: a container the records think runs but
+        # the runtime does not know has exited, even if its event was lost.
+        for record in self.records.values():
+            if record.running and not record.in_flight and record.container_id not in running:
+                record.running = False
+
+    def _note_manifests(self) -> None:
+        for name, manifest in self._desired.items():
+            if manifest.error is not None:
+                message = str(manifest.error)
+                if self._reported_errors.get(name) != message:
+                    self._reported_errors[name] = message
+                    self._emit("manifest.invalid", name, message, file=manifest.file)
+            elif self._reported_errors.pop(name, None) is not None:
+                self._emit("manifest.valid", name, "manifest is valid again", file=manifest.file)
+        for name in list(self._reported_errors):
+            if name not in self._desired:
+                del self._reported_errors[name]
+
+    # -- carrying actions out --------------------------------------------
+
+    async def _execute(self, action: Action) -> None:
+        record = self.records[action.name]
+        try:
+            async with self._limiter:
+                match action.kind:
+                    case Kind.START:
+                        assert action.squishfile is not None
+                        await self._start(record, action.squishfile, restart=action.restart)
+                    case Kind.REPLACE:
+                        assert action.squishfile is not None and action.container_id is not None
+                        await self._stop(record, action.container_id, "replaced by a new version")
+                        await self._start(record, action.squishfile, restart=False)
+                    case Kind.STOP:
+                        assert action.container_id is not None
+                        await self._stop(record, action.container_id, "manifest removed")
+                        self._forget(action.name)
+                    case Kind.UPDATE_PORTS:
+                        assert action.squishfile is not None and action.container_id is not None
+                        await self._update_ports(record, action.squishfile, action.container_id)
+                    case Kind.CONFLICT:
+                        assert action.squishfile is not None
+                        self._fail(record, action.squishfile, action.reason, retry=False)
+        except Exception:
+            log.exception("action %s on %s failed", action.kind, action.name)
+        finally:
+            record.in_flight = False
+            self.trigger()
+            self._notify()
+
+    async def _start(self, record: Record, squishfile: Squishfile, *, restart: bool) -> None:
+        began = time.perf_counter()
+        try:
+            spec = await anyio.to_thread.run_sync(self._resolve, squishfile, self.store)
+            container = await self.runtime.start(spec)
+        except SquishError as exc:
+            self._fail(record, squishfile, str(exc), retry=True)
+            return
+        self._specs[record.name] = spec
+        record.container_id = container.id
+        record.applied = squishfile
+        record.running = True
+        record.started_at = time.time()
+        record.failure = record.failed_hash = None
+        record.exit_code = record.exited_hash = None
+        record.backoff_until = None
+        if restart:
+            record.restarts += 1
+            if self.metrics is not None:
+                self.metrics.container_restarted(record.name)
+        if self.metrics is not None:
+            self.metrics.container_started(time.perf_counter() - began)
+        verb = "restarted" if restart else "started"
+        self._emit("container.started", record.name, f"{verb} {container.id[:12]}", id=container.id)
+
+    async def _stop(self, record: Record, container_id: str, why: str) -> None:
+        with contextlib.suppress(ContainerNotFound):
+            await self.runtime.stop(container_id, grace=self.stop_grace)
+        record.running = False
+        self._emit("container.stopped", record.name, f"stopped {container_id[:12]}: {why}")
+
+    async def _update_ports(
+        self, record: Record, squishfile: Squishfile, container_id: str
+    ) -> None:
+        spec = self._specs.get(record.name)
+        try:
+            fresh = await anyio.to_thread.run_sync(self._resolve, squishfile, self.store)
+            container = await self.runtime.update_ports(container_id, fresh.ports)
+        except SquishError as exc:
+            self._fail(record, squishfile, str(exc), retry=True)
+            return
+        if spec is not None:
+            self._specs[record.name] = fresh
+        record.applied = squishfile
+        record.failure = record.failed_hash = None
+        shown = ", ".join(port.describe() for port in container.ports) or "none"
+        self._emit("container.ports", record.name, f"ports now {shown}")
+
+    def _fail(self, record: Record, squishfile: Squishfile, reason: str, *, retry: bool) -> None:
+        first = record.failure != reason
+        record.failure = reason
+        record.failed_hash = squishfile.spec_hash()
+        if retry:
+            record.crashes += 1
+            delay = max(self.backoff.delay(record.crashes), self.backoff.initial)
+            record.backoff_until = time.time() + delay
+        if first:
+            self._emit("container.failed", record.name, reason)
+
+    def _forget(self, name: str) -> None:
+        self.records.pop(name, None)
+        self._specs.pop(name, None)
+        if self.metrics is not None:
+            self.metrics.forget_container(name)
+
+    def _on_exit(self, event: ExitEvent) -> None:
+        record = next(
+            (r for r in self.records.values() if r.container_id == event.container_id), None
+        )
+        if record is None:
+            return
+        record.running = False
+        if event.stopped:
+            return
+        now = time.time()
+        ran_for = now - (record.started_at or now)
+        if ran_for >= self.backoff.reset_after:
+            record.crashes = 0
+        record.crashes += 1
+        record.exit_code = event.exit_code
+        record.exited_hash = record.applied.spec_hash() if record.applied else None
+        record.backoff_until = now + self.backoff.delay(record.crashes)
+        record.exit_reason = event.reason or "see squish logs"
+        message = f"exited with code {event.exit_code}"
+        if event.reason:
+            message += f": {event.reason}"
+        self._emit("container.exited", record.name, message, code=event.exit_code)
+        self._notify()
+
+    # -- events and waiting --------------------------------------------------
+
+    def _emit(self, kind: str, name: str, message: str, **fields: Any) -> None:
+        event = Event(kind, name, message, fields=fields)
+        log.info("%s %s: %s", kind, name, message, extra={"event": event.to_json()})
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber.send_nowait(event)
+            except anyio.WouldBlock:
+                pass  # a reader that stopped reading loses events, not the daemon
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                subscriber.close()
+                self._subscribers.remove(subscriber)
+
+    def subscribe(self) -> MemoryObjectReceiveStream[Event]:
+        send, receive = anyio.create_memory_object_stream[Event](max_buffer_size=1024)
+        self._subscribers.append(send)
+        return receive
+
+    def close(self) -> None:
+        for subscriber in self._subscribers:
+            subscriber.close()
+        self._subscribers.clear()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def _wait_for(self, check: Callable[[], T | None], timeout: float) -> T:
+        with anyio.fail_after(timeout):
+            while (result := check()) is None:
+                await self._changed.wait()
+        return result
+
+    # -- the control plane ---------------------------------------------------
+
+    def _phase(self, name: str) -> ContainerStatus:
+        manifest = self._desired.get(name)
+        record = self.records.get(name)
+        file = manifest.file if manifest else str(self.manifests_dir / f"{name}.toml")
+        status = ContainerStatus(name=name, phase=Phase.PENDING, manifest=file)
+        if manifest is not None and manifest.error is not None:
+            status.manifest_error = str(manifest.error)
+        if manifest is not None and manifest.squishfile is not None:
+            status.spec_hash = manifest.squishfile.spec_hash()
+        if record is None:
+            status.phase = Phase.INVALID if status.manifest_error else Phase.PENDING
+            status.reason = status.manifest_error or ""
+            return status
+        status.id = record.container_id
+        status.restarts = record.restarts
+        status.exit_code = record.exit_code
+        status.reason = record.failure or ""
+        now = time.time()
+        if record.running:
+            status.phase = Phase.RUNNING
+            status.started_at = record.started_at
+            for container in self.runtime.list():
+                if container.id == record.container_id:
+                    status.pid = container.pid
+                    status.ports = container.ports
+            return status
+        if record.in_flight:
+            status.phase = Phase.PENDING
+        elif status.manifest_error and record.applied is None:
+            status.phase = Phase.INVALID
+            status.reason = status.manifest_error
+        elif record.stopped_by_user:
+            status.phase = Phase.STOPPED
+            status.reason = "stopped by the user"
+        elif record.backoff_until is not None and record.backoff_until > now:
+            status.phase = Phase.BACKOFF
+            status.next_restart_at = record.backoff_until
+            if not status.reason and record.exit_code is not None:
+                status.reason = f"exited with code {record.exit_code}; restarting"
+        elif record.failure is not None:
+            status.phase = Phase.FAILED
+        elif record.exit_code is not None:
+            status.phase = Phase.EXITED if record.exit_code == 0 else Phase.FAILED
+            status.reason = f"exited with code {record.exit_code}"
+        return status
+
+    def containers(self) -> list[ContainerStatus]:
+        names = sorted(set(self._desired) | set(self.records))
+        return [self._phase(name) for name in names]
+
+    def status(self) -> dict[str, Any]:
+        counts: dict[str, int] = {phase.value: 0 for phase in Phase}
+        for container in self.containers():
+            counts[container.phase.value] += 1
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime": time.time() - self._started,
+            "manifests": str(self.manifests_dir),
+            "containers": counts,
+        }
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        if name not in self._desired and name not in self.records:
+            raise ContainerNotFound(f"no container named {name!r}")
+        status = self._phase(name)
+        record = self.records.get(name)
+        spec = self._specs.get(name)
+        manifest = self._desired.get(name)
+        return {
+            **status.to_json(),
+            "manifest_file": status.manifest,
+            "applied": _squishfile_json(record.applied) if record and record.applied else None,
+            "desired": _squishfile_json(manifest.squishfile)
+            if manifest and manifest.squishfile
+            else None,
+            "layers": {
+                "rootfs": str(spec.rootfs),
+                "mounts": [
+                    {"source": str(m.source), "target": m.target, "rw": m.rw} for m in spec.mounts
+                ],
+            }
+            if spec
+            else None,
+            "log": str(self.log_path(name)),
+            "last_error": (record.failure if record else None) or status.manifest_error,
+        }
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    def _manifest_path(self, name: str) -> Path:
+        return self.manifests_dir / f"{name}.toml"
+
+    def _store(self, name: str, data: bytes) -> tuple[Squishfile, bytes | None]:
+        """Validate and atomically write ``<name>.toml``; returns the old bytes."""
+        path = self._manifest_path(name)
+        squishfile = parse_squishfile(data, file=str(path), base_dir=self.manifests_dir, name=name)
+        previous = path.read_bytes() if path.exists() else None
+        self.manifests_dir.mkdir(parents=True, exist_ok=True)
+        # Written under a dot-name the source ignores, then renamed into
+        # place: the watcher never sees a half-written manifest.
+        temporary = self.manifests_dir / f".{name}.toml.{os.getpid()}.tmp"
+        temporary.write_bytes(data)
+        temporary.rename(path)
+        record = self.records.setdefault(name, Record(name))
+        record.stopped_by_user = False
+        record.failure = record.failed_hash = None
+        record.backoff_until = None
+        record.crashes = 0
+        return squishfile, previous
+
+    def _restore(self, name: str, previous: bytes | None) -> None:
+        path = self._manifest_path(name)
+        if previous is None:
+            path.unlink(missing_ok=True)
+        else:
+            temporary = self.manifests_dir / f".{name}.toml.{os.getpid()}.tmp"
+            temporary.write_bytes(previous)
+            temporary.rename(path)
+
+    async def create(self, name: str, manifest: bytes, *, timeout: float) -> ContainerStatus:
+        squishfile, previous = self._store(name, manifest)
+        spec_hash = squishfile.spec_hash()
+        self.trigger()
+
+        def outcome() -> ContainerStatus | SquishError | None:
+            record = self.records.get(name)
+            if record is None or record.in_flight:
+                return None
+            if record.running and record.applied and record.applied.spec_hash() == spec_hash:
+                return self._phase(name)
+            if record.failure is not None and record.failed_hash == spec_hash:
+                return RuntimeFailure(record.failure)
+            return None
+
+        try:
+            result: ContainerStatus | SquishError = await self._wait_for(outcome, timeout)
+        except TimeoutError:
+            self._restore(name, previous)
+            self.trigger()
+            raise RuntimeFailure(f"{name}: not running after {timeout:g} s") from None
+        if isinstance(result, SquishError):
+            self._restore(name, previous)
+            self.trigger()
+            raise result
+        # A container that dies at once (no such command, a layer bwrap
+        # cannot mount) is a failed create, not a crash loop to watch.
+        with anyio.move_on_after(_EARLY_EXIT):
+            await self._wait_for(lambda: self._exited_early(name), _EARLY_EXIT + 1)
+        if (reason := self._exited_early(name)) is not None:
+            self._restore(name, previous)
+            self.trigger()
+            raise RuntimeFailure(f"{name}: {reason}")
+        return self._phase(name)
+
+    def _exited_early(self, name: str) -> str | None:
+        record = self.records.get(name)
+        if record is None or record.running or record.exit_code in (None, 0):
+            return None
+        return f"exited at once with code {record.exit_code}: {record.exit_reason}"
+
+    async def apply(self, name: str, manifest: bytes) -> ContainerStatus:
+        self._store(name, manifest)
+        self.trigger()
+        return self._phase(name)
+
+    async def stop(self, prefix: str) -> list[ContainerStatus]:
+        matches = [
+            record
+            for record in self.records.values()
+            if record.running
+            and (record.name.startswith(prefix) or (record.container_id or "").startswith(prefix))
+        ]
+        if not matches:
+            raise ContainerNotFound(f"no running container matches {prefix!r}")
+        async with anyio.create_task_group() as tg:
+            for record in matches:
+                manifest = self._desired.get(record.name)
+                wanted = manifest.squishfile if manifest and manifest.squishfile else None
+                record.stopped_by_user = True
+                record.stopped_hash = (wanted or record.applied or _never).spec_hash()
+                assert record.container_id is not None
+                tg.start_soon(self._stop, record, record.container_id, "stopped by the user")
+        self._notify()
+        return [self._phase(record.name) for record in matches]
+
+    async def start(self, name: str, *, timeout: float) -> ContainerStatus:
+        record = self.records.get(name)
+        manifest = self._desired.get(name)
+        if manifest is None:
+            raise ContainerNotFound(f"no manifest named {name!r} in {self.manifests_dir}")
+        if manifest.squishfile is None:
+            raise RuntimeFailure(str(manifest.error))
+        if record is not None and record.running:
+            return self._phase(name)
+        record = self.records.setdefault(name, Record(name))
+        record.stopped_by_user = False
+        record.failure = record.failed_hash = None
+        record.backoff_until = None
+        record.crashes = 0
+        record.exit_code = record.exited_hash = None
+        self.trigger()
+        spec_hash = manifest.squishfile.spec_hash()
+
+        def outcome() -> ContainerStatus | SquishError | None:
+            current = self.records.get(name)
+            if current is None or current.in_flight:
+                return None
+            if current.running:
+                return self._phase(name)
+            if current.failure is not None and current.failed_hash == spec_hash:
+                return RuntimeFailure(current.failure)
+            return None
+
+        result: ContainerStatus | SquishError = await self._wait_for(outcome, timeout)
+        if isinstance(result, SquishError):
+            raise result
+        return result
+
+    async def delete(self, name: str) -> ContainerStatus:
+        path = self._manifest_path(name)
+        if not path.exists() and name not in self.records:
+            raise ContainerNotFound(f"no container named {name!r}")
+        status = self._phase(name)
+        path.unlink(missing_ok=True)
+        self.trigger()
+        await self._wait_for(lambda: True if name not in self.records else None, 60)
+        return status
+
+    # -- metrics -----------------------------------------------------------------
+
+    def _update_metrics(self, running: set[str]) -> None:
+        if self.metrics is None:
+            return
+        valid = sum(1 for m in self._desired.values() if m.squishfile is not None)
+        self.metrics.set_manifests(valid=valid, invalid=len(self._desired) - valid)
+        counts = {"running": 0, "stopped": 0, "failed": 0, "backoff": 0}
+        for status in self.containers():
+            match status.phase:
+                case Phase.RUNNING:
+                    counts["running"] += 1
+                case Phase.STOPPED | Phase.EXITED:
+                    counts["stopped"] += 1
+                case Phase.FAILED | Phase.INVALID:
+                    counts["failed"] += 1
+                case Phase.BACKOFF:
+                    counts["backoff"] += 1
+                case _:
+                    pass
+        self.metrics.set_containers(counts)
+        for container in self.runtime.list():
+            if container.init_pid is not None and container.id in running:
+                self.metrics.track_process(container.name, container.init_pid)
+
+
+_never = Squishfile(name="-", command="-")
+
+
+def _squishfile_json(squishfile: Squishfile) -> dict[str, Any]:
+    data = asdict(squishfile)
+    data["env"] = dict(squishfile.env)
+    jsonable: dict[str, Any] = _jsonable(data)
+    return jsonable
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

@@ -1,0 +1,289 @@
+"""The reconciler on the fake runtime, with a real directory source on a temp dir."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from squish.control import Phase
+from squish.errors import ContainerNotFound, ManifestError, RuntimeFailure
+from squish.layers import LayerStore
+from squish.manifest import Squishfile
+from squish.metrics import Metrics
+from squish.plan import Backoff
+from squish.reconciler import Reconciler
+from squish.runtime import ContainerSpec, PortForward
+from squish.runtime.fake import FakeRuntime
+from squish.sources.directory import DirectorySource
+
+pytestmark = pytest.mark.anyio
+
+
+def resolve(squishfile: Squishfile, _store: LayerStore) -> ContainerSpec:
+    return ContainerSpec(
+        name=squishfile.name,
+        rootfs=Path("/rootfs"),
+        command=squishfile.command,
+        args=squishfile.args,
+        env=dict(squishfile.env),
+        ports=tuple(
+            PortForward(p.host, p.container, p.protocol, p.host_ip) for p in squishfile.ports
+        ),
+    )
+
+
+def manifest(command: str = "/bin/app", port: int | None = None, restart: str = "always") -> str:
+    text = f'[run]\ncommand = "{command}"\n[restart]\npolicy = "{restart}"\n'
+    if port is not None:
+        text += f"[[ports]]\ncontainer = 80\nhost = {port}\n"
+    return text
+
+
+@dataclass
+class World:
+    dir: Path
+    runtime: FakeRuntime
+    reconciler: Reconciler
+    metrics: Metrics
+
+    def write(self, name: str, text: str) -> None:
+        # Into place by rename, as an editor or git would.
+        temporary = self.dir / f".{name}.tmp"
+        temporary.write_text(text)
+        temporary.rename(self.dir / f"{name}.toml")
+
+    def ids(self) -> dict[str, str]:
+        return {c.name: c.id for c in self.runtime.list()}
+
+    def phase(self, name: str) -> Phase | None:
+        return next((s.phase for s in self.reconciler.containers() if s.name == name), None)
+
+    def starts(self) -> int:
+        return sum(1 for call, _ in self.runtime.calls if call == "start")
+
+
+async def until(check: Callable[[], object], timeout: float = 5.0) -> None:
+    with anyio.fail_after(timeout):
+        while not check():
+            await anyio.sleep(0.01)
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    metrics = Metrics(version="test")
+    async with FakeRuntime() as runtime:
+        reconciler = Reconciler(
+            source=DirectorySource(manifests),
+            runtime=runtime,
+            store=LayerStore(tmp_path / "state"),
+            manifests_dir=manifests,
+            log_dir=tmp_path / "logs",
+            metrics=metrics,
+            backoff=Backoff(initial=0.3, maximum=1.0, reset_after=600),
+            resync=0.5,
+            resolve=resolve,
+        )
+        async with anyio.create_task_group() as tg:
+            await tg.start(reconciler.run)
+            yield World(manifests, runtime, reconciler, metrics)
+            reconciler.close()
+            tg.cancel_scope.cancel()
+
+
+async def test_a_dropped_manifest_runs(world: World) -> None:
+    world.write("web", manifest(port=8080))
+    await until(lambda: "web" in world.ids())
+    await until(lambda: world.phase("web") is Phase.RUNNING)
+    (status,) = world.reconciler.containers()
+    assert status.id == world.ids()["web"]
+    assert status.ports == (PortForward(8080, 80),)
+
+
+async def test_the_same_content_rewritten_changes_nothing(world: World) -> None:
+    world.write("web", manifest())
+    await until(lambda: "web" in world.ids())
+    before = world.ids()["web"]
+    world.write("web", manifest())
+    await anyio.sleep(0.7)  # a watch event and a resync later
+    assert world.ids()["web"] == before
+    assert world.starts() == 1
+
+
+async def test_only_ports_changed_updates_in_place(world: World) -> None:
+    world.write("web", manifest(port=8080))
+    await until(lambda: "web" in world.ids())
+    before = world.ids()["web"]
+    world.write("web", manifest(port=9090))
+    await until(lambda: world.runtime.list()[0].ports == (PortForward(9090, 80),))
+    assert world.ids()["web"] == before
+    assert ("update_ports", before) in world.runtime.calls
+
+
+async def test_anything_else_changed_replaces(world: World) -> None:
+    world.write("web", manifest("/bin/one"))
+    await until(lambda: "web" in world.ids())
+    before = world.ids()["web"]
+    world.write("web", manifest("/bin/two"))
+    await until(lambda: world.ids().get("web", before) != before)
+    assert world.runtime.list()[0].spec.command == "/bin/two"
+    assert ("stop", before) in world.runtime.calls
+
+
+async def test_a_removed_manifest_stops_its_container(world: World) -> None:
+    world.write("web", manifest())
+    await until(lambda: "web" in world.ids())
+    (world.dir / "web.toml").unlink()
+    await until(lambda: not world.runtime.list())
+    await until(lambda: not world.reconciler.containers())
+
+
+async def test_editor_debris_is_ignored(world: World) -> None:
+    for name in (".web.toml.swp", "web.toml~", "#web.toml#", "notes.txt", ".hidden.toml"):
+        (world.dir / name).write_text(manifest())
+    await anyio.sleep(0.7)
+    assert world.runtime.list() == []
+    assert world.reconciler.containers() == []
+
+
+async def test_an_invalid_edit_keeps_the_last_good_version_until_fixed(world: World) -> None:
+    with world.reconciler.subscribe() as events:
+        world.write("web", manifest("/bin/one"))
+        await until(lambda: "web" in world.ids())
+        first = world.ids()["web"]
+        world.write("web", '[run]\ncommand = ""\n')
+        await until(lambda: world.reconciler.containers()[0].manifest_error is not None)
+        (status,) = world.reconciler.containers()
+        assert status.phase is Phase.RUNNING and status.id == first
+        assert "run.command" in (status.manifest_error or "")
+        await anyio.sleep(0.7)
+        assert world.ids()["web"] == first
+        world.write("web", manifest("/bin/fixed"))
+        await until(lambda: world.ids().get("web", first) != first)
+        await anyio.sleep(0.7)
+        assert world.starts() == 2  # the fix is applied once
+        kinds = []
+        while True:
+            try:
+                kinds.append(events.receive_nowait().kind)
+            except anyio.WouldBlock:
+                break
+    assert "manifest.invalid" in kinds and "manifest.valid" in kinds
+
+
+async def test_a_crash_restarts_at_once_then_backs_off(world: World) -> None:
+    world.write("web", manifest())
+    await until(lambda: "web" in world.ids())
+    world.runtime.crash(world.ids()["web"])
+    await until(lambda: "web" in world.ids())  # the first restart is immediate
+    assert world.reconciler.containers()[0].restarts == 1
+    world.runtime.crash(world.ids()["web"])
+    await until(lambda: world.phase("web") is Phase.BACKOFF)
+    await until(lambda: world.phase("web") is Phase.RUNNING, timeout=3)
+    assert world.reconciler.containers()[0].restarts == 2
+    restarts = _sample(world.metrics, "squish_container_restarts_total", container="web")
+    assert restarts == 2
+
+
+async def test_restart_policy_never_leaves_it_exited(world: World) -> None:
+    world.write("job", manifest(restart="never"))
+    await until(lambda: "job" in world.ids())
+    world.runtime.crash(world.ids()["job"], exit_code=0)
+    await until(lambda: world.phase("job") is Phase.EXITED)
+    await anyio.sleep(0.7)
+    assert world.runtime.list() == []
+    assert world.starts() == 1
+
+
+async def test_a_port_claimed_twice_is_a_conflict_naming_both_files(world: World) -> None:
+    world.write("web", manifest(port=8080))
+    await until(lambda: "web" in world.ids())
+    world.write("api", manifest(port=8080))
+    await until(lambda: world.phase("api") is Phase.FAILED)
+    reason = next(s.reason for s in world.reconciler.containers() if s.name == "api")
+    assert "api.toml" in reason and "web.toml" in reason
+    assert set(world.ids()) == {"web"}
+
+
+async def test_create_waits_until_running(world: World) -> None:
+    status = await world.reconciler.create("web", manifest().encode(), timeout=5)
+    assert status.phase is Phase.RUNNING
+    assert status.id == world.ids()["web"]
+    assert (world.dir / "web.toml").read_text() == manifest()
+
+
+async def test_create_of_a_bad_manifest_stores_nothing(world: World) -> None:
+    with pytest.raises(ManifestError, match=r"run\.command"):
+        await world.reconciler.create("web", b'[run]\ncommand = ""\n', timeout=5)
+    assert not (world.dir / "web.toml").exists()
+
+
+async def test_create_that_cannot_start_fails_fast_and_restores(world: World) -> None:
+    world.write("web", manifest("/bin/old"))
+    await until(lambda: "web" in world.ids())
+    old = world.ids()["web"]
+    world.runtime.fail_next_start("web", RuntimeFailure("host port 8080/tcp: in use"))
+    started = time.monotonic()
+    with pytest.raises(RuntimeFailure, match="in use"):
+        await world.reconciler.create("web", manifest("/bin/new").encode(), timeout=30)
+    assert time.monotonic() - started < 2  # no waiting through retries
+    assert (world.dir / "web.toml").read_text() == manifest("/bin/old")
+    await until(lambda: world.ids().get("web") not in (None, old))
+    assert world.runtime.list()[0].spec.command == "/bin/old"
+
+
+async def test_stop_keeps_it_stopped_and_start_brings_it_back(world: World) -> None:
+    world.write("web", manifest())
+    await until(lambda: "web" in world.ids())
+    first = world.ids()["web"]
+    (stopped,) = await world.reconciler.stop(first[:7])
+    assert stopped.phase is Phase.STOPPED
+    await anyio.sleep(0.7)
+    assert world.runtime.list() == []
+    started = await world.reconciler.start("web", timeout=5)
+    assert started.phase is Phase.RUNNING and started.id not in (None, first)
+
+
+async def test_stop_of_an_unknown_prefix_is_not_found(world: World) -> None:
+    with pytest.raises(ContainerNotFound):
+        await world.reconciler.stop("nope")
+
+
+async def test_create_after_stop_runs_again_under_a_new_id(world: World) -> None:
+    first = await world.reconciler.create("web", manifest().encode(), timeout=5)
+    await world.reconciler.stop("web")
+    second = await world.reconciler.create("web", manifest().encode(), timeout=5)
+    assert second.phase is Phase.RUNNING and second.id != first.id
+
+
+async def test_delete_removes_the_manifest_and_the_container(world: World) -> None:
+    await world.reconciler.create("web", manifest().encode(), timeout=5)
+    await world.reconciler.delete("web")
+    assert not (world.dir / "web.toml").exists()
+    assert world.runtime.list() == []
+
+
+async def test_metrics_count_manifests_containers_and_rounds(world: World) -> None:
+    world.write("web", manifest())
+    world.write("bad", '[run]\ncommand = ""\n')
+    await until(lambda: "web" in world.ids())
+    await until(lambda: _sample(world.metrics, "squish_manifests", state="invalid") == 1)
+    assert _sample(world.metrics, "squish_manifests", state="valid") == 1
+    await until(lambda: _sample(world.metrics, "squish_containers", state="running") == 1)
+    assert _sample(world.metrics, "squish_reconciles_total", result="success") >= 1
+
+
+def _sample(metrics: Metrics, name: str, **labels: str) -> float:
+    text = metrics.exposition().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
