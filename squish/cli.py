@@ -9,6 +9,17 @@ writing those two functions and one registry entry; ``main`` needs no change.
 Every subcommand takes ``--json`` for scripts. Errors a user caused
 (:class:`~squish.errors.SquishError`) are printed as their one line, never as
 a traceback.
+
+``validate`` and ``run`` work alone; every other verb talks to the daemon
+through :class:`~squish.client.Client` on its unix socket (``--socket``,
+``$SQUISH_SOCKET``, or the default in the runtime directory). Their output
+keeps the original squish contract that scripts rely on: ``create`` prints
+only the container id, ``ps`` prints plain whitespace-separated columns
+starting with a 7-character id when stdout is not a terminal (a rich table
+when it is), ``stop`` prints the ids it stopped.
+
+Exit statuses: 0 ok, 1 the user's error (any ``SquishError``), 2 the daemon
+is unreachable (or argparse found a usage error), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -19,17 +30,24 @@ import os
 import shutil
 import signal
 import sys
+import time
+import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
+import tomli_w
+from rich.console import Console
+from rich.table import Table
 
-from squish import __version__, paths
+from squish import __version__, daemon, paths
+from squish.client import Client, DaemonUnreachable, JSONObject
 from squish.errors import ManifestError, SquishError
 from squish.layers import LayerStore
-from squish.manifest import load_squishfile
+from squish.manifest import Squishfile, load_squishfile, parse_squishfile
 from squish.runtime import DEFAULT_HOST_IP, DEFAULT_STOP_GRACE, ContainerSpec
 from squish.runtime.bwrap_runtime import BwrapRuntime
 from squish.spec import container_spec
@@ -38,7 +56,10 @@ from squish.spec import container_spec
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_UNREACHABLE = 2  # the daemon is not running (or not where we look)
 EXIT_INTERRUPTED = 130
+
+DEFAULT_WAIT = 30.0  # seconds create and start wait for a container to run
 
 
 @dataclass(frozen=True)
@@ -196,13 +217,449 @@ async def _follow(path: Path, offset: int) -> None:
                 await anyio.sleep(0.05)
 
 
+# -- talking to the daemon ----------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> Client:
+    socket_path: Path | None = getattr(args, "socket", None)
+    return Client(socket_path or paths.socket_path())
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _prepare(file: str) -> tuple[str, str]:
+    """Validate ``file`` here and return (container name, TOML to send).
+
+    As in the original squish, relative layer paths are the caller's: they
+    resolve against the current directory (not the file's), and are sent as
+    absolute paths, because the daemon stores the manifest elsewhere and
+    runs with another working directory. A bad file fails here, at once,
+    with the same one-line error ``squish validate`` gives.
+    """
+    source = Path(file)
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        raise ManifestError(file, f"cannot read the file: {exc.strerror or exc}") from exc
+    squishfile = parse_squishfile(data, file=file, base_dir=Path.cwd(), name=source.stem)
+    # parse_squishfile accepted these bytes, so they decode and parse.
+    doc = tomllib.loads(data.decode("utf-8-sig"))
+    _absolute_layer_paths(doc, squishfile)
+    return squishfile.name, tomli_w.dumps(doc)
+
+
+def _absolute_layer_paths(doc: dict[str, Any], squishfile: Squishfile) -> None:
+    """Rewrite the relative path layers of ``doc`` to the paths ``squishfile`` resolved.
+
+    A path layer without a ``target`` is mounted at a place derived from the
+    path as written (``lib = "./x/y"`` -> ``/app/x/y``), so the target the
+    local parse derived is written out too: the container the daemon builds
+    is the one validated here, with the same spec hash.
+    """
+    layers = doc.get("layers")
+    if not isinstance(layers, dict):
+        return
+    resolved = {layer.name: layer for layer in squishfile.layers}
+    if squishfile.base is not None:
+        resolved[squishfile.base.name] = squishfile.base
+    for name, value in layers.items():
+        layer = resolved.get(name)
+        if layer is None or layer.path is None:
+            continue
+        path = str(layer.path)
+        if isinstance(value, str):
+            if value.startswith(("./", "../")):
+                layers[name] = path if layer.is_base else {"path": path, "target": layer.target}
+        elif isinstance(value, dict):
+            written = value.get("path")
+            if isinstance(written, str) and not written.startswith("/"):
+                value["path"] = path
+                if not layer.is_base:
+                    value.setdefault("target", layer.target)
+
+
+def _started_id(status: JSONObject) -> str:
+    """The id of a container create or start reported, or why there is none."""
+    phase = status.get("phase")
+    container_id = status.get("id")
+    if not isinstance(container_id, str) or not container_id or phase in ("failed", "invalid"):
+        reason = status.get("manifest_error") or status.get("reason") or "no reason given"
+        raise SquishError(f"{status.get('name')} did not start ({phase}): {reason}")
+    return container_id
+
+
+# -- create / apply -------------------------------------------------------------
+
+
+def _configure_create(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE", help="the squishfile (the container is its stem)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_WAIT,
+        help="seconds to wait for the container to run (default: %(default)s)",
+    )
+
+
+def _run_create(args: argparse.Namespace) -> int:
+    """Send one squishfile to the daemon and wait until it runs; print its id."""
+    name, manifest = _prepare(args.file)
+    with _client(args) as client:
+        status = client.create(name, manifest, wait=True, timeout=args.timeout)
+    if args.json:
+        _print_json(status)
+        _started_id(status)
+        return EXIT_OK
+    print(_started_id(status))
+    return EXIT_OK
+
+
+def _configure_apply(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE", help="squishfiles to apply")
+
+
+def _run_apply(args: argparse.Namespace) -> int:
+    """Hand squishfiles to the daemon without waiting; report each."""
+    results: list[dict[str, Any]] = []
+    failed = False
+    with _client(args) as client:
+        for file in args.files:
+            try:
+                name, manifest = _prepare(file)
+                status = client.apply(name, manifest)
+            except DaemonUnreachable:
+                raise
+            except SquishError as exc:
+                failed = True
+                results.append({"file": file, "ok": False, "error": str(exc)})
+                if not args.json:
+                    print(f"squish: {exc}", file=sys.stderr)
+                continue
+            results.append({"file": file, "ok": True, "status": status})
+            if not args.json:
+                print(f"{name} applied")
+    if args.json:
+        _print_json({"files": results})
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+# -- ps ---------------------------------------------------------------------------
+
+_PS_COLUMNS = ("ID", "NAME", "PID", "STATUS", "UPTIME", "RESTARTS", "PORTS")
+_PHASE_STYLES = {
+    "running": "green",
+    "pending": "cyan",
+    "backoff": "yellow",
+    "failed": "red",
+    "invalid": "red",
+    "stopped": "dim",
+    "exited": "dim",
+}
+
+
+def _configure_ps(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-a",
+        "--all",
+        action="store_true",
+        help="also list containers that are not running (stopped, exited, failed, ...)",
+    )
+
+
+def _duration(seconds: float) -> str:
+    left = max(int(seconds), 0)
+    days, left = divmod(left, 86400)
+    hours, left = divmod(left, 3600)
+    minutes, secs = divmod(left, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes}m"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+def _port(port: JSONObject) -> str:
+    ip = port.get("host_ip")
+    where = "" if not ip else (f"[{ip}]:" if ":" in str(ip) else f"{ip}:")
+    return f"{where}{port.get('host')}->{port.get('container')}/{port.get('protocol', 'tcp')}"
+
+
+def _ps_row(status: JSONObject, *, with_reason: bool, now: float) -> list[str]:
+    # In plain output, columns are split on whitespace by scripts (awk), so
+    # no value but the trailing REASON may contain a space.
+    container_id = status.get("id")
+    pid = status.get("pid")
+    started = status.get("started_at")
+    running = status.get("phase") == "running"
+    row = [
+        container_id[:7] if isinstance(container_id, str) and container_id else "-",
+        str(status.get("name")),
+        str(pid) if running and pid is not None else "-",
+        str(status.get("phase")),
+        _duration(now - started) if running and isinstance(started, int | float) else "-",
+        str(status.get("restarts", 0)),
+        ",".join(_port(port) for port in status.get("ports") or []) or "-",
+    ]
+    if with_reason:
+        reasons = [str(status.get("reason") or "")]
+        if status.get("manifest_error"):
+            reasons.append(f"manifest invalid: {status['manifest_error']}")
+        row.append(" ".join("; ".join(r for r in reasons if r).split()) or "-")
+    return row
+
+
+def _run_ps(args: argparse.Namespace) -> int:
+    """List the containers: running ones, or with -a every one the daemon knows."""
+    with _client(args) as client:
+        statuses = client.containers()
+    if not args.all:
+        statuses = [s for s in statuses if s.get("phase") == "running"]
+    statuses.sort(key=lambda s: str(s.get("name")))
+    if args.json:
+        _print_json(statuses)
+        return EXIT_OK
+    header = [*_PS_COLUMNS, "REASON"] if args.all else list(_PS_COLUMNS)
+    now = time.time()
+    rows = [_ps_row(s, with_reason=args.all, now=now) for s in statuses]
+    if sys.stdout.isatty():
+        _print_rich_table(header, rows)
+    else:
+        _print_plain_table(header, rows)
+    return EXIT_OK
+
+
+def _print_plain_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+        print("  ".join(cells).rstrip())
+
+
+def _print_rich_table(header: list[str], rows: list[list[str]]) -> None:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in header:
+        table.add_column(column, no_wrap=column != "REASON", overflow="fold")
+    status_column = header.index("STATUS")
+    for row in rows:
+        style = _PHASE_STYLES.get(row[status_column], "")
+        cells = list(row)
+        cells[status_column] = f"[{style}]{row[status_column]}[/]" if style else row[status_column]
+        table.add_row(*cells)
+    Console().print(table)
+
+
+# -- stop / start / delete ----------------------------------------------------------
+
+
+def _configure_stop(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "prefix",
+        metavar="ID-OR-NAME-PREFIX",
+        help="stop every container whose id or name starts so",
+    )
+
+
+def _run_stop(args: argparse.Namespace) -> int:
+    """Stop the matching containers; print their ids."""
+    with _client(args) as client:
+        stopped = client.stop(args.prefix)
+    if args.json:
+        _print_json(stopped)
+    else:
+        for status in stopped:
+            print(status.get("id") or status.get("name"))
+    if not stopped:
+        raise SquishError(f"no container id or name starts with {args.prefix!r}")
+    return EXIT_OK
+
+
+def _configure_start(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", help="the stopped container to start again")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_WAIT,
+        help="seconds to wait for it to run (default: %(default)s)",
+    )
+
+
+def _run_start(args: argparse.Namespace) -> int:
+    """Start a stopped container again; print its new id."""
+    with _client(args) as client:
+        status = client.start(args.name, timeout=args.timeout)
+    if args.json:
+        _print_json(status)
+        _started_id(status)
+        return EXIT_OK
+    print(_started_id(status))
+    return EXIT_OK
+
+
+def _configure_name(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", help="the container's name")
+
+
+def _run_delete(args: argparse.Namespace) -> int:
+    """Remove a container's manifest (its container stops); print what went."""
+    with _client(args) as client:
+        status = client.delete(args.name)
+    if args.json:
+        _print_json(status)
+    else:
+        print(status.get("id") or status.get("name"))
+    return EXIT_OK
+
+
+# -- inspect / logs / events / status -------------------------------------------------
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    """Everything the daemon knows about one container, as JSON."""
+    with _client(args) as client:
+        _print_json(client.inspect(args.name))
+    return EXIT_OK
+
+
+def _configure_logs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", help="the container's name")
+    parser.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing what it writes (Ctrl-C stops)"
+    )
+    parser.add_argument(
+        "--tail", type=int, default=None, metavar="N", help="start with the last N lines only"
+    )
+
+
+def _run_logs(args: argparse.Namespace) -> int:
+    """Copy a container's log to stdout; with -f, as it grows."""
+    if args.tail is not None and args.tail < 0:
+        raise SquishError(f"--tail must be 0 or more, got {args.tail}")
+    with _client(args) as client:
+        chunks = client.logs(args.name, follow=args.follow, tail=args.tail)
+        if args.json:
+            _print_log_lines(args.name, chunks)
+        else:
+            out = sys.stdout.buffer
+            for chunk in chunks:
+                out.write(chunk)
+                out.flush()
+    return EXIT_OK
+
+
+def _print_log_lines(name: str, chunks: Any) -> None:
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            text = line.decode("utf-8", errors="replace")
+            print(json.dumps({"name": name, "line": text}), flush=True)
+    if pending:
+        text = pending.decode("utf-8", errors="replace")
+        print(json.dumps({"name": name, "line": text}), flush=True)
+
+
+def _run_events(args: argparse.Namespace) -> int:
+    """Print the daemon's events as they happen, until Ctrl-C."""
+    with _client(args) as client:
+        for event in client.events():
+            if args.json:
+                print(json.dumps(event, default=str), flush=True)
+                continue
+            at = event.get("at")
+            when = (
+                datetime.fromtimestamp(at).isoformat(timespec="seconds")
+                if isinstance(at, int | float)
+                else "-"
+            )
+            message = " ".join(str(event.get("message", "")).split())
+            print(f"{when} {event.get('kind')} {event.get('name')} {message}", flush=True)
+    return EXIT_OK
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    """The daemon's own state: version, uptime, manifests, counts."""
+    with _client(args) as client:
+        status = client.status()
+    if args.json:
+        _print_json(status)
+    else:
+        for key, value in status.items():
+            shown = json.dumps(value, default=str) if isinstance(value, dict | list) else value
+            print(f"{key}: {shown}")
+    return EXIT_OK
+
+
+def _configure_nothing(parser: argparse.ArgumentParser) -> None:
+    return None
+
+
 # -- registry and entry point -----------------------------------------------
 
 SUBCOMMANDS: dict[str, Subcommand] = {
+    "create": Subcommand(
+        help="send a squishfile to the daemon, wait until it runs, print the container id",
+        configure=_configure_create,
+        run=_run_create,
+    ),
+    "apply": Subcommand(
+        help="send squishfiles to the daemon without waiting (like kubectl apply)",
+        configure=_configure_apply,
+        run=_run_apply,
+    ),
+    "ps": Subcommand(
+        help="list running containers (-a: all of them)",
+        configure=_configure_ps,
+        run=_run_ps,
+    ),
+    "stop": Subcommand(
+        help="stop containers by id or name prefix, print their ids",
+        configure=_configure_stop,
+        run=_run_stop,
+    ),
+    "start": Subcommand(
+        help="start a stopped container again, print its new id",
+        configure=_configure_start,
+        run=_run_start,
+    ),
+    "delete": Subcommand(
+        help="remove a container's manifest from the daemon (its container stops)",
+        configure=_configure_name,
+        run=_run_delete,
+    ),
+    "logs": Subcommand(
+        help="print a container's log (-f: follow it)",
+        configure=_configure_logs,
+        run=_run_logs,
+    ),
+    "inspect": Subcommand(
+        help="everything about one container, as JSON",
+        configure=_configure_name,
+        run=_run_inspect,
+    ),
+    "events": Subcommand(
+        help="print the daemon's events as they happen",
+        configure=_configure_nothing,
+        run=_run_events,
+    ),
+    "status": Subcommand(
+        help="the daemon's status",
+        configure=_configure_nothing,
+        run=_run_status,
+    ),
     "validate": Subcommand(
         help="check squishfiles without running them",
         configure=_configure_validate,
         run=_run_validate,
+    ),
+    "daemon": Subcommand(
+        help="keep the containers of a directory of squishfiles running (the reconciler)",
+        configure=daemon.add_arguments,
+        run=daemon.run,
     ),
     "run": Subcommand(
         help="run one squishfile in the foreground until it exits or Ctrl-C",
@@ -217,10 +674,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="squish", description="A rootless container runtime shaped as a reconciler."
     )
     parser.add_argument("--version", action="version", version=f"squish {__version__}")
+    socket_help = (
+        "the daemon's API socket (default: $SQUISH_SOCKET, else squish.sock in "
+        "$XDG_RUNTIME_DIR/squish)"
+    )
+    parser.add_argument("--socket", type=Path, default=None, metavar="PATH", help=socket_help)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, subcommand in SUBCOMMANDS.items():
         sub = commands.add_parser(name, help=subcommand.help, description=subcommand.help)
         sub.add_argument("--json", action="store_true", help="print JSON for scripts")
+        # Accepted after the verb too; SUPPRESS keeps it from resetting the global one.
+        sub.add_argument(
+            "--socket", type=Path, default=argparse.SUPPRESS, metavar="PATH", help=socket_help
+        )
         subcommand.configure(sub)
     return parser
 
@@ -238,8 +704,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         return SUBCOMMANDS[args.command].run(args)
+    except DaemonUnreachable as exc:
+        print(f"squish: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except SquishError as exc:
         print(f"squish: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (squish events | head -1): nothing left to say.
+        _silence_stdout()
+        return EXIT_FAILURE
+
+
+def _silence_stdout() -> None:
+    # Python flushes stdout at exit and would complain of the broken pipe again.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def daemon_main() -> int:
+    """``squishd``: the same as ``squish daemon``."""
+    return main(["daemon", *sys.argv[1:]])

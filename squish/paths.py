@@ -33,3 +33,11 @@ def runtime_dir() -> Path:
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
         raise SquishError(f"{path} is not a private directory of this user; remove it")
     return path
+
+
+def socket_path() -> Path:
+    """The daemon's API socket: ``$SQUISH_SOCKET``, else ``squish.sock`` in the runtime dir."""
+    override = os.environ.get("SQUISH_SOCKET")
+    if override:
+        return Path(override)
+    return runtime_dir() / "squish.sock"

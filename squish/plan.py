@@ -73,6 +73,7 @@ class Kind(enum.StrEnum):
     REPLACE = "replace"
     UPDATE_PORTS = "update-ports"
     CONFLICT = "conflict"  # not an action on the runtime: record the failure
+    FORGET = "forget"  # manifest gone, nothing runs: drop the record
 
 
 @dataclass(frozen=True)
@@ -158,11 +159,13 @@ def plan(
         is_running = record is not None and record.container_id in running
         manifest = desired.get(name)
         if manifest is None:
+            assert record is not None
             if is_running:
-                assert record is not None
                 actions.append(
                     Action(Kind.STOP, name, container_id=record.container_id, reason="removed")
                 )
+            else:
+                actions.append(Action(Kind.FORGET, name))
             continue
         wanted = manifest.squishfile
         if wanted is None:

@@ -196,6 +196,9 @@ class Reconciler:
                     case Kind.UPDATE_PORTS:
                         assert action.squishfile is not None and action.container_id is not None
                         await self._update_ports(record, action.squishfile, action.container_id)
+                    case Kind.FORGET:
+                        self._forget(action.name)
+                        self._emit("manifest.removed", action.name, "manifest removed")
                     case Kind.CONFLICT:
                         assert action.squishfile is not None
                         self._fail(record, action.squishfile, action.reason, retry=False)

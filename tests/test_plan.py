@@ -64,7 +64,9 @@ CASES = [
     pytest.param(
         {}, {"web": running("web", WEB)}, {"id-web"}, [("stop", "web")], id="removed -> stop"
     ),
-    pytest.param({}, {"web": Record("web")}, set(), [], id="removed and not running -> nothing"),
+    pytest.param(
+        {}, {"web": Record("web")}, set(), [("forget", "web")], id="removed, not running -> forget"
+    ),
     pytest.param(
         {"web": bad("web")},
         {"web": running("web", WEB)},

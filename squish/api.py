@@ -1,0 +1,561 @@
+"""The daemon's JSON API: HTTP on a unix socket, in front of a ``ControlPlane``.
+
+The daemon builds the app with :func:`make_app` around its reconciler and runs
+it with :func:`serve` inside its own task group; :mod:`squish.client` (and so
+the ``squish`` command) is the other end. The API only translates: a request
+becomes one call on :class:`~squish.control.ControlPlane`, its result becomes
+JSON, and a :class:`~squish.errors.SquishError` becomes ``{"error": "<one
+line>"}`` with a status saying whose fault it was:
+
+    400  ManifestError, LayerError, a malformed request
+    404  ContainerNotFound, no such route, no log yet
+    409  RuntimeFailure, PortInUse (the request was fine; the host said no)
+    500  anything else (logged here with its traceback; the body has one line)
+
+Routes (all under ``/v1``)::
+
+    GET    /status                      daemon status
+    GET    /containers                  every container's status
+    POST   /containers                  {"name", "manifest", "wait", "timeout"}
+    GET    /containers/{name}           inspect
+    POST   /containers/{prefix}/stop    the statuses stopped
+    POST   /containers/{name}/start     {"timeout"} (optional)
+    DELETE /containers/{name}           the status deleted
+    GET    /containers/{name}/logs      ?follow=1&tail=N, text/plain stream
+    GET    /events                      application/x-ndjson stream
+
+Streams (logs with follow, events) run until the client goes away or the
+server shuts down; :func:`serve` ends them itself on shutdown, because uvicorn
+would otherwise wait for them forever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import socket
+import stat
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from squish.control import ContainerStatus, ControlPlane
+from squish.errors import (
+    ContainerNotFound,
+    LayerError,
+    ManifestError,
+    RuntimeFailure,
+    SquishError,
+)
+
+__all__ = ["make_app", "serve"]
+
+logger = logging.getLogger(__name__)
+
+# The same rule the manifest applies to file names: the name becomes a file,
+# a hostname and a metrics label.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_DEFAULT_TIMEOUT = 30.0
+_MAX_TIMEOUT = 3600.0
+_MAX_BODY = 4 * 1024 * 1024
+_POLL = 0.1  # how often a followed log is checked for new data
+_CHUNK = 65536
+# How long uvicorn lets plain requests (a create waiting for its container)
+# finish at shutdown before cancelling them; streams are ended at once.
+_GRACE = 5
+
+Write = Callable[[bytes], Awaitable[None]]
+Pump = Callable[[Write], Awaitable[None]]
+
+
+class BadRequest(SquishError):
+    """The request itself is malformed (bad JSON, a missing or wrong field)."""
+
+
+# -- errors -----------------------------------------------------------------
+
+
+def _status_for(exc: Exception) -> int:
+    # ContainerNotFound is a RuntimeFailure, so it is checked first.
+    if isinstance(exc, ContainerNotFound):
+        return 404
+    if isinstance(exc, ManifestError | LayerError | BadRequest):
+        return 400
+    if isinstance(exc, RuntimeFailure):
+        return 409
+    return 500
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "unknown error"
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    # default=str: status dicts may hold paths or other plain values.
+    body = json.dumps(data, default=str).encode()
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def _error(message: str, status: int) -> Response:
+    return _json({"error": _one_line(message)}, status)
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _handled(endpoint: Endpoint) -> Endpoint:
+    """Turn every exception of ``endpoint`` into a one-line JSON error.
+
+    Done here rather than with Starlette exception handlers: its handler for
+    ``Exception`` re-raises after answering (so the server logs the error
+    again and test transports raise it).
+    """
+
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except HTTPException:
+            raise  # answered by _http_error
+        except SquishError as exc:
+            status = _status_for(exc)
+            if status == 500:
+                logger.error("%s %s: %s", request.method, request.url.path, exc)
+            return _error(str(exc), status)
+        except Exception as exc:
+            logger.exception("%s %s failed", request.method, request.url.path)
+            return _error(f"internal error in the daemon: {type(exc).__name__}: {exc}", 500)
+
+    return wrapper
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Unknown routes and wrong methods answer in JSON like everything else."""
+    if isinstance(exc, HTTPException):
+        return _error(exc.detail or "request failed", exc.status_code)
+    return _error(f"internal error in the daemon: {type(exc).__name__}", 500)
+
+
+# -- request parsing --------------------------------------------------------
+
+
+def _name(value: object, what: str = "name") -> str:
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise BadRequest(
+            f"{what} must be letters, digits, '_', '.' and '-', starting with a letter or "
+            f"digit, got {value!r}"
+        )
+    return value
+
+
+def _timeout(value: object) -> float:
+    # bool is an int to Python, never a timeout.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadRequest(f"timeout must be a number of seconds, got {value!r}")
+    if not 0 < value <= _MAX_TIMEOUT:
+        raise BadRequest(f"timeout must be between 0 and {_MAX_TIMEOUT:g} seconds, got {value}")
+    return float(value)
+
+
+async def _body(request: Request, allowed: set[str], *, optional: bool = False) -> dict[str, Any]:
+    size = request.headers.get("content-length", "0")
+    if size.isdigit() and int(size) > _MAX_BODY:
+        raise BadRequest(f"the request body is larger than {_MAX_BODY} bytes")
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > _MAX_BODY:
+            raise BadRequest(f"the request body is larger than {_MAX_BODY} bytes")
+    if not raw.strip() and optional:
+        return {}
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object")
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        names = ", ".join(sorted(allowed))
+        raise BadRequest(f"unknown field {unknown[0]!r} in the request body (allowed: {names})")
+    return data
+
+
+def _flag(request: Request, key: str) -> bool:
+    value = request.query_params.get(key, "0").lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise BadRequest(f"query parameter {key} must be 1 or 0, got {value!r}")
+
+
+def _count(request: Request, key: str) -> int | None:
+    value = request.query_params.get(key)
+    if value is None or value == "":
+        return None
+    if not value.isdigit():
+        raise BadRequest(f"query parameter {key} must be a whole number, got {value!r}")
+    return int(value)
+
+
+# -- streams ----------------------------------------------------------------
+
+
+class _Drain:
+    """Ends every open stream when the server shuts down.
+
+    Each stream waits on an Event of its own, made in the stream's event
+    loop (the app itself is built outside any loop).
+    """
+
+    def __init__(self) -> None:
+        self._closing = False
+        self._waiters: set[anyio.Event] = set()
+
+    def open(self) -> None:
+        self._closing = False
+
+    def close(self) -> None:
+        self._closing = True
+        for waiter in self._waiters:
+            waiter.set()
+
+    async def wait(self) -> None:
+        if self._closing:
+            return
+        waiter = anyio.Event()
+        self._waiters.add(waiter)
+        try:
+            await waiter.wait()
+        finally:
+            self._waiters.discard(waiter)
+
+
+class _Stream(Response):
+    """A streamed body, written by ``pump`` until it returns.
+
+    The pump runs next to two watchers: the client going away, and the
+    server shutting down. Whichever comes first cancels the others, so a
+    subscription opened by the pump is closed as soon as nobody listens.
+    """
+
+    def __init__(self, pump: Pump, media_type: str, drain: _Drain) -> None:
+        self.status_code = 200
+        self.media_type = media_type
+        self.background = None
+        self.init_headers({"cache-control": "no-cache", "x-content-type-options": "nosniff"})
+        self._pump = pump
+        self._drain = drain
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+
+        async def write(data: bytes) -> None:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+
+        async with anyio.create_task_group() as tg:
+
+            async def pump() -> None:
+                try:
+                    await self._pump(write)
+                except OSError as exc:
+                    # The client went away mid-write, or the log vanished.
+                    logger.debug("stream ended: %s", exc)
+                tg.cancel_scope.cancel()
+
+            async def client_gone() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                tg.cancel_scope.cancel()
+
+            async def shutting_down() -> None:
+                await self._drain.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(pump)
+            tg.start_soon(client_gone)
+            tg.start_soon(shutting_down)
+        # Ends the chunked body cleanly; a no-op when the client is gone.
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _tail(file: anyio.AsyncFile[bytes], lines: int) -> bytes:
+    """The last ``lines`` lines of ``file``, leaving it positioned at its end."""
+    end = await file.seek(0, os.SEEK_END)
+    if lines == 0:
+        return b""
+    position = end
+    data = b""
+    # One more newline than lines wanted: the file normally ends with one.
+    while position > 0 and data.count(b"\n") <= lines:
+        step = min(_CHUNK, position)
+        position -= step
+        await file.seek(position)
+        data = await file.read(step) + data
+    await file.seek(end)
+    kept = data.splitlines(keepends=True)[-lines:]
+    return b"".join(kept)
+
+
+async def _copy_available(file: anyio.AsyncFile[bytes], write: Write) -> None:
+    while chunk := await file.read(_CHUNK):
+        await write(chunk)
+
+
+async def _follow_log(path: Path, tail: int | None, follow: bool, write: Write) -> None:
+    """Write the log (its last ``tail`` lines), then, with ``follow``, what is added.
+
+    The runtime rotates a log by renaming it and starting a new file, and a
+    user may truncate it; both are noticed by comparing the file we hold with
+    what the path names now. The rest of the old file is copied before the
+    new one is opened, so no line written before the rotation is lost.
+    """
+    file = await anyio.open_file(path, "rb")
+    try:
+        if tail is not None:
+            await write(await _tail(file, tail))
+        await _copy_available(file, write)
+        while follow:
+            await anyio.sleep(_POLL)
+            await _copy_available(file, write)
+            try:
+                now = await anyio.Path(path).stat()
+            except FileNotFoundError:
+                continue  # between rotation's rename and the new file
+            held = os.fstat(file.wrapped.fileno())
+            if now.st_ino != held.st_ino or now.st_dev != held.st_dev:
+                # Rotated: whatever reached the old file after the copy above
+                # and before the rename is still in it.
+                await _copy_available(file, write)
+                await file.aclose()
+                file = await anyio.open_file(path, "rb")
+                await _copy_available(file, write)
+            elif now.st_size < await file.tell():
+                await file.seek(0)  # truncated in place
+                await _copy_available(file, write)
+    finally:
+        await file.aclose()
+
+
+# -- routes -----------------------------------------------------------------
+
+
+def make_app(control: ControlPlane) -> Starlette:
+    """The API app serving ``control``."""
+    drain = _Drain()
+
+    def statuses(items: list[ContainerStatus]) -> Response:
+        return _json([item.to_json() for item in items])
+
+    async def status(request: Request) -> Response:
+        return _json(control.status())
+
+    async def list_containers(request: Request) -> Response:
+        return statuses(control.containers())
+
+    async def create(request: Request) -> Response:
+        body = await _body(request, {"name", "manifest", "wait", "timeout"})
+        if "name" not in body:
+            raise BadRequest("the request body needs 'name', the container's name")
+        name = _name(body["name"])
+        manifest = body.get("manifest")
+        if not isinstance(manifest, str):
+            raise BadRequest(
+                f"'manifest' must be the squishfile's TOML text as a string, got {manifest!r:.60}"
+            )
+        wait = body.get("wait", True)
+        if not isinstance(wait, bool):
+            raise BadRequest(f"'wait' must be true or false, got {wait!r}")
+        timeout = _timeout(body.get("timeout", _DEFAULT_TIMEOUT))
+        data = manifest.encode()
+        if wait:
+            result = await control.create(name, data, timeout=timeout)
+        else:
+            result = await control.apply(name, data)
+        return _json(result.to_json())
+
+    async def inspect(request: Request) -> Response:
+        return _json(control.inspect(_name(request.path_params["name"])))
+
+    async def stop(request: Request) -> Response:
+        prefix = request.path_params["prefix"]
+        return statuses(await control.stop(prefix))
+
+    async def start(request: Request) -> Response:
+        name = _name(request.path_params["name"])
+        body = await _body(request, {"timeout"}, optional=True)
+        timeout = _timeout(body.get("timeout", _DEFAULT_TIMEOUT))
+        return _json((await control.start(name, timeout=timeout)).to_json())
+
+    async def delete(request: Request) -> Response:
+        name = _name(request.path_params["name"])
+        return _json((await control.delete(name)).to_json())
+
+    async def logs(request: Request) -> Response:
+        name = _name(request.path_params["name"])
+        follow = _flag(request, "follow")
+        tail = _count(request, "tail")
+        path = control.log_path(name)
+        if not await anyio.Path(path).is_file():
+            raise ContainerNotFound(f"no log for container {name!r} yet")
+
+        async def pump(write: Write) -> None:
+            await _follow_log(path, tail, follow, write)
+
+        return _Stream(pump, "text/plain; charset=utf-8", drain)
+
+    async def events(request: Request) -> Response:
+        async def pump(write: Write) -> None:
+            with control.subscribe() as subscription:
+                async for event in subscription:
+                    line = json.dumps(event.to_json(), default=str) + "\n"
+                    await write(line.encode())
+
+        return _Stream(pump, "application/x-ndjson", drain)
+
+    routes = [
+        Route("/v1/status", _handled(status), methods=["GET"]),
+        Route("/v1/containers", _handled(list_containers), methods=["GET"]),
+        Route("/v1/containers", _handled(create), methods=["POST"]),
+        Route("/v1/containers/{name}", _handled(inspect), methods=["GET"]),
+        Route("/v1/containers/{name}", _handled(delete), methods=["DELETE"]),
+        Route("/v1/containers/{prefix}/stop", _handled(stop), methods=["POST"]),
+        Route("/v1/containers/{name}/start", _handled(start), methods=["POST"]),
+        Route("/v1/containers/{name}/logs", _handled(logs), methods=["GET"]),
+        Route("/v1/events", _handled(events), methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: _http_error},
+    )
+    app.state.drain = drain
+    return app
+
+
+# -- serving ----------------------------------------------------------------
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handlers: the daemon owns SIGINT and SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _listen(path: Path) -> tuple[socket.socket, int]:
+    """A listening unix socket at ``path`` (and its inode), mode 0600 before anyone can connect.
+
+    A leftover socket of a dead daemon is replaced; a live one is refused.
+    The mode is set between bind and listen: until listen, connecting fails,
+    so no other user ever gets in through the default (umask) permissions.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(info.st_mode):
+            raise SquishError(f"{path} exists and is not a socket; remove it or choose another")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+            except OSError:
+                path.unlink(missing_ok=True)  # nobody listens: a dead daemon's socket
+            else:
+                raise SquishError(f"another squish daemon is already listening on {path}")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        path.chmod(0o600)
+        sock.listen(128)
+        sock.setblocking(False)
+        identity = path.lstat().st_ino
+    except OSError as exc:
+        sock.close()
+        raise SquishError(f"cannot listen on {path}: {exc.strerror or exc}") from exc
+    return sock, identity
+
+
+async def serve(
+    app: Starlette,
+    socket_path: Path,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` on the unix socket ``socket_path`` until cancelled.
+
+    Call it with ``await task_group.start(serve, app, path)``: that returns
+    once the socket accepts connections. Cancelling the task shuts uvicorn
+    down gracefully (open streams are ended, requests in flight get a few
+    seconds) and removes the socket.
+    """
+    sock, identity = _listen(socket_path)
+    config = uvicorn.Config(
+        app,
+        uds=str(socket_path),
+        log_level="warning",
+        # None: uvicorn's records go to the daemon's handlers (text or JSON)
+        # instead of a stderr handler of its own.
+        log_config=None,
+        lifespan="off",
+        timeout_graceful_shutdown=_GRACE,
+    )
+    server = _Server(config)
+    finished = False
+
+    async def run() -> None:
+        nonlocal finished
+        # Shielded: cancelling serve() must not tear uvicorn down mid-request;
+        # should_exit (set below) lets it finish its own shutdown instead.
+        with anyio.CancelScope(shield=True):
+            try:
+                await server.serve(sockets=[sock])
+            finally:
+                finished = True
+
+    drain = getattr(app.state, "drain", None)
+    if isinstance(drain, _Drain):
+        drain.open()  # the app may be served again after a shutdown
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            try:
+                while not server.started:
+                    if finished:
+                        raise SquishError(f"the API server on {socket_path} stopped while starting")
+                    await anyio.sleep(0.01)
+                task_status.started()
+                await anyio.sleep_forever()
+            finally:
+                # Also when cancelled while starting: uvicorn checks should_exit
+                # once started, and the shielded run() would wait forever otherwise.
+                if isinstance(drain, _Drain):
+                    drain.close()
+                server.should_exit = True
+    finally:
+        sock.close()
+        _remove_socket(socket_path, identity)
+
+
+def _remove_socket(path: Path, identity: int) -> None:
+    # Only our own socket: a new daemon may already have replaced it.
+    try:
+        if path.lstat().st_ino == identity:
+            path.unlink()
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,282 @@
+"""The client side of the daemon's API (:mod:`squish.api`) over its unix socket.
+
+Called by the ``squish`` command (:mod:`squish.cli`) for everything that
+needs the daemon. Synchronous, over httpx: a command makes one or two calls
+and the streaming ones (logs, events) simply iterate.
+
+Foreign errors stop here. Not reaching the daemon at all (no socket, nobody
+listening, no permission) is :class:`DaemonUnreachable`, whose message says
+how to start it; an error the daemon answered is :class:`ApiError`, carrying
+the daemon's one-line message and the HTTP status (404: no such container,
+400: bad manifest or request, 409: the host refused, 500: daemon bug); a
+connection lost mid-answer or a timeout is a plain ``SquishError``::
+
+    SquishError
+    ├── DaemonUnreachable
+    └── ApiError (.status)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from squish.errors import SquishError
+
+__all__ = ["ApiError", "Client", "DaemonUnreachable"]
+
+JSONObject = dict[str, Any]
+T = TypeVar("T")
+
+# The host part is required by HTTP and ignored by the daemon.
+_BASE_URL = "http://squish"
+_TIMEOUT = 10.0
+# What a waiting request (create, start) may take beyond its own timeout.
+_SLACK = 15.0
+
+
+class DaemonUnreachable(SquishError):
+    """Nothing answers on the daemon's socket."""
+
+    def __init__(self, socket_path: Path, reason: str) -> None:
+        self.socket_path = socket_path
+        super().__init__(
+            f"cannot reach the squish daemon at {socket_path} ({reason}); start it with "
+            "`squish daemon --manifests DIR`, or point at its socket with --socket PATH "
+            "or $SQUISH_SOCKET"
+        )
+
+
+class ApiError(SquishError):
+    """The daemon answered with an error; ``str()`` is its one-line message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+        super().__init__(message)
+
+
+def _reason(exc: httpx.TransportError) -> str:
+    # httpx wraps the OSError of connect(); its strerror is the useful part.
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror.lower()
+        cause = cause.__cause__ or cause.__context__
+    return str(exc) or type(exc).__name__
+
+
+class Client:
+    """Calls on the daemon listening on ``socket_path``; a context manager."""
+
+    def __init__(self, socket_path: Path, *, timeout: float = _TIMEOUT) -> None:
+        self.socket_path = Path(socket_path)
+        self._timeout = timeout
+        self._reachable = False
+        self._http = httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(self.socket_path)),
+            base_url=_BASE_URL,
+            timeout=timeout,
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- calls --------------------------------------------------------------
+
+    def status(self) -> JSONObject:
+        return self._object(self._call("GET", "/v1/status"))
+
+    def containers(self) -> list[JSONObject]:
+        return self._list(self._call("GET", "/v1/containers"))
+
+    def inspect(self, name: str) -> JSONObject:
+        return self._object(self._call("GET", f"/v1/containers/{_segment(name)}"))
+
+    def create(
+        self, name: str, manifest: str, *, wait: bool = True, timeout: float = 30.0
+    ) -> JSONObject:
+        """Store ``manifest`` as container ``name``; with ``wait``, until it runs or fails."""
+        body = {"name": name, "manifest": manifest, "wait": wait, "timeout": timeout}
+        response = self._call("POST", "/v1/containers", body=body, timeout=timeout + _SLACK)
+        return self._object(response)
+
+    def apply(self, name: str, manifest: str) -> JSONObject:
+        """Store ``manifest`` as container ``name`` without waiting (like kubectl apply)."""
+        return self.create(name, manifest, wait=False)
+
+    def stop(self, prefix: str) -> list[JSONObject]:
+        """Stop every container whose id or name starts with ``prefix``."""
+        return self._list(
+            self._call("POST", f"/v1/containers/{_segment(prefix)}/stop", timeout=None)
+        )
+
+    def start(self, name: str, *, timeout: float = 30.0) -> JSONObject:
+        response = self._call(
+            "POST",
+            f"/v1/containers/{_segment(name)}/start",
+            body={"timeout": timeout},
+            timeout=timeout + _SLACK,
+        )
+        return self._object(response)
+
+    def delete(self, name: str) -> JSONObject:
+        return self._object(self._call("DELETE", f"/v1/containers/{_segment(name)}", timeout=None))
+
+    def logs(self, name: str, *, follow: bool = False, tail: int | None = None) -> Iterator[bytes]:
+        """The container's log as it is read; with ``follow``, until interrupted."""
+        params: dict[str, str] = {"follow": "1" if follow else "0"}
+        if tail is not None:
+            params["tail"] = str(tail)
+        path = f"/v1/containers/{_segment(name)}/logs"
+        with self._stream("GET", path, params=params) as response:
+            yield from self._translate_stream(response.iter_bytes())
+
+    def events(self) -> Iterator[JSONObject]:
+        """Every event from now on, until interrupted."""
+        with self._stream("GET", "/v1/events") as response:
+            for line in self._translate_stream(response.iter_lines()):
+                if line.strip():
+                    event = json.loads(line)
+                    if isinstance(event, dict):
+                        yield event
+
+    # -- plumbing -----------------------------------------------------------
+
+    def _check_reachable(self) -> None:
+        """Connect once ourselves before httpx does, to say why the daemon is unreachable.
+
+        Our own connect gives the plain OSError (no such file, connection
+        refused, permission denied), and closes its socket when it fails,
+        which httpcore's unix-socket connect leaves to the garbage collector.
+        """
+        if self._reachable:
+            return
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(self._timeout)
+            try:
+                probe.connect(str(self.socket_path))
+            except OSError as exc:
+                reason = (exc.strerror or str(exc) or type(exc).__name__).lower()
+                raise DaemonUnreachable(self.socket_path, reason) from exc
+        self._reachable = True
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: JSONObject | None = None,
+        timeout: float | httpx.Timeout | None = _TIMEOUT,
+    ) -> httpx.Response:
+        self._check_reachable()
+        try:
+            response = self._http.request(method, path, json=body, timeout=timeout)
+        except httpx.ConnectError as exc:
+            raise DaemonUnreachable(self.socket_path, _reason(exc)) from exc
+        except httpx.TimeoutException as exc:
+            raise SquishError(
+                f"the squish daemon at {self.socket_path} did not answer in time"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise self._lost(exc) from exc
+        if response.is_error:
+            raise _api_error(response)
+        return response
+
+    @contextlib.contextmanager
+    def _stream(
+        self, method: str, path: str, *, params: dict[str, str] | None = None
+    ) -> Iterator[httpx.Response]:
+        """A streamed response (no read timeout), errors translated like ``_call``."""
+        self._check_reachable()
+        request = self._http.build_request(
+            method, path, params=params, timeout=httpx.Timeout(_TIMEOUT, read=None)
+        )
+        try:
+            response = self._http.send(request, stream=True)
+        except httpx.ConnectError as exc:
+            raise DaemonUnreachable(self.socket_path, _reason(exc)) from exc
+        except httpx.TransportError as exc:
+            raise self._lost(exc) from exc
+        try:
+            if response.is_error:
+                response.read()
+                raise _api_error(response)
+            yield response
+        finally:
+            response.close()
+
+    def _translate_stream(self, chunks: Iterator[T]) -> Iterator[T]:
+        try:
+            yield from chunks
+        except httpx.TransportError as exc:
+            raise self._lost(exc) from exc
+
+    def _lost(self, exc: httpx.TransportError) -> SquishError:
+        return SquishError(
+            f"lost the connection to the squish daemon at {self.socket_path}: {_reason(exc)}"
+        )
+
+    @staticmethod
+    def _object(response: httpx.Response) -> JSONObject:
+        data = _decode(response)
+        if not isinstance(data, dict):
+            raise SquishError(
+                f"the daemon answered {response.url.path} with something not an object"
+            )
+        return data
+
+    @staticmethod
+    def _list(response: httpx.Response) -> list[JSONObject]:
+        data = _decode(response)
+        if not isinstance(data, list):
+            raise SquishError(f"the daemon answered {response.url.path} with something not a list")
+        return data
+
+
+def _segment(value: str) -> str:
+    # A name or prefix is one path segment, whatever the user typed.
+    return quote(value, safe="")
+
+
+def _decode(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise SquishError(
+            f"the daemon answered {response.url.path} with invalid JSON: {exc}"
+        ) from exc
+
+
+def _api_error(response: httpx.Response) -> ApiError:
+    message = ""
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        message = data["error"]
+    if not message:
+        text = " ".join(response.text.split())[:200]
+        message = f"the daemon answered {response.status_code}" + (f": {text}" if text else "")
+    return ApiError(response.status_code, message)

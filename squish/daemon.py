@@ -1,0 +1,222 @@
+"""The squish daemon: ``squish daemon`` (also installed as ``squishd``).
+
+Wires the parts together for one state directory: the directory source, the
+real runtime, the layer store, the reconciler, the JSON API on a unix socket
+and the Prometheus exporter. Structured concurrency throughout: everything
+runs in one task group, and leaving it (SIGTERM, SIGINT) stops every
+container cleanly before the process exits 0.
+
+Rootless only: as uid 0 it refuses to start unless told ``--allow-root``.
+One daemon per state directory: an exclusive lock on ``daemon.lock`` there;
+a second daemon says who holds it and leaves the live one alone. A socket
+left behind by a killed daemon is replaced; one that answers is not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+
+from squish import __version__, paths
+from squish.api import make_app, serve
+from squish.errors import SquishError
+from squish.layers import LayerStore
+from squish.metrics import Metrics
+from squish.plan import Backoff
+from squish.reconciler import Reconciler
+from squish.runtime import DEFAULT_HOST_IP, DEFAULT_STOP_GRACE
+from squish.runtime.bwrap_runtime import BwrapRuntime
+from squish.sources.directory import DirectorySource
+
+log = logging.getLogger("squish.daemon")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    parser.add_argument(
+        "--manifests",
+        type=Path,
+        default=Path(env("SQUISH_MANIFESTS", "manifests")),
+        help="directory of squishfiles to keep running (default: ./manifests; $SQUISH_MANIFESTS)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(env("SQUISH_STATE_DIR", str(paths.state_dir()))),
+        help="layer cache, logs, lock (default: $XDG_STATE_HOME/squish; $SQUISH_STATE_DIR)",
+    )
+    parser.add_argument(
+        "--metrics-addr",
+        default=env("SQUISH_METRICS_ADDR", "127.0.0.1:9478"),
+        help="HOST:PORT of the Prometheus exporter, 'off' for none (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--host-ip",
+        default=env("SQUISH_HOST_IP", DEFAULT_HOST_IP),
+        help="address port forwards bind to unless a port says otherwise (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default=env("SQUISH_LOG_FORMAT", "text")
+    )
+    parser.add_argument("--resync", type=float, default=5.0, help="seconds between full resyncs")
+    parser.add_argument("--parallelism", type=int, default=8, help="actions carried out at once")
+    parser.add_argument("--stop-timeout", type=float, default=DEFAULT_STOP_GRACE)
+    parser.add_argument("--backoff-initial", type=float, default=10.0)
+    parser.add_argument("--backoff-max", type=float, default=300.0)
+    parser.add_argument("--backoff-reset", type=float, default=600.0)
+    parser.add_argument(
+        "--allow-root",
+        action="store_true",
+        help="run as root anyway (containers are then not rootless; not recommended)",
+    )
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if event := getattr(record, "event", None):
+            entry["event"] = event
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _setup_logging(fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger("squish")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+def _lock(state_dir: Path) -> IO[str]:
+    """Hold ``daemon.lock`` for the life of the process (the kernel drops it on death)."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    handle = (state_dir / "daemon.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise SquishError(
+            f"another squish daemon (pid {holder}) is running on {state_dir}; stop it first "
+            "or use another --state-dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def _claim_socket(path: Path) -> None:
+    """Remove a stale socket; refuse if a live daemon answers on it."""
+    if not path.exists() and not path.is_symlink():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # nobody listens: left by a daemon that was killed
+            return
+    raise SquishError(f"a squish daemon already listens on {path}; use another --socket")
+
+
+def _parse_addr(value: str) -> tuple[str, int] | None:
+    if value == "off":
+        return None
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise SquishError(f"--metrics-addr: expected HOST:PORT or 'off', got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def run(args: argparse.Namespace) -> int:
+    if os.getuid() == 0 and not args.allow_root:
+        raise SquishError(
+            "squish is rootless-only: it runs containers as the user that runs it, and as root "
+            "that would be root. Run it as an ordinary user (e.g. runuser -u squish -- squish "
+            "daemon), or pass --allow-root if you really mean it"
+        )
+    _setup_logging(args.log_format)
+    metrics_addr = _parse_addr(args.metrics_addr)
+    lock = _lock(args.state_dir)
+    socket_path = Path(args.socket) if args.socket else paths.socket_path()
+    try:
+        _claim_socket(socket_path)
+        args.manifests = args.manifests.absolute()
+        args.manifests.mkdir(parents=True, exist_ok=True)
+        return anyio.run(_serve, args, socket_path, metrics_addr)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            socket_path.unlink()
+        lock.close()
+
+
+async def _serve(
+    args: argparse.Namespace, socket_path: Path, metrics_addr: tuple[str, int] | None
+) -> int:
+    state: Path = args.state_dir
+    manifests: Path = args.manifests
+    metrics = Metrics(version=__version__)
+    stop_metrics = metrics.serve(*metrics_addr) if metrics_addr else None
+    try:
+        async with BwrapRuntime(
+            run_dir=state / "run", log_dir=state / "logs", default_host_ip=args.host_ip
+        ) as runtime:
+            reconciler = Reconciler(
+                source=DirectorySource(manifests),
+                runtime=runtime,
+                store=LayerStore(state),
+                manifests_dir=manifests,
+                log_dir=state / "logs",
+                metrics=metrics,
+                backoff=Backoff(args.backoff_initial, args.backoff_max, args.backoff_reset),
+                resync=args.resync,
+                parallelism=args.parallelism,
+                stop_grace=args.stop_timeout,
+            )
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async with anyio.create_task_group() as tg:
+                    await tg.start(reconciler.run)
+                    await tg.start(serve, make_app(reconciler), socket_path)
+                    log.info(
+                        "squish %s: watching %s, API on %s, metrics on %s",
+                        __version__,
+                        manifests,
+                        socket_path,
+                        args.metrics_addr,
+                    )
+                    async for signum in signals:
+                        log.info("%s: stopping every container", signal.Signals(signum).name)
+                        reconciler.close()
+                        tg.cancel_scope.cancel()
+                        break
+            # Leaving the runtime stops every container (SIGTERM, grace, SIGKILL).
+    finally:
+        if stop_metrics is not None:
+            stop_metrics()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# End-to-end: a real squish daemon, rootless, driven through the CLI and
+# checked from outside (HTTP through forwards, files on the host, /proc,
+# a Prometheus scrape). The original squish's entry point name.
+#
+# Runs as an ordinary user with squish on PATH (scripts/test arranges both).
+# Every check prints "ok - ..." or "not ok - ..."; the last line is
+# "N passed, M failed" and the exit status is non-zero if anything failed.
+set -uo pipefail
+
+if [ "$(id -u)" = 0 ]; then
+  echo "test-e2e.sh: run it as an ordinary user (scripts/test does)" >&2
+  exit 2
+fi
+command -v squish >/dev/null || { echo "test-e2e.sh: squish is not on PATH" >&2; exit 2; }
+
+work=$(mktemp -d /tmp/squish-e2e.XXXXXX)
+export SQUISH_SOCKET="$work/squish.sock"
+manifests="$work/manifests"
+state="$work/state"
+mkdir -p "$manifests" "$work/site" "$work/data"
+echo "hello from the e2e site" > "$work/site/index.html"
+echo "read-only config" > "$work/app.conf"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+web_port=$(free_port)
+metrics_port=$(free_port)
+
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); echo "ok - $1"; }
+not_ok() { failed=$((failed + 1)); echo "not ok - $1"; [ -n "${2:-}" ] && echo "#   $2"; }
+check() { # check "description" command...
+  local what=$1; shift
+  if "$@" >/dev/null 2>&1; then ok "$what"; else not_ok "$what" "failed: $*"; fi
+}
+# eventually "description" command...: retry for up to 10 s
+eventually() {
+  local what=$1; shift
+  for _ in $(seq 1 100); do
+    if "$@" >/dev/null 2>&1; then ok "$what"; return 0; fi
+    sleep 0.1
+  done
+  not_ok "$what" "never true: $*"
+}
+http() { curl -sf --max-time 2 "http://127.0.0.1:$1/${2:-}"; }
+body_is() { [ "$(http "$1" "${3:-}")" = "$2" ]; }
+ps_count() { squish ps | tail -n +2 | grep -c . ; }
+ps_field() { squish ps --json | python3 -c "import json,sys; print(next((c.get('$2') for c in json.load(sys.stdin) if c['name']=='$1'), ''))"; }
+psa_field() { squish ps -a --json | python3 -c "import json,sys; print(next((c.get('$2') for c in json.load(sys.stdin) if c['name']=='$1'), ''))"; }
+
+daemon_pid=""
+start_daemon() {
+  squish daemon --manifests "$manifests" --state-dir "$state" \
+    --metrics-addr "127.0.0.1:$metrics_port" --backoff-initial 1 --resync 1 \
+    >>"$work/daemon.log" 2>&1 &
+  daemon_pid=$!
+  for _ in $(seq 1 100); do squish ps >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "the daemon did not come up:"; cat "$work/daemon.log"; return 1
+}
+descendants() { # every pid below $1
+  local kids
+  kids=$(cat /proc/"$1"/task/*/children 2>/dev/null)
+  for kid in $kids; do echo "$kid"; descendants "$kid"; done
+}
+cleanup() {
+  [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+start_daemon || exit 1
+
+# -- create / ps / stop (the original contract) ---------------------------------
+cat > "$work/web.toml" <<EOF
+[layers]
+site = { path = "./site", target = "/app/site" }
+conf = { path = "./app.conf", target = "/etc/app.conf" }
+data = { path = "./data", target = "/data", rw = true }
+
+[run]
+command = "/bin/sh"
+args = ["-c", "echo \$GREETING > /data/greeting; echo pid=\$\$ > /data/pid; cat /etc/app.conf > /data/conf; touch /etc/x 2>/data/ro-error; exec httpd -f -p 8080 -h /app/site"]
+
+[env]
+GREETING = "hi there"
+
+[[ports]]
+container = 8080
+host = $web_port
+EOF
+id=$(cd "$work" && squish create web.toml)
+check "create prints a 64-hex id" grep -Eq '^[0-9a-f]{64}$' <<<"$id"
+check "the manifest landed in the watched directory" test -f "$manifests/web.toml"
+check "ps header starts with ID" eval "squish ps | head -1 | grep -q '^ID'"
+check "ps shows one running container" test "$(ps_count)" = 1
+check "ps line starts with the short id, then name, then pid" \
+  eval "squish ps | tail -1 | awk '{exit !(\$1 == \"${id:0:7}\" && \$2 == \"web\" && \$3 ~ /^[0-9]+\$/)}'"
+eventually "HTTP through the forward" body_is "$web_port" "hello from the e2e site"
+check "env reaches the command" test "$(cat "$work/data/greeting")" = "hi there"
+check "the command is pid 2" test "$(cat "$work/data/pid")" = "pid=2"
+check "a ro file bind reads" test "$(cat "$work/data/conf")" = "read-only config"
+check "the root is read-only" grep -q "Read-only file system" "$work/data/ro-error"
+check "an rw bind writes through to the host" test -s "$work/data/greeting"
+
+stopped=$(squish stop web)
+check "stop prints the id" test "$stopped" = "$id"
+check "ps shows nothing running after stop" test "$(ps_count)" = 0
+check "ps -a shows it stopped" test "$(psa_field web phase)" = stopped
+sleep 1.5
+check "a stopped container stays stopped through a resync" test "$(ps_count)" = 0
+id2=$(cd "$work" && squish create web.toml)
+check "create after stop runs again under a new id" eval "[ -n '$id2' ] && [ '$id2' != '$id' ]"
+eventually "it serves again" body_is "$web_port" "hello from the e2e site"
+
+# -- edits ------------------------------------------------------------------------
+sed -i 's/GREETING = "hi there"/GREETING = "edited"/' "$manifests/web.toml"
+eventually "an edit replaces the container" eval "[ \"\$(cat '$work/data/greeting')\" = edited ]"
+id3=$(ps_field web id)
+check "the replacement has a new id" test "$id3" != "$id2"
+eventually "the replacement serves" body_is "$web_port" "hello from the e2e site"
+
+cp "$manifests/web.toml" "$work/web.good"
+printf '[run]\ncommand = ""\n' > "$manifests/web.toml"
+eventually "a broken edit shows its error in ps -a" eval "squish ps -a | grep -q 'run.command'"
+check "the old version keeps serving" body_is "$web_port" "hello from the e2e site"
+check "and keeps its id" test "$(ps_field web id)" = "$id3"
+cp "$work/web.good" "$manifests/web.toml"
+sed -i 's/GREETING = "edited"/GREETING = "fixed"/' "$manifests/web.toml"
+eventually "the fix is applied" eval "[ \"\$(cat '$work/data/greeting')\" = fixed ]"
+
+# -- crashes ----------------------------------------------------------------------
+cat > "$manifests/crash.toml" <<EOF
+[run]
+command = "/bin/sh"
+args = ["-c", "sleep 0.2; exit 3"]
+EOF
+eventually "a crash loop is restarted" eval "[ \"\$(psa_field crash restarts)\" -ge 2 ]"
+eventually "and backs off" eval "[ \"\$(psa_field crash phase)\" = backoff ]"
+rm "$manifests/crash.toml"
+eventually "delete by removing the file -> gone" eval "! squish ps -a | grep -q crash"
+
+pid=$(ps_field web pid)
+kill -9 "$pid"
+eventually "a killed process comes back" eval "p=\$(ps_field web pid); [ -n \"\$p\" ] && [ \"\$p\" != '$pid' ]"
+eventually "and serves" body_is "$web_port" "hello from the e2e site"
+
+# -- metrics ----------------------------------------------------------------------
+curl -sf "http://127.0.0.1:$metrics_port/metrics" > "$work/scrape.txt"
+scrape=$(cat "$work/scrape.txt")
+check "metrics: squish_containers running is 1" grep -q '^squish_containers{state="running"} 1.0' <<<"$scrape"
+check "metrics: restarts counted" grep -q '^squish_container_restarts_total{container="web"}' <<<"$scrape"
+if command -v promtool >/dev/null; then
+  promtool check metrics < "$work/scrape.txt" > "$work/promtool.txt" 2>&1
+  rc=$?
+  check "promtool check metrics reports nothing" eval "[ $rc = 0 ] && [ ! -s '$work/promtool.txt' ]"
+else
+  not_ok "promtool is installed (run scripts/setup --test as root)"
+fi
+
+# -- kill -9 of the daemon --------------------------------------------------------
+before=$(descendants "$daemon_pid" | sort -u)
+check "the daemon has container processes" test -n "$before"
+kill -9 "$daemon_pid"
+wait "$daemon_pid" 2>/dev/null
+daemon_pid=""
+sleep 1
+alive=""
+for p in $before; do
+  if [ -e "/proc/$p" ] && ! grep -q '^State:.*Z' "/proc/$p/status" 2>/dev/null; then alive="$alive $p"; fi
+done
+check "no container process survives kill -9 of the daemon" test -z "$alive"
+check "nothing listens on the forwarded port" eval "! http $web_port"
+start_daemon
+eventually "a new daemon starts everything again" body_is "$web_port" "hello from the e2e site"
+check "the stale socket was replaced" test -S "$SQUISH_SOCKET"
+
+squish delete web >/dev/null
+eventually "delete -> gone" eval "! squish ps -a | grep -q web"
+check "nothing listens after delete" eval "! http $web_port"
+
+kill "$daemon_pid"
+wait "$daemon_pid"
+check "SIGTERM: the daemon exits 0" test $? = 0
+daemon_pid=""
+
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
