@@ -1,0 +1,311 @@
+"""A squish daemon started by a benchmark, and what the benchmarks read about it.
+
+Imported by ``bench/drop_to_running.py`` and ``bench/scale.py`` (not a
+benchmark itself). ``DaemonUnderTest`` runs ``squish daemon`` as a child
+process on directories of its own (manifests, state, socket, log) with a free
+metrics port, waits until its API answers, and stops it with SIGTERM,
+reporting the exit status. The rest reads squishfiles into existence and the
+kernel's view of processes out of ``/proc``: CPU ticks, VmRSS, PSS, the
+process tree.
+
+Everything runs as the ordinary user that runs the benchmark: squish is
+rootless. All network traffic stays on 127.0.0.1 and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from squish.client import Client
+from squish.errors import SquishError
+
+LOCALHOST = "127.0.0.1"
+HTTPD_PORT = 8080  # inside the container: no capabilities, so >= 1024
+
+
+# -- numbers -------------------------------------------------------------------
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """Nearest-rank percentile, as ``bench/start_latency.py`` computes its p90."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summary_ms(samples: list[float]) -> dict[str, float]:
+    """n, median, p90 and p99 of samples in seconds, as milliseconds."""
+    return {
+        "n": len(samples),
+        "median_ms": round(statistics.median(samples) * 1e3, 2),
+        "p90_ms": round(percentile(samples, 0.9) * 1e3, 2),
+        "p99_ms": round(percentile(samples, 0.99) * 1e3, 2),
+    }
+
+
+# -- ports and squishfiles -----------------------------------------------------
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports on 127.0.0.1 that nobody listens on now.
+
+    Bound all at once, so the kernel hands out distinct ones, then released.
+    """
+    with ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            probe = stack.enter_context(socket.socket())
+            probe.bind((LOCALHOST, 0))
+            ports.append(probe.getsockname()[1])
+        return ports
+
+
+def http_answers(port: int, timeout: float = 1.0) -> bool:
+    """True when an HTTP GET to 127.0.0.1:port gets an HTTP status line back."""
+    try:
+        with socket.create_connection((LOCALHOST, port), timeout=timeout) as conn:
+            conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            return conn.recv(16).startswith(b"HTTP/")
+    except OSError:
+        return False
+
+
+def httpd_squishfile(site: Path, host_port: int) -> str:
+    """busybox httpd on the built-in base serving ``site``, one TCP forward."""
+    return (
+        "[layers]\n"
+        'base = "busybox"\n'
+        f'site = {{ path = "{site}", target = "/srv/site" }}\n'
+        "\n[run]\n"
+        'command = "httpd"\n'
+        f'args = ["-f", "-p", "{HTTPD_PORT}", "-h", "/srv/site"]\n'
+        "\n[[ports]]\n"
+        f"container = {HTTPD_PORT}\n"
+        f"host = {host_port}\n"
+    )
+
+
+def sleep_squishfile() -> str:
+    """A container without network that only sleeps."""
+    return (
+        'network = "none"\n'
+        "\n[layers]\n"
+        'base = "busybox"\n'
+        "\n[run]\n"
+        'command = "sleep"\n'
+        'args = ["3600"]\n'
+    )
+
+
+def make_site(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "index.html").write_text("<p>squish bench</p>\n")
+    return directory
+
+
+# -- /proc ---------------------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (all its threads, not its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # After the comm: state is index 0, utime 11, stime 12.
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def status_kib(pid: int, key: str) -> int:
+    """A ``kB`` line of ``/proc/PID/status`` (VmRSS, VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size of ``pid`` from ``smaps_rollup``."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    raise KeyError("Pss")
+
+
+@dataclass(frozen=True)
+class Proc:
+    pid: int
+    ppid: int
+    uid: int
+    comm: str
+    argv: tuple[str, ...]
+
+
+def processes(uid: int | None = None) -> dict[int, Proc]:
+    """Every process (of ``uid``, if given) that can be read right now."""
+    found: dict[int, Proc] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            owner = os.stat(f"/proc/{pid}").st_uid
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue  # gone meanwhile, or not ours to read
+        if uid is not None and owner != uid:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        argv = tuple(part.decode(errors="replace") for part in raw.split(b"\0") if part)
+        found[pid] = Proc(pid, ppid, owner, comm, argv)
+    return found
+
+
+def container_processes(work: Path, uid: int) -> list[Proc]:
+    """bwrap and slirp4netns processes of ``uid`` whose argv mentions ``work``."""
+    marker = str(work)
+    return [
+        proc
+        for proc in processes(uid).values()
+        if proc.comm in ("bwrap", "slirp4netns") and any(marker in arg for arg in proc.argv)
+    ]
+
+
+# -- the daemon ----------------------------------------------------------------
+
+
+def squish_command() -> list[str]:
+    """``squish`` from PATH, else this interpreter's ``-m squish``."""
+    found = shutil.which("squish")
+    return [found] if found else [sys.executable, "-m", "squish"]
+
+
+class DaemonUnderTest:
+    """``squish daemon`` on ``work/{manifests,state,squish.sock,daemon.log}``.
+
+    Use as a context manager; ``stop()`` (SIGTERM, bounded wait) returns the
+    exit code, and leaving the block stops it if the benchmark did not.
+    """
+
+    def __init__(
+        self, work: Path, *, extra_args: tuple[str, ...] = (), ready_timeout: float = 30.0
+    ) -> None:
+        self.work = work
+        self.manifests = work / "manifests"
+        self.state = work / "state"
+        self.socket = work / "squish.sock"
+        self.log_path = work / "daemon.log"
+        self.metrics_port = free_ports(1)[0]
+        self.extra_args = extra_args
+        self.ready_timeout = ready_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+        self.pid = 0  # the daemon's own pid, as its API reports it
+        self.exit_code: int | None = None
+        self.stop_seconds: float | None = None
+
+    def __enter__(self) -> Self:
+        self.manifests.mkdir(parents=True, exist_ok=True)
+        argv = [
+            *squish_command(),
+            "daemon",
+            "--manifests",
+            str(self.manifests),
+            "--state-dir",
+            str(self.state),
+            "--socket",
+            str(self.socket),
+            "--metrics-addr",
+            f"{LOCALHOST}:{self.metrics_port}",
+            *self.extra_args,
+        ]
+        with self.log_path.open("ab") as log:
+            # A session of its own: a Ctrl-C meant for the benchmark does not
+            # reach it; the benchmark stops it with SIGTERM on the way out.
+            self.process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        try:
+            self.pid = int(self._wait_ready()["pid"])
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.exit_code is None:
+            self.stop()
+
+    def _wait_ready(self) -> dict[str, Any]:
+        assert self.process is not None
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"the daemon exited with {self.process.returncode} while starting:\n"
+                    + self.log_tail()
+                )
+            if self.socket.exists():
+                try:
+                    with self.client() as client:
+                        return client.status()
+                except SquishError:
+                    pass
+            time.sleep(0.01)
+        raise RuntimeError(f"the daemon did not answer within {self.ready_timeout:g} s")
+
+    def client(self, timeout: float = 10.0) -> Client:
+        return Client(self.socket, timeout=timeout)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM, wait up to ``timeout``; SIGKILL (and say so) past that."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            began = time.perf_counter()
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                self.exit_code = self.process.returncode
+                raise RuntimeError(
+                    f"the daemon did not exit within {timeout:g} s of SIGTERM; killed it"
+                ) from None
+            self.stop_seconds = time.perf_counter() - began
+        self.exit_code = self.process.returncode
+        return self.exit_code
+
+    def log_tail(self, lines: int = 20) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def log_problems(self) -> list[str]:
+        """Log lines at WARNING or above, and tracebacks, from the daemon's log."""
+        if not self.log_path.exists():
+            return []
+        problems = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if any(mark in line for mark in (" WARNING ", " ERROR ", " CRITICAL ", "Traceback")):
+                problems.append(line)
+        return problems
