@@ -29,9 +29,10 @@ from typing import Any, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from squish import __version__
+from squish.broadcast import Broadcast
 from squish.control import ContainerStatus, Event, Phase
 from squish.errors import ContainerNotFound, RuntimeFailure, SquishError
 from squish.layers import LayerStore
@@ -83,7 +84,7 @@ class Reconciler:
         self._specs: dict[str, ContainerSpec] = {}
         self._dirty = anyio.Event()
         self._changed = anyio.Event()
-        self._subscribers: list[MemoryObjectSendStream[Event]] = []
+        self._events = Broadcast[Event]()
         self._reported_errors: dict[str, str] = {}
         self._tg: TaskGroup | None = None
         self._started = time.time()
@@ -303,24 +304,13 @@ class Reconciler:
     def _emit(self, kind: str, name: str, message: str, **fields: Any) -> None:
         event = Event(kind, name, message, fields=fields)
         log.info("%s %s: %s", kind, name, message, extra={"event": event.to_json()})
-        for subscriber in list(self._subscribers):
-            try:
-                subscriber.send_nowait(event)
-            except anyio.WouldBlock:
-                pass  # a reader that stopped reading loses events, not the daemon
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                subscriber.close()
-                self._subscribers.remove(subscriber)
+        self._events.publish(event)
 
     def subscribe(self) -> MemoryObjectReceiveStream[Event]:
-        send, receive = anyio.create_memory_object_stream[Event](max_buffer_size=1024)
-        self._subscribers.append(send)
-        return receive
+        return self._events.subscribe()
 
     def close(self) -> None:
-        for subscriber in self._subscribers:
-            subscriber.close()
-        self._subscribers.clear()
+        self._events.close()
 
     def _notify(self) -> None:
         self._changed.set()

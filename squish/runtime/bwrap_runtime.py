@@ -51,8 +51,9 @@ from types import TracebackType
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
+from squish.broadcast import Broadcast
 from squish.errors import ContainerNotFound, PortInUse, RuntimeFailure
 from squish.runtime import (
     DEFAULT_HOST_IP,
@@ -187,7 +188,7 @@ class BwrapRuntime:
         self.log_max_bytes = log_max_bytes
         self.log_keep = log_keep
         self._live: dict[str, _Live] = {}
-        self._subscribers: list[MemoryObjectSendStream[ExitEvent]] = []
+        self._exits = Broadcast[ExitEvent]()
         self._exit_stack = contextlib.AsyncExitStack()
         self._tg: TaskGroup | None = None
 
@@ -213,8 +214,7 @@ class BwrapRuntime:
     ) -> bool | None:
         with anyio.CancelScope(shield=True):
             await self.stop_all()
-        for subscriber in self._subscribers:
-            subscriber.close()
+        self._exits.close()
         return await self._exit_stack.__aexit__(exc_type, exc, tb)
 
     async def stop_all(self, *, grace: float = DEFAULT_STOP_GRACE) -> None:
@@ -264,9 +264,7 @@ class BwrapRuntime:
             raise ContainerNotFound(f"no running container {container_id[:12]}") from None
 
     def subscribe(self) -> MemoryObjectReceiveStream[ExitEvent]:
-        send, receive = anyio.create_memory_object_stream[ExitEvent](max_buffer_size=1024)
-        self._subscribers.append(send)
-        return receive
+        return self._exits.subscribe()
 
     # -- start -----------------------------------------------------------
 
@@ -481,14 +479,7 @@ class BwrapRuntime:
             reason=_bwrap_complaint(log.recent),
         )
         live.exited.set()
-        for subscriber in list(self._subscribers):
-            try:
-                subscriber.send_nowait(event)
-            except anyio.WouldBlock:
-                pass  # a subscriber that stopped reading loses events, not us
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                subscriber.close()
-                self._subscribers.remove(subscriber)
+        self._exits.publish(event)
 
     # -- stop ------------------------------------------------------------
 

@@ -17,8 +17,9 @@ from dataclasses import replace
 
 import anyio
 import anyio.lowlevel
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
+from squish.broadcast import Broadcast
 from squish.errors import ContainerNotFound, PortInUse, RuntimeFailure
 from squish.runtime import (
     DEFAULT_HOST_IP,
@@ -38,7 +39,7 @@ class FakeRuntime:
         self.default_host_ip = default_host_ip
         self.calls: list[tuple[str, str]] = []
         self._live: dict[str, Container] = {}
-        self._subscribers: list[MemoryObjectSendStream[ExitEvent]] = []
+        self._exits = Broadcast[ExitEvent]()
         self._failures: dict[str, RuntimeFailure] = {}
         self._pids = itertools.count(1000)
 
@@ -49,17 +50,13 @@ class FakeRuntime:
         """Like the real runtime: stop everything, end every subscription."""
         for container_id in list(self._live):
             await self.stop(container_id)
-        for subscriber in self._subscribers:
-            subscriber.close()
-        self._subscribers.clear()
+        self._exits.close()
 
     def fail_next_start(self, name: str, error: RuntimeFailure) -> None:
         self._failures[name] = error
 
     def subscribe(self) -> MemoryObjectReceiveStream[ExitEvent]:
-        send, receive = anyio.create_memory_object_stream[ExitEvent](max_buffer_size=1024)
-        self._subscribers.append(send)
-        return receive
+        return self._exits.subscribe()
 
     def list(self) -> list[Container]:
         return [replace(container) for container in self._live.values()]
@@ -110,12 +107,7 @@ class FakeRuntime:
         container.finished_at = time.time()
         del self._live[container.id]
         event = ExitEvent(container.id, container.name, exit_code, container.finished_at, stopped)
-        for subscriber in list(self._subscribers):
-            try:
-                subscriber.send_nowait(event)
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                subscriber.close()
-                self._subscribers.remove(subscriber)
+        self._exits.publish(event)
 
     def crash(self, container_id: str, exit_code: int = 1) -> None:
         """Make a container exit by itself, as if its command had died."""

@@ -63,17 +63,3 @@ def children(pid: int) -> list[int]:
     except (FileNotFoundError, ProcessLookupError):
         return []
     return [int(part) for part in text.split()]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` and its reaped children."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    # Fields after the comm: state is index 0, utime 11, stime 12, cutime 13, cstime 14.
-    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / ticks
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size of ``pid``."""
-    pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE")
