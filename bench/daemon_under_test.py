@@ -15,6 +15,7 @@ rootless. All network traffic stays on 127.0.0.1 and every wait is bounded.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -28,10 +29,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+import httpx
+
 from squish.client import Client
 from squish.errors import SquishError
 
 LOCALHOST = "127.0.0.1"
+# The start of a record in the daemon's text log: "2024-05-01 12:00:00,123 LEVEL ...".
+_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 HTTPD_PORT = 8080  # inside the container: no capabilities, so >= 1024
 
 
@@ -277,6 +282,20 @@ class DaemonUnderTest:
     def client(self, timeout: float = 10.0) -> Client:
         return Client(self.socket, timeout=timeout)
 
+    def metrics(self) -> dict[str, float]:
+        """One scrape of the daemon's exporter: sample (with labels) -> value."""
+        url = f"http://{LOCALHOST}:{self.metrics_port}/metrics"
+        text = httpx.get(url, timeout=10.0).raise_for_status().text
+        samples = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                sample, _, value = line.rpartition(" ")
+                samples[sample] = float(value)
+        return samples
+
+    def fd_count(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM, wait up to ``timeout``; SIGKILL (and say so) past that."""
         assert self.process is not None
@@ -301,11 +320,22 @@ class DaemonUnderTest:
         return "\n".join(text.splitlines()[-lines:])
 
     def log_problems(self) -> list[str]:
-        """Log lines at WARNING or above, and tracebacks, from the daemon's log."""
+        """Records at WARNING or above from the daemon's log, each with its traceback.
+
+        A record starts with its timestamp; the lines after it that do not
+        (a traceback) belong to it.
+        """
         if not self.log_path.exists():
             return []
-        problems = []
+        records: list[list[str]] = []
         for line in self.log_path.read_text(errors="replace").splitlines():
-            if any(mark in line for mark in (" WARNING ", " ERROR ", " CRITICAL ", "Traceback")):
-                problems.append(line)
-        return problems
+            if _RECORD.match(line) or not records:
+                records.append([line])
+            else:
+                records[-1].append(line)
+        levels = (" WARNING ", " ERROR ", " CRITICAL ")
+        return [
+            "\n".join(record)
+            for record in records
+            if any(level in record[0] for level in levels) or len(record) > 1
+        ]

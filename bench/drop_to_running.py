@@ -99,6 +99,13 @@ async def time_drop(daemon: DaemonUnderTest, site: Path, index: int) -> float:
     os.rename(staged, target)
     try:
         answered = await wait_answering(port, started + ANSWER_TIMEOUT_S)
+    except TimeoutError:
+        # Say what the daemon thought before tearing down: the finding is there.
+        with daemon.client() as client:
+            listed = [s for s in client.containers() if s["name"] == name]
+        print(f"{name}: API says {listed}", file=sys.stderr)
+        print(f"daemon log:\n{daemon.log_tail(40)}", file=sys.stderr)
+        raise
     finally:
         target.unlink()
         await wait_gone(daemon, name, port)
@@ -179,10 +186,10 @@ async def main() -> None:
         verdict = "met" if result["met"] else "NOT met"
         print(
             f"targets p50 <= {TARGET_P50_MS:g} ms, p99 <= {TARGET_P99_MS:g} ms: {verdict}; "
-            f"daemon exit code {exit_code}; {len(problems)} warning/error lines in its log"
+            f"daemon exit code {exit_code}; {len(problems)} warning/error records in its log"
         )
-        for line in problems[:10]:
-            print(f"  {line}")
+        for record in problems[:5]:
+            print("  " + record.replace("\n", "\n  "))
     if exit_code != 0:
         sys.exit(f"the daemon exited with {exit_code}, not 0")
 

@@ -20,6 +20,7 @@ import fcntl
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -153,6 +154,18 @@ def _parse_addr(value: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
+def _raise_fd_limit() -> None:
+    """Lift the soft open-files limit to the hard one.
+
+    The runtime holds a handful of fds per container (its log pipe and file,
+    pidfds, slirp4netns's exit pipe); the usual soft limit of 1024 would cap
+    a daemon at about 180 containers, where the hard limit is far higher.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def run(args: argparse.Namespace) -> int:
     if os.getuid() == 0 and not args.allow_root:
         raise SquishError(
@@ -161,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
             "daemon), or pass --allow-root if you really mean it"
         )
     _setup_logging(args.log_format)
+    _raise_fd_limit()
     metrics_addr = _parse_addr(args.metrics_addr)
     lock = _lock(args.state_dir)
     socket_path = Path(args.socket) if args.socket else paths.socket_path()

@@ -39,7 +39,7 @@ from squish.layers import LayerStore
 from squish.manifest import Squishfile, parse_squishfile
 from squish.metrics import Metrics
 from squish.plan import Action, Backoff, Kind, Record, plan
-from squish.runtime import DEFAULT_STOP_GRACE, ContainerSpec, ExitEvent, Runtime
+from squish.runtime import DEFAULT_STOP_GRACE, Container, ContainerSpec, ExitEvent, Runtime
 from squish.sources import Manifest, Source
 from squish.spec import container_spec
 
@@ -136,7 +136,8 @@ class Reconciler:
         try:
             self._desired = self.source.snapshot()
             self._note_manifests()
-            running = {container.id for container in self.runtime.list()}
+            live = {container.id: container for container in self.runtime.list()}
+            running = set(live)
             self._notice_lost(running)
             now = time.time()
             for action in plan(self._desired, self.records, running, now):
@@ -146,7 +147,7 @@ class Reconciler:
                 self._tg.start_soon(self._execute, action)
             if any(r.backoff_until and r.backoff_until > now for r in self.records.values()):
                 result = "requeue"
-            self._update_metrics(running)
+            self._update_metrics(live)
         except Exception:
             # A bug in a round must not kill the daemon: count it, log it,
             # and let the next trigger try again.
@@ -303,7 +304,12 @@ class Reconciler:
 
     def _emit(self, kind: str, name: str, message: str, **fields: Any) -> None:
         event = Event(kind, name, message, fields=fields)
-        log.info("%s %s: %s", kind, name, message, extra={"event": event.to_json()})
+        # What needs a human (a container that cannot start, a bad manifest)
+        # is a warning in the daemon log; the rest is information.
+        level = (
+            logging.WARNING if kind in ("container.failed", "manifest.invalid") else logging.INFO
+        )
+        log.log(level, "%s %s: %s", kind, name, message, extra={"event": event.to_json()})
         self._events.publish(event)
 
     def subscribe(self) -> MemoryObjectReceiveStream[Event]:
@@ -324,7 +330,8 @@ class Reconciler:
 
     # -- the control plane ---------------------------------------------------
 
-    def _phase(self, name: str) -> ContainerStatus:
+    def _phase(self, name: str, live: Mapping[str, Container] | None = None) -> ContainerStatus:
+        """``name``'s row; ``live`` is the runtime's containers by id, if at hand."""
         manifest = self._desired.get(name)
         record = self.records.get(name)
         file = manifest.file if manifest else str(self.manifests_dir / f"{name}.toml")
@@ -345,10 +352,11 @@ class Reconciler:
         if record.running:
             status.phase = Phase.RUNNING
             status.started_at = record.started_at
-            for container in self.runtime.list():
-                if container.id == record.container_id:
-                    status.pid = container.pid
-                    status.ports = container.ports
+            if live is None:
+                live = {container.id: container for container in self.runtime.list()}
+            if (container := live.get(record.container_id or "")) is not None:
+                status.pid = container.pid
+                status.ports = container.ports
             return status
         if record.in_flight:
             status.phase = Phase.PENDING
@@ -371,8 +379,11 @@ class Reconciler:
         return status
 
     def containers(self) -> list[ContainerStatus]:
+        # One look at the runtime for all rows: a look per row would make
+        # listing n containers cost n^2.
+        live = {container.id: container for container in self.runtime.list()}
         names = sorted(set(self._desired) | set(self.records))
-        return [self._phase(name) for name in names]
+        return [self._phase(name, live) for name in names]
 
     def status(self) -> dict[str, Any]:
         counts: dict[str, int] = {phase.value: 0 for phase in Phase}
@@ -556,13 +567,14 @@ class Reconciler:
 
     # -- metrics -----------------------------------------------------------------
 
-    def _update_metrics(self, running: set[str]) -> None:
+    def _update_metrics(self, live: Mapping[str, Container]) -> None:
         if self.metrics is None:
             return
         valid = sum(1 for m in self._desired.values() if m.squishfile is not None)
         self.metrics.set_manifests(valid=valid, invalid=len(self._desired) - valid)
         counts = {"running": 0, "stopped": 0, "failed": 0, "backoff": 0}
-        for status in self.containers():
+        names = sorted(set(self._desired) | set(self.records))
+        for status in (self._phase(name, live) for name in names):
             match status.phase:
                 case Phase.RUNNING:
                     counts["running"] += 1
@@ -575,8 +587,8 @@ class Reconciler:
                 case _:
                     pass
         self.metrics.set_containers(counts)
-        for container in self.runtime.list():
-            if container.init_pid is not None and container.id in running:
+        for container in live.values():
+            if container.init_pid is not None:
                 self.metrics.track_process(container.name, container.init_pid)
 
 

@@ -81,7 +81,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     metrics = Metrics(version="test")
     async with FakeRuntime() as runtime:
         reconciler = Reconciler(
-            source=DirectorySource(manifests),
+            source=DirectorySource(manifests, idle_wakeup=0.1),
             runtime=runtime,
             store=LayerStore(tmp_path / "state"),
             manifests_dir=manifests,

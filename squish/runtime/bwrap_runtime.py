@@ -153,8 +153,6 @@ class _Live:
     run_dir: Path
     init_pidfd: int | None = None
     slirp: Slirp | None = None
-    # The container's user and net namespaces, kept open for UDP relays.
-    ns_fds: tuple[int, int] | None = None
     forwards: dict[PortForward, int | subprocess.Popen[bytes]] = field(default_factory=dict)
     exited: anyio.Event = field(default_factory=anyio.Event)
     stop_requested: bool = False
@@ -291,6 +289,7 @@ class BwrapRuntime:
             os.close(fd)
 
         live: _Live | None = None
+        log_r = -1
         try:
             log_r, log_w = pipe()
             info_r, info_w = pipe()
@@ -341,12 +340,16 @@ class BwrapRuntime:
                 if live is not None:
                     await self._abort(live)
                     self._release(live)
+                # bwrap's own words, when it died under us (a broken pipe is
+                # only how we noticed).
+                complaint = _pending_complaint(log_r) if log_r in fds else ""
                 for fd in fds:
                     os.close(fd)
                 log.close()
                 shutil.rmtree(run_dir, ignore_errors=True)
             if isinstance(exc, OSError):
-                raise RuntimeFailure(f"{spec.name}: cannot start: {exc}") from exc
+                reason = complaint if complaint != _NO_MESSAGE else str(exc)
+                raise RuntimeFailure(f"{spec.name}: cannot start: {reason}") from exc
             raise
         container.state = ContainerState.RUNNING
         container.ports = tuple(live.forwards)
@@ -365,22 +368,16 @@ class BwrapRuntime:
         init_pid = live.container.init_pid
         assert init_pid is not None
         kernel.map_root_to(init_pid, os.getuid(), os.getgid())
-        netns_fd = os.open(f"/proc/{init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        fds.append(netns_fd)
-        userns_fd = kernel.owning_userns(netns_fd)
-        fds.append(userns_fd)
         os.write(userns_w, b"1")
         fds.remove(userns_w)
         os.close(userns_w)
+        await _wait_loopback(init_pid)
         live.slirp = await Slirp.start(
             pid=init_pid,
             api_socket=live.run_dir / "slirp.sock",
             log_path=live.run_dir / "slirp4netns.log",
             slirp4netns=self.slirp4netns,
         )
-        fds.remove(netns_fd)
-        fds.remove(userns_fd)
-        live.ns_fds = (userns_fd, netns_fd)
         # Release the command: its network is up. The forwards are set up
         # on the host side while it starts; a client that comes before its
         # forward is refused just as one that comes before the server
@@ -392,12 +389,12 @@ class BwrapRuntime:
             await self._add_forward(live, port)
 
     async def _add_forward(self, live: _Live, port: PortForward) -> None:
-        assert live.slirp is not None and live.ns_fds is not None
+        assert live.slirp is not None and live.container.init_pid is not None
         ip = port.host_ip or self.default_host_ip
         if port.protocol == "tcp":
             live.forwards[port] = await live.slirp.add_forward("tcp", ip, port.host, port.container)
         else:
-            live.forwards[port] = await _start_udp_relay(live.ns_fds, ip, port)
+            live.forwards[port] = await _start_udp_relay(live.container.init_pid, ip, port)
 
     async def _remove_forward(self, live: _Live, port: PortForward) -> None:
         forward = live.forwards.pop(port)
@@ -413,10 +410,6 @@ class BwrapRuntime:
             if not isinstance(forward, int):
                 forward.kill()
                 forward.wait()
-        if live.ns_fds is not None:
-            for fd in live.ns_fds:
-                os.close(fd)
-            live.ns_fds = None
 
     async def _abort(self, live: _Live) -> None:
         """Undo a half-done start: kill the sandbox, stop slirp4netns."""
@@ -552,17 +545,20 @@ class BwrapRuntime:
 _UDP_RELAY = Path(__file__).with_name("udp_relay.py")
 
 
-async def _start_udp_relay(
-    ns_fds: tuple[int, int], ip: str, port: PortForward
-) -> subprocess.Popen[bytes]:
+async def _start_udp_relay(init_pid: int, ip: str, port: PortForward) -> subprocess.Popen[bytes]:
     """Bind the host side of a UDP forward and start its relay (see udp_relay)."""
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as host:
+    # The relay joins the container's namespaces through these; they are
+    # opened for it and closed once it has them, not held per container.
+    netns_fd = os.open(f"/proc/{init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    with contextlib.ExitStack() as fds, socket.socket(family, socket.SOCK_DGRAM) as host:
+        fds.callback(os.close, netns_fd)
+        userns_fd = kernel.owning_userns(netns_fd)
+        fds.callback(os.close, userns_fd)
         try:
             host.bind((ip, port.host))
         except OSError as exc:
             raise PortInUse(f"host port {port.describe(ip)}: {exc.strerror or exc}") from exc
-        userns_fd, netns_fd = ns_fds
         argv = [sys.executable, "-S", str(_UDP_RELAY), str(os.getpid()), str(userns_fd)]
         argv += [str(netns_fd), str(host.fileno()), str(port.container)]
         # In the loop's thread: PDEATHSIG follows the spawning thread.
@@ -590,6 +586,31 @@ async def _start_udp_relay(
     return relay
 
 
+async def _wait_loopback(init_pid: int) -> None:
+    """Wait until bwrap has brought up the sandbox's loopback, briefly.
+
+    bwrap adds 127.0.0.1 to ``lo`` and then sets it up, with netlink requests
+    that fail if someone else got there first; slirp4netns --configure also
+    sets ``lo`` up. Started at once, slirp4netns sometimes wins that race and
+    bwrap dies ("loopback: Failed RTM_NEWADDR"; seen in 1-3 % of networked
+    starts with eight at a time). bwrap does it right after we release the
+    user namespace, so the wait is short; the routes of an up loopback show in
+    the namespace's fib_trie.
+    """
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{init_pid}/net/fib_trie", "rb") as trie:  # noqa: ASYNC230
+                if b"127.0.0.1" in trie.read():
+                    return
+        except OSError:
+            return  # the sandbox is gone; the start fails on its own
+        await anyio.sleep(0.0002)
+
+
+_NO_MESSAGE = "no message"
+
+
 def _pending_complaint(log_r: int) -> str:
     """What bwrap wrote before dying, read from the not yet drained log pipe."""
     os.set_blocking(log_r, False)
@@ -597,7 +618,7 @@ def _pending_complaint(log_r: int) -> str:
         said = os.read(log_r, 4096)
     except BlockingIOError:
         said = b""
-    return _bwrap_complaint(said) or "no message"
+    return _bwrap_complaint(said) or _NO_MESSAGE
 
 
 def _bwrap_complaint(recent: bytes | bytearray) -> str:

@@ -33,8 +33,13 @@ def is_manifest(name: str) -> bool:
 
 
 class DirectorySource:
-    def __init__(self, path: Path) -> None:
+    """``idle_wakeup`` (seconds): how often the watcher thread returns with
+    nothing to report. Each return costs a little CPU; cancelling the watch
+    (daemon shutdown) waits for the next one."""
+
+    def __init__(self, path: Path, *, idle_wakeup: float = 2.0) -> None:
         self.path = path
+        self.idle_wakeup = idle_wakeup
         self._cache: dict[str, tuple[tuple[int, int, int], Manifest]] = {}
 
     def snapshot(self) -> Mapping[str, Manifest]:
@@ -47,8 +52,11 @@ class DirectorySource:
         for entry in entries:
             if not is_manifest(entry.name) or not entry.is_file():
                 continue
+            try:
+                info = entry.stat()
+            except FileNotFoundError:
+                continue  # removed since the scan: as if never seen
             seen.add(entry.name)
-            info = entry.stat()
             key = (info.st_ino, info.st_size, info.st_mtime_ns)
             cached = self._cache.get(entry.name)
             if cached is None or cached[0] != key:
@@ -73,11 +81,12 @@ class DirectorySource:
         async for batch in watchfiles.awatch(
             self.path,
             debounce=DEBOUNCE_MS,
-            step=5,
+            # How often the watcher looks again while a batch is gathering:
+            # short for a quick drop-to-running, long enough to stay cheap
+            # (measured idle daemon: 0.9 % of a core at 10 ms, 1.5 % at 5 ms).
+            step=10,
             recursive=False,
-            # The watcher thread checks for cancellation this often; the
-            # default (5 s) would make every daemon shutdown wait that long.
-            rust_timeout=200,
+            rust_timeout=round(self.idle_wakeup * 1000),
             watch_filter=lambda _change, path: is_manifest(os.path.basename(path)),
         ):
             if batch:

@@ -1,0 +1,533 @@
+"""Scale: M squishfiles dropped at once, then the daemon and its containers idling.
+
+Run as an ordinary user (squish is rootless), with ``squish`` on PATH or
+squish importable by this interpreter:
+
+    .venv/bin/python bench/scale.py -m 200
+
+What it measures, on a daemon of its own (``squish daemon`` on temporary
+directories, its own socket, a free metrics port; one container started and
+removed first, so that the built-in base is built before the clock runs):
+
+1. Time to all running. M squishfiles, half ``network = "none"`` running
+   ``sleep 3600``, half busybox httpd with one TCP forward each on distinct
+   free ports, are written to a staging directory on the same filesystem and
+   then renamed into the watched directory one after the other. The clock
+   starts before the first rename. The daemon's ``container.started`` events
+   (its API's event stream, read from a thread) give each container's start
+   time; the forwards of the networked ones are polled until each answers an
+   HTTP GET; the API's container list is polled every 0.5 s (not faster:
+   listing is not free for the daemon) until it says all M run. At most
+   120 s. Prints the time until all run and all serve, and median, p90 and
+   p99 of the per-container times.
+2. Idle cost. After 10 s of idling, the daemon process's CPU (utime + stime
+   from ``/proc/PID/stat`` over 10 s, % of one core) and its VmRSS (and
+   VmHWM, the peak), the daemon process only, not its children; plus its
+   reconcile rounds in that window, from its own metrics (scraped just
+   outside the window), to show where the CPU goes.
+3. Per-container host overhead: PSS (``smaps_rollup``) of the processes
+   squish adds per container, bwrap's monitor and the sandbox's pid 1, plus
+   slirp4netns for a networked one; the mean per networked and per
+   no-network container. The command's own PSS (httpd, sleep) is printed
+   apart: it is the workload, not overhead. Also the daemon's open file
+   descriptors per container, as it scales against ``ulimit -n``.
+
+Then SIGTERM to the daemon (which stops every container), a check that it
+exited 0, and a check that no bwrap or slirp4netns process of this run is
+left. ``--nofile N`` raises the soft open-files limit the daemon inherits
+(to find where the default 1024 stops being enough).
+
+Anchor: the targets of the issue on this 2-core machine: all running in
+<= 10 s, idle CPU <= 2 % of a core, RSS <= 150 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from daemon_under_test import (
+    DaemonUnderTest,
+    container_processes,
+    cpu_seconds,
+    free_ports,
+    http_answers,
+    httpd_squishfile,
+    make_site,
+    percentile,
+    processes,
+    pss_kib,
+    sleep_squishfile,
+    status_kib,
+)
+
+from squish.client import Client
+from squish.errors import SquishError
+
+TARGET_ALL_RUNNING_S = 10.0
+TARGET_IDLE_CPU_PCT = 2.0
+TARGET_RSS_MB = 150.0
+WARMUP = "warmup"
+
+
+class StartWatcher(threading.Thread):
+    """Reads the daemon's event stream: when each container started or failed.
+
+    A thread, because the client's stream blocks; it ends when the daemon
+    closes the stream on shutdown (and is a daemon thread in case it does not).
+    """
+
+    def __init__(self, socket: Path) -> None:
+        super().__init__(name="start-watcher", daemon=True)
+        self.socket = socket
+        self.started: dict[str, float] = {}  # name -> the event's wall-clock time
+        self.failed: dict[str, str] = {}
+        self.error: str | None = None
+
+    def run(self) -> None:
+        try:
+            with Client(self.socket) as client:
+                for event in client.events():
+                    name = str(event.get("name"))
+                    if event.get("kind") == "container.started":
+                        self.started.setdefault(name, float(event["at"]))
+                    elif event.get("kind") == "container.failed":
+                        self.failed.setdefault(name, str(event.get("message")))
+        except SquishError as exc:
+            self.error = str(exc)
+
+
+def container_names(count: int) -> list[tuple[str, bool]]:
+    """(name, networked) for ``count`` containers, the two kinds alternating."""
+    return [(f"c-{index:04d}", index % 2 == 0) for index in range(count)]
+
+
+def warm_up(daemon: DaemonUnderTest, watcher: StartWatcher, timeout: float = 60.0) -> None:
+    """Containers started and removed until the event stream has shown one start.
+
+    The first builds the base. The stream subscribes a moment after its
+    connection is accepted, so the first start may come too early for it:
+    then another round.
+    """
+    deadline = time.monotonic() + timeout
+    with daemon.client() as client:
+        for attempt in range(5):
+            name = f"{WARMUP}-{attempt}"
+            staged = daemon.manifests / f".{name}.toml.tmp"
+            staged.write_text(sleep_squishfile())
+            staged.rename(daemon.manifests / f"{name}.toml")
+            while not any(
+                s["name"] == name and s["phase"] == "running" for s in client.containers()
+            ):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name} did not start:\n" + daemon.log_tail())
+                time.sleep(0.02)
+            (daemon.manifests / f"{name}.toml").unlink()
+            while any(s["name"] == name for s in client.containers()):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name} did not go away")
+                time.sleep(0.02)
+            if name in watcher.started:
+                return
+    raise RuntimeError(f"the daemon's event stream showed no start: {watcher.error}")
+
+
+def drop_all(
+    daemon: DaemonUnderTest, staging: Path, site: Path, count: int
+) -> tuple[float, float, dict[str, int | None], float]:
+    """Stage ``count`` squishfiles, rename them in.
+
+    Returns the clock's start (perf_counter and wall clock), the host port of
+    each container (None: no network) and how long the renames took.
+    """
+    names = container_names(count)
+    ports = iter(free_ports(sum(1 for _, networked in names if networked)))
+    host_ports: dict[str, int | None] = {}
+    staging.mkdir()
+    for name, networked in names:
+        port = next(ports) if networked else None
+        host_ports[name] = port
+        text = httpd_squishfile(site, port) if port is not None else sleep_squishfile()
+        (staging / f"{name}.toml").write_text(text)
+    wall, started = time.time(), time.perf_counter()
+    for name, _ in names:
+        os.rename(staging / f"{name}.toml", daemon.manifests / f"{name}.toml")
+    return started, wall, host_ports, time.perf_counter() - started
+
+
+def wait_all_ready(
+    daemon: DaemonUnderTest,
+    watcher: StartWatcher,
+    host_ports: dict[str, int | None],
+    started: float,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Until the API lists every container running and every forward answers."""
+    serving_at: dict[str, float] = {}
+    api_seconds: list[float] = []
+    api_errors: list[str] = []
+    api_all_running_at: float | None = None
+    phases: Counter[str] = Counter()
+    reasons: dict[str, str] = {}
+    networked = [name for name, port in host_ports.items() if port is not None]
+    deadline = started + args.timeout
+    next_list = started
+    with daemon.client(timeout=30.0) as client:
+        while time.perf_counter() < deadline:
+            now = time.perf_counter()
+            if api_all_running_at is None and now >= next_list:
+                next_list = now + args.list_interval
+                try:
+                    statuses = client.containers()
+                except SquishError as exc:  # a daemon too busy to answer is a finding
+                    api_errors.append(f"{now - started:.3f} s: {exc}")
+                    continue
+                api_seconds.append(time.perf_counter() - now)
+                ours = [s for s in statuses if s["name"] in host_ports]
+                phases = Counter(s["phase"] for s in ours)
+                reasons = {
+                    s["name"]: f"{s['phase']}: {s['reason']}"
+                    for s in ours
+                    if s["phase"] != "running" and s.get("reason")
+                }
+                if phases["running"] == len(host_ports):
+                    api_all_running_at = time.perf_counter() - started
+            for name in networked:
+                port = host_ports[name]
+                assert port is not None
+                if name in watcher.started and name not in serving_at and http_answers(port, 0.5):
+                    serving_at[name] = time.perf_counter() - started
+            if api_all_running_at is not None and len(serving_at) == len(networked):
+                break
+            time.sleep(args.poll_interval)
+    return {
+        "serving_at": serving_at,
+        "api_all_running_at": api_all_running_at,
+        "api_seconds": api_seconds,
+        "api_errors": api_errors,
+        "phases": dict(phases),
+        "reasons": reasons,
+    }
+
+
+def container_pss(daemon: DaemonUnderTest, uid: int) -> dict[str, Any]:
+    """PSS of each running container's bwrap pair, slirp4netns and command."""
+    with daemon.client(timeout=30.0) as client:
+        statuses = [s for s in client.containers() if s["phase"] == "running"]
+    procs = processes(uid)
+    # slirp4netns's argv ends with the sandbox's pid 1 and "tap0".
+    slirp_by_init = {
+        proc.argv[-2]: proc.pid
+        for proc in procs.values()
+        if proc.comm == "slirp4netns" and len(proc.argv) >= 2
+    }
+    overhead: dict[bool, list[int]] = {True: [], False: []}
+    workload: dict[bool, list[int]] = {True: [], False: []}
+    pids: dict[int, str] = {}
+    missing = []
+    for status in statuses:
+        command = status.get("pid")
+        try:
+            init = procs[command].ppid
+            monitor = procs[init].ppid
+            if procs[init].comm != "bwrap" or procs[monitor].comm != "bwrap":
+                raise LookupError(f"{command} is not bwrap's grandchild")
+            networked = bool(status.get("ports"))
+            ours = [monitor, init]
+            if networked:
+                ours.append(slirp_by_init[str(init)])
+            overhead[networked].append(sum(pss_kib(pid) for pid in ours))
+            workload[networked].append(pss_kib(command))
+        except (LookupError, FileNotFoundError, ProcessLookupError) as exc:
+            missing.append(f"{status['name']}: {type(exc).__name__} {exc}")
+            continue
+        for pid in (*ours, command):
+            pids[pid] = procs[pid].comm
+    return {"overhead_kib": overhead, "workload_kib": workload, "pids": pids, "missing": missing}
+
+
+def reconciles(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
+    """Reconcile rounds between two scrapes and their mean duration."""
+    count = after["squish_reconcile_duration_seconds_count"]
+    count -= before["squish_reconcile_duration_seconds_count"]
+    total = after["squish_reconcile_duration_seconds_sum"]
+    total -= before["squish_reconcile_duration_seconds_sum"]
+    return {
+        "rounds": int(count),
+        "mean_ms": round(1e3 * total / count, 1) if count else None,
+        "total_s": round(total, 3),
+    }
+
+
+def seconds_summary(samples: list[float]) -> dict[str, Any]:
+    if not samples:
+        return {"n": 0, "median_s": None, "p90_s": None, "p99_s": None, "max_s": None}
+    return {
+        "n": len(samples),
+        "median_s": round(statistics.median(samples), 3),
+        "p90_s": round(percentile(samples, 0.9), 3),
+        "p99_s": round(percentile(samples, 0.99), 3),
+        "max_s": round(max(samples), 3),
+    }
+
+
+def _tail(path: Path, lines: int) -> list[str]:
+    if not path.exists():
+        return []
+    return path.read_text(errors="replace").splitlines()[-lines:]
+
+
+def mean_kib(values: list[int]) -> float | None:
+    return round(statistics.mean(values), 1) if values else None
+
+
+def left_over(work: Path, uid: int, pids: dict[int, str]) -> list[str]:
+    """Processes of this run still alive after the daemon exited."""
+    alive = processes(uid)
+    found = {proc.pid: proc for proc in container_processes(work, uid)}
+    for pid, comm in pids.items():
+        if pid in alive and alive[pid].comm == comm:
+            found[pid] = alive[pid]
+    return [f"{proc.pid} {proc.comm} {' '.join(proc.argv)[:120]}" for proc in found.values()]
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    uid = os.getuid()
+    site = make_site(work / "site")
+    extra = ("--parallelism", str(args.parallelism)) if args.parallelism else ()
+    networked_count = args.m - args.m // 2
+    result: dict[str, Any] = {
+        "m": args.m,
+        "networked": networked_count,
+        "nofile_soft_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+    }
+    with DaemonUnderTest(work / "daemon", extra_args=extra) as daemon:
+        watcher = StartWatcher(daemon.socket)
+        watcher.start()
+        warm_up(daemon, watcher)
+        fds_idle = daemon.fd_count()
+        scrape_before = daemon.metrics()
+        started, wall, host_ports, rename_s = drop_all(daemon, work / "staging", site, args.m)
+        ready = wait_all_ready(daemon, watcher, host_ports, started, args)
+        scrape_ready = daemon.metrics()
+        running = [watcher.started[name] - wall for name in host_ports if name in watcher.started]
+        serving = list(ready["serving_at"].values())
+        all_running = ready["api_all_running_at"] is not None
+        all_serving = all_running and len(serving) == networked_count
+        result.update(
+            {
+                "rename_all_s": round(rename_s, 4),
+                "all_running": all_running,
+                "all_serving": all_serving,
+                "running_count": len(running),
+                "serving_count": len(serving),
+                "all_running_s": round(max(running), 3) if all_running else None,
+                "api_all_running_s": ready["api_all_running_at"],
+                "all_ready_s": round(max(running + serving), 3) if all_serving else None,
+                "per_container_running": seconds_summary(running),
+                "per_container_serving": seconds_summary(serving),
+                "api_list_ms": {
+                    "calls": len(ready["api_seconds"]),
+                    "median": round(statistics.median(ready["api_seconds"]) * 1e3, 1),
+                    "max": round(max(ready["api_seconds"]) * 1e3, 1),
+                    "errors": ready["api_errors"][:10],
+                },
+                "reconciles_while_starting": reconciles(scrape_before, scrape_ready),
+                "phases_at_end": ready["phases"],
+                "not_running_reasons": dict(list(ready["reasons"].items())[:10]),
+                "failed_events": len(watcher.failed),
+                "first_failures": dict(list(watcher.failed.items())[:5]),
+            }
+        )
+        # What the containers that failed to start wrote (bwrap's complaint).
+        result["failed_logs"] = {
+            name: _tail(daemon.state / "logs" / f"{name}.log", 5)
+            for name in list(watcher.failed)[:5]
+        }
+        time.sleep(args.idle)
+        # Scrapes just outside the window: the exporter reads /proc for every
+        # container, which is the daemon's CPU too.
+        scrape_idle = daemon.metrics()
+        cpu_before, clock_before = cpu_seconds(daemon.pid), time.monotonic()
+        time.sleep(args.sample)
+        cpu_after, clock_after = cpu_seconds(daemon.pid), time.monotonic()
+        scrape_idle_end = daemon.metrics()
+        result["idle_cpu_pct"] = round(
+            100 * (cpu_after - cpu_before) / (clock_after - clock_before), 2
+        )
+        result["reconciles_while_idle"] = reconciles(scrape_idle, scrape_idle_end)
+        result["rss_mb"] = round(status_kib(daemon.pid, "VmRSS") / 1024, 1)
+        result["hwm_mb"] = round(status_kib(daemon.pid, "VmHWM") / 1024, 1)
+        result["daemon_threads"] = status_kib(daemon.pid, "Threads")
+        fds = daemon.fd_count()
+        result["daemon_fds"] = {
+            "idle_before_drop": fds_idle,
+            "with_containers": fds,
+            "per_container": round((fds - fds_idle) / len(running), 2) if running else None,
+        }
+        with daemon.client(timeout=30.0) as client:
+            listing = []
+            for _ in range(5):
+                asked = time.perf_counter()
+                client.containers()
+                listing.append(time.perf_counter() - asked)
+        result["api_list_idle_ms"] = round(statistics.median(listing) * 1e3, 1)
+        pss = container_pss(daemon, uid)
+        result["pss_kib"] = {
+            "networked_overhead_mean": mean_kib(pss["overhead_kib"][True]),
+            "none_overhead_mean": mean_kib(pss["overhead_kib"][False]),
+            "networked_command_mean": mean_kib(pss["workload_kib"][True]),
+            "none_command_mean": mean_kib(pss["workload_kib"][False]),
+            "networked_n": len(pss["overhead_kib"][True]),
+            "none_n": len(pss["overhead_kib"][False]),
+            "unmeasured": pss["missing"][:10],
+        }
+        result["container_processes_before_stop"] = len(container_processes(work, uid))
+        result["daemon_exit_code"] = daemon.stop(timeout=args.stop_timeout)
+        result["daemon_stop_s"] = round(daemon.stop_seconds or 0.0, 2)
+        result["daemon_log_problems"] = daemon.log_problems()
+    watcher.join(timeout=5)
+    # The daemon reaps everything before it exits (it is a subreaper), so
+    # anything of this run still alive now is a leak, not a process on its way out.
+    result["left_over"] = left_over(work, uid, pss["pids"])
+    result["met"] = {
+        "all_running_10s": all_running and result["all_running_s"] <= TARGET_ALL_RUNNING_S,
+        "idle_cpu_2pct": result["idle_cpu_pct"] <= TARGET_IDLE_CPU_PCT,
+        "rss_150mb": result["rss_mb"] <= TARGET_RSS_MB,
+    }
+    return result
+
+
+def report(result: dict[str, Any]) -> None:
+    def sec(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f} s"
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    m, networked = result["m"], result["networked"]
+    print(f"dropped                     {m} ({networked} httpd + forward, {m - networked} none)")
+    print(f"renaming all in             {result['rename_all_s'] * 1e3:.1f} ms")
+    print(
+        f"all running (events)        {sec(result['all_running_s'])}  "
+        f"[{result['running_count']}/{m} started]"
+    )
+    print(f"all running (API, 0.5 s)    {sec(result['api_all_running_s'])}")
+    print(
+        f"all running + serving       {sec(result['all_ready_s'])}  "
+        f"[{result['serving_count']}/{networked} forwards answer]"
+    )
+    for key, label in (("per_container_running", "running"), ("per_container_serving", "serving")):
+        row = result[key]
+        print(
+            f"per container, {label:<8}     n={row['n']}  median {sec(row['median_s'])}  "
+            f"p90 {sec(row['p90_s'])}  p99 {sec(row['p99_s'])}"
+        )
+    api = result["api_list_ms"]
+    print(
+        f"API list while starting     {api['calls']} calls, median {api['median']} ms, "
+        f"max {api['max']} ms; idle {result['api_list_idle_ms']} ms"
+    )
+    for line in api["errors"]:
+        print(f"  API error: {line}")
+    for label in ("starting", "idle"):
+        rounds = result[f"reconciles_while_{label}"]
+        print(
+            f"reconciles while {label:<9}  {rounds['rounds']} rounds, mean {rounds['mean_ms']} ms, "
+            f"{rounds['total_s']} s in all"
+        )
+    if not result["all_serving"] or result["failed_events"]:
+        print(f"phases at the end           {result['phases_at_end']}")
+        print(f"container.failed events     {result['failed_events']}")
+        for name, reason in {**result["first_failures"], **result["not_running_reasons"]}.items():
+            print(f"  {name}: {reason}")
+        for name, lines in result["failed_logs"].items():
+            for line in lines:
+                print(f"  {name}.log: {line}")
+    print(f"daemon idle CPU             {result['idle_cpu_pct']:.2f} % of one core")
+    print(f"daemon VmRSS                {result['rss_mb']:.1f} MB (peak {result['hwm_mb']:.1f} MB)")
+    fds = result["daemon_fds"]
+    print(
+        f"daemon fds                  {fds['with_containers']} ({fds['idle_before_drop']} before "
+        f"the drop, {fds['per_container']} per container; soft limit "
+        f"{result['nofile_soft_limit']}); {result['daemon_threads']} threads"
+    )
+    pss = result["pss_kib"]
+    print(
+        f"PSS per networked container {pss['networked_overhead_mean']} KiB: bwrap x2 + "
+        f"slirp4netns (n={pss['networked_n']}); httpd itself {pss['networked_command_mean']} KiB"
+    )
+    print(
+        f"PSS per no-network one      {pss['none_overhead_mean']} KiB: bwrap x2 "
+        f"(n={pss['none_n']}); sleep itself {pss['none_command_mean']} KiB"
+    )
+    for line in pss["unmeasured"]:
+        print(f"  not measured: {line}")
+    print(
+        f"stop (SIGTERM)              exit code {result['daemon_exit_code']} after "
+        f"{result['daemon_stop_s']:.2f} s; bwrap/slirp4netns processes: "
+        f"{result['container_processes_before_stop']} before, {len(result['left_over'])} after"
+    )
+    for line in result["left_over"][:10]:
+        print(f"  left over: {line}")
+    met = result["met"]
+    print(
+        f"targets: all running <= {TARGET_ALL_RUNNING_S:g} s {verdict(met['all_running_10s'])}; "
+        f"idle CPU <= {TARGET_IDLE_CPU_PCT:g} % {verdict(met['idle_cpu_2pct'])}; "
+        f"RSS <= {TARGET_RSS_MB:g} MB {verdict(met['rss_150mb'])}"
+    )
+    problems = result["daemon_log_problems"]
+    print(f"daemon log: {len(problems)} warning/error records")
+    for record in problems[:5]:
+        print("  " + record.replace("\n", "\n  "))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-m", type=int, default=200, help="containers dropped at once")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for all")
+    parser.add_argument("--idle", type=float, default=10.0, help="seconds idle before sampling")
+    parser.add_argument("--sample", type=float, default=10.0, help="seconds of CPU sampling")
+    parser.add_argument(
+        "--poll-interval", type=float, default=0.01, help="seconds between forward polls"
+    )
+    parser.add_argument(
+        "--list-interval", type=float, default=0.5, help="seconds between API list calls"
+    )
+    parser.add_argument("--stop-timeout", type=float, default=60.0, help="seconds for SIGTERM")
+    parser.add_argument(
+        "--parallelism", type=int, default=0, help="daemon --parallelism (0: its default)"
+    )
+    parser.add_argument(
+        "--nofile", type=int, default=0, help="raise the daemon's soft open-files limit to this"
+    )
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    if os.getuid() == 0:
+        sys.exit("run the benchmark as an ordinary user: squish is rootless")
+    if args.nofile:
+        # Inherited by the daemon (and by this process, which does not care).
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (args.nofile, hard))
+    with tempfile.TemporaryDirectory(prefix="squish-bench-scale-") as tmp:
+        result = run(args, Path(tmp))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        report(result)
+    if result["daemon_exit_code"] != 0 or result["left_over"]:
+        sys.exit("the daemon did not exit 0, or left processes behind")
+
+
+if __name__ == "__main__":
+    main()
