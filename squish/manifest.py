@@ -21,6 +21,7 @@ error is translated to a ``ManifestError`` here.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
@@ -150,11 +151,17 @@ class Squishfile:
 
     def spec_hash(self) -> str:
         """sha256 hex of everything that defines the container."""
-        return _hash(self._spec(with_ports=True))
+        return self._hashes[0]
 
     def spec_hash_without_ports(self) -> str:
         """Like :meth:`spec_hash`, but blind to ports (which can change in place)."""
-        return _hash(self._spec(with_ports=False))
+        return self._hashes[1]
+
+    @functools.cached_property
+    def _hashes(self) -> tuple[str, str]:
+        # Computed once per (immutable) value: the reconciler compares hashes
+        # of every manifest on every round.
+        return _hash(self._spec(with_ports=True)), _hash(self._spec(with_ports=False))
 
     def _spec(self, *, with_ports: bool) -> dict[str, Any]:
         # The file path and its mtime are deliberately absent: moving or
