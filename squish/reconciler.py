@@ -245,15 +245,13 @@ class Reconciler:
     async def _update_ports(
         self, record: Record, squishfile: Squishfile, container_id: str
     ) -> None:
-        spec = self._specs.get(record.name)
         try:
             fresh = await anyio.to_thread.run_sync(self._resolve, squishfile, self.store)
             container = await self.runtime.update_ports(container_id, fresh.ports)
         except SquishError as exc:
             self._fail(record, squishfile, str(exc), retry=True)
             return
-        if spec is not None:
-            self._specs[record.name] = fresh
+        self._specs[record.name] = fresh
         record.applied = squishfile
         record.failure = record.failed_hash = None
         shown = ", ".join(port.describe() for port in container.ports) or "none"
@@ -516,8 +514,9 @@ class Reconciler:
                 manifest = self._desired.get(record.name)
                 wanted = manifest.squishfile if manifest and manifest.squishfile else None
                 record.stopped_by_user = True
-                record.stopped_hash = (wanted or record.applied or _never).spec_hash()
-                assert record.container_id is not None
+                # A running record always has what it was started from.
+                assert record.applied is not None and record.container_id is not None
+                record.stopped_hash = (wanted or record.applied).spec_hash()
                 tg.start_soon(self._stop, record, record.container_id, "stopped by the user")
         self._notify()
         return [self._phase(record.name) for record in matches]
@@ -590,9 +589,6 @@ class Reconciler:
         for container in live.values():
             if container.init_pid is not None:
                 self.metrics.track_process(container.name, container.init_pid)
-
-
-_never = Squishfile(name="-", command="-")
 
 
 def _squishfile_json(squishfile: Squishfile) -> dict[str, Any]:
