@@ -136,9 +136,12 @@ class Slirp:
             }
         )
         if "error" in reply:
-            desc = reply["error"].get("desc", reply["error"])
-            if "bind" in str(desc).lower() or "in use" in str(desc).lower():
-                raise PortInUse(f"port {host_ip}:{host_port}/{protocol} is already in use")
+            desc = str(reply["error"].get("desc", reply["error"]))
+            # libslirp says only "slirp_add_hostfwd failed"; what fails there
+            # is binding the host socket, i.e. someone took the port since
+            # the runtime checked it.
+            if "add_hostfwd failed" in desc or "bind" in desc.lower() or "in use" in desc.lower():
+                raise PortInUse(f"host port {host_ip}:{host_port}/{protocol} is already in use")
             raise RuntimeFailure(f"slirp4netns cannot forward {host_port}/{protocol}: {desc}")
         return int(reply["return"]["id"])
 
