@@ -210,13 +210,15 @@ def test_unknown_base_says_what_works(tmp_path: Path, base: Ref | None, label: s
         store.resolve_base(base)
 
 
-def test_archives_are_not_mounted_as_files(tmp_path: Path) -> None:
+def test_a_file_named_like_an_archive_must_be_one(tmp_path: Path) -> None:
+    # Named like an archive, it is never mounted as a file (more in test_unpack).
     archive = tmp_path / "app.tar.gz"
     archive.write_bytes(b"")
     store = LayerStore(tmp_path / "state")
 
-    with pytest.raises(LayerError, match=r"^layer 'app': archive layers are not supported yet"):
+    with pytest.raises(LayerError, match=r"^layer 'app': .*app.tar.gz is not an archive \("):
         store.resolve(None, [Ref("app", path=archive, target="/app/app")])
+    assert cache_entries(tmp_path / "state") == []
 
 
 def test_layer_with_neither_path_nor_version(tmp_path: Path) -> None:

@@ -6,12 +6,14 @@ its log) and from the outside (host files, host processes, host ports).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -22,9 +24,11 @@ import anyio
 import pytest
 
 from squish.errors import PortInUse, RuntimeFailure
-from squish.layers import Mount
+from squish.layers import LayerStore, Mount
+from squish.manifest import parse_squishfile
 from squish.runtime import ContainerSpec, ExitEvent, PortForward, kernel
 from squish.runtime.bwrap_runtime import BwrapRuntime
+from squish.spec import container_spec
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.anyio
@@ -523,3 +527,27 @@ async def test_networked_containers_started_together_all_start(
                 tg.start_soon(runtime.stop, container_id)
         started.clear()
     assert failures == []
+
+
+async def test_an_archive_layer_is_unpacked_and_mounted_read_only(
+    runtime: BwrapRuntime, tmp_path: Path
+) -> None:
+    with tarfile.open(tmp_path / "tool.tar.gz", "w:gz") as archive:
+        script = b"#!/bin/sh\necho from the archive\n"
+        info = tarfile.TarInfo("bin/hello")
+        info.size, info.mode = len(script), 0o755
+        archive.addfile(info, io.BytesIO(script))
+    manifest = b"""
+network = "none"
+[layers]
+tool = { path = "./tool.tar.gz", target = "/sdk/tool" }
+[run]
+command = "/bin/sh"
+args = ["-c", "/sdk/tool/bin/hello; touch /sdk/tool/x || echo read-only"]
+"""
+    squishfile = parse_squishfile(manifest, file="tool.toml", base_dir=tmp_path, name="tool")
+    spec = container_spec(squishfile, LayerStore(tmp_path / "state"))
+    event, log = await run_to_exit(runtime, spec)
+    assert event.exit_code == 0
+    assert log.split("\n")[:2] == ["from the archive", "touch: /sdk/tool/x: Read-only file system"]
+    assert "read-only" in log

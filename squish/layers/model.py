@@ -19,8 +19,22 @@ BUILTIN_BASE = "busybox"
 """The version string naming the built-in base (``base = "busybox"``)."""
 
 # Suffixes the design says are unpacked into the cache rather than mounted as
-# files. Classification is by name only so that it stays pure.
-ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.zst", ".zip")
+# files. Classification is by name only so that it stays pure; the archive
+# resolver then reads the format from the content, and the path resolver
+# sends tarballs with other names to it (see squish.layers.archive).
+ARCHIVE_SUFFIXES = (
+    ".tar",
+    ".tar.gz",
+    ".tgz",
+    ".tar.xz",
+    ".txz",
+    ".tar.bz2",
+    ".tbz2",
+    ".tbz",
+    ".tar.zst",
+    ".tzst",
+    ".zip",
+)
 
 
 class LayerRef(Protocol):

@@ -2,9 +2,10 @@
 
 ``squish.layers.store.LayerStore`` keeps one ``Resolver`` per ``LayerKind``
 and picks it per layer. Shipping now: ``PathResolver`` (local files and
-directories) and ``BusyboxBase`` (the built-in base). Later ones (Alpine
-mirror, layer registry, archive unpacking) implement the same method and are
-handed to the store, usually materialising into ``LayerCache``.
+directories), ``ArchiveResolver`` (archives unpacked into ``LayerCache``) and
+``BusyboxBase`` (the built-in base). Later ones (Alpine mirror, layer
+registry) implement the same method and are handed to the store, usually
+materialising into ``LayerCache``.
 ``RecordingResolver`` is the in-package fake for tests of code above the store.
 """
 

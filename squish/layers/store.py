@@ -4,12 +4,13 @@ Called by whatever turns a parsed ``Squishfile`` into a runtime
 ``ContainerSpec`` (the daemon and the CLI): ``resolve(sf.base, sf.layers)``
 gives the rootfs and the mounts. The store itself only decides *which*
 resolver handles a layer (``classify``) and labels errors; the resolvers do
-the work. Kinds without a resolver yet (Alpine, registries, archives) fail
+the work. Kinds without a resolver yet (Alpine, registries) fail
 with a message saying so, and start working when one is passed in
 ``resolvers``.
 
-Resolving may build the built-in base (a few hundred milliseconds, once) and,
-later, download; it blocks, so async callers run it in a worker thread.
+Resolving may build the built-in base (a few hundred milliseconds, once),
+unpack an archive (once per content) and, later, download; it blocks, so
+async callers run it in a worker thread.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from squish.errors import LayerError
+from squish.layers.archive import ArchiveResolver
 from squish.layers.busybox import BusyboxBase
 from squish.layers.cache import LayerCache
 from squish.layers.model import (
@@ -44,10 +46,6 @@ _UNAVAILABLE = {
     LayerKind.ALPINE_BASE: (
         f'Alpine downloads are not available yet; use base = "{BUILTIN_BASE}" (built in) '
         'or base = "<path to a rootfs directory>"'
-    ),
-    LayerKind.ARCHIVE: (
-        "archive layers are not supported yet (coming with the layer cache); "
-        "unpack it and give the directory instead"
     ),
 }
 
@@ -93,12 +91,19 @@ class LayerStore:
         self.default_base = default_base
         self.cache = LayerCache(state_dir / "layers")
         self._busybox_base = BusyboxBase(self.cache, busybox=busybox)
+        given = dict(resolvers or {})
+        # Path layers whose content is a tarball go to the archive resolver,
+        # the given one if there is one.
+        archives = given.get(LayerKind.ARCHIVE)
+        if archives is None:
+            archives = ArchiveResolver(self.cache)
         self._resolvers: dict[LayerKind, Resolver] = {
-            LayerKind.PATH: PathResolver(),
-            LayerKind.ROOTFS_PATH: PathResolver(directory_only=True),
+            LayerKind.PATH: PathResolver(archives=archives),
+            LayerKind.ROOTFS_PATH: PathResolver(directory_only=True, archives=archives),
             LayerKind.BUILTIN_BASE: self._busybox_base,
+            LayerKind.ARCHIVE: archives,
         }
-        self._resolvers.update(resolvers or {})
+        self._resolvers.update(given)
 
     def resolve(self, base: LayerRef | None, layers: Iterable[LayerRef]) -> ResolvedLayers:
         """Resolve a squishfile's base (None: the default) and its other layers."""

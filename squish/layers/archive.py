@@ -1,0 +1,137 @@
+"""The resolver for archive layers: unpacked once into the cache, mounted as a directory.
+
+``squish.layers.store.LayerStore`` uses ``ArchiveResolver`` for
+``LayerKind.ARCHIVE`` and hands it to both ``PathResolver``\\ s, which delegate
+to it when a file's content is a tarball. How a layer ends up here:
+
+- By name: ``classify`` (pure) calls a path ending in an archive suffix
+  (``.tar.gz``, ``.zip``, ...) an archive; that is the user saying "unpack
+  this". The content then decides the format, so a ``.zip`` that is really a
+  ``.tar.gz`` unpacks fine; a file named like an archive whose content is
+  none (an HTML error page saved as ``app.tar.gz``) is refused as "not an
+  archive" rather than quietly mounted as a file.
+- By content: a path layer with any other name whose bytes are a tar
+  archive, plain or gzip/xz/bzip2(/zstd)-compressed, is unpacked too. Zips
+  are not: jars, wheels and office documents are zips meant to be mounted as
+  files, so a zip is unpacked only when its name says so.
+
+The archive is sha256'd (streamed) and unpacked by ``squish.layers.unpack``
+into ``LayerCache.materialise``, so a kill mid-unpack leaves only a temporary
+directory the next build sweeps away, never a half-filled entry. The entry
+directory itself is what is mounted. Its key is the sha256 of a builder tag
+plus the archive's digest: a change to the unpacking rules bumps
+``UNPACKER_VERSION`` and unpacks again, and no other resolver's entry can
+collide with an archive's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from squish.errors import LayerError
+from squish.layers.cache import LayerCache
+from squish.layers.model import LayerRef
+from squish.layers.unpack import Limits, unpack_file
+
+UNPACKER_VERSION = 1
+"""Bump whenever what ``unpack`` writes for the same archive changes."""
+
+_CHUNK = 1 << 20
+
+Unpacker = Callable[[IO[bytes], Path, str, Limits], None]
+"""How an archive becomes a tree: ``(open archive, empty dir, label, limits)``."""
+
+
+def _unpack(file: IO[bytes], into: Path, name: str, limits: Limits) -> None:
+    unpack_file(file, into, name=name, limits=limits)
+
+
+class ArchiveResolver:
+    """Unpacks archive layers into the cache (once per content) and returns the entry.
+
+    Safe to call from several threads and processes at once: the cache makes
+    the unpack atomic, and a lock per digest keeps this process from
+    unpacking the same archive twice. ``unpacker`` replaces the real unpack
+    (tests count calls through it).
+    """
+
+    def __init__(
+        self,
+        cache: LayerCache,
+        *,
+        limits: Limits = Limits(),  # noqa: B008
+        unpacker: Unpacker = _unpack,
+    ) -> None:
+        self.cache = cache
+        self.limits = limits
+        self.unpacker = unpacker
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        # Identity of an archive last hashed -> its entry: skips re-reading
+        # and hashing a big archive on every container start.
+        self._known: dict[tuple[int, int, int, int], Path] = {}
+
+    def resolve(self, layer: LayerRef) -> Path:
+        if layer.path is None:
+            raise LayerError("has no path")
+        if layer.rw:
+            # The entry is shared by every container using this archive.
+            raise LayerError(
+                f"{layer.path} is an archive, unpacked into the shared layer cache, and "
+                "cannot be mounted rw; unpack it yourself and give the directory instead"
+            )
+        if not layer.path.is_absolute():
+            raise LayerError(f"{layer.path} is not an absolute host path")
+        return self.materialise(layer.path)
+
+    def materialise(self, archive: Path) -> Path:
+        """Return the unpacked directory of ``archive``, unpacking it if needed."""
+        try:
+            # Checked before opening too: opening a fifo would block.
+            check_regular(archive, archive.stat())
+            with archive.open("rb") as file:
+                info = check_regular(archive, os.fstat(file.fileno()))
+                identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+                known = self._known.get(identity)
+                if known is not None and known.is_dir():
+                    return known
+                digest = archive_digest(file)
+                with self._lock_for(digest):
+                    entry = self.cache.materialise(
+                        digest,
+                        lambda root: self.unpacker(file, root, str(archive), self.limits),
+                    )
+        except FileNotFoundError as exc:
+            raise LayerError(f"{archive} does not exist") from exc
+        except OSError as exc:
+            raise LayerError(f"cannot read {archive}: {exc.strerror or exc}") from exc
+        self._known[identity] = entry
+        return entry
+
+    def _lock_for(self, digest: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(digest, threading.Lock())
+
+
+def check_regular(archive: Path, info: os.stat_result) -> os.stat_result:
+    """``info`` (the stat of ``archive``), refused unless it is a regular file."""
+    if not stat.S_ISREG(info.st_mode):
+        raise LayerError(f"{archive} is not a regular file, so it cannot be an archive")
+    return info
+
+
+def archive_digest(file: IO[bytes]) -> str:
+    """The cache key of what ``file`` unpacks to (read from the start, streamed)."""
+    content = hashlib.sha256()
+    file.seek(0)
+    while chunk := file.read(_CHUNK):
+        content.update(chunk)
+    key = hashlib.sha256(f"squish archive layer v{UNPACKER_VERSION}\n".encode())
+    key.update(content.digest())
+    return key.hexdigest()
