@@ -187,12 +187,12 @@ def test_version_layer_needs_a_registry(tmp_path: Path) -> None:
         store.resolve(None, [Ref("python", version="3.11", target="/sdk/python")])
 
 
-def test_alpine_base_is_not_available_yet(tmp_path: Path) -> None:
-    store = LayerStore(tmp_path / "state")
+def test_alpine_base_with_an_unreachable_mirror_and_no_cache_says_so(tmp_path: Path) -> None:
+    store = LayerStore(tmp_path / "state", alpine_mirror="http://127.0.0.1:1")
 
     with pytest.raises(
         LayerError,
-        match=r"^base 'alpine' 3\.14: Alpine downloads are not available yet; use base = ",
+        match=r"^base 'alpine' 3\.14: the Alpine mirror is unreachable .*nothing is cached",
     ):
         store.resolve_base(Ref("alpine", version="3.14"))
 

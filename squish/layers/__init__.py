@@ -8,11 +8,12 @@ like ``LayerRef``.
 
 Inside, one ``Resolver`` per ``LayerKind`` does the work (``path``: local files
 and directories; ``archive``: archives unpacked by ``unpack``; ``busybox``: the
-built-in base), directories the store builds
+built-in base; ``alpine``: Alpine minirootfs downloads), directories the store builds
 live in the content-addressed ``LayerCache`` (``cache``), and ``model`` holds
 the pure types. Only the names below are public.
 """
 
+from squish.layers.alpine import AlpineRelease, AlpineResolver
 from squish.layers.archive import ArchiveResolver
 from squish.layers.cache import LayerCache
 from squish.layers.model import BUILTIN_BASE, LayerKind, LayerRef, Mount, ResolvedLayers
@@ -22,6 +23,8 @@ from squish.layers.unpack import Limits
 
 __all__ = [
     "BUILTIN_BASE",
+    "AlpineRelease",
+    "AlpineResolver",
     "ArchiveResolver",
     "LayerCache",
     "LayerKind",

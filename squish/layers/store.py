@@ -4,7 +4,8 @@ Called by whatever turns a parsed ``Squishfile`` into a runtime
 ``ContainerSpec`` (the daemon and the CLI): ``resolve(sf.base, sf.layers)``
 gives the rootfs and the mounts. The store itself only decides *which*
 resolver handles a layer (``classify``) and labels errors; the resolvers do
-the work. Kinds without a resolver yet (Alpine, registries) fail
+the work. ``alpine = "3.14"`` is downloaded from an Alpine mirror
+(``squish.layers.alpine``); kinds without a resolver yet (registries) fail
 with a message saying so, and start working when one is passed in
 ``resolvers``.
 
@@ -15,11 +16,13 @@ async callers run it in a worker thread.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from squish.errors import LayerError
+from squish.layers.alpine import DEFAULT_MIRROR, MIRROR_ENV, AlpineResolver
 from squish.layers.archive import ArchiveResolver
 from squish.layers.busybox import BusyboxBase
 from squish.layers.cache import LayerCache
@@ -42,10 +45,6 @@ _UNAVAILABLE = {
     LayerKind.REGISTRY: (
         "version layers need a layer registry; none is configured (coming with layer "
         "downloads); give the layer as a path for now"
-    ),
-    LayerKind.ALPINE_BASE: (
-        f'Alpine downloads are not available yet; use base = "{BUILTIN_BASE}" (built in) '
-        'or base = "<path to a rootfs directory>"'
     ),
 }
 
@@ -77,6 +76,8 @@ class LayerStore:
     ``busybox`` overrides the binary the built-in base is built from (default:
     ``busybox`` on ``PATH``). ``resolvers`` adds or replaces the resolver for a
     kind, which is how downloads plug in and how tests fake them.
+    ``alpine_mirror`` is where ``alpine = "<version>"`` is downloaded from
+    (default: ``$SQUISH_ALPINE_MIRROR``, else dl-cdn.alpinelinux.org).
     """
 
     def __init__(
@@ -86,6 +87,7 @@ class LayerStore:
         default_base: str = BUILTIN_BASE,
         busybox: Path | None = None,
         resolvers: Mapping[LayerKind, Resolver] | None = None,
+        alpine_mirror: str | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.default_base = default_base
@@ -102,6 +104,10 @@ class LayerStore:
             LayerKind.ROOTFS_PATH: PathResolver(directory_only=True, archives=archives),
             LayerKind.BUILTIN_BASE: self._busybox_base,
             LayerKind.ARCHIVE: archives,
+            LayerKind.ALPINE_BASE: AlpineResolver(
+                self.cache,
+                mirror=alpine_mirror or os.environ.get(MIRROR_ENV) or DEFAULT_MIRROR,
+            ),
         }
         self._resolvers.update(given)
 

@@ -31,6 +31,11 @@ The rules, and why they are enough:
   going down from inside the layer stays inside it (each symlink met on the
   way obeys the same rule), so no chain of links can leave the root. A
   lexically harmless ``q/..`` is refused because ``q`` may be a link to ``.``.
+  The one exception is a base rootfs (``allow_absolute_symlinks``, used by
+  the Alpine resolver only): it is mounted at ``/``, so an absolute target
+  (``bin/sh -> /bin/busybox``) resolves inside the container's own root.
+  Such links are planted verbatim; the unpacker still never writes through
+  any link it created, so their targets never matter while unpacking.
 - Hard links point at an earlier regular file of the same archive only.
 - No device nodes, fifos or sockets; setuid, setgid, sticky, group- and
   world-write bits are dropped (``mode & 0o755``); directories are 0755.
@@ -173,22 +178,42 @@ def _decompressed(file: IO[bytes], found: Format | None) -> io.BufferedIOBase | 
     return None
 
 
-def unpack(archive: Path, into: Path, *, limits: Limits = Limits()) -> None:
+def unpack(
+    archive: Path,
+    into: Path,
+    *,
+    limits: Limits = Limits(),
+    allow_absolute_symlinks: bool = False,
+) -> None:
     """Unpack ``archive`` into the existing empty directory ``into``.
 
     The format is taken from the content, never the name. Raises
     ``LayerError`` naming the archive (and the member, if one is at fault)
     when anything is refused; ``into`` is then left half-filled for the
-    caller to remove.
+    caller to remove. ``allow_absolute_symlinks`` is for base rootfs
+    archives only (see the module docstring).
     """
     try:
         with archive.open("rb") as file:
-            unpack_file(file, into, name=str(archive), limits=limits)
+            unpack_file(
+                file,
+                into,
+                name=str(archive),
+                limits=limits,
+                allow_absolute_symlinks=allow_absolute_symlinks,
+            )
     except OSError as exc:
         raise LayerError(f"cannot read {archive}: {exc.strerror or exc}") from exc
 
 
-def unpack_file(file: IO[bytes], into: Path, *, name: str, limits: Limits = Limits()) -> None:
+def unpack_file(
+    file: IO[bytes],
+    into: Path,
+    *,
+    name: str,
+    limits: Limits = Limits(),
+    allow_absolute_symlinks: bool = False,
+) -> None:
     """``unpack`` for an open, seekable archive file; ``name`` labels errors.
 
     The resolver hashes and unpacks through one open file, so an archive
@@ -204,7 +229,7 @@ def unpack_file(file: IO[bytes], into: Path, *, name: str, limits: Limits = Limi
     if any(into.iterdir()):
         raise LayerError(f"cannot unpack {name}: {into} is not empty")
     size = os.fstat(file.fileno()).st_size
-    tree = _Tree(name, into, limits, size)
+    tree = _Tree(name, into, limits, size, allow_absolute_symlinks=allow_absolute_symlinks)
     try:
         if found is Format.ZIP:
             _unpack_zip(file, tree)
@@ -317,8 +342,17 @@ class _Tree:
     nothing but this unpack writes into the private temporary directory.
     """
 
-    def __init__(self, archive: str, root: Path, limits: Limits, archive_size: int) -> None:
+    def __init__(
+        self,
+        archive: str,
+        root: Path,
+        limits: Limits,
+        archive_size: int,
+        *,
+        allow_absolute_symlinks: bool = False,
+    ) -> None:
         self.archive = archive
+        self.allow_absolute_symlinks = allow_absolute_symlinks
         self.root = root
         self.limits = limits
         self.archive_size = archive_size
@@ -372,7 +406,16 @@ class _Tree:
     def symlink(self, member: str, target: str) -> None:
         parts = self._parts(member)
         if target.startswith("/"):
-            raise self.refuse(member, f"is a symlink to {target!r}, outside the layer")
+            if not self.allow_absolute_symlinks:
+                raise self.refuse(member, f"is a symlink to {target!r}, outside the layer")
+            if "\0" in target or len(target) > _MAX_LINK_TARGET:
+                raise self.refuse(member, "is a symlink with an invalid target")
+            # A base rootfs: the target is read relative to the container's
+            # root, where this tree is mounted. Planted verbatim.
+            key = self._new(member)
+            os.symlink(target, self.root / key)
+            self.written[key] = _Kind.SYMLINK
+            return
         names = [name for name in target.split("/") if name not in ("", ".")]
         ups = 0
         while ups < len(names) and names[ups] == "..":
