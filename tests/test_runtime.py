@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from squish.runtime import ContainerSpec, ExitEvent, PortForward, kernel
 from squish.runtime.bwrap_runtime import BwrapRuntime
 from squish.spec import container_spec
 from tests.conftest import free_port
+from tests.test_alpine import Mirror
 
 pytestmark = pytest.mark.anyio
 
@@ -551,3 +554,52 @@ args = ["-c", "/sdk/tool/bin/hello; touch /sdk/tool/x || echo read-only"]
     assert event.exit_code == 0
     assert log.split("\n")[:2] == ["from the archive", "touch: /sdk/tool/x: Read-only file system"]
     assert "read-only" in log
+
+
+def real_minirootfs(version: str) -> bytes:
+    """A minirootfs that runs: the host's static busybox, linked as Alpine does."""
+    buffer = io.BytesIO()
+    busybox = Path(shutil.which("busybox") or "/bin/busybox").read_bytes()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data, mode in (
+            ("etc/alpine-release", f"{version}\n".encode(), 0o644),
+            ("bin/busybox", busybox, 0o755),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            archive.addfile(info, io.BytesIO(data))
+        for applet in ("sh", "cat"):
+            link = tarfile.TarInfo(f"bin/{applet}")
+            link.type, link.linkname = tarfile.SYMTYPE, "/bin/busybox"
+            archive.addfile(link)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def alpine_mirror() -> Iterator[Mirror]:
+    served = Mirror()  # a fake Alpine mirror on 127.0.0.1, in Alpine's layout
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+async def test_two_alpine_versions_side_by_side(
+    runtime: BwrapRuntime, tmp_path: Path, alpine_mirror: Mirror
+) -> None:
+    mirror = alpine_mirror
+    mirror.publish("3.14", "3.14.10", real_minirootfs("3.14.10"))
+    mirror.publish("3.15", "3.15.4", real_minirootfs("3.15.4"))
+    store = LayerStore(tmp_path / "state", alpine_mirror=mirror.url)
+    seen = {}
+    for branch in ("3.14", "3.15"):
+        manifest = (
+            f'network = "none"\n[layers]\nalpine = "{branch}"\n'
+            '[run]\ncommand = "/bin/cat"\nargs = ["/etc/alpine-release"]\n'
+        ).encode()
+        squishfile = parse_squishfile(manifest, file="a.toml", base_dir=tmp_path, name=f"a{branch}")
+        spec = await anyio.to_thread.run_sync(container_spec, squishfile, store)
+        event, log = await run_to_exit(runtime, spec)
+        assert event.exit_code == 0, log
+        seen[branch] = log.strip()
+    assert seen == {"3.14": "3.14.10", "3.15": "3.15.4"}
