@@ -52,6 +52,7 @@ class Record:
     name: str
     container_id: str | None = None  # the current (or last) container
     applied: Squishfile | None = None  # what that container was started from
+    applied_key: str = ""  # and the identity of its file layers then
     running: bool = False
     stopped_by_user: bool = False
     stopped_hash: str | None = None  # the spec the user stopped; an edit starts it again
@@ -84,6 +85,7 @@ class Action:
     container_id: str | None = None
     reason: str = ""
     restart: bool = field(default=False)  # a start that restarts a crashed container
+    layer_key: str = ""  # the desired file layers' identity, to remember once started
 
 
 def _ports(squishfile: Squishfile) -> set[tuple[str | None, int, str]]:
@@ -173,6 +175,8 @@ def plan(
         if is_running:
             assert record is not None and record.applied is not None
             change = diff_specs(record.applied, wanted)
+            if manifest.layer_key != record.applied_key:
+                change = Change.REPLACE  # a file layer (an archive) changed on the host
             if change is Change.SAME:
                 continue
             spec = wanted.spec_hash()
@@ -183,7 +187,15 @@ def plan(
                 actions.append(Action(Kind.CONFLICT, name, wanted, reason=conflict))
                 continue
             kind = Kind.UPDATE_PORTS if change is Change.PORTS else Kind.REPLACE
-            actions.append(Action(kind, name, wanted, container_id=record.container_id))
+            actions.append(
+                Action(
+                    kind,
+                    name,
+                    wanted,
+                    container_id=record.container_id,
+                    layer_key=manifest.layer_key,
+                )
+            )
             continue
         start, restart = _wants_start(record, wanted, now)
         if not start:
@@ -191,5 +203,7 @@ def plan(
         if conflict := claim(name, wanted):
             actions.append(Action(Kind.CONFLICT, name, wanted, reason=conflict))
             continue
-        actions.append(Action(Kind.START, name, wanted, restart=restart))
+        actions.append(
+            Action(Kind.START, name, wanted, restart=restart, layer_key=manifest.layer_key)
+        )
     return actions

@@ -186,11 +186,15 @@ class Reconciler:
                 match action.kind:
                     case Kind.START:
                         assert action.squishfile is not None
-                        await self._start(record, action.squishfile, restart=action.restart)
+                        await self._start(
+                            record, action.squishfile, action.layer_key, restart=action.restart
+                        )
                     case Kind.REPLACE:
                         assert action.squishfile is not None and action.container_id is not None
                         await self._stop(record, action.container_id, "replaced by a new version")
-                        await self._start(record, action.squishfile, restart=False)
+                        await self._start(
+                            record, action.squishfile, action.layer_key, restart=False
+                        )
                     case Kind.STOP:
                         assert action.container_id is not None
                         await self._stop(record, action.container_id, "manifest removed")
@@ -211,7 +215,9 @@ class Reconciler:
             self.trigger()
             self._notify()
 
-    async def _start(self, record: Record, squishfile: Squishfile, *, restart: bool) -> None:
+    async def _start(
+        self, record: Record, squishfile: Squishfile, layer_key: str, *, restart: bool
+    ) -> None:
         began = time.perf_counter()
         try:
             spec = await anyio.to_thread.run_sync(self._resolve, squishfile, self.store)
@@ -222,6 +228,7 @@ class Reconciler:
         self._specs[record.name] = spec
         record.container_id = container.id
         record.applied = squishfile
+        record.applied_key = layer_key
         record.running = True
         record.started_at = time.time()
         record.failure = record.failed_hash = None

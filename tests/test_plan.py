@@ -185,6 +185,16 @@ def test_plan(
     assert kinds(plan(desired, records, live, NOW)) == expected
 
 
+def test_a_changed_file_layer_replaces_the_container() -> None:
+    changed = Manifest("web", "/m/web.toml", WEB, layer_key="tool:12:2048:999")
+    record = running("web", WEB, applied_key="tool:12:1024:998")
+    (action,) = plan({"web": changed}, {"web": record}, {"id-web"}, NOW)
+    assert action.kind is Kind.REPLACE
+    assert action.layer_key == "tool:12:2048:999"
+    same = Manifest("web", "/m/web.toml", WEB, layer_key="tool:12:1024:998")
+    assert plan({"web": same}, {"web": record}, {"id-web"}, NOW) == []
+
+
 def test_the_running_container_keeps_its_port_and_the_newcomer_gets_a_conflict() -> None:
     other = sf("api", "/bin/api", 8080)
     actions = plan(

@@ -137,6 +137,23 @@ async def test_anything_else_changed_replaces(world: World) -> None:
     assert ("stop", before) in world.runtime.calls
 
 
+async def test_a_replaced_archive_replaces_the_container(world: World) -> None:
+    tool = world.dir / "tool.tar.gz"
+    tool.write_bytes(b"version one")
+    world.write(
+        "web", manifest() + '[layers]\ntool = { path = "./tool.tar.gz", target = "/sdk/t" }\n'
+    )
+    await until(lambda: "web" in world.ids())
+    first = world.ids()["web"]
+    await anyio.sleep(0.7)
+    assert world.ids()["web"] == first  # nothing changed: nothing happens
+    replacement = world.dir / ".tool.new"
+    replacement.write_bytes(b"version two, longer")
+    replacement.rename(tool)  # how a deploy drops a new build in place
+    await until(lambda: world.ids().get("web", first) != first)
+    assert world.starts() == 2
+
+
 async def test_a_removed_manifest_stops_its_container(world: World) -> None:
     world.write("web", manifest())
     await until(lambda: "web" in world.ids())

@@ -25,6 +25,10 @@ class Manifest:
     file: str
     squishfile: Squishfile | None
     error: ManifestError | None = None
+    # Identity of the files its path layers name (inode, size, mtime): an
+    # archive or a file replaced on the host changes what the container
+    # would get, without changing the squishfile itself.
+    layer_key: str = ""
 
 
 class Source(Protocol):

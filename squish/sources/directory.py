@@ -14,18 +14,40 @@ watched with watchfiles (inotify) with a short debounce.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import watchfiles
 
 from squish.errors import ManifestError
-from squish.manifest import load_squishfile
+from squish.manifest import Squishfile, load_squishfile
 from squish.sources import Manifest
 
 # Milliseconds watchfiles waits for more changes before reporting a batch:
 # a rename-into-place or an editor's save-dance is one trigger, not several.
 DEBOUNCE_MS = 20
+
+
+def layer_key(squishfile: Squishfile) -> str:
+    """The identity of the files (not directories) the path layers name.
+
+    A directory layer is a live bind mount and needs nothing; a file, above
+    all an archive, is seen (or unpacked) as it was when the container
+    started, so a change to it means a new container.
+    """
+    parts = []
+    for layer in (squishfile.base, *squishfile.layers):
+        if layer is None or layer.path is None:
+            continue
+        try:
+            info = layer.path.stat()
+        except OSError:
+            continue  # a missing layer fails at start, with its own message
+        if stat.S_ISREG(info.st_mode):
+            parts.append(f"{layer.name}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}")
+    return ";".join(parts)
 
 
 def is_manifest(name: str) -> bool:
@@ -63,6 +85,11 @@ class DirectorySource:
                 cached = (key, self._load(Path(entry.path)))
                 self._cache[entry.name] = cached
             manifest = cached[1]
+            if manifest.squishfile is not None:
+                files = layer_key(manifest.squishfile)
+                if files != manifest.layer_key:
+                    manifest = replace(manifest, layer_key=files)
+                    self._cache[entry.name] = (cached[0], manifest)
             found[manifest.name] = manifest
         for gone in set(self._cache) - seen:
             del self._cache[gone]
