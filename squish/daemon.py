@@ -162,8 +162,13 @@ def _raise_fd_limit() -> None:
     a daemon at about 180 containers, where the hard limit is far higher.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard == resource.RLIM_INFINITY:
+        # "Unlimited" is not a value the kernel takes for open files; its
+        # ceiling is fs.nr_open.
+        hard = int(Path("/proc/sys/fs/nr_open").read_text())
+    if hard > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def run(args: argparse.Namespace) -> int:
