@@ -203,7 +203,10 @@ async def _serve(
     stop_metrics = metrics.serve(*metrics_addr) if metrics_addr else None
     try:
         async with BwrapRuntime(
-            run_dir=state / "run", log_dir=state / "logs", default_host_ip=args.host_ip
+            run_dir=state / "run",
+            log_dir=state / "logs",
+            default_host_ip=args.host_ip,
+            stop_grace=args.stop_timeout,
         ) as runtime:
             reconciler = Reconciler(
                 source=DirectorySource(manifests),

@@ -177,6 +177,7 @@ class BwrapRuntime:
         slirp4netns: str = "slirp4netns",
         log_max_bytes: int = DEFAULT_MAX_BYTES,
         log_keep: int = DEFAULT_KEEP,
+        stop_grace: float = DEFAULT_STOP_GRACE,
     ) -> None:
         self.run_dir = run_dir
         self.log_dir = log_dir
@@ -185,6 +186,7 @@ class BwrapRuntime:
         self.slirp4netns = slirp4netns
         self.log_max_bytes = log_max_bytes
         self.log_keep = log_keep
+        self.stop_grace = stop_grace  # for the containers still running at exit
         self._live: dict[str, _Live] = {}
         self._exits = Broadcast[ExitEvent]()
         self._exit_stack = contextlib.AsyncExitStack()
@@ -211,7 +213,7 @@ class BwrapRuntime:
         tb: TracebackType | None,
     ) -> bool | None:
         with anyio.CancelScope(shield=True):
-            await self.stop_all()
+            await self.stop_all(grace=self.stop_grace)
         self._exits.close()
         return await self._exit_stack.__aexit__(exc_type, exc, tb)
 
