@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import httpx
+from stats import percentile
 
 from squish.client import Client
 from squish.errors import SquishError
@@ -41,12 +42,6 @@ HTTPD_PORT = 8080  # inside the container: no capabilities, so >= 1024
 
 
 # -- numbers -------------------------------------------------------------------
-
-
-def percentile(samples: list[float], q: float) -> float:
-    """Nearest-rank percentile, as ``bench/start_latency.py`` computes its p90."""
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def summary_ms(samples: list[float]) -> dict[str, float]:

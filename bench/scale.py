@@ -64,12 +64,12 @@ from daemon_under_test import (
     http_answers,
     httpd_squishfile,
     make_site,
-    percentile,
     processes,
     pss_kib,
     sleep_squishfile,
     status_kib,
 )
+from stats import percentile
 
 from squish.client import Client
 from squish.errors import SquishError

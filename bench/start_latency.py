@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ import time
 from pathlib import Path
 
 import anyio
+from stats import median_p90
 
 from squish.layers import LayerStore, Mount
 from squish.runtime import DEFAULT_PATH, ContainerSpec, PortForward
@@ -161,9 +161,9 @@ async def time_networked(runtime: BwrapRuntime, rootfs: Path, site: Path) -> flo
 
 
 def summary(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    p90 = ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
-    return statistics.median(ordered) * 1e3, p90 * 1e3
+    """Median and p90, in milliseconds."""
+    median, p90 = median_p90(samples)
+    return median * 1e3, p90 * 1e3
 
 
 async def main() -> None:

@@ -15,12 +15,13 @@ import argparse
 import json
 import random
 import shutil
-import statistics
 import subprocess
 import tarfile
 import tempfile
 import time
 from pathlib import Path
+
+from stats import median_p90
 
 from squish.layers.unpack import Limits, unpack
 
@@ -73,13 +74,6 @@ def time_squish(archive: Path, into: Path) -> float:
     return time.perf_counter() - started
 
 
-def summary(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return statistics.median(ordered), ordered[
-        min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))
-    ]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=5, help="unpacks per tool")
@@ -98,10 +92,10 @@ def main() -> None:
                 shutil.rmtree(into)
                 if run:
                     series[name].append(seconds)
-    anchor, _ = summary(series["tar -xzf"])
+    anchor, _ = median_p90(series["tar -xzf"])
     rows = []
     for name, samples in series.items():
-        median, p90 = summary(samples)
+        median, p90 = median_p90(samples)
         rows.append(
             {
                 "tool": name,
