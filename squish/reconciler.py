@@ -466,18 +466,10 @@ class Reconciler:
         spec_hash = squishfile.spec_hash()
         self.trigger()
 
-        def outcome() -> ContainerStatus | SquishError | None:
-            record = self.records.get(name)
-            if record is None or record.in_flight:
-                return None
-            if record.running and record.applied and record.applied.spec_hash() == spec_hash:
-                return self._phase(name)
-            if record.failure is not None and record.failed_hash == spec_hash:
-                return RuntimeFailure(record.failure)
-            return None
-
         try:
-            result: ContainerStatus | SquishError = await self._wait_for(outcome, timeout)
+            result: ContainerStatus | SquishError = await self._wait_for(
+                lambda: self._start_outcome(name, spec_hash), timeout
+            )
         except TimeoutError:
             self._restore(name, previous)
             self.trigger()
@@ -495,6 +487,17 @@ class Reconciler:
             self.trigger()
             raise RuntimeFailure(f"{name}: {reason}")
         return self._phase(name)
+
+    def _start_outcome(self, name: str, spec_hash: str) -> ContainerStatus | SquishError | None:
+        """How the start of ``name`` at ``spec_hash`` went; None while undecided."""
+        record = self.records.get(name)
+        if record is None or record.in_flight:
+            return None
+        if record.running and record.applied and record.applied.spec_hash() == spec_hash:
+            return self._phase(name)
+        if record.failure is not None and record.failed_hash == spec_hash:
+            return RuntimeFailure(record.failure)
+        return None
 
     def _exited_early(self, name: str) -> str | None:
         record = self.records.get(name)
@@ -546,17 +549,9 @@ class Reconciler:
         self.trigger()
         spec_hash = manifest.squishfile.spec_hash()
 
-        def outcome() -> ContainerStatus | SquishError | None:
-            current = self.records.get(name)
-            if current is None or current.in_flight:
-                return None
-            if current.running:
-                return self._phase(name)
-            if current.failure is not None and current.failed_hash == spec_hash:
-                return RuntimeFailure(current.failure)
-            return None
-
-        result: ContainerStatus | SquishError = await self._wait_for(outcome, timeout)
+        result: ContainerStatus | SquishError = await self._wait_for(
+            lambda: self._start_outcome(name, spec_hash), timeout
+        )
         if isinstance(result, SquishError):
             raise result
         return result
