@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -44,6 +45,10 @@ from squish.errors import SquishError
 CONTAINER_STATES = ("running", "stopped", "failed", "backoff")
 RECONCILE_RESULTS = ("success", "error", "requeue")
 MANIFEST_STATES = ("valid", "invalid")
+SYNC_RESULTS = ("success", "error", "held")
+"""``held``: fetched, but not applied (the prune guard, or nothing valid)."""
+LAYER_KINDS = ("alpine", "registry", "archive")
+LAYER_RESULTS = ("success", "error")
 
 # Starting a container is a fork/exec of bwrap plus a few mounts: around a few
 # milliseconds when the layers are cached, seconds when something is slow.
@@ -110,6 +115,47 @@ class Metrics:
             registry=self.registry,
         )
 
+        self._start_failures = Counter(
+            "squish_container_start_failures",
+            "Starts that failed before the command ran (layers, ports, runtime), by container.",
+            ["container"],
+            registry=self.registry,
+        )
+
+        self._layer_fetches = Counter(
+            "squish_layer_fetches",
+            "Layers downloaded, imported or unpacked into the cache, by kind and outcome.",
+            ["kind", "result"],
+            registry=self.registry,
+        )
+        for kind in LAYER_KINDS:
+            for result in LAYER_RESULTS:
+                self._layer_fetches.labels(kind, result)
+        self._layer_bytes = Counter(
+            "squish_layer_download_bytes",
+            "Bytes downloaded for layers (Alpine mirror, layer registries).",
+            registry=self.registry,
+        )
+
+        self._source_revision = Info(
+            "squish_source_revision",
+            "The revision each source last applied (a git commit).",
+            ["source"],
+            registry=self.registry,
+        )
+        self._source_syncs = Counter(
+            "squish_source_syncs",
+            "Source syncs (git fetches), by outcome.",
+            ["source", "result"],
+            registry=self.registry,
+        )
+        self._source_last_sync = Gauge(
+            "squish_source_last_sync_timestamp_seconds",
+            "When each source last synced successfully (Unix time).",
+            ["source"],
+            registry=self.registry,
+        )
+
         self._processes = _ProcessCollector()
         self.registry.register(self._processes)
 
@@ -129,13 +175,7 @@ class Metrics:
             self._containers.labels(state).set(counts.get(state, 0))
 
     def observe_reconcile(self, seconds: float, result: str) -> None:
-        if result not in RECONCILE_RESULTS:
-            # Checked rather than passed through: a typo would otherwise
-            # quietly open a new series that no dashboard looks at.
-            raise ValueError(
-                f"unknown reconcile result {result!r}; "
-                f"expected one of {', '.join(RECONCILE_RESULTS)}"
-            )
+        _check("reconcile result", result, RECONCILE_RESULTS)
         self._reconcile_duration.observe(seconds)
         self._reconciles.labels(result).inc()
 
@@ -145,6 +185,32 @@ class Metrics:
 
     def container_restarted(self, name: str) -> None:
         self._restarts.labels(name).inc()
+
+    def container_start_failed(self, name: str) -> None:
+        self._start_failures.labels(name).inc()
+
+    def layer_fetched(self, kind: str, result: str, *, downloaded: int = 0) -> None:
+        """Count one layer fetch (``kind`` in LAYER_KINDS) and the bytes it downloaded."""
+        _check("layer kind", kind, LAYER_KINDS)
+        _check("layer result", result, LAYER_RESULTS)
+        self._layer_fetches.labels(kind, result).inc()
+        if downloaded:
+            self._layer_bytes.inc(downloaded)
+
+    def source_synced(
+        self, source: str, result: str, *, revision: str | None = None, at: float | None = None
+    ) -> None:
+        """Record one sync of ``source``.
+
+        ``revision`` is the revision now applied (None: unchanged); ``at`` the
+        time of a successful sync (default: now, when ``result`` is success).
+        """
+        _check("sync result", result, SYNC_RESULTS)
+        self._source_syncs.labels(source, result).inc()
+        if revision is not None:
+            self._source_revision.labels(source).info({"revision": revision})
+        if result == "success":
+            self._source_last_sync.labels(source).set(time.time() if at is None else at)
 
     def track_process(self, name: str, pid: int) -> None:
         """Export CPU and memory of the process tree rooted at ``pid`` as ``name``.
@@ -160,6 +226,8 @@ class Metrics:
         # forgetting a container that never restarted is the common case.
         with contextlib.suppress(KeyError):
             self._restarts.remove(name)
+        with contextlib.suppress(KeyError):
+            self._start_failures.remove(name)
 
     def exposition(self) -> bytes:
         """The current samples in Prometheus' text format (what a scrape gets)."""
@@ -191,6 +259,13 @@ class Metrics:
             thread.join()
 
         return shutdown
+
+
+def _check(what: str, value: str, allowed: tuple[str, ...]) -> None:
+    # Checked rather than passed through: a typo would otherwise quietly open
+    # a new series that no dashboard or alert looks at.
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(allowed)}")
 
 
 @dataclass(frozen=True)
