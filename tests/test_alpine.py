@@ -40,6 +40,7 @@ class Ref:
     path: Path | None = None
     target: str = "/"
     rw: bool = False
+    sha256: str | None = None
 
 
 def minirootfs(version: str) -> bytes:

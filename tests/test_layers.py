@@ -42,6 +42,7 @@ class Ref:
     path: Path | None = None
     target: str = "/"
     rw: bool = False
+    sha256: str | None = None
 
 
 def elf64(*p_types: int) -> bytes:
@@ -177,12 +178,14 @@ def test_base_given_as_a_path_must_be_a_directory(tmp_path: Path) -> None:
 # --- kinds that need something not there yet ---------------------------------
 
 
-def test_version_layer_needs_a_registry(tmp_path: Path) -> None:
+def test_version_layer_needs_a_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SQUISH_REGISTRY", raising=False)
     store = LayerStore(tmp_path / "state")
 
     with pytest.raises(
         LayerError,
-        match=r"^layer 'python': version layers need a layer registry; none is configured",
+        match=r"^layer 'python': no layer registry is configured for 'python' .*"
+        r"squish layer import python 3\.11 FILE",
     ):
         store.resolve(None, [Ref("python", version="3.11", target="/sdk/python")])
 

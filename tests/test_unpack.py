@@ -38,6 +38,7 @@ class Ref:
     path: Path | None = None
     target: str = "/"
     rw: bool = False
+    sha256: str | None = None
 
 
 # --- building archives ---------------------------------------------------------

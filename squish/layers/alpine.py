@@ -26,22 +26,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import platform
 import re
-import tempfile
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import yaml
 
 from squish.errors import LayerError
-from squish.layers.cache import LayerCache
-from squish.layers.model import LayerRef
+from squish.layers.cache import LayerCache, write_record
+from squish.layers.download import Fetcher, FetchObserver, Progress, one_line
+from squish.layers.model import LayerRef, machine_arch
 from squish.layers.unpack import Limits, unpack_file
 
 DEFAULT_MIRROR = "https://dl-cdn.alpinelinux.org/alpine"
@@ -52,15 +49,11 @@ UNPACKER_VERSION = 1
 """Bump whenever what is written for the same minirootfs changes."""
 
 _BRANCH = re.compile(r"[0-9]+\.[0-9]+")
-_ARCH = re.compile(r"[A-Za-z0-9_]+")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _FILE = re.compile(r"[A-Za-z0-9._+-]+")
 _FLAVOR = "alpine-minirootfs"
-_CHUNK = 1 << 16
 # Release files are a few kilobytes; anything much bigger is not one.
 _MAX_RELEASES_YAML = 1 << 20
-# What Python calls a machine -> what Alpine calls the architecture.
-_ARCH_NAMES = {"amd64": "x86_64", "arm64": "aarch64", "i386": "x86", "i686": "x86"}
 
 
 @dataclass(frozen=True)
@@ -95,20 +88,25 @@ class AlpineResolver:
         mirror: str = DEFAULT_MIRROR,
         arch: str | None = None,
         timeout: float = 30.0,
+        deadline: float = 3600.0,
         client: httpx.Client | None = None,
         refresh: bool = False,
         limits: Limits = Limits(),  # noqa: B008
+        observer: FetchObserver | None = None,
     ) -> None:
         self.cache = cache
         self.mirror = mirror.rstrip("/")
-        machine = arch or platform.machine()
-        self.arch = _ARCH_NAMES.get(machine, machine)
-        if not _ARCH.fullmatch(self.arch):
-            raise LayerError(f"{self.arch!r} is not an architecture name")
-        self.timeout = timeout
-        self.client = client
+        self.arch = machine_arch(arch)
+        self.fetcher = Fetcher(
+            "the Alpine mirror",
+            hint=f"check the network, or set another mirror (--alpine-mirror, ${MIRROR_ENV})",
+            timeout=timeout,
+            deadline=deadline,
+            client=client,
+        )
         self.refresh = refresh
         self.limits = limits
+        self.observer = observer
         self._index = cache.root / "alpine"
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
@@ -118,23 +116,52 @@ class AlpineResolver:
             raise LayerError("has no Alpine version")
         return self.materialise(layer.version).path
 
-    def materialise(self, branch: str) -> AlpineRelease:
-        """Return the rootfs of ``branch`` (``3.14``), downloading it if needed."""
+    def cached(self, layer: LayerRef) -> Path | None:
+        if layer.version is None or not _BRANCH.fullmatch(layer.version):
+            return None
+        release = self.installed(layer.version)
+        return release.path if release is not None else None
+
+    def materialise(
+        self, branch: str, *, progress: Progress | None = None, refresh: bool | None = None
+    ) -> AlpineRelease:
+        """Return the rootfs of ``branch`` (``3.14``), downloading it if needed.
+
+        ``refresh`` (default: the resolver's) asks the mirror even when the
+        branch is cached, to pick up a newer point release.
+        """
         if not _BRANCH.fullmatch(branch):
             raise LayerError(
                 f'{branch!r} is not an Alpine release branch; give major.minor, like "3.14"'
             )
         with self._lock_for(branch):
             cached = self.installed(branch)
-            if cached is not None and not self.refresh:
+            if cached is not None and not (self.refresh if refresh is None else refresh):
                 return cached
             try:
-                return self._download(branch)
+                return self._download(branch, progress)
             except LayerError:
                 # Refreshing is best effort once something is cached.
                 if cached is not None:
                     return cached
                 raise
+
+    def releases(self) -> list[AlpineRelease]:
+        """Every branch in the index whose rootfs is still cached."""
+        found = []
+        for index in sorted(self._index.glob(f"*/{self.arch}.json")):
+            release = self.installed(index.parent.name)
+            if release is not None:
+                found.append(release)
+        return found
+
+    def forget(self, branch: str) -> AlpineRelease | None:
+        """Drop ``branch`` from the index (the cache entry is the caller's to remove)."""
+        with self._lock_for(branch):
+            release = self.installed(branch)
+            with contextlib.suppress(FileNotFoundError):
+                self._index_file(branch).unlink()
+            return release
 
     def installed(self, branch: str) -> AlpineRelease | None:
         """What ``branch`` resolved to last time, if that is still in the cache."""
@@ -150,30 +177,24 @@ class AlpineResolver:
             return None
         return AlpineRelease(branch, version, self.arch, digest, path)
 
-    def _download(self, branch: str) -> AlpineRelease:
+    def _download(self, branch: str, progress: Progress | None) -> AlpineRelease:
         releases = f"{self.mirror}/v{branch}/releases/{self.arch}"
-        with self._session() as client:
-            entry = self._latest(client, branch, f"{releases}/latest-releases.yaml")
-            version, file, digest = entry
+        with self.fetcher.session() as client:
+            version, file, digest = self._latest(client, branch, f"{releases}/latest-releases.yaml")
             path = self.cache.get(_entry_key(digest))
             if path is None:
-                path = self._fetch_rootfs(client, f"{releases}/{file}", digest)
+                path = self._fetch_rootfs(client, f"{releases}/{file}", digest, progress)
         self._record(branch, version, digest)
         return AlpineRelease(branch, version, self.arch, digest, path)
 
     def _latest(self, client: httpx.Client, branch: str, url: str) -> tuple[str, str, str]:
         """The (exact version, file name, sha256) of the minirootfs in ``url``."""
-        body = bytearray()
-        with self._get(client, url, branch) as response:
-            for chunk in _stream(response, url):
-                body += chunk
-                if len(body) > _MAX_RELEASES_YAML:
-                    raise LayerError(f"{url} is too big to be a list of Alpine releases")
-            _check_length(response, len(body), url)
+        missing = f"no Alpine {branch} for {self.arch} on {self.mirror}"
+        body = self.fetcher.read(client, url, limit=_MAX_RELEASES_YAML, not_found=missing)
         try:
-            releases: Any = yaml.safe_load(bytes(body))
+            releases: Any = yaml.safe_load(body)
         except yaml.YAMLError as exc:
-            raise LayerError(f"{url} is not valid YAML: {_one_line(exc)}") from exc
+            raise LayerError(f"{url} is not valid YAML: {one_line(exc)}") from exc
         if not isinstance(releases, list):
             raise LayerError(f"{url} is not a list of Alpine releases")
         for release in releases:
@@ -189,31 +210,22 @@ class AlpineResolver:
                 return version, file, digest
         raise LayerError(f"{url} lists no {_FLAVOR} for Alpine {branch} on {self.arch}")
 
-    def _fetch_rootfs(self, client: httpx.Client, url: str, digest: str) -> Path:
-        try:
-            self.cache.root.mkdir(parents=True, exist_ok=True)
-            # Next to the cache, so an unpack never crosses filesystems;
-            # deleted on close, verified or not.
-            download = tempfile.TemporaryFile(  # noqa: SIM115 (closed by the with below)
-                dir=self.cache.root, prefix=".alpine-"
-            )
-        except OSError as exc:
-            raise LayerError(f"cannot write the layer cache in {self.cache.root}: {exc}") from exc
-        with download:
-            content = hashlib.sha256()
-            size = 0
-            with self._get(client, url, None) as response:
-                for chunk in _stream(response, url):
-                    content.update(chunk)
-                    size += len(chunk)
-                    _write(download, chunk, self.cache.root)
-                _check_length(response, size, url)
-            if content.hexdigest() != digest:
+    def _fetch_rootfs(
+        self, client: httpx.Client, url: str, digest: str, progress: Progress | None
+    ) -> Path:
+        with self.cache.download_file(prefix=".alpine-") as download:
+            try:
+                got = self.fetcher.download(client, url, download, progress=progress)
+            except LayerError:
+                self._observe("error", 0)
+                raise
+            if got.sha256 != digest:
+                self._observe("error", got.size)
                 raise LayerError(
-                    f"{url} has sha256 {content.hexdigest()}, but the mirror's release "
+                    f"{url} has sha256 {got.sha256}, but the mirror's release "
                     f"list says {digest}; refusing it"
                 )
-            return self.cache.materialise(
+            path = self.cache.materialise(
                 _entry_key(digest),
                 lambda root: unpack_file(
                     download,
@@ -223,67 +235,16 @@ class AlpineResolver:
                     allow_absolute_symlinks=True,
                 ),
             )
+            self._observe("success", got.size)
+            return path
 
-    @contextlib.contextmanager
-    def _session(self) -> Iterator[httpx.Client]:
-        if self.client is not None:
-            yield self.client
-            return
-        with httpx.Client(timeout=httpx.Timeout(self.timeout), follow_redirects=True) as client:
-            yield client
-
-    @contextlib.contextmanager
-    def _get(self, client: httpx.Client, url: str, branch: str | None) -> Iterator[httpx.Response]:
-        """Stream a GET of ``url``; every failure becomes one ``LayerError`` line."""
-        try:
-            with client.stream("GET", url) as response:
-                status = response.status_code
-                if status == httpx.codes.NOT_FOUND and branch is not None:
-                    raise LayerError(
-                        f"no Alpine {branch} for {self.arch} on {self.mirror} ({url} answered 404)"
-                    )
-                if status >= 500:
-                    raise LayerError(
-                        f"{url} answered {status} {response.reason_phrase}; "
-                        "the mirror is failing, try again later or use another mirror"
-                    )
-                if status != httpx.codes.OK:
-                    raise LayerError(f"{url} answered {status} {response.reason_phrase}")
-                yield response
-        except httpx.ConnectTimeout as exc:
-            raise LayerError(
-                f"the Alpine mirror is unreachable: connecting to {url} timed out after "
-                f"{self.timeout:g}s, and nothing is cached for it"
-            ) from exc
-        except httpx.TimeoutException as exc:
-            raise LayerError(f"{url} stopped answering for {self.timeout:g}s; timed out") from exc
-        except httpx.ConnectError as exc:
-            raise LayerError(
-                f"the Alpine mirror is unreachable ({url}: {_one_line(exc)}), "
-                f"and nothing is cached for it; check the network or set {MIRROR_ENV}"
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise LayerError(f"downloading {url} failed: {_one_line(exc)}") from exc
+    def _observe(self, result: str, size: int) -> None:
+        if self.observer is not None:
+            self.observer("alpine", result, size)
 
     def _record(self, branch: str, version: str, digest: str) -> None:
-        """Write the index entry of ``branch`` atomically (temp file + rename)."""
-        target = self._index_file(branch)
         record = {"branch": branch, "version": version, "arch": self.arch, "sha256": digest}
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w") as out:
-                    json.dump(record, out)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(temp, target)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(temp)
-                raise
-        except OSError as exc:
-            raise LayerError(f"cannot record Alpine {branch} in {target}: {exc}") from exc
+        write_record(self._index_file(branch), record, f"Alpine {branch}")
 
     def _index_file(self, branch: str) -> Path:
         return self._index / branch / f"{self.arch}.json"
@@ -298,35 +259,3 @@ def _entry_key(digest: str) -> str:
     key = hashlib.sha256(f"squish alpine base v{UNPACKER_VERSION}\n".encode())
     key.update(bytes.fromhex(digest))
     return key.hexdigest()
-
-
-def _stream(response: httpx.Response, url: str) -> Iterator[bytes]:
-    """The body of ``response`` in chunks; a cut-off body is a ``LayerError``."""
-    try:
-        yield from response.iter_bytes(_CHUNK)
-    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
-        raise LayerError(
-            f"the download of {url} was cut short ({_one_line(exc)}); try again"
-        ) from exc
-
-
-def _check_length(response: httpx.Response, size: int, url: str) -> None:
-    declared = response.headers.get("content-length")
-    # Only an identity body has a Content-Length equal to what we counted.
-    if declared is None or response.headers.get("content-encoding", "identity") != "identity":
-        return
-    if declared.isdigit() and int(declared) != size:
-        raise LayerError(
-            f"the download of {url} was cut short: got {size} of {declared} bytes; try again"
-        )
-
-
-def _write(file: IO[bytes], chunk: bytes, where: Path) -> None:
-    try:
-        file.write(chunk)
-    except OSError as exc:
-        raise LayerError(f"cannot write the layer cache in {where}: {exc}") from exc
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

@@ -90,6 +90,23 @@ class ArchiveResolver:
             raise LayerError(f"{layer.path} is not an absolute host path")
         return self.materialise(layer.path)
 
+    def cached(self, layer: LayerRef) -> Path | None:
+        """The unpacked entry of ``layer``'s archive if cached (may hash; never unpacks)."""
+        if layer.path is None:
+            return None
+        try:
+            with layer.path.open("rb") as file:
+                info = os.fstat(file.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    return None
+                identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+                known = self._known.get(identity)
+                if known is not None and known.is_dir():
+                    return known
+                return self.cache.get(archive_digest(file))
+        except OSError:
+            return None
+
     def materialise(self, archive: Path) -> Path:
         """Return the unpacked directory of ``archive``, unpacking it if needed."""
         try:
@@ -132,6 +149,15 @@ def archive_digest(file: IO[bytes]) -> str:
     file.seek(0)
     while chunk := file.read(_CHUNK):
         content.update(chunk)
+    return archive_key(content.hexdigest())
+
+
+def archive_key(sha256: str) -> str:
+    """The cache key of what an archive with this sha256 (hex) unpacks to.
+
+    Shared by archive path layers and registry layers: the same tarball
+    imported as ``python 3.11`` and named by path is unpacked once.
+    """
     key = hashlib.sha256(f"squish archive layer v{UNPACKER_VERSION}\n".encode())
-    key.update(content.digest())
+    key.update(bytes.fromhex(sha256))
     return key.hexdigest()

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import IO
 
 from squish.errors import LayerError
 
@@ -92,6 +94,60 @@ class LayerCache:
             raise
         return final
 
+    def contains(self, path: Path) -> bool:
+        """Whether ``path`` lies inside a complete entry."""
+        try:
+            relative = path.relative_to(self._entries)
+        except ValueError:
+            return False
+        return bool(relative.parts) and _DIGEST.fullmatch(relative.parts[0]) is not None
+
+    def entry_of(self, path: Path) -> Path:
+        """The entry directory ``path`` lies in (see ``contains``)."""
+        return self._entries / path.relative_to(self._entries).parts[0]
+
+    def digests(self) -> list[str]:
+        """Every complete entry's digest (work in progress excluded)."""
+        try:
+            names = os.listdir(self._entries)
+        except FileNotFoundError:
+            return []
+        return sorted(name for name in names if _DIGEST.fullmatch(name))
+
+    def remove(self, digest: str) -> bool:
+        """Delete the entry for ``digest``; False if there was none.
+
+        The entry is first renamed to a work-in-progress name, so that it
+        vanishes at once and whole; a removal killed half-way is swept up
+        like an abandoned build.
+        """
+        final = self.path_for(digest)
+        doomed = self._entries / f".{digest}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+        try:
+            os.rename(final, doomed)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise LayerError(f"cannot remove {final}: {exc.strerror or exc}") from exc
+        _remove_tree(doomed)
+        return True
+
+    @contextlib.contextmanager
+    def download_file(self, *, prefix: str) -> Iterator[IO[bytes]]:
+        """A temporary file next to the entries for a download; gone when closed.
+
+        Next to the cache so that an unpack never crosses filesystems; deleted
+        on close whether it was verified and unpacked or not, and by the
+        kernel if the process dies.
+        """
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            download = tempfile.TemporaryFile(dir=self.root, prefix=prefix)  # noqa: SIM115
+        except OSError as exc:
+            raise LayerError(f"cannot write the layer cache in {self.root}: {exc}") from exc
+        with download:
+            yield download
+
     def _remove_abandoned(self) -> None:
         """Delete temporary directories whose builder process no longer exists."""
         for child in self._entries.iterdir():
@@ -142,3 +198,36 @@ def _remove_tree(path: Path) -> None:
                 with contextlib.suppress(OSError):
                     os.chmod(child, stat.S_IRWXU)
     shutil.rmtree(path, ignore_errors=True)
+
+
+def tree_size(path: Path) -> int:
+    """Bytes of the regular files under ``path`` (hard links counted once)."""
+    total = 0
+    seen: set[tuple[int, int]] = set()
+    for dirpath, _dirnames, filenames in os.walk(path):
+        for name in filenames:
+            with contextlib.suppress(OSError):
+                info = os.lstat(os.path.join(dirpath, name))
+                if stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) not in seen:
+                    seen.add((info.st_dev, info.st_ino))
+                    total += info.st_size
+    return total
+
+
+def write_record(target: Path, record: Mapping[str, object], what: str) -> None:
+    """Write a small JSON index file atomically (temp file, fsync, rename)."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as out:
+                json.dump(record, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+    except OSError as exc:
+        raise LayerError(f"cannot record {what} in {target}: {exc.strerror or exc}") from exc

@@ -9,6 +9,8 @@ consumes ``ResolvedLayers`` and ``Mount``. Everything here is re-exported from
 from __future__ import annotations
 
 import enum
+import platform
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -37,6 +39,20 @@ ARCHIVE_SUFFIXES = (
 )
 
 
+# What Python calls a machine -> what Alpine (and layer registries) call it.
+_ARCH_NAMES = {"amd64": "x86_64", "arm64": "aarch64", "i386": "x86", "i686": "x86"}
+_ARCH = re.compile(r"[A-Za-z0-9_]+")
+
+
+def machine_arch(given: str | None = None) -> str:
+    """The architecture name downloads are chosen by: ``x86_64``, ``aarch64``, ..."""
+    machine = given or platform.machine()
+    arch = _ARCH_NAMES.get(machine, machine)
+    if not _ARCH.fullmatch(arch):
+        raise LayerError(f"{arch!r} is not an architecture name")
+    return arch
+
+
 class LayerRef(Protocol):
     """The parts of a manifest ``Layer`` the store reads.
 
@@ -58,6 +74,11 @@ class LayerRef(Protocol):
 
     @property
     def rw(self) -> bool: ...
+
+    @property
+    def sha256(self) -> str | None:
+        """The digest a downloaded layer's archive must have, if the squishfile pins one."""
+        ...
 
 
 @dataclass(frozen=True)

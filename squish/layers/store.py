@@ -20,12 +20,14 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from squish.errors import LayerError
 from squish.layers.alpine import DEFAULT_MIRROR, MIRROR_ENV, AlpineResolver
 from squish.layers.archive import ArchiveResolver
 from squish.layers.busybox import BusyboxBase
 from squish.layers.cache import LayerCache
+from squish.layers.download import FetchObserver
 from squish.layers.model import (
     BUILTIN_BASE,
     LayerKind,
@@ -37,16 +39,15 @@ from squish.layers.model import (
     mount_target,
 )
 from squish.layers.path import PathResolver
+from squish.layers.registry import DEFAULT, REGISTRY_ENV, RegistryResolver
 from squish.layers.resolver import Resolver
 
-# What to tell the user when a kind has no resolver: what is missing and what
-# to do instead.
-_UNAVAILABLE = {
-    LayerKind.REGISTRY: (
-        "version layers need a layer registry; none is configured (coming with layer "
-        "downloads); give the layer as a path for now"
-    ),
-}
+
+@runtime_checkable
+class CacheLookup(Protocol):
+    """A resolver that can say, without fetching or building, where a layer is cached."""
+
+    def cached(self, layer: LayerRef) -> Path | None: ...
 
 
 @dataclass(frozen=True)
@@ -58,26 +59,34 @@ class _DefaultBase:
     name: str = "base"
     target: str = "/"
     rw: bool = False
+    sha256: str | None = None
 
     @classmethod
     def configured(cls, default_base: str) -> _DefaultBase:
         # Same reading as a squishfile's `base = "..."`, except that paths must
-        # be absolute: there is no squishfile to be relative to.
+        # be absolute (there is no squishfile to be relative to), and
+        # `alpine:3.20` stands for a squishfile's `alpine = "3.20"`.
         if default_base.startswith("/"):
             return cls(version=None, path=Path(default_base))
+        if default_base.startswith("alpine:"):
+            return cls(version=default_base.removeprefix("alpine:"), path=None, name="alpine")
         return cls(version=default_base, path=None)
 
 
 class LayerStore:
     """Resolves layers to host paths, caching what it builds under ``state_dir``.
 
-    ``default_base`` is the base used when a squishfile has none: a version
-    (``"busybox"``) or the absolute path of a rootfs directory.
+    ``default_base`` is the base used when a squishfile has none: ``"busybox"``
+    (built in), ``"alpine:<version>"`` or the absolute path of a rootfs directory.
     ``busybox`` overrides the binary the built-in base is built from (default:
     ``busybox`` on ``PATH``). ``resolvers`` adds or replaces the resolver for a
     kind, which is how downloads plug in and how tests fake them.
     ``alpine_mirror`` is where ``alpine = "<version>"`` is downloaded from
-    (default: ``$SQUISH_ALPINE_MIRROR``, else dl-cdn.alpinelinux.org).
+    (default: ``$SQUISH_ALPINE_MIRROR``, else dl-cdn.alpinelinux.org), and
+    ``registries`` maps a layer name (or ``"default"``) to the URL template
+    of its registry (default: ``$SQUISH_REGISTRY`` as the default one).
+    ``timeout`` bounds connecting and each read of a download, ``deadline``
+    a whole download; ``observer`` hears of every fetch (for metrics).
     """
 
     def __init__(
@@ -88,6 +97,10 @@ class LayerStore:
         busybox: Path | None = None,
         resolvers: Mapping[LayerKind, Resolver] | None = None,
         alpine_mirror: str | None = None,
+        registries: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
+        deadline: float = 3600.0,
+        observer: FetchObserver | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.default_base = default_base
@@ -99,15 +112,26 @@ class LayerStore:
         archives = given.get(LayerKind.ARCHIVE)
         if archives is None:
             archives = ArchiveResolver(self.cache)
+        if registries is None:
+            default = os.environ.get(REGISTRY_ENV)
+            registries = {DEFAULT: default} if default else {}
+        self.alpine = AlpineResolver(
+            self.cache,
+            mirror=alpine_mirror or os.environ.get(MIRROR_ENV) or DEFAULT_MIRROR,
+            timeout=timeout,
+            deadline=deadline,
+            observer=observer,
+        )
+        self.registry = RegistryResolver(
+            self.cache, registries=registries, timeout=timeout, deadline=deadline, observer=observer
+        )
         self._resolvers: dict[LayerKind, Resolver] = {
             LayerKind.PATH: PathResolver(archives=archives),
             LayerKind.ROOTFS_PATH: PathResolver(directory_only=True, archives=archives),
             LayerKind.BUILTIN_BASE: self._busybox_base,
             LayerKind.ARCHIVE: archives,
-            LayerKind.ALPINE_BASE: AlpineResolver(
-                self.cache,
-                mirror=alpine_mirror or os.environ.get(MIRROR_ENV) or DEFAULT_MIRROR,
-            ),
+            LayerKind.ALPINE_BASE: self.alpine,
+            LayerKind.REGISTRY: self.registry,
         }
         self._resolvers.update(given)
 
@@ -124,6 +148,34 @@ class LayerStore:
             default = _DefaultBase.configured(self.default_base)
             return self._resolve(default, f"default base {self.default_base!r}", as_base=True)
         return self._resolve(base, describe(base, as_base=True), as_base=True)
+
+    def default_base_ref(self) -> LayerRef:
+        """The configured default base, shaped like a squishfile's base layer."""
+        return _DefaultBase.configured(self.default_base)
+
+    def cached_entries(self, base: LayerRef | None, layers: Iterable[LayerRef]) -> set[Path]:
+        """The cache entries a squishfile with these layers uses, without fetching any.
+
+        What ``squish layer gc`` keeps. Layers that are not cached, or not in
+        the cache at all (directories), add nothing; a local archive is
+        hashed if its identity is not known.
+        """
+        found: set[Path] = set()
+        refs = [(base or self.default_base_ref(), True), *((layer, False) for layer in layers)]
+        for layer, as_base in refs:
+            if layer.path is not None and self.cache.contains(layer.path):
+                # Already a cache path: what a git source hands over.
+                found.add(self.cache.entry_of(layer.path))
+                continue
+            try:
+                resolver = self._resolvers.get(classify(layer, as_base=as_base))
+            except LayerError:
+                continue
+            if isinstance(resolver, PathResolver):
+                resolver = resolver.archives
+            if isinstance(resolver, CacheLookup) and (path := resolver.cached(layer)) is not None:
+                found.add(path)
+        return found
 
     def builtin_base(self) -> Path:
         """Build (once) and return the built-in busybox rootfs."""
@@ -147,7 +199,7 @@ class LayerStore:
             kind = classify(layer, as_base=as_base)
             resolver = self._resolvers.get(kind)
             if resolver is None:
-                raise LayerError(_UNAVAILABLE.get(kind, f"no resolver for {kind} layers"))
+                raise LayerError(f"no resolver for {kind} layers")
             return resolver.resolve(layer)
         except LayerError as exc:
             raise LayerError(f"{label}: {exc}") from exc
