@@ -14,9 +14,9 @@ import socket
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -25,10 +25,9 @@ import yaml
 from squish.errors import LayerError
 from squish.layers import AlpineResolver, LayerCache, LayerStore
 from squish.layers.unpack import unpack
+from tests.fake_http import FakeServer, send
 
 ARCH = "x86_64"
-
-Answer = Callable[[BaseHTTPRequestHandler], None]
 
 
 @dataclass(frozen=True)
@@ -60,44 +59,11 @@ def minirootfs(version: str) -> bytes:
     return buffer.getvalue()
 
 
-def send(body: bytes, status: int = 200, length: int | None = None) -> Answer:
-    def answer(handler: BaseHTTPRequestHandler) -> None:
-        handler.send_response(status)
-        handler.send_header("Content-Length", str(len(body) if length is None else length))
-        handler.end_headers()
-        handler.wfile.write(body)
-        handler.close_connection = True
-
-    return answer
-
-
-class Mirror:
+class Mirror(FakeServer):
     """A fake Alpine mirror: ``routes`` maps a path to how it is answered."""
 
     def __init__(self) -> None:
-        self.routes: dict[str, Answer] = {}
-        self.requests: list[str] = []
-        self.release = threading.Event()  # lets stalled handlers finish
-        mirror = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                mirror.requests.append(self.path)
-                answer = mirror.routes.get(self.path)
-                if answer is None:
-                    self.send_error(404)
-                    return
-                answer(self)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = False  # server_close joins handler threads
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alpine"
-        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,))
-        self._thread.start()
-        self.running = True
+        super().__init__("/alpine")
 
     def publish(
         self, branch: str, version: str, tarball: bytes, sha256: str = "", arch: str = ARCH
@@ -118,14 +84,6 @@ class Mirror:
         self.routes[f"{base}/latest-releases.yaml"] = send(yaml.safe_dump(releases).encode())
         self.routes[f"{base}/{file}"] = send(tarball)
         return f"{base}/{file}"
-
-    def stop(self) -> None:
-        if self.running:
-            self.running = False
-            self.release.set()
-            self.server.shutdown()
-            self.server.server_close()
-            self._thread.join()
 
 
 @pytest.fixture
