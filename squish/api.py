@@ -23,6 +23,12 @@ Routes (all under ``/v1``)::
     DELETE /containers/{name}           the status deleted
     GET    /containers/{name}/logs      ?follow=1&tail=N, text/plain stream
     GET    /events                      application/x-ndjson stream
+    GET    /layers                      every layer in the cache, with its users
+    POST   /layers/pull                 {"name", "version", "sha256"}: x-ndjson
+                                        progress lines, then {"layer"} or {"error"}
+    PUT    /layers/{name}/{version}     ?sha256=&source=; the body is the archive
+    DELETE /layers/{name}/{version}     the layer removed (409 while used)
+    POST   /layers/gc                   {"removed": [layers]}
 
 Streams (logs with follow, events) run until the client goes away or the
 server shuts down; :func:`serve` ends them itself on shutdown, because uvicorn
@@ -34,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -60,6 +67,7 @@ from squish.errors import (
     RuntimeFailure,
     SquishError,
 )
+from squish.layer_admin import LayerAdmin
 
 __all__ = ["make_app", "serve"]
 
@@ -68,6 +76,7 @@ logger = logging.getLogger(__name__)
 # The same rule the manifest applies to file names: the name becomes a file,
 # a hostname and a metrics label.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 _DEFAULT_TIMEOUT = 30.0
 _MAX_TIMEOUT = 3600.0
 _MAX_BODY = 4 * 1024 * 1024
@@ -353,8 +362,8 @@ async def _follow_log(path: Path, tail: int | None, follow: bool, write: Write) 
 # -- routes -----------------------------------------------------------------
 
 
-def make_app(control: ControlPlane) -> Starlette:
-    """The API app serving ``control``."""
+def make_app(control: ControlPlane, layers: LayerAdmin | None = None) -> Starlette:
+    """The API app serving ``control`` (and the layer routes, given ``layers``)."""
     drain = _Drain()
 
     def statuses(items: list[ContainerStatus]) -> Response:
@@ -426,7 +435,8 @@ def make_app(control: ControlPlane) -> Starlette:
 
         return _Stream(pump, "application/x-ndjson", drain)
 
-    routes = [
+    routes = [] if layers is None else _layer_routes(layers, drain)
+    routes += [
         Route("/v1/status", _handled(status), methods=["GET"]),
         Route("/v1/containers", _handled(list_containers), methods=["GET"]),
         Route("/v1/containers", _handled(create), methods=["POST"]),
@@ -443,6 +453,77 @@ def make_app(control: ControlPlane) -> Starlette:
     )
     app.state.drain = drain
     return app
+
+
+def _layer_routes(layers: LayerAdmin, drain: _Drain) -> list[Route]:
+    def layer_name(request: Request) -> tuple[str, str]:
+        name, version = request.path_params["name"], request.path_params["version"]
+        return _name(name, "layer name"), _name(version, "version")
+
+    async def list_layers(request: Request) -> Response:
+        return _json([info.to_json() for info in await layers.entries()])
+
+    async def pull(request: Request) -> Response:
+        body = await _body(request, {"name", "version", "sha256"})
+        name = _name(body.get("name"), "layer name")
+        version = _name(body.get("version"), "version")
+        sha256 = _sha256(body.get("sha256"))
+
+        async def pump(write: Write) -> None:
+            send, receive = anyio.create_memory_object_stream[dict[str, Any]](math.inf)
+
+            def progress(done: int, total: int | None) -> None:
+                # Called in the download's worker thread.
+                item = {"progress": {"done": done, "total": total}}
+                anyio.from_thread.run_sync(send.send_nowait, item)
+
+            async def run() -> None:
+                with send:
+                    try:
+                        info = await layers.pull(name, version, sha256=sha256, progress=progress)
+                        send.send_nowait({"layer": info.to_json()})
+                    except SquishError as exc:
+                        send.send_nowait({"error": _one_line(str(exc))})
+
+            async with receive, anyio.create_task_group() as tg:
+                tg.start_soon(run)
+                async for item in receive:
+                    await write((json.dumps(item) + "\n").encode())
+
+        return _Stream(pump, "application/x-ndjson", drain)
+
+    async def import_layer(request: Request) -> Response:
+        name, version = layer_name(request)
+        sha256 = _sha256(request.query_params.get("sha256") or None)
+        source = request.query_params.get("source") or "upload"
+        with layers.store.cache.download_file(prefix=".import-") as file:
+            async for chunk in request.stream():
+                file.write(chunk)
+            info = await layers.import_file(name, version, file, source=source, sha256=sha256)
+        return _json(info.to_json())
+
+    async def remove(request: Request) -> Response:
+        name, version = layer_name(request)
+        return _json((await layers.remove(name, version)).to_json())
+
+    async def gc(request: Request) -> Response:
+        return _json({"removed": [info.to_json() for info in await layers.gc()]})
+
+    return [
+        Route("/v1/layers", _handled(list_layers), methods=["GET"]),
+        Route("/v1/layers/pull", _handled(pull), methods=["POST"]),
+        Route("/v1/layers/gc", _handled(gc), methods=["POST"]),
+        Route("/v1/layers/{name}/{version}", _handled(import_layer), methods=["PUT"]),
+        Route("/v1/layers/{name}/{version}", _handled(remove), methods=["DELETE"]),
+    ]
+
+
+def _sha256(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _DIGEST.fullmatch(value.lower()):
+        raise BadRequest(f"sha256 must be 64 hex digits, got {value!r:.80}")
+    return value.lower()
 
 
 # -- serving ----------------------------------------------------------------

@@ -43,7 +43,7 @@ import tomli_w
 from rich.console import Console
 from rich.table import Table
 
-from squish import __version__, daemon, paths
+from squish import __version__, cli_layers, daemon, paths
 from squish.client import Client, DaemonUnreachable, JSONObject
 from squish.errors import ManifestError, SquishError
 from squish.layers import LayerStore
@@ -594,6 +594,11 @@ def _run_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_layer(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        return cli_layers.run(args, client, _print_plain_table)
+
+
 def _configure_nothing(parser: argparse.ArgumentParser) -> None:
     return None
 
@@ -650,6 +655,11 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         help="the daemon's status",
         configure=_configure_nothing,
         run=_run_status,
+    ),
+    "layer": Subcommand(
+        help="layers in the daemon's cache: pull, import, ls, rm, gc",
+        configure=cli_layers.configure,
+        run=_run_layer,
     ),
     "validate": Subcommand(
         help="check squishfiles without running them",

@@ -160,6 +160,51 @@ class Client:
                     if isinstance(event, dict):
                         yield event
 
+    # -- layers -------------------------------------------------------------
+
+    def layers(self) -> list[JSONObject]:
+        return self._list(self._call("GET", "/v1/layers", timeout=None))
+
+    def pull_layer(
+        self, name: str, version: str, *, sha256: str | None = None
+    ) -> Iterator[JSONObject]:
+        """The daemon's progress lines, then ``{"layer": ...}`` or ``{"error": ...}``."""
+        body: JSONObject = {"name": name, "version": version}
+        if sha256 is not None:
+            body["sha256"] = sha256
+        with self._stream("POST", "/v1/layers/pull", body=body) as response:
+            for line in self._translate_stream(response.iter_lines()):
+                if line.strip():
+                    item = json.loads(line)
+                    if isinstance(item, dict):
+                        yield item
+
+    def import_layer(
+        self,
+        name: str,
+        version: str,
+        archive: Iterator[bytes],
+        *,
+        source: str,
+        sha256: str | None = None,
+    ) -> JSONObject:
+        """Upload ``archive`` (its chunks) as layer ``name`` ``version``."""
+        params = {"source": source}
+        if sha256 is not None:
+            params["sha256"] = sha256
+        path = f"/v1/layers/{_segment(name)}/{_segment(version)}"
+        timeout = httpx.Timeout(_TIMEOUT, read=None, write=None)
+        return self._object(
+            self._call("PUT", path, content=archive, params=params, timeout=timeout)
+        )
+
+    def remove_layer(self, name: str, version: str) -> JSONObject:
+        path = f"/v1/layers/{_segment(name)}/{_segment(version)}"
+        return self._object(self._call("DELETE", path, timeout=None))
+
+    def gc_layers(self) -> JSONObject:
+        return self._object(self._call("POST", "/v1/layers/gc", timeout=None))
+
     # -- plumbing -----------------------------------------------------------
 
     def _check_reachable(self) -> None:
@@ -186,11 +231,15 @@ class Client:
         path: str,
         *,
         body: JSONObject | None = None,
+        content: Iterator[bytes] | None = None,
+        params: dict[str, str] | None = None,
         timeout: float | httpx.Timeout | None = _TIMEOUT,
     ) -> httpx.Response:
         self._check_reachable()
         try:
-            response = self._http.request(method, path, json=body, timeout=timeout)
+            response = self._http.request(
+                method, path, json=body, content=content, params=params, timeout=timeout
+            )
         except httpx.ConnectError as exc:
             raise DaemonUnreachable(self.socket_path, _reason(exc)) from exc
         except httpx.TimeoutException as exc:
@@ -205,12 +254,17 @@ class Client:
 
     @contextlib.contextmanager
     def _stream(
-        self, method: str, path: str, *, params: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: JSONObject | None = None,
     ) -> Iterator[httpx.Response]:
         """A streamed response (no read timeout), errors translated like ``_call``."""
         self._check_reachable()
         request = self._http.build_request(
-            method, path, params=params, timeout=httpx.Timeout(_TIMEOUT, read=None)
+            method, path, params=params, json=body, timeout=httpx.Timeout(_TIMEOUT, read=None)
         )
         try:
             response = self._http.send(request, stream=True)

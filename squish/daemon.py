@@ -30,9 +30,11 @@ from typing import IO, Any
 
 import anyio
 
-from squish import __version__, paths
+from squish import __version__, paths, sdnotify
 from squish.api import make_app, serve
+from squish.config import LayerSettings, config_path, layer_settings
 from squish.errors import SquishError
+from squish.layer_admin import LayerAdmin
 from squish.layers import LayerStore
 from squish.metrics import Metrics
 from squish.plan import Backoff
@@ -77,6 +79,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backoff-initial", type=float, default=10.0)
     parser.add_argument("--backoff-max", type=float, default=300.0)
     parser.add_argument("--backoff-reset", type=float, default=600.0)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="layer settings file (default: $SQUISH_CONFIG, else "
+        "$XDG_CONFIG_HOME/squish/config.toml if it exists)",
+    )
+    parser.add_argument(
+        "--default-base",
+        default=None,
+        metavar="BASE",
+        help="base of squishfiles that name none: busybox (built in), alpine:<version> "
+        "(downloaded at start-up) or a rootfs directory (default: busybox; "
+        "$SQUISH_DEFAULT_BASE)",
+    )
+    parser.add_argument(
+        "--alpine-mirror",
+        default=None,
+        metavar="URL",
+        help='where alpine = "<version>" is downloaded from (default: '
+        "dl-cdn.alpinelinux.org; $SQUISH_ALPINE_MIRROR)",
+    )
+    parser.add_argument(
+        "--registry",
+        action="append",
+        default=[],
+        metavar="[NAME=]TEMPLATE",
+        help="layer registry URL template, e.g. https://host/{name}/{version}/{arch}.tar.gz, "
+        "for layer NAME or for all (repeatable; $SQUISH_REGISTRY)",
+    )
     parser.add_argument(
         "--allow-root",
         action="store_true",
@@ -179,6 +212,12 @@ def run(args: argparse.Namespace) -> int:
             "daemon), or pass --allow-root if you really mean it"
         )
     _setup_logging(args.log_format)
+    args.layers = layer_settings(
+        config_path(args.config),
+        default_base=args.default_base,
+        alpine_mirror=args.alpine_mirror,
+        registries=args.registry,
+    )
     _raise_fd_limit()
     metrics_addr = _parse_addr(args.metrics_addr)
     lock = _lock(args.state_dir)
@@ -192,6 +231,25 @@ def run(args: argparse.Namespace) -> int:
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()
         lock.close()
+
+
+async def _prefetch(store: LayerStore, branch: str) -> None:
+    """Download the default Alpine base in the background, retrying until it is cached.
+
+    Containers needing it meanwhile wait for the same download (the
+    resolver's lock per branch) rather than fail.
+    """
+    delay = 10.0
+    while True:
+        try:
+            release = await anyio.to_thread.run_sync(store.alpine.materialise, branch)
+        except SquishError as exc:
+            log.warning("default base alpine:%s: %s; retrying in %gs", branch, exc, delay)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 300.0)
+            continue
+        log.info("default base alpine:%s is Alpine %s", branch, release.version)
+        return
 
 
 async def _serve(
@@ -208,10 +266,22 @@ async def _serve(
             default_host_ip=args.host_ip,
             stop_grace=args.stop_timeout,
         ) as runtime:
+            settings: LayerSettings = args.layers
+            store = LayerStore(
+                state,
+                default_base=settings.default_base,
+                alpine_mirror=settings.alpine_mirror,
+                registries=settings.registries,
+                timeout=settings.download_timeout,
+                deadline=settings.download_deadline,
+                observer=lambda kind, result, size: metrics.layer_fetched(
+                    kind, result, downloaded=size
+                ),
+            )
             reconciler = Reconciler(
                 source=DirectorySource(manifests),
                 runtime=runtime,
-                store=LayerStore(state),
+                store=store,
                 manifests_dir=manifests,
                 log_dir=state / "logs",
                 metrics=metrics,
@@ -223,7 +293,10 @@ async def _serve(
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async with anyio.create_task_group() as tg:
                     await tg.start(reconciler.run)
-                    await tg.start(serve, make_app(reconciler), socket_path)
+                    layers = LayerAdmin(store, reconciler.layer_users)
+                    await tg.start(serve, make_app(reconciler, layers), socket_path)
+                    if settings.default_alpine is not None:
+                        tg.start_soon(_prefetch, store, settings.default_alpine)
                     log.info(
                         "squish %s: watching %s, API on %s, metrics on %s",
                         __version__,
@@ -231,8 +304,10 @@ async def _serve(
                         socket_path,
                         args.metrics_addr,
                     )
+                    sdnotify.ready()
                     async for signum in signals:
                         log.info("%s: stopping every container", signal.Signals(signum).name)
+                        sdnotify.stopping()
                         reconciler.close()
                         tg.cancel_scope.cancel()
                         break

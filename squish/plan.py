@@ -66,6 +66,7 @@ class Record:
     failed_hash: str | None = None
     started_at: float | None = None
     in_flight: bool = False  # an action for this name is being carried out
+    resolving: bool = False  # its layers are being fetched or unpacked
 
 
 class Kind(enum.StrEnum):

@@ -220,10 +220,16 @@ class Reconciler:
     ) -> None:
         began = time.perf_counter()
         try:
-            spec = await anyio.to_thread.run_sync(self._resolve, squishfile, self.store)
+            record.resolving = True
+            try:
+                spec = await anyio.to_thread.run_sync(self._resolve, squishfile, self.store)
+            finally:
+                record.resolving = False
             container = await self.runtime.start(spec)
         except SquishError as exc:
             self._fail(record, squishfile, str(exc), retry=True)
+            if self.metrics is not None:
+                self.metrics.container_start_failed(record.name)
             return
         self._specs[record.name] = spec
         record.container_id = container.id
@@ -365,6 +371,8 @@ class Reconciler:
             return status
         if record.in_flight:
             status.phase = Phase.PENDING
+            if record.resolving:
+                status.reason = "waiting for its layers (downloading or unpacking)"
         elif status.manifest_error and record.applied is None:
             status.phase = Phase.INVALID
             status.reason = status.manifest_error
@@ -382,6 +390,25 @@ class Reconciler:
             status.phase = Phase.EXITED if record.exit_code == 0 else Phase.FAILED
             status.reason = f"exited with code {record.exit_code}"
         return status
+
+    def layer_users(self) -> tuple[dict[str, Squishfile], dict[str, list[Path]]]:
+        """Squishfiles wanted by name (last good ones included), and live mounts by name.
+
+        What ``squish layer gc`` must keep; see ``squish.layer_admin``.
+        """
+        wanted: dict[str, Squishfile] = {}
+        for name, manifest in self._desired.items():
+            if manifest.squishfile is not None:
+                wanted[name] = manifest.squishfile
+        for name, record in self.records.items():
+            # A manifest gone invalid keeps its last good version running.
+            if record.applied is not None and name not in wanted:
+                wanted[name] = record.applied
+        mounted = {
+            name: [spec.rootfs, *(mount.source for mount in spec.mounts)]
+            for name, spec in self._specs.items()
+        }
+        return wanted, mounted
 
     def containers(self) -> list[ContainerStatus]:
         # One look at the runtime for all rows: a look per row would make

@@ -30,7 +30,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import yaml
@@ -145,6 +145,41 @@ class AlpineResolver:
                 if cached is not None:
                     return cached
                 raise
+
+    def import_file(self, branch: str, file: IO[bytes], *, source: str) -> AlpineRelease:
+        """Add ``branch`` from a minirootfs tarball already on this host (air-gapped).
+
+        The exact release is read from the tarball's ``etc/alpine-release``,
+        which must belong to ``branch``.
+        """
+        if not _BRANCH.fullmatch(branch):
+            raise LayerError(
+                f'{branch!r} is not an Alpine release branch; give major.minor, like "3.14"'
+            )
+        content = hashlib.sha256()
+        file.seek(0)
+        while chunk := file.read(1 << 20):
+            content.update(chunk)
+        digest = content.hexdigest()
+        with self._lock_for(branch):
+            existed = self.cache.get(_entry_key(digest)) is not None
+            path = self.cache.materialise(
+                _entry_key(digest),
+                lambda root: unpack_file(
+                    file, root, name=source, limits=self.limits, allow_absolute_symlinks=True
+                ),
+            )
+            try:
+                version = (path / "etc" / "alpine-release").read_text().strip()
+            except (OSError, UnicodeDecodeError):
+                version = ""
+            if not version.startswith(f"{branch}."):
+                found = f"Alpine {version}" if version else "no etc/alpine-release"
+                if not existed:  # else another branch's record may point at it
+                    self.cache.remove(_entry_key(digest))
+                raise LayerError(f"{source} is not an Alpine {branch} minirootfs ({found})")
+            self._record(branch, version, digest)
+        return AlpineRelease(branch, version, self.arch, digest, path)
 
     def releases(self) -> list[AlpineRelease]:
         """Every branch in the index whose rootfs is still cached."""

@@ -36,6 +36,7 @@ from typing import IO
 
 from squish.errors import LayerError
 from squish.layers.cache import LayerCache
+from squish.layers.download import FetchObserver
 from squish.layers.model import LayerRef
 from squish.layers.unpack import Limits, unpack_file
 
@@ -67,8 +68,10 @@ class ArchiveResolver:
         *,
         limits: Limits = Limits(),  # noqa: B008
         unpacker: Unpacker = _unpack,
+        observer: FetchObserver | None = None,
     ) -> None:
         self.cache = cache
+        self.observer = observer
         self.limits = limits
         self.unpacker = unpacker
         self._guard = threading.Lock()
@@ -120,15 +123,25 @@ class ArchiveResolver:
                     return known
                 digest = archive_digest(file)
                 with self._lock_for(digest):
-                    entry = self.cache.materialise(
-                        digest,
-                        lambda root: self.unpacker(file, root, str(archive), self.limits),
-                    )
+                    entry = self.cache.get(digest) or self._unpack(file, archive, digest)
         except FileNotFoundError as exc:
             raise LayerError(f"{archive} does not exist") from exc
         except OSError as exc:
             raise LayerError(f"cannot read {archive}: {exc.strerror or exc}") from exc
         self._known[identity] = entry
+        return entry
+
+    def _unpack(self, file: IO[bytes], archive: Path, digest: str) -> Path:
+        try:
+            entry = self.cache.materialise(
+                digest, lambda root: self.unpacker(file, root, str(archive), self.limits)
+            )
+        except LayerError:
+            if self.observer is not None:
+                self.observer("archive", "error", 0)
+            raise
+        if self.observer is not None:
+            self.observer("archive", "success", 0)
         return entry
 
     def _lock_for(self, digest: str) -> threading.Lock:

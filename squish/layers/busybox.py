@@ -98,6 +98,14 @@ class BusyboxBase:
     def resolve(self, layer: LayerRef) -> Path:
         return self.materialise()
 
+    def cached(self, layer: LayerRef | None = None) -> Path | None:
+        """The rootfs for the current busybox if it is built (never builds)."""
+        try:
+            binary = self._locate().read_bytes()
+        except (OSError, LayerError):
+            return None
+        return self.cache.get(base_digest(binary))
+
     def materialise(self) -> Path:
         """Return the rootfs for the current busybox, building it if needed."""
         with self._lock:

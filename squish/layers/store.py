@@ -111,7 +111,7 @@ class LayerStore:
         # the given one if there is one.
         archives = given.get(LayerKind.ARCHIVE)
         if archives is None:
-            archives = ArchiveResolver(self.cache)
+            archives = ArchiveResolver(self.cache, observer=observer)
         if registries is None:
             default = os.environ.get(REGISTRY_ENV)
             registries = {DEFAULT: default} if default else {}
@@ -176,6 +176,10 @@ class LayerStore:
             if isinstance(resolver, CacheLookup) and (path := resolver.cached(layer)) is not None:
                 found.add(path)
         return found
+
+    def builtin_base_cached(self) -> Path | None:
+        """The built-in base if it has been built (never builds it)."""
+        return self._busybox_base.cached()
 
     def builtin_base(self) -> Path:
         """Build (once) and return the built-in busybox rootfs."""

@@ -1,0 +1,174 @@
+"""The daemon's layer settings: flags, environment, config file, in that order.
+
+``squish daemon`` reads them through ``layer_settings``. The config file is
+TOML, ``--config PATH`` or ``$SQUISH_CONFIG``, else
+``$XDG_CONFIG_HOME/squish/config.toml`` if it exists::
+
+    [layers]
+    default_base = "alpine:3.20"          # busybox (built in), alpine:<version>, /path
+    alpine_mirror = "https://mirror.example.org/alpine"
+    download_timeout = 30                 # seconds: connecting, and each read
+    download_deadline = 3600              # seconds: a whole download
+
+    [layers.registries]
+    default = "https://layers.example.com/{name}/{version}/{arch}.tar.gz"
+    python = "https://python.example.com/{version}/{arch}.tar.gz"
+
+A flag wins over the environment (``SQUISH_DEFAULT_BASE``,
+``SQUISH_ALPINE_MIRROR``, ``SQUISH_REGISTRY`` for the default registry),
+which wins over the file. Every mistake is one line naming the file and key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from squish.errors import LayerError, SquishError
+from squish.layers.alpine import DEFAULT_MIRROR, MIRROR_ENV
+from squish.layers.model import BUILTIN_BASE
+from squish.layers.registry import DEFAULT, REGISTRY_ENV, check_template
+
+CONFIG_ENV = "SQUISH_CONFIG"
+DEFAULT_BASE_ENV = "SQUISH_DEFAULT_BASE"
+
+_ALPINE_BASE = re.compile(r"alpine:[0-9]+\.[0-9]+")
+_LAYER_KEYS = {
+    "default_base",
+    "alpine_mirror",
+    "download_timeout",
+    "download_deadline",
+    "registries",
+}
+
+
+@dataclass(frozen=True)
+class LayerSettings:
+    default_base: str = BUILTIN_BASE
+    alpine_mirror: str = DEFAULT_MIRROR
+    registries: Mapping[str, str] = field(default_factory=dict)
+    download_timeout: float = 30.0
+    download_deadline: float = 3600.0
+
+    @property
+    def default_alpine(self) -> str | None:
+        """The Alpine branch of the default base, if it is one (to prefetch)."""
+        if self.default_base.startswith("alpine:"):
+            return self.default_base.removeprefix("alpine:")
+        return None
+
+
+def config_path(given: Path | None) -> Path | None:
+    """The config file to read: given, ``$SQUISH_CONFIG``, or the XDG one if it exists."""
+    if given is not None:
+        return given
+    if env := os.environ.get(CONFIG_ENV):
+        return Path(env)
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    default = Path(base) / "squish" / "config.toml"
+    return default if default.is_file() else None
+
+
+def layer_settings(
+    config: Path | None,
+    *,
+    default_base: str | None = None,
+    alpine_mirror: str | None = None,
+    registries: Sequence[str] = (),
+) -> LayerSettings:
+    """Settings from the flags given (None/empty: not given), the environment and ``config``."""
+    file = _read(config) if config is not None else {}
+    where = str(config)
+    layers = file.get("layers", {})
+    if not isinstance(layers, dict):
+        raise SquishError(f"{where}: [layers] must be a table")
+    unknown = sorted(set(layers) - _LAYER_KEYS)
+    if unknown:
+        allowed = ", ".join(sorted(_LAYER_KEYS))
+        raise SquishError(f"{where}: layers.{unknown[0]} is not a setting (allowed: {allowed})")
+    unknown = sorted(set(file) - {"layers"})
+    if unknown:
+        raise SquishError(f"{where}: [{unknown[0]}] is not a section (allowed: layers)")
+
+    base = (
+        default_base
+        or os.environ.get(DEFAULT_BASE_ENV)
+        or _string(layers, "default_base", where)
+        or BUILTIN_BASE
+    )
+    if not (base == BUILTIN_BASE or base.startswith("/") or _ALPINE_BASE.fullmatch(base)):
+        raise SquishError(
+            f"default base {base!r}: must be {BUILTIN_BASE!r}, 'alpine:<major.minor>' "
+            "or the absolute path of a rootfs directory"
+        )
+    mirror = (
+        alpine_mirror
+        or os.environ.get(MIRROR_ENV)
+        or _string(layers, "alpine_mirror", where)
+        or DEFAULT_MIRROR
+    )
+    if not mirror.startswith(("http://", "https://")):
+        raise SquishError(f"Alpine mirror {mirror!r}: must be an http:// or https:// URL")
+    return LayerSettings(
+        default_base=base,
+        alpine_mirror=mirror,
+        registries=_registries(layers.get("registries", {}), registries, where),
+        download_timeout=_seconds(layers, "download_timeout", where, 30.0),
+        download_deadline=_seconds(layers, "download_deadline", where, 3600.0),
+    )
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise SquishError(f"{path}: the config file does not exist") from exc
+    except OSError as exc:
+        raise SquishError(f"{path}: cannot read the config file: {exc.strerror}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SquishError(f"{path}: not valid TOML: {exc}") from exc
+
+
+def _string(table: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = table.get(key)
+    if value is not None and not isinstance(value, str):
+        raise SquishError(f"{where}: layers.{key} must be a string, got {value!r}")
+    return value
+
+
+def _seconds(table: Mapping[str, Any], key: str, where: str, default: float) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise SquishError(f"{where}: layers.{key} must be a positive number of seconds")
+    return float(value)
+
+
+def _registries(from_file: object, flags: Sequence[str], where: str) -> dict[str, str]:
+    if not isinstance(from_file, dict):
+        raise SquishError(f"{where}: layers.registries must be a table of name = template")
+    found: dict[str, str] = {}
+    for name, template in from_file.items():
+        if not isinstance(template, str):
+            raise SquishError(f"{where}: layers.registries.{name} must be a URL template string")
+        found[name] = _checked(template, f"{where}: layers.registries.{name}")
+    if env := os.environ.get(REGISTRY_ENV):
+        found[DEFAULT] = _checked(env, f"${REGISTRY_ENV}")
+    for flag in flags:
+        # NAME=TEMPLATE, or just TEMPLATE for the default; a URL has no '=' before "://".
+        name, sep, template = flag.partition("=")
+        if not sep or "://" in name:
+            name, template = DEFAULT, flag
+        found[name] = _checked(template, f"--registry {flag}")
+    return found
+
+
+def _checked(template: str, what: str) -> str:
+    try:
+        return check_template(template, what)
+    except LayerError as exc:
+        raise SquishError(str(exc)) from exc

@@ -1,0 +1,137 @@
+"""The daemon's layer settings (``squish.config``): flags > environment > file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from squish.config import LayerSettings, config_path, layer_settings
+from squish.errors import SquishError
+
+TEMPLATE = "https://layers.example.com/{name}/{version}/{arch}.tar.gz"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in (
+        "SQUISH_CONFIG",
+        "SQUISH_DEFAULT_BASE",
+        "SQUISH_ALPINE_MIRROR",
+        "SQUISH_REGISTRY",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_a_file() -> None:
+    settings = layer_settings(None)
+
+    assert settings == LayerSettings()
+    assert settings.default_base == "busybox" and settings.default_alpine is None
+    assert settings.alpine_mirror == "https://dl-cdn.alpinelinux.org/alpine"
+
+
+def test_the_file_is_read(tmp_path: Path) -> None:
+    config = write(
+        tmp_path,
+        f"""
+[layers]
+default_base = "alpine:3.20"
+alpine_mirror = "http://mirror.example/alpine"
+download_timeout = 5
+download_deadline = 60.5
+
+[layers.registries]
+default = "{TEMPLATE}"
+python = "https://py.example/{{version}}.tgz"
+""",
+    )
+
+    settings = layer_settings(config)
+
+    assert settings.default_alpine == "3.20"
+    assert settings.alpine_mirror == "http://mirror.example/alpine"
+    assert settings.registries == {
+        "default": TEMPLATE,
+        "python": "https://py.example/{version}.tgz",
+    }
+    assert (settings.download_timeout, settings.download_deadline) == (5.0, 60.5)
+
+
+def test_flags_beat_the_environment_which_beats_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write(
+        tmp_path,
+        '[layers]\ndefault_base = "alpine:3.18"\nalpine_mirror = "http://file/alpine"\n',
+    )
+    monkeypatch.setenv("SQUISH_DEFAULT_BASE", "alpine:3.19")
+    monkeypatch.setenv("SQUISH_ALPINE_MIRROR", "http://env/alpine")
+    monkeypatch.setenv("SQUISH_REGISTRY", "http://env/{name}/{version}")
+
+    from_env = layer_settings(config)
+    from_flags = layer_settings(
+        config,
+        default_base="alpine:3.20",
+        alpine_mirror="http://flag/alpine",
+        registries=["http://flag/{name}/{version}", "go=http://go/{version}"],
+    )
+
+    assert (from_env.default_base, from_env.alpine_mirror) == ("alpine:3.19", "http://env/alpine")
+    assert from_env.registries == {"default": "http://env/{name}/{version}"}
+    assert from_flags.default_base == "alpine:3.20"
+    assert from_flags.alpine_mirror == "http://flag/alpine"
+    assert from_flags.registries == {
+        "default": "http://flag/{name}/{version}",
+        "go": "http://go/{version}",
+    }
+
+
+def test_the_xdg_file_is_found_only_if_it_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert config_path(None) is None
+    xdg = tmp_path / "xdg" / "squish" / "config.toml"
+    xdg.parent.mkdir(parents=True)
+    xdg.write_text("")
+    assert config_path(None) == xdg
+    monkeypatch.setenv("SQUISH_CONFIG", "/etc/squish.toml")
+    assert config_path(None) == Path("/etc/squish.toml")
+    assert config_path(Path("/given.toml")) == Path("/given.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("[layers\n", "not valid TOML"),
+        ("[layers]\nmirror = 1\n", r"layers\.mirror is not a setting \(allowed: alpine_mirror"),
+        ("[other]\n", r"\[other\] is not a section"),
+        ('[layers]\ndefault_base = "ubuntu"\n', r"default base 'ubuntu': must be 'busybox'"),
+        ('[layers]\ndefault_base = "alpine:edge"\n', "default base 'alpine:edge'"),
+        ('[layers]\nalpine_mirror = "ftp://x"\n', "must be an http:// or https:// URL"),
+        ("[layers]\ndownload_timeout = -1\n", "layers.download_timeout must be a positive"),
+        ("[layers]\nregistries = 3\n", "layers.registries must be a table"),
+        ('[layers.registries]\npython = "https://x/{os}"\n', r"registries\.python: .*\{os\}"),
+    ],
+)
+def test_mistakes_are_one_line_naming_file_and_key(tmp_path: Path, text: str, why: str) -> None:
+    config = write(tmp_path, text)
+
+    with pytest.raises(SquishError, match=why) as caught:
+        layer_settings(config)
+    message = str(caught.value)
+    assert "\n" not in message
+    if "default base" not in message and "Alpine mirror" not in message:
+        assert message.startswith(str(config))
+
+
+def test_a_missing_config_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(SquishError, match="the config file does not exist"):
+        layer_settings(tmp_path / "nope.toml")
