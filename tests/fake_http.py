@@ -30,11 +30,12 @@ def send(body: bytes, status: int = 200, length: int | None = None) -> Answer:
 class FakeServer:
     """``routes`` maps a request path to how it is answered; anything else is a 404.
 
-    ``url`` is the server's address plus ``prefix``. ``release`` is set on
-    stop, so that handlers that stall on purpose can finish.
+    ``url`` is the server's address (``port`` 0: any free one) plus
+    ``prefix``. ``release`` is set on stop, so that handlers that stall on
+    purpose can finish.
     """
 
-    def __init__(self, prefix: str = "") -> None:
+    def __init__(self, prefix: str = "", port: int = 0) -> None:
         self.routes: dict[str, Answer] = {}
         self.requests: list[str] = []
         self.release = threading.Event()
@@ -52,7 +53,7 @@ class FakeServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = False  # server_close joins handler threads
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}{prefix}"
         self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,))

@@ -62,8 +62,8 @@ def minirootfs(version: str) -> bytes:
 class Mirror(FakeServer):
     """A fake Alpine mirror: ``routes`` maps a path to how it is answered."""
 
-    def __init__(self) -> None:
-        super().__init__("/alpine")
+    def __init__(self, port: int = 0) -> None:
+        super().__init__("/alpine", port)
 
     def publish(
         self, branch: str, version: str, tarball: bytes, sha256: str = "", arch: str = ARCH

@@ -21,7 +21,9 @@ from tests.conftest import free_port
 REPO = Path(__file__).resolve().parent.parent
 
 
-def daemon(tmp_path: Path, name: str, *, state: Path, **env: str) -> subprocess.Popen[bytes]:
+def daemon(
+    tmp_path: Path, name: str, *extra: str, state: Path, **env: str
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
             sys.executable,
@@ -36,6 +38,7 @@ def daemon(tmp_path: Path, name: str, *, state: Path, **env: str) -> subprocess.
             str(tmp_path / f"{name}.sock"),
             "--metrics-addr",
             f"127.0.0.1:{free_port()}",
+            *extra,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

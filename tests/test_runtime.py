@@ -568,7 +568,7 @@ def real_minirootfs(version: str) -> bytes:
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(data), mode
             archive.addfile(info, io.BytesIO(data))
-        for applet in ("sh", "cat"):
+        for applet in ("sh", "cat", "sleep"):
             link = tarfile.TarInfo(f"bin/{applet}")
             link.type, link.linkname = tarfile.SYMTYPE, "/bin/busybox"
             archive.addfile(link)

@@ -214,11 +214,16 @@ class AlpineResolver:
 
     def _download(self, branch: str, progress: Progress | None) -> AlpineRelease:
         releases = f"{self.mirror}/v{branch}/releases/{self.arch}"
-        with self.fetcher.session() as client:
-            version, file, digest = self._latest(client, branch, f"{releases}/latest-releases.yaml")
-            path = self.cache.get(_entry_key(digest))
-            if path is None:
-                path = self._fetch_rootfs(client, f"{releases}/{file}", digest, progress)
+        try:
+            with self.fetcher.session() as client:
+                latest = f"{releases}/latest-releases.yaml"
+                version, file, digest = self._latest(client, branch, latest)
+                path = self.cache.get(_entry_key(digest))
+                if path is None:
+                    path = self._fetch_rootfs(client, f"{releases}/{file}", digest, progress)
+        except LayerError:
+            self._observe("error", 0)
+            raise
         self._record(branch, version, digest)
         return AlpineRelease(branch, version, self.arch, digest, path)
 
@@ -249,13 +254,8 @@ class AlpineResolver:
         self, client: httpx.Client, url: str, digest: str, progress: Progress | None
     ) -> Path:
         with self.cache.download_file(prefix=".alpine-") as download:
-            try:
-                got = self.fetcher.download(client, url, download, progress=progress)
-            except LayerError:
-                self._observe("error", 0)
-                raise
+            got = self.fetcher.download(client, url, download, progress=progress)
             if got.sha256 != digest:
-                self._observe("error", got.size)
                 raise LayerError(
                     f"{url} has sha256 {got.sha256}, but the mirror's release "
                     f"list says {digest}; refusing it"
