@@ -6,6 +6,8 @@ built-in base is built from the host's busybox-static, which CI installs.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import re
 import shutil
@@ -13,6 +15,7 @@ import stat
 import struct
 import subprocess
 import sys
+import tarfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -579,3 +582,33 @@ def test_digest_must_be_sha256_hex(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="not a sha256 hex digest"):
         cache.path_for("../etc")
+
+
+# --- pinned digests of path layers ----------------------------------------------
+
+
+def test_a_pinned_archive_or_file_must_have_its_sha256(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = 2
+        archive.addfile(info, io.BytesIO(b"hi"))
+    tarball = tmp_path / "app.tar.gz"
+    tarball.write_bytes(buffer.getvalue())
+    conf = tmp_path / "app.conf"
+    conf.write_text("x = 1\n")
+    right = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    store = LayerStore(tmp_path / "state")
+
+    resolved = store.resolve(None, [Ref("app", path=tarball, target="/app", sha256=right)])
+    assert (resolved.mounts[0].source / "hello.txt").read_text() == "hi"
+    # Known by identity now; the pin is still checked.
+    with pytest.raises(LayerError, match=r"^layer 'app': .*app\.tar\.gz has sha256 .* pins 0+;"):
+        store.resolve(None, [Ref("app", path=tarball, target="/app", sha256="0" * 64)])
+    with pytest.raises(LayerError, match=r"^layer 'conf': .*app\.conf has sha256 .* pins 1+;"):
+        store.resolve(None, [Ref("conf", path=conf, target="/etc/app.conf", sha256="1" * 64)])
+    with pytest.raises(LayerError, match="is a directory; sha256 can only pin a file or archive"):
+        store.resolve(None, [Ref("dir", path=tmp_path, target="/data", sha256="1" * 64)])
+    fresh = LayerStore(tmp_path / "state")  # nothing known by identity: hashed
+    with pytest.raises(LayerError, match=r"pins 2+; refusing it"):
+        fresh.resolve(None, [Ref("app", path=tarball, target="/app", sha256="2" * 64)])

@@ -78,7 +78,7 @@ class ArchiveResolver:
         self._locks: dict[str, threading.Lock] = {}
         # Identity of an archive last hashed -> its entry: skips re-reading
         # and hashing a big archive on every container start.
-        self._known: dict[tuple[int, int, int, int], Path] = {}
+        self._known: dict[tuple[int, int, int, int], tuple[str, Path]] = {}
 
     def resolve(self, layer: LayerRef) -> Path:
         if layer.path is None:
@@ -91,7 +91,7 @@ class ArchiveResolver:
             )
         if not layer.path.is_absolute():
             raise LayerError(f"{layer.path} is not an absolute host path")
-        return self.materialise(layer.path)
+        return self.materialise(layer.path, sha256=layer.sha256)
 
     def cached(self, layer: LayerRef) -> Path | None:
         """The unpacked entry of ``layer``'s archive if cached (may hash; never unpacks)."""
@@ -104,14 +104,18 @@ class ArchiveResolver:
                     return None
                 identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
                 known = self._known.get(identity)
-                if known is not None and known.is_dir():
-                    return known
-                return self.cache.get(archive_digest(file))
+                if known is not None and known[1].is_dir():
+                    return known[1]
+                return self.cache.get(archive_key(content_sha256(file)))
         except OSError:
             return None
 
-    def materialise(self, archive: Path) -> Path:
-        """Return the unpacked directory of ``archive``, unpacking it if needed."""
+    def materialise(self, archive: Path, *, sha256: str | None = None) -> Path:
+        """Return the unpacked directory of ``archive``, unpacking it if needed.
+
+        With ``sha256`` (pinned by the squishfile) an archive with any other
+        content is refused.
+        """
         try:
             # Checked before opening too: opening a fifo would block.
             check_regular(archive, archive.stat())
@@ -119,16 +123,19 @@ class ArchiveResolver:
                 info = check_regular(archive, os.fstat(file.fileno()))
                 identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
                 known = self._known.get(identity)
-                if known is not None and known.is_dir():
-                    return known
-                digest = archive_digest(file)
+                if known is not None and known[1].is_dir():
+                    _check_pinned(archive, known[0], sha256)
+                    return known[1]
+                content = content_sha256(file)
+                _check_pinned(archive, content, sha256)
+                digest = archive_key(content)
                 with self._lock_for(digest):
                     entry = self.cache.get(digest) or self._unpack(file, archive, digest)
         except FileNotFoundError as exc:
             raise LayerError(f"{archive} does not exist") from exc
         except OSError as exc:
             raise LayerError(f"cannot read {archive}: {exc.strerror or exc}") from exc
-        self._known[identity] = entry
+        self._known[identity] = (content, entry)
         return entry
 
     def _unpack(self, file: IO[bytes], archive: Path, digest: str) -> Path:
@@ -158,11 +165,23 @@ def check_regular(archive: Path, info: os.stat_result) -> os.stat_result:
 
 def archive_digest(file: IO[bytes]) -> str:
     """The cache key of what ``file`` unpacks to (read from the start, streamed)."""
+    return archive_key(content_sha256(file))
+
+
+def content_sha256(file: IO[bytes]) -> str:
+    """The sha256 (hex) of ``file``, read from the start, streamed."""
     content = hashlib.sha256()
     file.seek(0)
     while chunk := file.read(_CHUNK):
         content.update(chunk)
-    return archive_key(content.hexdigest())
+    return content.hexdigest()
+
+
+def _check_pinned(archive: Path, content: str, pinned: str | None) -> None:
+    if pinned is not None and content != pinned:
+        raise LayerError(
+            f"{archive} has sha256 {content}, but the squishfile pins {pinned}; refusing it"
+        )
 
 
 def archive_key(sha256: str) -> str:

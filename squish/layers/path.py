@@ -18,6 +18,7 @@ import stat
 from pathlib import Path
 
 from squish.errors import LayerError
+from squish.layers.archive import content_sha256
 from squish.layers.model import LayerRef
 from squish.layers.resolver import Resolver
 from squish.layers.unpack import is_tarball
@@ -59,4 +60,17 @@ class PathResolver:
         # one would hand the container a host resource.
         if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
             raise LayerError(f"{path} is not a regular file or directory")
+        if layer.sha256 is not None:
+            if not stat.S_ISREG(mode):
+                raise LayerError(f"{path} is a directory; sha256 can only pin a file or archive")
+            try:
+                with real.open("rb") as file:
+                    content = content_sha256(file)
+            except OSError as exc:
+                raise LayerError(f"cannot read {path}: {exc.strerror}") from exc
+            if content != layer.sha256:
+                raise LayerError(
+                    f"{path} has sha256 {content}, but the squishfile pins {layer.sha256}; "
+                    "refusing it"
+                )
         return real
