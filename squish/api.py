@@ -29,6 +29,8 @@ Routes (all under ``/v1``)::
     PUT    /layers/{name}/{version}     ?sha256=&source=; the body is the archive
     DELETE /layers/{name}/{version}     the layer removed (409 while used)
     POST   /layers/gc                   {"removed": [layers]}
+    GET    /sources                     every source's status (revisions, errors, held)
+    POST   /sources/sync                {"name"} (optional): fetch git sources now
 
 Streams (logs with follow, events) run until the client goes away or the
 server shuts down; :func:`serve` ends them itself on shutdown, because uvicorn
@@ -46,6 +48,7 @@ import re
 import socket
 import stat
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +71,9 @@ from squish.errors import (
     SquishError,
 )
 from squish.layer_admin import LayerAdmin
+from squish.source_admin import SourceAdmin
 
-__all__ = ["make_app", "serve"]
+__all__ = ["make_app", "serve", "serve_tcp"]
 
 logger = logging.getLogger(__name__)
 
@@ -362,8 +366,10 @@ async def _follow_log(path: Path, tail: int | None, follow: bool, write: Write) 
 # -- routes -----------------------------------------------------------------
 
 
-def make_app(control: ControlPlane, layers: LayerAdmin | None = None) -> Starlette:
-    """The API app serving ``control`` (and the layer routes, given ``layers``)."""
+def make_app(
+    control: ControlPlane, layers: LayerAdmin | None = None, sources: SourceAdmin | None = None
+) -> Starlette:
+    """The API app serving ``control`` (and the layer and source routes, if given)."""
     drain = _Drain()
 
     def statuses(items: list[ContainerStatus]) -> Response:
@@ -436,6 +442,8 @@ def make_app(control: ControlPlane, layers: LayerAdmin | None = None) -> Starlet
         return _Stream(pump, "application/x-ndjson", drain)
 
     routes = [] if layers is None else _layer_routes(layers, drain)
+    if sources is not None:
+        routes += _source_routes(sources)
     routes += [
         Route("/v1/status", _handled(status), methods=["GET"]),
         Route("/v1/containers", _handled(list_containers), methods=["GET"]),
@@ -518,6 +526,23 @@ def _layer_routes(layers: LayerAdmin, drain: _Drain) -> list[Route]:
     ]
 
 
+def _source_routes(sources: SourceAdmin) -> list[Route]:
+    async def list_sources(request: Request) -> Response:
+        return _json([asdict(status) for status in sources.statuses()])
+
+    async def sync(request: Request) -> Response:
+        body = await _body(request, {"name"}, optional=True)
+        name = body.get("name")
+        if name is not None:
+            name = _name(name, "source name")
+        return _json([asdict(status) for status in await sources.sync(name)])
+
+    return [
+        Route("/v1/sources", _handled(list_sources), methods=["GET"]),
+        Route("/v1/sources/sync", _handled(sync), methods=["POST"]),
+    ]
+
+
 def _sha256(value: object) -> str | None:
     if value is None:
         return None
@@ -586,9 +611,47 @@ async def serve(
     seconds) and removes the socket.
     """
     sock, identity = _listen(socket_path)
+    try:
+        await _serve_on(app, sock, str(socket_path), task_status, uds=str(socket_path))
+    finally:
+        sock.close()
+        _remove_socket(socket_path, identity)
+
+
+async def serve_tcp(
+    app: Starlette,
+    host: str,
+    port: int,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` on ``host:port`` (TCP) until cancelled; like ``serve``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise SquishError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    try:
+        await _serve_on(app, sock, f"{host}:{port}", task_status, host=host, port=port)
+    finally:
+        sock.close()
+
+
+async def _serve_on(
+    app: Starlette,
+    sock: socket.socket,
+    where: str,
+    task_status: anyio.abc.TaskStatus[None],
+    **address: Any,
+) -> None:
     config = uvicorn.Config(
         app,
-        uds=str(socket_path),
+        **address,
         log_level="warning",
         # None: uvicorn's records go to the daemon's handlers (text or JSON)
         # instead of a stderr handler of its own.
@@ -612,25 +675,21 @@ async def serve(
     drain = getattr(app.state, "drain", None)
     if isinstance(drain, _Drain):
         drain.open()  # the app may be served again after a shutdown
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run)
-            try:
-                while not server.started:
-                    if finished:
-                        raise SquishError(f"the API server on {socket_path} stopped while starting")
-                    await anyio.sleep(0.01)
-                task_status.started()
-                await anyio.sleep_forever()
-            finally:
-                # Also when cancelled while starting: uvicorn checks should_exit
-                # once started, and the shielded run() would wait forever otherwise.
-                if isinstance(drain, _Drain):
-                    drain.close()
-                server.should_exit = True
-    finally:
-        sock.close()
-        _remove_socket(socket_path, identity)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        try:
+            while not server.started:
+                if finished:
+                    raise SquishError(f"the API server on {where} stopped while starting")
+                await anyio.sleep(0.01)
+            task_status.started()
+            await anyio.sleep_forever()
+        finally:
+            # Also when cancelled while starting: uvicorn checks should_exit
+            # once started, and the shielded run() would wait forever otherwise.
+            if isinstance(drain, _Drain):
+                drain.close()
+            server.should_exit = True
 
 
 def _remove_socket(path: Path, identity: int) -> None:

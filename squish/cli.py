@@ -44,7 +44,7 @@ from rich.console import Console
 from rich.table import Table
 
 from squish import __version__, cli_layers, daemon, paths
-from squish.client import Client, DaemonUnreachable, JSONObject
+from squish.client import ApiError, Client, DaemonUnreachable, JSONObject
 from squish.errors import ManifestError, SquishError
 from squish.layers import LayerStore
 from squish.manifest import Squishfile, load_squishfile, parse_squishfile
@@ -429,7 +429,87 @@ def _run_ps(args: argparse.Namespace) -> int:
         _print_rich_table(header, rows)
     else:
         _print_plain_table(header, rows)
+    if args.all:
+        # Where the manifests come from, when that is worth a look: a git
+        # source's revisions, or a source held back or failing. On stderr,
+        # so that scripts reading the table see only the table.
+        with _client(args) as client:
+            try:
+                sources = client.sources()
+            except ApiError:
+                sources = []  # a daemon without sources (an older one)
+            for source in sources:
+                if source.get("kind") == "git" or source.get("held") or source.get("error"):
+                    print(_source_line(source), file=sys.stderr)
     return EXIT_OK
+
+
+def _revision(value: object) -> str:
+    return str(value)[:12] if value else "-"
+
+
+def _source_line(source: JSONObject) -> str:
+    line = f"source {source.get('name')} ({source.get('url')}"
+    if source.get("kind") == "git":
+        line += f" {source.get('ref')}:{source.get('path')}"
+    line += ")"
+    if source.get("kind") == "git":
+        line += f": applied {_revision(source.get('applied_revision'))}"
+        if source.get("attempted_revision") != source.get("applied_revision"):
+            line += f", attempted {_revision(source.get('attempted_revision'))}"
+    if source.get("held"):
+        line += f"; HELD: {source['held']}"
+    if source.get("error"):
+        line += f"; ERROR: {source['error']}"
+    return line
+
+
+def _run_sources(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        sources = client.sources()
+    if args.json:
+        _print_json(sources)
+        return EXIT_OK
+    now = time.time()
+    rows = []
+    for source in sources:
+        synced = source.get("last_sync")
+        state = "held" if source.get("held") else "error" if source.get("error") else "ok"
+        rows.append(
+            [
+                str(source.get("name")),
+                str(source.get("kind")),
+                str(source.get("url")),
+                str(source.get("ref") or "-"),
+                _revision(source.get("applied_revision")),
+                _revision(source.get("attempted_revision")),
+                _duration(now - synced) + " ago" if isinstance(synced, int | float) else "-",
+                state,
+            ]
+        )
+    _print_plain_table(
+        ["NAME", "KIND", "URL", "REF", "APPLIED", "ATTEMPTED", "SYNCED", "STATE"], rows
+    )
+    for source in sources:
+        if source.get("held") or source.get("error"):
+            print(_source_line(source))
+    return EXIT_OK
+
+
+def _configure_sync(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", nargs="?", help="the git source to sync (default: all)")
+
+
+def _run_sync(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        results = client.sync(args.source)
+    if args.json:
+        _print_json(results)
+    else:
+        for source in results:
+            print(_source_line(source))
+    failed = any(source.get("error") or source.get("held") for source in results)
+    return EXIT_FAILURE if failed else EXIT_OK
 
 
 def _print_plain_table(header: list[str], rows: list[list[str]]) -> None:
@@ -660,6 +740,16 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         help="layers in the daemon's cache: pull, import, ls, rm, gc",
         configure=cli_layers.configure,
         run=_run_layer,
+    ),
+    "sources": Subcommand(
+        help="where the manifests come from: directories and git sources, their revisions",
+        configure=_configure_nothing,
+        run=_run_sources,
+    ),
+    "sync": Subcommand(
+        help="fetch the git sources now and apply what changed (like flux reconcile)",
+        configure=_configure_sync,
+        run=_run_sync,
     ),
     "validate": Subcommand(
         help="check squishfiles without running them",

@@ -160,6 +160,16 @@ class Client:
                     if isinstance(event, dict):
                         yield event
 
+    # -- sources ------------------------------------------------------------
+
+    def sources(self) -> list[JSONObject]:
+        return self._list(self._call("GET", "/v1/sources"))
+
+    def sync(self, name: str | None = None) -> list[JSONObject]:
+        """Fetch the git sources (or the one named) now; their statuses after."""
+        body: JSONObject = {} if name is None else {"name": name}
+        return self._list(self._call("POST", "/v1/sources/sync", body=body, timeout=None))
+
     # -- layers -------------------------------------------------------------
 
     def layers(self) -> list[JSONObject]:

@@ -31,7 +31,7 @@ from typing import IO, Any
 import anyio
 
 from squish import __version__, paths, sdnotify
-from squish.api import make_app, serve
+from squish.api import make_app, serve, serve_tcp
 from squish.config import LayerSettings, config_path, layer_settings
 from squish.errors import SquishError
 from squish.layer_admin import LayerAdmin
@@ -41,7 +41,12 @@ from squish.plan import Backoff
 from squish.reconciler import Reconciler
 from squish.runtime import DEFAULT_HOST_IP, DEFAULT_STOP_GRACE
 from squish.runtime.bwrap_runtime import BwrapRuntime
+from squish.source_admin import SourceAdmin, webhook_app
+from squish.sources import StatusSource
 from squish.sources.directory import DirectorySource
+from squish.sources.git import GitSource
+from squish.sources.guard import GuardedSource, PruneGuard
+from squish.sources.multi import MultiSource
 
 log = logging.getLogger("squish.daemon")
 
@@ -109,6 +114,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="[NAME=]TEMPLATE",
         help="layer registry URL template, e.g. https://host/{name}/{version}/{arch}.tar.gz, "
         "for layer NAME or for all (repeatable; $SQUISH_REGISTRY)",
+    )
+    git = parser.add_argument_group("GitOps")
+    git.add_argument(
+        "--git",
+        default=env("SQUISH_GIT"),
+        metavar="URL",
+        help="also keep the squishfiles of this git repository running ($SQUISH_GIT)",
+    )
+    git.add_argument("--git-ref", default=env("SQUISH_GIT_REF", "main"), metavar="REF")
+    git.add_argument(
+        "--git-path",
+        default=env("SQUISH_GIT_PATH", "."),
+        metavar="PATH",
+        help="directory of the squishfiles in the repository (default: %(default)s)",
+    )
+    git.add_argument(
+        "--sync-interval",
+        type=float,
+        default=float(env("SQUISH_SYNC_INTERVAL", "30")),
+        metavar="SECONDS",
+        help="seconds between fetches of the repository (default: %(default)g)",
+    )
+    git.add_argument(
+        "--webhook-addr",
+        default=env("SQUISH_WEBHOOK_ADDR", "off"),
+        metavar="HOST:PORT",
+        help="listen for push webhooks here, 'off' for none (default: %(default)s)",
+    )
+    git.add_argument(
+        "--webhook-secret-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the webhook's shared secret (or $SQUISH_WEBHOOK_SECRET)",
+    )
+    guard = parser.add_argument_group("prune guard")
+    guard.add_argument(
+        "--prune-guard",
+        type=float,
+        default=float(env("SQUISH_PRUNE_GUARD", "100")),
+        metavar="PERCENT",
+        help="hold back a change of the manifests (a git revision, an emptied directory) that "
+        "would stop at least this share of the running containers, and more than one "
+        "(default: %(default)g, i.e. all of them)",
+    )
+    guard.add_argument(
+        "--allow-prune-all",
+        action="store_true",
+        help="apply such changes anyway: no prune guard",
     )
     parser.add_argument(
         "--allow-root",
@@ -178,12 +232,12 @@ def _claim_socket(path: Path) -> None:
     raise SquishError(f"a squish daemon already listens on {path}; use another --socket")
 
 
-def _parse_addr(value: str) -> tuple[str, int] | None:
+def _parse_addr(value: str, flag: str = "--metrics-addr") -> tuple[str, int] | None:
     if value == "off":
         return None
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit():
-        raise SquishError(f"--metrics-addr: expected HOST:PORT or 'off', got {value!r}")
+        raise SquishError(f"{flag}: expected HOST:PORT or 'off', got {value!r}")
     return host.strip("[]"), int(port)
 
 
@@ -204,6 +258,17 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _webhook_secret(args: argparse.Namespace) -> bytes:
+    if args.webhook_secret_file is not None:
+        try:
+            return bytes(args.webhook_secret_file.read_bytes().strip())
+        except OSError as exc:
+            raise SquishError(
+                f"--webhook-secret-file {args.webhook_secret_file}: {exc.strerror}"
+            ) from exc
+    return os.environ.get("SQUISH_WEBHOOK_SECRET", "").encode()
+
+
 def run(args: argparse.Namespace) -> int:
     if os.getuid() == 0 and not args.allow_root:
         raise SquishError(
@@ -220,6 +285,17 @@ def run(args: argparse.Namespace) -> int:
     )
     _raise_fd_limit()
     metrics_addr = _parse_addr(args.metrics_addr)
+    args.webhook = _parse_addr(args.webhook_addr, "--webhook-addr")
+    args.webhook_secret = _webhook_secret(args)
+    if args.webhook is not None and not args.git:
+        raise SquishError("--webhook-addr: a webhook makes git sources sync; give --git URL too")
+    if args.webhook is not None and not args.webhook_secret:
+        raise SquishError(
+            "--webhook-addr: a webhook needs a shared secret (--webhook-secret-file or "
+            "$SQUISH_WEBHOOK_SECRET); unsigned requests would let anyone trigger fetches"
+        )
+    if not 0 < args.prune_guard <= 100:
+        raise SquishError(f"--prune-guard must be a percentage above 0, got {args.prune_guard:g}")
     lock = _lock(args.state_dir)
     socket_path = Path(args.socket) if args.socket else paths.socket_path()
     try:
@@ -278,8 +354,31 @@ async def _serve(
                     kind, result, downloaded=size
                 ),
             )
+            guard = PruneGuard(
+                lambda: reconciler.running_names,
+                threshold=args.prune_guard / 100,
+                enabled=not args.allow_prune_all,
+            )
+            sources: list[StatusSource] = [
+                GuardedSource(
+                    DirectorySource(manifests), guard, name="manifests", url=str(manifests)
+                )
+            ]
+            if args.git:
+                sources.append(
+                    GitSource(
+                        args.git,
+                        ref=args.git_ref,
+                        path=args.git_path,
+                        work_dir=state / "sources" / "git",
+                        cache=store.cache,
+                        interval=args.sync_interval,
+                        metrics=metrics,
+                        guard=guard,
+                    )
+                )
             reconciler = Reconciler(
-                source=DirectorySource(manifests),
+                source=MultiSource(sources),
                 runtime=runtime,
                 store=store,
                 manifests_dir=manifests,
@@ -294,13 +393,17 @@ async def _serve(
                 async with anyio.create_task_group() as tg:
                     await tg.start(reconciler.run)
                     layers = LayerAdmin(store, reconciler.layer_users)
-                    await tg.start(serve, make_app(reconciler, layers), socket_path)
+                    admin = SourceAdmin(sources, reconciler.trigger)
+                    await tg.start(serve, make_app(reconciler, layers, admin), socket_path)
+                    if args.webhook is not None:
+                        hooks = webhook_app(admin, args.webhook_secret)
+                        await tg.start(serve_tcp, hooks, *args.webhook)
                     if settings.default_alpine is not None:
                         tg.start_soon(_prefetch, store, settings.default_alpine)
                     log.info(
                         "squish %s: watching %s, API on %s, metrics on %s",
                         __version__,
-                        manifests,
+                        ", ".join(source.status().url for source in sources),
                         socket_path,
                         args.metrics_addr,
                     )

@@ -82,6 +82,8 @@ class Reconciler:
         self.records: dict[str, Record] = {}
         self._desired: Mapping[str, Manifest] = {}
         self._specs: dict[str, ContainerSpec] = {}
+        self.running_names: frozenset[str] = frozenset()
+        """Names running as of the last round; replaced whole, so any thread may read it."""
         self._dirty = anyio.Event()
         self._changed = anyio.Event()
         self._events = Broadcast[Event]()
@@ -139,6 +141,7 @@ class Reconciler:
             live = {container.id: container for container in self.runtime.list()}
             running = set(live)
             self._notice_lost(running)
+            self.running_names = frozenset(r.name for r in self.records.values() if r.running)
             now = time.time()
             for action in plan(self._desired, self.records, running, now):
                 record = self.records.setdefault(action.name, Record(action.name))

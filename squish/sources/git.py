@@ -75,7 +75,7 @@ from squish.layers.cache import LayerCache
 from squish.layers.unpack import GiB, Limits, MiB, unpack_file
 from squish.manifest import Layer, Squishfile, parse_squishfile
 from squish.metrics import Metrics
-from squish.sources import Manifest
+from squish.sources import Manifest, SourceStatus
 from squish.sources.directory import is_manifest
 
 __all__ = ["GitLimits", "GitSource", "Guard", "SourceStatus", "redact_url"]
@@ -142,37 +142,6 @@ class GitLimits:
     """Entries (files, directories, links) in one directory layer."""
     timeout: float = 300.0
     """Seconds one git command (a fetch, an export) may take."""
-
-
-@dataclass(frozen=True)
-class SourceStatus:
-    """Where a source stands, in the words of Flux's GitRepository status.
-
-    A sync fetches ``ref`` and resolves it to a commit, the *attempted*
-    revision; if the snapshot for it is built (and not held), that commit
-    becomes the *applied* revision. A failed fetch leaves ``attempted_revision``
-    as it was; ``error`` is the last sync's failure (``None`` once one
-    succeeds), ``held`` why the attempted revision was built but not applied
-    (see ``Guard``). Times are Unix seconds.
-    """
-
-    name: str
-    kind: str
-    url: str
-    ref: str
-    path: str
-    applied_revision: str | None = None
-    attempted_revision: str | None = None
-    last_sync: float | None = None
-    """When a sync last succeeded (the applied revision is the remote's)."""
-    last_attempt: float | None = None
-    error: str | None = None
-    held: str | None = None
-
-    @property
-    def ready(self) -> bool:
-        """Whether the applied revision is what the remote has now."""
-        return self.error is None and self.held is None
 
 
 Guard = Callable[[Mapping[str, Manifest], Mapping[str, Manifest]], str | None]

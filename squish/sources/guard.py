@@ -1,0 +1,119 @@
+"""The prune guard: a new desired state that would stop too much is held back.
+
+A git revision that deletes the whole manifest path, a directory that is
+emptied or vanishes (an unmounted volume, a botched deploy script): applied,
+each would stop every container. The daemon builds one ``PruneGuard`` and
+gives it to every source: the git source asks it before applying a revision
+(``GitSource(guard=...)``), and a directory source is wrapped in a
+``GuardedSource``. A held state is reported loudly (a warning in the log,
+``held`` in ``squish sources`` and ``squish ps -a``, the ``held`` sync
+metric); the previous state stays in force, and each later sync or scan asks
+again, so a fixed revision (or ``--allow-prune-all``) goes through.
+
+The rule: hold a proposal when it would stop at least ``threshold`` of the
+running containers (default 1.0: all of them) and more than one container.
+Removing a single container is always let through: that is how one is
+deleted on purpose (``squish delete``, ``git rm``), and a guard that blocked
+it on a host running one container would make the guard the thing to
+disable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import replace
+
+from squish.sources import Manifest, Source, SourceStatus
+
+log = logging.getLogger(__name__)
+
+Wanted = Callable[[Manifest], bool]
+"""Whether a manifest is wanted on this node (placement); stopping is what counts."""
+
+
+class PruneGuard:
+    """``guard(current, proposed)``: why ``proposed`` must not be applied, or None.
+
+    ``running`` returns the names of the containers running now (read from
+    any thread); ``wanted`` filters manifests meant for other nodes.
+    """
+
+    def __init__(
+        self,
+        running: Callable[[], frozenset[str]],
+        *,
+        threshold: float = 1.0,
+        enabled: bool = True,
+        wanted: Wanted | None = None,
+    ) -> None:
+        if not 0 < threshold <= 1:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        self.running = running
+        self.threshold = threshold
+        self.enabled = enabled
+        self.wanted = wanted or (lambda manifest: True)
+
+    def __call__(
+        self, current: Mapping[str, Manifest], proposed: Mapping[str, Manifest]
+    ) -> str | None:
+        if not self.enabled:
+            return None
+        running = self.running()
+        if not running:
+            return None
+        before = {name for name, manifest in current.items() if self.wanted(manifest)}
+        after = {name for name, manifest in proposed.items() if self.wanted(manifest)}
+        stopping = sorted((before - after) & running)
+        if len(stopping) < 2 or len(stopping) < self.threshold * len(running):
+            return None
+        shown = ", ".join(stopping[:5]) + (", ..." if len(stopping) > 5 else "")
+        return (
+            f"the prune guard holds it: it would stop {len(stopping)} of the "
+            f"{len(running)} running containers ({shown}); fix the source, or restart "
+            "the daemon with --allow-prune-all (or a higher --prune-guard) to apply it"
+        )
+
+
+class GuardedSource:
+    """``inner`` (a directory source), whose snapshots pass the prune guard.
+
+    While a snapshot is held, the last one let through stays in force.
+    ``status()`` reports like a git source's, without revisions.
+    """
+
+    kind = "directory"
+
+    def __init__(
+        self,
+        inner: Source,
+        guard: Callable[[Mapping[str, Manifest], Mapping[str, Manifest]], str | None],
+        *,
+        name: str,
+        url: str,
+    ) -> None:
+        self.inner = inner
+        self.guard = guard
+        self.name = name
+        self._applied: Mapping[str, Manifest] = {}
+        self._status = SourceStatus(name, self.kind, url, "", ".")
+
+    def snapshot(self) -> Mapping[str, Manifest]:
+        proposed = self.inner.snapshot()
+        reason = self.guard(self._applied, proposed)
+        if reason is not None:
+            if self._status.held != reason:
+                log.warning("%s: %s", self._status.url, reason)
+                self._status = replace(self._status, held=reason)
+            return self._applied
+        if self._status.held is not None:
+            log.info("%s: applied again", self._status.url)
+            self._status = replace(self._status, held=None)
+        self._applied = proposed
+        return proposed
+
+    def changes(self) -> AsyncIterator[None]:
+        return self.inner.changes()
+
+    def status(self) -> SourceStatus:
+        return self._status
