@@ -37,6 +37,7 @@ from squish.errors import SquishError
 from squish.layer_admin import LayerAdmin
 from squish.layers import LayerStore
 from squish.metrics import Metrics
+from squish.placement import Node, default_node_name
 from squish.plan import Backoff
 from squish.reconciler import Reconciler
 from squish.runtime import DEFAULT_HOST_IP, DEFAULT_STOP_GRACE
@@ -47,6 +48,7 @@ from squish.sources.directory import DirectorySource
 from squish.sources.git import GitSource
 from squish.sources.guard import GuardedSource, PruneGuard
 from squish.sources.multi import MultiSource
+from squish.sources.placement import PlacedSource, wanted_on
 
 log = logging.getLogger("squish.daemon")
 
@@ -148,6 +150,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="PATH",
         help="the webhook's shared secret (or $SQUISH_WEBHOOK_SECRET)",
+    )
+    fleet = parser.add_argument_group("fleet")
+    fleet.add_argument(
+        "--node",
+        default=env("SQUISH_NODE"),
+        metavar="NAME",
+        help="this host's name for [placement] nodes (default: the short hostname; $SQUISH_NODE)",
+    )
+    fleet.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label of this host for [placement] labels (repeatable)",
     )
     guard = parser.add_argument_group("prune guard")
     guard.add_argument(
@@ -294,6 +310,7 @@ def run(args: argparse.Namespace) -> int:
             "--webhook-addr: a webhook needs a shared secret (--webhook-secret-file or "
             "$SQUISH_WEBHOOK_SECRET); unsigned requests would let anyone trigger fetches"
         )
+    args.node = Node.parse(args.node or default_node_name(), args.label)
     if not 0 < args.prune_guard <= 100:
         raise SquishError(f"--prune-guard must be a percentage above 0, got {args.prune_guard:g}")
     lock = _lock(args.state_dir)
@@ -358,6 +375,7 @@ async def _serve(
                 lambda: reconciler.running_names,
                 threshold=args.prune_guard / 100,
                 enabled=not args.allow_prune_all,
+                wanted=wanted_on(args.node),
             )
             sources: list[StatusSource] = [
                 GuardedSource(
@@ -378,7 +396,7 @@ async def _serve(
                     )
                 )
             reconciler = Reconciler(
-                source=MultiSource(sources),
+                source=PlacedSource(MultiSource(sources), args.node),
                 runtime=runtime,
                 store=store,
                 manifests_dir=manifests,
@@ -401,8 +419,9 @@ async def _serve(
                     if settings.default_alpine is not None:
                         tg.start_soon(_prefetch, store, settings.default_alpine)
                     log.info(
-                        "squish %s: watching %s, API on %s, metrics on %s",
+                        "squish %s on node %s: watching %s, API on %s, metrics on %s",
                         __version__,
+                        args.node.describe(),
                         ", ".join(source.status().url for source in sources),
                         socket_path,
                         args.metrics_addr,

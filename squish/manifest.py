@@ -1,8 +1,9 @@
 """The squishfile model: parse, validate and resolve one manifest, and hash it.
 
 A squishfile is the TOML manifest describing one container (its base rootfs,
-layers, command, env and ports; see DESIGN.md). This module turns its bytes into
-an immutable :class:`Squishfile`, or raises one :class:`~squish.errors.ManifestError`
+layers, command, env and ports, and where in a fleet it may run; see DESIGN.md
+and :mod:`squish.placement`). This module turns its bytes into an immutable
+:class:`Squishfile`, or raises one :class:`~squish.errors.ManifestError`
 whose single line names the file, the field path (``ports[0].host``) and what
 to fix. It also computes the spec hash the reconciler compares to decide
 between leaving a container alone, updating its ports in place, and replacing
@@ -47,10 +48,17 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from squish.errors import ManifestError
+from squish.placement import (
+    Placement,
+    label_key_problem,
+    label_value_problem,
+    node_pattern_problem,
+)
 
 __all__ = [
     "Change",
     "Layer",
+    "Placement",
     "Port",
     "Squishfile",
     "diff_specs",
@@ -139,6 +147,8 @@ class Squishfile:
     network: Network = "slirp4netns"
     # What to do when the command ends by itself (the kubelet's restartPolicy).
     restart: RestartPolicy = "always"
+    # Which nodes of a fleet may run it; not part of the spec (see _spec).
+    placement: Placement = field(default_factory=Placement)
 
     def __post_init__(self) -> None:
         # Callers (fakes, tests) may pass lists and dicts; freeze them so the
@@ -166,6 +176,9 @@ class Squishfile:
     def _spec(self, *, with_ports: bool) -> dict[str, Any]:
         # The file path and its mtime are deliberately absent: moving or
         # touching a squishfile does not change the container it describes.
+        # So is the placement: it decides where the container runs, not what
+        # it is, and a node that still runs it after a placement edit must
+        # not replace it.
         spec: dict[str, Any] = {
             "schema": _SPEC_SCHEMA,
             "name": self.name,
@@ -403,6 +416,38 @@ def _sha256(value: str) -> str:
     return value.lower()
 
 
+# The placement rules are squish.placement's, shared with the daemon's
+# --node and --label flags so both accept the same spellings.
+
+
+def _node_pattern(value: str) -> str:
+    if problem := node_pattern_problem(value):
+        raise ValueError(problem)
+    return value
+
+
+def _node_patterns(value: list[str]) -> list[str]:
+    if not value:
+        # "Nowhere" and "everywhere" are both plausible readings; refuse both.
+        raise ValueError(
+            'must name at least one node or glob such as "web-*"; '
+            "leave the key out to run on every node"
+        )
+    return value
+
+
+def _label_key(value: str) -> str:
+    if problem := label_key_problem(value):
+        raise ValueError(problem)
+    return value
+
+
+def _label_value(value: str) -> str:
+    if problem := label_value_problem(value):
+        raise ValueError(problem)
+    return value
+
+
 _NoNul = Annotated[str, AfterValidator(_no_nul)]
 _Command = Annotated[str, AfterValidator(_command)]
 _PortNumber = Annotated[int, PlainValidator(_port_number)]
@@ -413,6 +458,10 @@ _Version = Annotated[str, AfterValidator(_version)]
 _LayerPath = Annotated[str, AfterValidator(_layer_path)]
 _Target = Annotated[str, AfterValidator(_target)]
 _Sha256 = Annotated[str, AfterValidator(_sha256)]
+_NodePattern = Annotated[str, AfterValidator(_node_pattern)]
+_NodePatterns = Annotated[list[_NodePattern], AfterValidator(_node_patterns)]
+_LabelKey = Annotated[str, AfterValidator(_label_key)]
+_LabelValue = Annotated[str, AfterValidator(_label_value)]
 
 
 class _Raw(BaseModel):
@@ -473,6 +522,11 @@ class _RawRestart(_Raw):
     policy: RestartPolicy = "always"
 
 
+class _RawPlacement(_Raw):
+    nodes: _NodePatterns | None = None
+    labels: dict[_LabelKey, _LabelValue] = Field(default_factory=dict)
+
+
 class _RawSquishfile(_Raw):
     network: Network = "slirp4netns"
     layers: dict[_LayerName, _RawLayer] = Field(default_factory=dict)
@@ -480,6 +534,7 @@ class _RawSquishfile(_Raw):
     env: dict[_EnvKey, _NoNul] = Field(default_factory=dict)
     ports: list[_RawPort] = Field(default_factory=list)
     restart: _RawRestart = Field(default_factory=_RawRestart)
+    placement: _RawPlacement = Field(default_factory=_RawPlacement)
 
 
 class _Invalid(Exception):
@@ -541,6 +596,8 @@ def _allowed_keys(parent: tuple[int | str, ...]) -> list[str]:
             model = _RawRun
         case ("restart",):
             model = _RawRestart
+        case ("placement",):
+            model = _RawPlacement
         case ("layers", str()):
             model = _RawLayer
         case ("ports", int()):
@@ -630,6 +687,7 @@ def _resolve(raw: _RawSquishfile, doc: dict[str, Any], *, base_dir: Path, name: 
         ports=_resolve_ports(raw.ports),
         network=raw.network,
         restart=raw.restart.policy,
+        placement=Placement(tuple(raw.placement.nodes or ()), raw.placement.labels),
     )
 
 

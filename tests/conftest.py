@@ -1,4 +1,4 @@
-"""Shared fixtures: the built-in base, a real runtime, free ports.
+"""Shared fixtures: the built-in base, a real runtime, free ports, git remotes.
 
 The runtime tests run for real, rootless; ``scripts/test`` runs the suite as
 an unprivileged user even when started as root. Run directly as root, they
@@ -16,6 +16,7 @@ import pytest
 
 from squish.layers import LayerStore
 from squish.runtime.bwrap_runtime import BwrapRuntime
+from tests.git_repo import Remote, git
 
 
 @pytest.fixture
@@ -45,3 +46,31 @@ def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+@pytest.fixture
+def git_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Git with an identity and an empty global config; returns the global config file.
+
+    Set in the environment, so daemons started by the test inherit it and
+    nothing reads or writes the user's own configuration.
+    """
+    config = tmp_path / "gitconfig"
+    config.write_text("")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(config))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    for kind in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{kind}_NAME", "squish tests")
+        monkeypatch.setenv(f"GIT_{kind}_EMAIL", "tests@squish.invalid")
+    return config
+
+
+@pytest.fixture
+def remote(tmp_path: Path, git_env: Path) -> Remote:
+    """A bare repository (``remote.url``, file://) and a work tree pushing to it."""
+    bare = tmp_path / "remote.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
+    work = tmp_path / "work"
+    git(tmp_path, "init", "-q", "-b", "main", str(work))
+    git(work, "remote", "add", "origin", str(bare))
+    return Remote(bare, work)

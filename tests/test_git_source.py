@@ -16,7 +16,6 @@ import subprocess
 import time
 from collections.abc import Mapping
 from contextlib import aclosing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,73 +29,11 @@ from squish.metrics import Metrics
 from squish.sources import Manifest, Source
 from squish.sources.directory import DirectorySource
 from squish.sources.git import GitLimits, GitSource, redact_url
+from tests.git_repo import Remote, git
+
+pytestmark = pytest.mark.usefixtures("git_env")
 
 RUN = '[run]\ncommand = "/app/server"\n'
-
-
-@pytest.fixture(autouse=True)
-def git_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An identity and an empty global config; returns the global config file."""
-    config = tmp_path / "gitconfig"
-    config.write_text("")
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(config))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    for kind in ("AUTHOR", "COMMITTER"):
-        monkeypatch.setenv(f"GIT_{kind}_NAME", "squish tests")
-        monkeypatch.setenv(f"GIT_{kind}_EMAIL", "tests@squish.invalid")
-    return config
-
-
-def git(cwd: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True, timeout=30
-    )
-    return done.stdout.strip()
-
-
-@dataclass
-class Remote:
-    """A bare repository and a work tree whose commits are pushed to it."""
-
-    bare: Path
-    work: Path
-
-    @property
-    def url(self) -> str:
-        return self.bare.as_uri()
-
-    def write(self, path: str, text: str | bytes, *, executable: bool = False) -> None:
-        target = self.work / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(text, str):
-            text = text.encode()
-        target.write_bytes(text)
-        target.chmod(0o755 if executable else 0o644)
-
-    def symlink(self, path: str, to: str) -> None:
-        target = self.work / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(to)
-
-    def remove(self, path: str) -> None:
-        git(self.work, "rm", "-r", "-q", path)
-
-    def push(self, message: str = "change", *, add: bool = True) -> str:
-        if add:
-            git(self.work, "add", "-A")
-        git(self.work, "commit", "-q", "--allow-empty", "-m", message)
-        git(self.work, "push", "-q", "--force", "origin", "HEAD:main")
-        return git(self.work, "rev-parse", "HEAD")
-
-
-@pytest.fixture
-def remote(tmp_path: Path) -> Remote:
-    bare = tmp_path / "remote.git"
-    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
-    work = tmp_path / "work"
-    git(tmp_path, "init", "-q", "-b", "main", str(work))
-    git(work, "remote", "add", "origin", str(bare))
-    return Remote(bare, work)
 
 
 @pytest.fixture

@@ -22,10 +22,12 @@ from typing import TypeVar
 import httpx
 import pytest
 from test_daemon import daemon, wait_for_socket
-from test_git_source import Remote, git
 
 from squish.client import Client, JSONObject
 from tests.conftest import free_port
+from tests.git_repo import Remote, git
+
+pytestmark = pytest.mark.usefixtures("git_env")
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
@@ -40,31 +42,6 @@ def eventually(check: Callable[[], T | None], timeout: float = 20.0) -> T:
             return result
         time.sleep(0.1)
     raise AssertionError(f"not within {timeout}s")
-
-
-@pytest.fixture(autouse=True)
-def git_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = tmp_path / "gitconfig"
-    config.write_text("")
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(config))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    for kind in ("AUTHOR", "COMMITTER"):
-        monkeypatch.setenv(f"GIT_{kind}_NAME", "squish tests")
-        monkeypatch.setenv(f"GIT_{kind}_EMAIL", "tests@squish.invalid")
-
-
-@pytest.fixture
-def remote(tmp_path: Path) -> Remote:
-    bare = tmp_path / "remote.git"
-    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
-    work = tmp_path / "work"
-    git(tmp_path, "init", "-q", "-b", "main", str(work))
-    git(work, "remote", "add", "origin", str(bare))
-    return remote_of(bare, work)
-
-
-def remote_of(bare: Path, work: Path) -> Remote:
-    return Remote(bare, work)
 
 
 class Squish:

@@ -21,6 +21,7 @@ from squish.errors import ManifestError
 from squish.manifest import (
     Change,
     Layer,
+    Placement,
     Port,
     Squishfile,
     diff_specs,
@@ -73,6 +74,11 @@ def env(*lines: str) -> str:
 def ports(*tables: str) -> str:
     """A valid ``[run]`` and one ``[[ports]]`` table per argument."""
     return MINIMAL + "".join(f"[[ports]]\n{table}\n" for table in tables)
+
+
+def placement(*lines: str) -> str:
+    """A valid ``[run]`` and a ``[placement]`` table with these lines."""
+    return MINIMAL + "[placement]\n" + "".join(f"{line}\n" for line in lines)
 
 
 @pytest.fixture
@@ -134,6 +140,8 @@ def test_minimal_squishfile_gets_the_defaults() -> None:
     assert dict(squishfile.env) == {}
     assert squishfile.ports == ()
     assert squishfile.network == "slirp4netns"
+    assert squishfile.placement == Placement()
+    assert squishfile.placement.everywhere
 
 
 @pytest.mark.parametrize(
@@ -396,6 +404,57 @@ BAD = [
         "must be 'slirp4netns' or 'none', got string 'host'",
     ),
     ("network-type", "network = false\n" + MINIMAL, "network", "got boolean false"),
+    ("placement-not-table", MINIMAL + "[[placement]]\n", "placement", "must be a table"),
+    (
+        "placement-unknown-key",
+        placement('node = ["web-1"]'),
+        "placement",
+        "unknown key 'node' (allowed: nodes, labels)",
+    ),
+    ("nodes-not-array", placement('nodes = "web-*"'), "placement.nodes", "must be an array"),
+    ("nodes-empty", placement("nodes = []"), "placement.nodes", "at least one node"),
+    ("node-not-string", placement("nodes = [1]"), "placement.nodes[0]", "must be a string"),
+    ("node-empty", placement('nodes = ["web-*", ""]'), "placement.nodes[1]", "must not be empty"),
+    ("node-nul", placement('nodes = ["web\\u0000"]'), "placement.nodes[0]", "NUL"),
+    ("node-comma", placement('nodes = ["web-1,web-2"]'), "placement.nodes[0]", "one per string"),
+    ("node-space", placement('nodes = ["web-1 "]'), "placement.nodes[0]", "glob characters"),
+    ("labels-not-table", placement('labels = "role=web"'), "placement.labels", "must be a table"),
+    (
+        "label-value-int",
+        placement("labels = { replicas = 3 }"),
+        "placement.labels.replicas",
+        "must be a string, got integer 3",
+    ),
+    (
+        "label-value-empty",
+        placement('labels = { role = "" }'),
+        "placement.labels.role",
+        "must not be empty",
+    ),
+    (
+        "label-value-slash",
+        placement('labels = { zone = "eu/1" }'),
+        "placement.labels.zone",
+        "label values are letters",
+    ),
+    (
+        "label-key-space",
+        placement('labels = { "my role" = "web" }'),
+        'placement.labels."my role"',
+        "label keys are letters",
+    ),
+    (
+        "label-key-two-slashes",
+        placement('labels = { "a/b/c" = "web" }'),
+        'placement.labels."a/b/c"',
+        "label keys are letters",
+    ),
+    (
+        "label-key-too-long",
+        placement(f'labels = {{ {"k" * 64} = "web" }}'),
+        f"placement.labels.{'k' * 64}",
+        "at most 63 characters",
+    ),
 ]
 
 
@@ -726,6 +785,111 @@ def test_python_dash_m_squish(project: Path) -> None:
 
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"{path}: ok\n"
+
+
+# -- placement ------------------------------------------------------------------
+
+
+def test_placement_is_read_in_file_order_and_frozen() -> None:
+    squishfile = parse(
+        placement(
+            'nodes = ["web-*", "db-1"]',
+            'labels = { zone = "eu-1", "example.com/role" = "web" }',
+        )
+    )
+
+    assert squishfile.placement.nodes == ("web-*", "db-1")
+    assert list(squishfile.placement.labels.items()) == [
+        ("zone", "eu-1"),
+        ("example.com/role", "web"),
+    ]
+    assert not squishfile.placement.everywhere
+    with pytest.raises(TypeError):
+        squishfile.placement.labels["zone"] = "us-1"  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        squishfile.placement.nodes = ()  # type: ignore[misc]
+    assert isinstance(hash(squishfile), int)
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        "",
+        "[placement]\n",
+        "[placement]\nlabels = {}\n",
+    ],
+)
+def test_an_empty_placement_is_every_node(table: str) -> None:
+    assert parse(MINIMAL + table).placement.everywhere
+
+
+def test_placement_errors_are_one_line_naming_file_and_field(project: Path) -> None:
+    path = write(project, placement('nodes = ["web-1", "db 2"]'))
+
+    with pytest.raises(ManifestError) as caught:
+        load_squishfile(path)
+
+    assert str(caught.value) == (
+        f"{path}: placement.nodes[1]: node patterns are node names (letters, digits, '-', "
+        "'_' and '.') with the glob characters '*', '?', '[', ']' and '!'; write one per "
+        "string, got 'db 2'"
+    )
+
+
+def test_a_syntax_error_in_placement_gives_the_line(project: Path) -> None:
+    path = write(project, placement('nodes = ["web-1",', 'labels = { role = "web" }'))
+
+    with pytest.raises(ManifestError) as caught:
+        load_squishfile(path)
+
+    # MINIMAL is two lines and [placement] the third: the array is on line 4
+    # and tomllib notices on line 5.
+    assert caught.value.line == 5
+    assert_one_readable_line(str(caught.value), path)
+
+
+EXAMPLE_NO_PATHS = MINIMAL + '[env]\nKEY = "value"\n[[ports]]\ncontainer = 80\nhost = 8080\n'
+PLACEMENTS = [
+    "",
+    placement('nodes = ["web-*"]')[len(MINIMAL) :],
+    placement('nodes = ["db-1"]', 'labels = { role = "db" }')[len(MINIMAL) :],
+    placement('labels = { zone = "eu-1" }')[len(MINIMAL) :],
+]
+
+
+@pytest.mark.parametrize("old", PLACEMENTS)
+@pytest.mark.parametrize("new", PLACEMENTS)
+def test_placement_is_not_part_of_the_spec(old: str, new: str) -> None:
+    # Moving where a container may run does not change the container: a node
+    # that runs it before and after the edit must leave it alone.
+    before = parse(EXAMPLE_NO_PATHS + old)
+    after = parse(EXAMPLE_NO_PATHS + new)
+
+    assert before.spec_hash() == after.spec_hash()
+    assert before.spec_hash_without_ports() == after.spec_hash_without_ports()
+    assert diff_specs(before, after) is Change.SAME
+    assert (before == after) is (old == new)
+
+
+def test_the_pinned_hash_holds_with_a_placement() -> None:
+    pinned = """\
+        [layers]
+        alpine = "3.14"
+        python = "3.11"
+        [run]
+        command = "/bin/sh"
+        args = ["-c", "echo hi"]
+        [env]
+        B = "2"
+        A = "ü"
+        [[ports]]
+        container = 80
+        host = 8080
+        [placement]
+        nodes = ["web-*"]
+        labels = { role = "web" }
+        """
+    assert parse(pinned, name="pinned").spec_hash() == PINNED_HASH
 
 
 # -- restart policy -------------------------------------------------------------
