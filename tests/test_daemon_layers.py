@@ -21,6 +21,7 @@ import httpx
 import pytest
 from test_alpine import Mirror
 from test_daemon import daemon, wait_for_socket
+from test_registry import Registry, sdk
 from test_runtime import real_minirootfs
 
 from squish.client import Client, JSONObject
@@ -185,3 +186,31 @@ def test_the_default_alpine_base_is_prefetched_and_used(
     with Client(sock) as client:
         layers = {f"{item['name']} {item['version']}": item["used_by"] for item in client.layers()}
     assert layers["alpine 3.19.4"] == ["(default base)", "release"]
+
+
+def test_a_registry_layer_runs_from_sdk_name(
+    tmp_path: Path, rootless: None, stop_later: list[subprocess.Popen[bytes]]
+) -> None:
+    registry = Registry()
+    try:
+        registry.publish("python", "3.11", sdk("py311"))
+        process = daemon(tmp_path, "d", "--registry", registry.template, state=tmp_path / "state")
+        stop_later.append(process)
+        sock = tmp_path / "d.sock"
+        wait_for_socket(sock, process)
+        (tmp_path / "manifests" / "tool.toml").write_text(
+            'network = "none"\n[layers]\npython = "3.11"\n'
+            '[run]\ncommand = "/bin/sh"\n'
+            'args = ["-c", "/sdk/python/bin/tool; cat /sdk/python/lib/1.txt; '
+            'touch /sdk/python/x || echo read-only; sleep 1000"]\n'
+        )
+        log = tmp_path / "state" / "logs" / "tool.log"
+        text = eventually(
+            lambda: t if log.exists() and "read-only" in (t := log.read_text()) else None
+        )
+    finally:
+        registry.stop()
+    assert text.splitlines()[:2] == ["py311", "py311 1"]
+    with Client(sock) as client:
+        (layer,) = [item for item in client.layers() if item["kind"] == "registry"]
+    assert (layer["name"], layer["version"], layer["used_by"]) == ("python", "3.11", ["tool"])
