@@ -164,9 +164,9 @@ class LayerStore:
         refs = [(base or self.default_base_ref(), True), *((layer, False) for layer in layers)]
         for layer, as_base in refs:
             if layer.path is not None and self.cache.contains(layer.path):
-                # Already a cache path: what a git source hands over.
+                # Already a cache path: what a git source hands over (and
+                # if it is an archive, its unpacked entry is looked up below).
                 found.add(self.cache.entry_of(layer.path))
-                continue
             try:
                 resolver = self._resolvers.get(classify(layer, as_base=as_base))
             except LayerError:
