@@ -92,7 +92,8 @@ def run(args: argparse.Namespace, client: Client, table: Table) -> int:
             else:
                 for layer in removed:
                     _show(layer, "removed", False)
-                freed = sum(int(layer.get("size", 0)) for layer in removed)
+                sizes = {layer.get("entry"): int(layer.get("size", 0)) for layer in removed}
+                freed = sum(sizes.values())  # an entry shared by two names counts once
                 print(f"{len(removed)} layer(s) removed, {decimal(freed)} freed")
     return 0
 

@@ -151,6 +151,7 @@ class LayerAdmin:
 
         def collect() -> list[LayerInfo]:
             removed = []
+            gone: set[str] = set()
             with self._removing:
                 for info in self._list(usage):
                     if info.used_by:
@@ -159,7 +160,9 @@ class LayerAdmin:
                         self.store.alpine.forget(info.version)
                     elif info.kind == "registry":
                         self.store.registry.forget(info.name, info.version)
-                    if self.store.cache.remove(info.entry):
+                    # Several names may share one entry (one archive imported twice).
+                    if info.entry in gone or self.store.cache.remove(info.entry):
+                        gone.add(info.entry)
                         removed.append(info)
             return removed
 

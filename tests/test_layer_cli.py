@@ -18,6 +18,7 @@ import anyio
 import anyio.from_thread
 import pytest
 from fake_control_plane import FakeControlPlane
+from rich.filesize import decimal
 from test_alpine import Mirror, minirootfs
 from test_registry import ARCH, Registry, digest, sdk
 
@@ -233,3 +234,20 @@ class Ref:
     target: str = "/app"
     rw: bool = False
     sha256: str | None = None
+
+
+def test_gc_of_two_names_sharing_one_archive_removes_both_and_counts_it_once(
+    daemon: Daemon, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = tmp_path / "sdk.tar.gz"
+    archive.write_bytes(sdk("shared"))
+    assert daemon.squish("layer", "import", "node", "20", str(archive)) == 0
+    assert daemon.squish("layer", "import", "python", "3.11", str(archive)) == 0
+    (size,) = {layer["size"] for layer in ls(daemon, capsys)}
+
+    assert daemon.squish("layer", "gc") == 0
+
+    out = capsys.readouterr().out
+    assert "removed node 20" in out and "removed python 3.11" in out
+    assert f"2 layer(s) removed, {decimal(int(str(size)))} freed" in out
+    assert ls(daemon, capsys) == []
