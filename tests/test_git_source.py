@@ -617,7 +617,9 @@ def slow_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     fake.write_text(
         "#!/bin/sh\n"
         'for arg in "$@"; do\n'
-        f'  if [ "$arg" = fetch ]; then echo $$ > {pid_file}; exec sleep 30; fi\n'
+        # Written aside and renamed: the test must never read a half-written file.
+        f'  if [ "$arg" = fetch ]; then echo $$ > {pid_file}.tmp; mv {pid_file}.tmp {pid_file};'
+        " exec sleep 30; fi\n"
         "done\n"
         f'exec {real} "$@"\n'
     )
