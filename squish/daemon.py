@@ -407,6 +407,11 @@ async def _serve(
                 parallelism=args.parallelism,
                 stop_grace=args.stop_timeout,
             )
+            reconciler.about = {
+                "node": args.node.name,
+                "labels": dict(args.node.labels),
+                "default_base": settings.default_base,
+            }
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async with anyio.create_task_group() as tg:
                     await tg.start(reconciler.run)

@@ -82,6 +82,8 @@ class Reconciler:
         self.records: dict[str, Record] = {}
         self._desired: Mapping[str, Manifest] = {}
         self._specs: dict[str, ContainerSpec] = {}
+        self.about: dict[str, Any] = {}
+        """More for ``status()``, set by whoever runs the reconciler (the node)."""
         self.running_names: frozenset[str] = frozenset()
         """Names running as of the last round; replaced whole, so any thread may read it."""
         self._dirty = anyio.Event()
@@ -430,6 +432,7 @@ class Reconciler:
             "uptime": time.time() - self._started,
             "manifests": str(self.manifests_dir),
             "containers": counts,
+            **self.about,
         }
 
     def inspect(self, name: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from test_gitops import SLEEPER, Squish, eventually, start
 
+from squish.client import Client
 from tests.git_repo import Remote
 
 __all__ = ["start"]  # a fixture, used here
@@ -39,7 +40,6 @@ def fleet(remote: Remote, start: Callable[..., Squish]) -> Iterator[dict[str, Sq
     remote.write("fleet/agent.toml", placed(nodes='["node-*"]'))
     remote.write("fleet/nowhere.toml", placed(nodes='["db-*"]'))
     remote.push("the fleet")
-    labels = {"node-1": "role=web", "node-2": "role=web", "node-3": "role=batch"}
     yield {
         node: start(
             "--git",
@@ -51,11 +51,15 @@ def fleet(remote: Remote, start: Callable[..., Squish]) -> Iterator[dict[str, Sq
             "--node",
             node,
             "--label",
-            labels[node],
+            f"role={labels_of(node)}",
             name=node,
         )
         for node in ("node-1", "node-2", "node-3")
     }
+
+
+def labels_of(node: str) -> str:
+    return "batch" if node == "node-3" else "web"
 
 
 def shares(fleet: dict[str, Squish]) -> dict[str, set[str]]:
@@ -71,6 +75,10 @@ def test_each_node_runs_its_share_and_follows_moves(
         "node-3": {"c", "agent"},
     }
     eventually(lambda: True if shares(fleet) == expected else None)
+    for node, squish in fleet.items():
+        with Client(squish.sock) as client:
+            status = client.status()
+        assert (status["node"], status["labels"]) == (node, {"role": labels_of(node)})
 
     # Move b from node-2 to node-3 in one commit.
     remote.write("fleet/b.toml", placed(nodes='["node-3"]'))
