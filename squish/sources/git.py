@@ -87,6 +87,14 @@ MAX_SQUISHFILE = MiB
 """A squishfile larger than this is refused unread (it would be a mistake)."""
 
 FETCHED_REF = "refs/squish/fetched"
+FETCH_OPTIONS = (
+    "--quiet",
+    "--no-tags",
+    "--no-recurse-submodules",
+    "--no-write-fetch-head",
+    "--depth=1",
+)
+"""How every sync fetches: only the ref's commit, nothing else (the fleet benchmark uses it too)."""
 
 # Keys of cache entries. The tree tag carries the unpacker's version because
 # the entry is what the unpacker wrote; a new unpacker means a new entry.
@@ -612,16 +620,7 @@ class GitSource:
         try:
             self._git.run(
                 attempt,
-                [
-                    "fetch",
-                    "--quiet",
-                    "--no-tags",
-                    "--no-recurse-submodules",
-                    "--no-write-fetch-head",
-                    "--depth=1",
-                    "origin",
-                    f"+{self.ref}:{FETCHED_REF}",
-                ],
+                ["fetch", *FETCH_OPTIONS, "origin", f"+{self.ref}:{FETCHED_REF}"],
                 what=what,
                 check=too_big.check,
             )
