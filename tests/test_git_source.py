@@ -753,3 +753,25 @@ async def test_sync_in_a_thread_and_a_guard_holds_a_revision(
     assert status.applied_revision == first and status.attempted_revision == second
     assert set(source.snapshot()) == {"web", "db"}
     assert syncs(metrics, "held") == 1
+
+
+@pytest.mark.anyio
+async def test_a_failed_sync_is_retried_well_before_the_interval(
+    remote: Remote, make_source: MakeSource, tmp_path: Path
+) -> None:
+    remote.write("web.toml", RUN)
+    remote.push()
+    away = tmp_path / "away.git"
+    remote.bare.rename(away)  # the server is down (or busy) at the first sync
+    source = make_source(remote.url, interval=60)
+
+    async def come_back() -> None:
+        await anyio.sleep(0.5)
+        away.rename(remote.bare)
+
+    async with aclosing(source.changes()) as changes, anyio.create_task_group() as tg:
+        tg.start_soon(come_back)
+        with anyio.fail_after(10):
+            await anext(changes)
+    assert set(source.snapshot()) == {"web"}
+    assert source.status().error is None

@@ -51,6 +51,7 @@ import json
 import logging
 import os
 import posixpath
+import random
 import re
 import shutil
 import signal
@@ -135,6 +136,7 @@ _HEX = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _POLL = 0.05  # seconds between checks on a running git (timeout, limits, cancel)
 _SIZE_POLL = 0.5  # seconds between measurements of the clone during a fetch
 _CANCEL_GRACE = 5.0  # how long a cancelled sync waits for its thread to let go
+_RETRY_FIRST = 1.0  # seconds before the first retry of a failed sync
 _MAX_LISTING = 256 * MiB  # output of one ls-tree; beyond it a tree is unreasonable
 _LINE = 300  # characters of git's message kept in an error
 
@@ -509,9 +511,11 @@ class GitSource:
         """Sync every ``interval`` seconds (and on ``request_sync()``), forever.
 
         Yields after each sync that changed the applied revision, and after
-        the first successful sync.
+        the first successful sync. A failed sync is retried sooner: after
+        about 1 s, doubling up to ``interval``.
         """
         first = True
+        retry = _RETRY_FIRST
         while True:
             # A request that arrives during the sync below is for a fetch
             # after it: the event is renewed before, not after, syncing.
@@ -521,7 +525,17 @@ class GitSource:
             if self._generation != before or (first and status.error is None):
                 first = False
                 yield
-            with anyio.move_on_after(self.interval):
+            wait = self.interval
+            if status.error is not None:
+                # A failed fetch (a server busy with the whole fleet after a
+                # push, a network blip) is tried again soon rather than a
+                # whole interval later, with jitter so that a fleet does not
+                # come back in step: 1 s, 2 s, 4 s, ... up to the interval.
+                wait = min(self.interval, retry * random.uniform(0.5, 1.5))  # noqa: S311
+                retry *= 2
+            else:
+                retry = _RETRY_FIRST
+            with anyio.move_on_after(wait):
                 await self._wake.wait()
 
     def _sync(self, attempt: _Attempt) -> SourceStatus:
