@@ -71,6 +71,8 @@ from squish.errors import (
     SquishError,
 )
 from squish.layer_admin import LayerAdmin
+from squish.layers import Limits
+from squish.layers.download import write
 from squish.source_admin import SourceAdmin
 
 __all__ = ["make_app", "serve", "serve_tcp"]
@@ -504,9 +506,14 @@ def _layer_routes(layers: LayerAdmin, drain: _Drain) -> list[Route]:
         name, version = layer_name(request)
         sha256 = _sha256(request.query_params.get("sha256") or None)
         source = request.query_params.get("source") or "upload"
+        limit = Limits().total_bytes  # no archive bigger than what one may unpack to
+        received = 0
         with layers.store.cache.download_file(prefix=".import-") as file:
             async for chunk in request.stream():
-                file.write(chunk)
+                received += len(chunk)
+                if received > limit:
+                    raise LayerError(f"{source}: an archive larger than {limit} bytes is refused")
+                write(file, chunk)  # a full disk is a LayerError, not a 500
             info = await layers.import_file(name, version, file, source=source, sha256=sha256)
         return _json(info.to_json())
 
