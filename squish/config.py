@@ -1,4 +1,4 @@
-"""The daemon's layer settings: flags, environment, config file, in that order.
+"""The daemon's settings file: flags, environment, config file, in that order.
 
 ``squish daemon`` reads them through ``layer_settings``. The config file is
 TOML, ``--config PATH`` or ``$SQUISH_CONFIG``, else
@@ -13,6 +13,10 @@ TOML, ``--config PATH`` or ``$SQUISH_CONFIG``, else
     [layers.registries]
     default = "https://layers.example.com/{name}/{version}/{arch}.tar.gz"
     python = "https://python.example.com/{version}/{arch}.tar.gz"
+
+    [sources]
+    prune_guard = 100                     # percent of the running containers
+    allow_prune_all = false
 
 A flag wins over the environment (``SQUISH_DEFAULT_BASE``,
 ``SQUISH_ALPINE_MIRROR``, ``SQUISH_REGISTRY`` for the default registry),
@@ -91,9 +95,9 @@ def layer_settings(
     if unknown:
         allowed = ", ".join(sorted(_LAYER_KEYS))
         raise SquishError(f"{where}: layers.{unknown[0]} is not a setting (allowed: {allowed})")
-    unknown = sorted(set(file) - {"layers"})
+    unknown = sorted(set(file) - {"layers", "sources"})
     if unknown:
-        raise SquishError(f"{where}: [{unknown[0]}] is not a section (allowed: layers)")
+        raise SquishError(f"{where}: [{unknown[0]}] is not a section (allowed: layers, sources)")
 
     base = (
         default_base
@@ -121,6 +125,53 @@ def layer_settings(
         download_timeout=_seconds(layers, "download_timeout", where, 30.0),
         download_deadline=_seconds(layers, "download_deadline", where, 3600.0),
     )
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """The prune guard: hold changes stopping at least ``percent`` of the running containers."""
+
+    percent: float = 100.0
+    enabled: bool = True
+
+
+def guard_settings(
+    config: Path | None, *, percent: float | None = None, allow_prune_all: bool = False
+) -> GuardSettings:
+    """The prune guard from the flags (None/False: not given), the environment and ``config``.
+
+    Config file keys, in ``[sources]``: ``prune_guard`` (a percentage) and
+    ``allow_prune_all`` (true turns the guard off); environment:
+    ``SQUISH_PRUNE_GUARD`` and ``SQUISH_ALLOW_PRUNE_ALL=1``.
+    """
+    file = _read(config) if config is not None else {}
+    table = file.get("sources", {})
+    where = str(config)
+    if not isinstance(table, dict):
+        raise SquishError(f"{where}: [sources] must be a table")
+    unknown = sorted(set(table) - {"prune_guard", "allow_prune_all"})
+    if unknown:
+        raise SquishError(
+            f"{where}: sources.{unknown[0]} is not a setting (allowed: allow_prune_all, "
+            "prune_guard)"
+        )
+    if percent is None and (env := os.environ.get("SQUISH_PRUNE_GUARD")):
+        try:
+            percent = float(env)
+        except ValueError as exc:
+            raise SquishError(f"$SQUISH_PRUNE_GUARD: {env!r} is not a percentage") from exc
+    if percent is None:
+        value = table.get("prune_guard", 100.0)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SquishError(f"{where}: sources.prune_guard must be a percentage")
+        percent = float(value)
+    if not 0 < percent <= 100:
+        raise SquishError(f"prune guard: {percent:g} is not a percentage above 0 and up to 100")
+    allow = table.get("allow_prune_all", False)
+    if not isinstance(allow, bool):
+        raise SquishError(f"{where}: sources.allow_prune_all must be true or false")
+    allow = allow_prune_all or os.environ.get("SQUISH_ALLOW_PRUNE_ALL") == "1" or allow
+    return GuardSettings(percent=percent, enabled=not allow)
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import anyio
 
 from squish import __version__, paths, sdnotify
 from squish.api import make_app, serve, serve_tcp
-from squish.config import LayerSettings, config_path, layer_settings
+from squish.config import LayerSettings, config_path, guard_settings, layer_settings
 from squish.errors import SquishError
 from squish.layer_admin import LayerAdmin
 from squish.layers import LayerStore
@@ -169,16 +169,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     guard.add_argument(
         "--prune-guard",
         type=float,
-        default=float(env("SQUISH_PRUNE_GUARD", "100")),
+        default=None,
         metavar="PERCENT",
         help="hold back a change of the manifests (a git revision, an emptied directory) that "
         "would stop at least this share of the running containers, and more than one "
-        "(default: %(default)g, i.e. all of them)",
+        "(default: 100, i.e. all of them; $SQUISH_PRUNE_GUARD; [sources] in the config)",
     )
     guard.add_argument(
         "--allow-prune-all",
         action="store_true",
-        help="apply such changes anyway: no prune guard",
+        help="apply such changes anyway: no prune guard ($SQUISH_ALLOW_PRUNE_ALL=1)",
     )
     parser.add_argument(
         "--allow-root",
@@ -293,8 +293,12 @@ def run(args: argparse.Namespace) -> int:
             "daemon), or pass --allow-root if you really mean it"
         )
     _setup_logging(args.log_format)
+    config = config_path(args.config)
+    args.guard = guard_settings(
+        config, percent=args.prune_guard, allow_prune_all=args.allow_prune_all
+    )
     args.layers = layer_settings(
-        config_path(args.config),
+        config,
         default_base=args.default_base,
         alpine_mirror=args.alpine_mirror,
         registries=args.registry,
@@ -311,8 +315,6 @@ def run(args: argparse.Namespace) -> int:
             "$SQUISH_WEBHOOK_SECRET); unsigned requests would let anyone trigger fetches"
         )
     args.node = Node.parse(args.node or default_node_name(), args.label)
-    if not 0 < args.prune_guard <= 100:
-        raise SquishError(f"--prune-guard must be a percentage above 0, got {args.prune_guard:g}")
     lock = _lock(args.state_dir)
     socket_path = Path(args.socket) if args.socket else paths.socket_path()
     try:
@@ -373,8 +375,8 @@ async def _serve(
             )
             guard = PruneGuard(
                 lambda: reconciler.running_names,
-                threshold=args.prune_guard / 100,
-                enabled=not args.allow_prune_all,
+                threshold=args.guard.percent / 100,
+                enabled=args.guard.enabled,
                 wanted=wanted_on(args.node),
             )
             sources: list[StatusSource] = [

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from squish.config import LayerSettings, config_path, layer_settings
+from squish.config import GuardSettings, LayerSettings, config_path, guard_settings, layer_settings
 from squish.errors import SquishError
 
 TEMPLATE = "https://layers.example.com/{name}/{version}/{arch}.tar.gz"
@@ -19,6 +19,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         "SQUISH_DEFAULT_BASE",
         "SQUISH_ALPINE_MIRROR",
         "SQUISH_REGISTRY",
+        "SQUISH_PRUNE_GUARD",
+        "SQUISH_ALLOW_PRUNE_ALL",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
@@ -135,3 +137,36 @@ def test_mistakes_are_one_line_naming_file_and_key(tmp_path: Path, text: str, wh
 def test_a_missing_config_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(SquishError, match="the config file does not exist"):
         layer_settings(tmp_path / "nope.toml")
+
+
+def test_the_prune_guard_from_flags_environment_and_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write(tmp_path, "[sources]\nprune_guard = 50\n")
+
+    assert guard_settings(None) == GuardSettings(percent=100.0, enabled=True)
+    assert guard_settings(config) == GuardSettings(percent=50.0, enabled=True)
+    monkeypatch.setenv("SQUISH_PRUNE_GUARD", "75")
+    assert guard_settings(config).percent == 75.0
+    assert guard_settings(config, percent=25.0).percent == 25.0
+    assert not guard_settings(config, allow_prune_all=True).enabled
+    monkeypatch.setenv("SQUISH_ALLOW_PRUNE_ALL", "1")
+    assert not guard_settings(config).enabled
+    off = write(tmp_path, "[sources]\nallow_prune_all = true\n")
+    monkeypatch.delenv("SQUISH_ALLOW_PRUNE_ALL")
+    assert not guard_settings(off).enabled
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("[sources]\nprune_guard = 0\n", "0 is not a percentage above 0"),
+        ("[sources]\nprune_guard = 150\n", "150 is not a percentage"),
+        ('[sources]\nprune_guard = "all"\n', "sources.prune_guard must be a percentage"),
+        ('[sources]\nallow_prune_all = "yes"\n', "sources.allow_prune_all must be true or false"),
+        ("[sources]\nguard = 1\n", r"sources\.guard is not a setting"),
+    ],
+)
+def test_prune_guard_mistakes_are_one_line(tmp_path: Path, text: str, why: str) -> None:
+    with pytest.raises(SquishError, match=why):
+        guard_settings(write(tmp_path, text))
