@@ -45,6 +45,7 @@ from rich.table import Table
 
 from squish import __version__, cli_layers, daemon, paths
 from squish.client import ApiError, Client, DaemonUnreachable, JSONObject
+from squish.config import config_path, layer_settings
 from squish.errors import ManifestError, SquishError
 from squish.layers import LayerStore
 from squish.manifest import Squishfile, load_squishfile, parse_squishfile
@@ -139,6 +140,14 @@ def _configure_run(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_STOP_GRACE,
         help="seconds between SIGTERM and SIGKILL on Ctrl-C (default: %(default)s)",
     )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="layer settings, as for the daemon (default: $SQUISH_CONFIG, else "
+        "$XDG_CONFIG_HOME/squish/config.toml if it exists)",
+    )
 
 
 def _refuse_root() -> None:
@@ -154,7 +163,17 @@ def _run_run(args: argparse.Namespace) -> int:
     _refuse_root()
     squishfile = load_squishfile(args.file)
     state = args.state_dir or paths.state_dir()
-    spec = container_spec(squishfile, LayerStore(state))
+    # The same layer settings as the daemon: its config file and environment.
+    settings = layer_settings(config_path(args.config))
+    store = LayerStore(
+        state,
+        default_base=settings.default_base,
+        alpine_mirror=settings.alpine_mirror,
+        registries=settings.registries,
+        timeout=settings.download_timeout,
+        deadline=settings.download_deadline,
+    )
+    spec = container_spec(squishfile, store)
     return anyio.run(_run_foreground, spec, state, args)
 
 

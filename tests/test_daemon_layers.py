@@ -214,3 +214,37 @@ def test_a_registry_layer_runs_from_sdk_name(
     with Client(sock) as client:
         (layer,) = [item for item in client.layers() if item["kind"] == "registry"]
     assert (layer["name"], layer["version"], layer["used_by"]) == ("python", "3.11", ["tool"])
+
+
+def test_squish_run_uses_the_config_files_registries(tmp_path: Path, rootless: None) -> None:
+    registry = Registry()
+    try:
+        registry.publish("python", "3.11", sdk("py311"))
+        config = tmp_path / "config.toml"
+        config.write_text(f'[layers.registries]\ndefault = "{registry.template}"\n')
+        squishfile = tmp_path / "tool.toml"
+        squishfile.write_text(
+            'network = "none"\n[layers]\npython = "3.11"\n[run]\ncommand = "/sdk/python/bin/tool"\n'
+        )
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "squish",
+                "run",
+                str(squishfile),
+                "--config",
+                str(config),
+                "--state-dir",
+                str(tmp_path / "state"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        )
+    finally:
+        registry.stop()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "py311"  # after the container id
