@@ -77,16 +77,26 @@ def test_an_unreachable_mirror_backs_off_and_leaves_others_alone(
     wait_for_socket(sock, process)
     events: list[JSONObject] = []
 
+    listening = threading.Event()
+
     def listen() -> None:
         with Client(sock) as client:
             for event in client.events():
                 events.append(event)
+                listening.set()
                 if event.get("kind") == "container.started" and event.get("name") == "alpine":
                     return
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
-    time.sleep(0.3)  # the subscription is open before anything happens
+    # Change a probe container until its events arrive: then the
+    # subscription is surely open before the events that matter happen.
+    for generation in range(30):
+        (manifests / "probe.toml").write_text(
+            f'network = "none"\n[env]\nGENERATION = "{generation}"\n' + SLEEPER
+        )
+        if listening.wait(1):
+            break
     (manifests / "plain.toml").write_text('network = "none"\n' + SLEEPER)
     (manifests / "alpine.toml").write_text(
         'network = "none"\n[layers]\nalpine = "3.19"\n' + SLEEPER
