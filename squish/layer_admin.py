@@ -61,6 +61,14 @@ class LayerInfo:
     source: str = ""
     size: int = 0
     used_by: list[str] = field(default_factory=list)
+    branch: str = ""
+    """For an Alpine base, the release branch it was asked as (``3.20``)."""
+
+    def named(self, name: str, version: str) -> bool:
+        """Whether ``name version`` (as the layer commands take them) means this entry."""
+        if self.kind not in (ALPINE, "registry") or self.name != name:
+            return False
+        return version in (self.version, self.branch)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,12 +125,8 @@ class LayerAdmin:
 
         def remove() -> LayerInfo:
             with self._removing:
-                infos = {info.entry: info for info in self._list(usage)}
-                found = [
-                    info
-                    for info in infos.values()
-                    if info.name == name and info.version == version and info.kind != "base"
-                ]
+                infos = self._list(usage)
+                found = [info for info in infos if info.named(name, version)]
                 if not found:
                     raise LayerError(f"no layer {name} {version} in the cache; see squish layer ls")
                 info = found[0]
@@ -131,14 +135,11 @@ class LayerAdmin:
                         f"layer {name} {version} is used by {', '.join(info.used_by)}; "
                         "remove or change those squishfiles first"
                     )
-                if name == ALPINE:
-                    self.store.alpine.forget(version)
-                else:
-                    self.store.registry.forget(name, version)
+                self._forget(info)
                 # Another name may share the entry (the same archive imported twice).
                 if not any(
-                    other.entry == info.entry and other.kind != "unpacked"
-                    for other in self._list(usage)
+                    other is not info and other.entry == info.entry and other.kind != "unpacked"
+                    for other in infos
                 ):
                     self.store.cache.remove(info.entry)
                 return info
@@ -156,10 +157,7 @@ class LayerAdmin:
                 for info in self._list(usage):
                     if info.used_by:
                         continue
-                    if info.kind == ALPINE:
-                        self.store.alpine.forget(info.version)
-                    elif info.kind == "registry":
-                        self.store.registry.forget(info.name, info.version)
+                    self._forget(info)
                     # Several names may share one entry (one archive imported twice).
                     if info.entry in gone or self.store.cache.remove(info.entry):
                         gone.add(info.entry)
@@ -167,6 +165,13 @@ class LayerAdmin:
             return removed
 
         return await anyio.to_thread.run_sync(collect)
+
+    def _forget(self, info: LayerInfo) -> None:
+        """Drop the index record that names ``info`` (its entry is the caller's)."""
+        if info.kind == ALPINE:
+            self.store.alpine.forget(info.branch)
+        elif info.kind == "registry":
+            self.store.registry.forget(info.name, info.version)
 
     # -- what is used, and by whom ------------------------------------------------
 
@@ -196,13 +201,22 @@ class LayerAdmin:
 
     # -- describing entries -------------------------------------------------------
 
-    def _list(self, usage: Mapping[Path, list[str]]) -> list[LayerInfo]:
+    def _list(self, usage: Mapping[Path, list[str]], *, only: str | None = None) -> list[LayerInfo]:
+        """Every entry of the cache (or only the entry ``only``), sized and with its users."""
         cache = self.store.cache
         named: dict[str, list[LayerInfo]] = {}
         for release in self.store.alpine.releases():
             entry = release.path.name
             named.setdefault(entry, []).append(
-                LayerInfo(ALPINE, ALPINE, release.version, entry, str(release.path), release.sha256)
+                LayerInfo(
+                    ALPINE,
+                    ALPINE,
+                    release.version,
+                    entry,
+                    str(release.path),
+                    release.sha256,
+                    branch=release.branch,
+                )
             )
         for layer in self.store.registry.layers():
             entry = layer.path.name
@@ -224,6 +238,8 @@ class LayerAdmin:
             )
         infos = []
         for entry in cache.digests():
+            if only is not None and entry != only:
+                continue
             path = cache.path_for(entry)
             size = tree_size(path)
             users = usage.get(path, [])
@@ -234,7 +250,10 @@ class LayerAdmin:
         return infos
 
     async def _describe(self, path: Path) -> LayerInfo:
-        for info in await self.entries():
+        """The entry at ``path``, as ``ls`` shows it (sizing only that one)."""
+        usage = await self._usage()
+        infos = await anyio.to_thread.run_sync(lambda: self._list(usage, only=path.name))
+        for info in infos:
             if info.path == str(path):
                 return info
         raise LayerError(f"{path} vanished from the cache")  # a gc raced us

@@ -251,3 +251,32 @@ def test_gc_of_two_names_sharing_one_archive_removes_both_and_counts_it_once(
     assert "removed node 20" in out and "removed python 3.11" in out
     assert f"2 layer(s) removed, {decimal(int(str(size)))} freed" in out
     assert ls(daemon, capsys) == []
+
+
+def test_rm_of_one_of_two_names_sharing_an_archive_keeps_the_other(
+    daemon: Daemon, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = tmp_path / "sdk.tar.gz"
+    archive.write_bytes(sdk("shared"))
+    assert daemon.squish("layer", "import", "node", "20", str(archive)) == 0
+    assert daemon.squish("layer", "import", "python", "3.11", str(archive)) == 0
+
+    assert daemon.squish("layer", "rm", "node", "20") == 0
+
+    (left,) = ls(daemon, capsys)
+    assert (left["name"], left["version"]) == ("python", "3.11")
+    assert Path(str(left["path"])).is_dir()
+
+
+def test_rm_alpine_by_its_branch_forgets_the_branch(
+    daemon: Daemon, mirror: Mirror, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mirror.publish("3.19", "3.19.4", minirootfs("3.19.4"))
+    assert daemon.squish("layer", "pull", "alpine", "3.19") == 0
+
+    assert daemon.squish("layer", "rm", "alpine", "3.19") == 0
+
+    assert capsys.readouterr().out.splitlines()[-1].startswith("removed alpine 3.19.4 (")
+    assert daemon.store.alpine.installed("3.19") is None
+    assert not (daemon.store.cache.root / "alpine" / "3.19" / f"{ARCH}.json").exists()
+    assert ls(daemon, capsys) == []
