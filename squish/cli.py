@@ -45,9 +45,8 @@ from rich.table import Table
 
 from squish import __version__, cli_layers, daemon, paths
 from squish.client import ApiError, Client, DaemonUnreachable, JSONObject
-from squish.config import config_path, layer_settings
+from squish.config import layer_settings, read_config
 from squish.errors import ManifestError, SquishError
-from squish.layers import LayerStore
 from squish.manifest import Squishfile, load_squishfile, parse_squishfile
 from squish.runtime import DEFAULT_HOST_IP, DEFAULT_STOP_GRACE, ContainerSpec
 from squish.runtime.bwrap_runtime import BwrapRuntime
@@ -164,15 +163,7 @@ def _run_run(args: argparse.Namespace) -> int:
     squishfile = load_squishfile(args.file)
     state = args.state_dir or paths.state_dir()
     # The same layer settings as the daemon: its config file and environment.
-    settings = layer_settings(config_path(args.config))
-    store = LayerStore(
-        state,
-        default_base=settings.default_base,
-        alpine_mirror=settings.alpine_mirror,
-        registries=settings.registries,
-        timeout=settings.download_timeout,
-        deadline=settings.download_deadline,
-    )
+    store = layer_settings(read_config(args.config)).store(state)
     spec = container_spec(squishfile, store)
     return anyio.run(_run_foreground, spec, state, args)
 

@@ -35,13 +35,17 @@ from typing import Any
 
 from squish.errors import LayerError, SquishError
 from squish.layers.alpine import DEFAULT_MIRROR, MIRROR_ENV
+from squish.layers.download import FetchObserver
 from squish.layers.model import BUILTIN_BASE
 from squish.layers.registry import DEFAULT, REGISTRY_ENV, check_template
+from squish.layers.store import LayerStore
 
 CONFIG_ENV = "SQUISH_CONFIG"
 DEFAULT_BASE_ENV = "SQUISH_DEFAULT_BASE"
 
 _ALPINE_BASE = re.compile(r"alpine:[0-9]+\.[0-9]+")
+_SECTIONS = {"layers", "sources"}
+_SOURCE_KEYS = {"prune_guard", "allow_prune_all"}
 _LAYER_KEYS = {
     "default_base",
     "alpine_mirror",
@@ -59,12 +63,58 @@ class LayerSettings:
     download_timeout: float = 30.0
     download_deadline: float = 3600.0
 
+    def store(self, state_dir: Path, *, observer: FetchObserver | None = None) -> LayerStore:
+        """The layer store these settings describe, caching under ``state_dir``."""
+        return LayerStore(
+            state_dir,
+            default_base=self.default_base,
+            alpine_mirror=self.alpine_mirror,
+            registries=self.registries,
+            timeout=self.download_timeout,
+            deadline=self.download_deadline,
+            observer=observer,
+        )
+
     @property
     def default_alpine(self) -> str | None:
         """The Alpine branch of the default base, if it is one (to prefetch)."""
         if self.default_base.startswith("alpine:"):
             return self.default_base.removeprefix("alpine:")
         return None
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A parsed config file (or none: ``data`` empty), read once for every setting."""
+
+    where: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    def section(self, name: str, allowed: set[str]) -> dict[str, Any]:
+        """The table ``[name]``, refused if it holds a key not in ``allowed``."""
+        table = self.data.get(name, {})
+        if not isinstance(table, dict):
+            raise SquishError(f"{self.where}: [{name}] must be a table")
+        unknown = sorted(set(table) - allowed)
+        if unknown:
+            names = ", ".join(sorted(allowed))
+            raise SquishError(
+                f"{self.where}: {name}.{unknown[0]} is not a setting (allowed: {names})"
+            )
+        return table
+
+
+def read_config(given: Path | None) -> ConfigFile:
+    """The config file ``config_path(given)`` names, parsed; empty if there is none."""
+    path = config_path(given)
+    if path is None:
+        return ConfigFile("no config file")
+    config = ConfigFile(str(path), _read(path))
+    unknown = sorted(set(config.data) - _SECTIONS)
+    if unknown:
+        allowed = ", ".join(sorted(_SECTIONS))
+        raise SquishError(f"{path}: [{unknown[0]}] is not a section (allowed: {allowed})")
+    return config
 
 
 def config_path(given: Path | None) -> Path | None:
@@ -79,25 +129,15 @@ def config_path(given: Path | None) -> Path | None:
 
 
 def layer_settings(
-    config: Path | None,
+    config: ConfigFile,
     *,
     default_base: str | None = None,
     alpine_mirror: str | None = None,
     registries: Sequence[str] = (),
 ) -> LayerSettings:
     """Settings from the flags given (None/empty: not given), the environment and ``config``."""
-    file = _read(config) if config is not None else {}
-    where = str(config)
-    layers = file.get("layers", {})
-    if not isinstance(layers, dict):
-        raise SquishError(f"{where}: [layers] must be a table")
-    unknown = sorted(set(layers) - _LAYER_KEYS)
-    if unknown:
-        allowed = ", ".join(sorted(_LAYER_KEYS))
-        raise SquishError(f"{where}: layers.{unknown[0]} is not a setting (allowed: {allowed})")
-    unknown = sorted(set(file) - {"layers", "sources"})
-    if unknown:
-        raise SquishError(f"{where}: [{unknown[0]}] is not a section (allowed: layers, sources)")
+    where = config.where
+    layers = config.section("layers", _LAYER_KEYS)
 
     base = (
         default_base
@@ -136,7 +176,7 @@ class GuardSettings:
 
 
 def guard_settings(
-    config: Path | None, *, percent: float | None = None, allow_prune_all: bool = False
+    config: ConfigFile, *, percent: float | None = None, allow_prune_all: bool = False
 ) -> GuardSettings:
     """The prune guard from the flags (None/False: not given), the environment and ``config``.
 
@@ -144,17 +184,8 @@ def guard_settings(
     ``allow_prune_all`` (true turns the guard off); environment:
     ``SQUISH_PRUNE_GUARD`` and ``SQUISH_ALLOW_PRUNE_ALL=1``.
     """
-    file = _read(config) if config is not None else {}
-    table = file.get("sources", {})
-    where = str(config)
-    if not isinstance(table, dict):
-        raise SquishError(f"{where}: [sources] must be a table")
-    unknown = sorted(set(table) - {"prune_guard", "allow_prune_all"})
-    if unknown:
-        raise SquishError(
-            f"{where}: sources.{unknown[0]} is not a setting (allowed: allow_prune_all, "
-            "prune_guard)"
-        )
+    where = config.where
+    table = config.section("sources", _SOURCE_KEYS)
     if percent is None and (env := os.environ.get("SQUISH_PRUNE_GUARD")):
         try:
             percent = float(env)

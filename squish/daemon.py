@@ -32,7 +32,7 @@ import anyio
 
 from squish import __version__, paths, sdnotify
 from squish.api import make_app, serve, serve_tcp
-from squish.config import LayerSettings, config_path, guard_settings, layer_settings
+from squish.config import LayerSettings, guard_settings, layer_settings, read_config
 from squish.errors import SquishError
 from squish.layer_admin import LayerAdmin
 from squish.layers import LayerStore
@@ -293,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
             "daemon), or pass --allow-root if you really mean it"
         )
     _setup_logging(args.log_format)
-    config = config_path(args.config)
+    config = read_config(args.config)
     args.guard = guard_settings(
         config, percent=args.prune_guard, allow_prune_all=args.allow_prune_all
     )
@@ -362,13 +362,8 @@ async def _serve(
             stop_grace=args.stop_timeout,
         ) as runtime:
             settings: LayerSettings = args.layers
-            store = LayerStore(
+            store = settings.store(
                 state,
-                default_base=settings.default_base,
-                alpine_mirror=settings.alpine_mirror,
-                registries=settings.registries,
-                timeout=settings.download_timeout,
-                deadline=settings.download_deadline,
                 observer=lambda kind, result, size: metrics.layer_fetched(
                     kind, result, downloaded=size
                 ),

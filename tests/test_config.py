@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from squish.config import GuardSettings, LayerSettings, config_path, guard_settings, layer_settings
+from squish.config import (
+    GuardSettings,
+    LayerSettings,
+    config_path,
+    guard_settings,
+    layer_settings,
+    read_config,
+)
 from squish.errors import SquishError
 
 TEMPLATE = "https://layers.example.com/{name}/{version}/{arch}.tar.gz"
@@ -33,7 +40,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_defaults_without_a_file() -> None:
-    settings = layer_settings(None)
+    settings = layer_settings(read_config(None))
 
     assert settings == LayerSettings()
     assert settings.default_base == "busybox" and settings.default_alpine is None
@@ -56,7 +63,7 @@ python = "https://py.example/{{version}}.tgz"
 """,
     )
 
-    settings = layer_settings(config)
+    settings = layer_settings(read_config(config))
 
     assert settings.default_alpine == "3.20"
     assert settings.alpine_mirror == "http://mirror.example/alpine"
@@ -78,9 +85,9 @@ def test_flags_beat_the_environment_which_beats_the_file(
     monkeypatch.setenv("SQUISH_ALPINE_MIRROR", "http://env/alpine")
     monkeypatch.setenv("SQUISH_REGISTRY", "http://env/{name}/{version}")
 
-    from_env = layer_settings(config)
+    from_env = layer_settings(read_config(config))
     from_flags = layer_settings(
-        config,
+        read_config(config),
         default_base="alpine:3.20",
         alpine_mirror="http://flag/alpine",
         registries=["http://flag/{name}/{version}", "go=http://go/{version}"],
@@ -127,7 +134,7 @@ def test_mistakes_are_one_line_naming_file_and_key(tmp_path: Path, text: str, wh
     config = write(tmp_path, text)
 
     with pytest.raises(SquishError, match=why) as caught:
-        layer_settings(config)
+        layer_settings(read_config(config))
     message = str(caught.value)
     assert "\n" not in message
     if "default base" not in message and "Alpine mirror" not in message:
@@ -136,7 +143,7 @@ def test_mistakes_are_one_line_naming_file_and_key(tmp_path: Path, text: str, wh
 
 def test_a_missing_config_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(SquishError, match="the config file does not exist"):
-        layer_settings(tmp_path / "nope.toml")
+        layer_settings(read_config(tmp_path / "nope.toml"))
 
 
 def test_the_prune_guard_from_flags_environment_and_file(
@@ -144,17 +151,17 @@ def test_the_prune_guard_from_flags_environment_and_file(
 ) -> None:
     config = write(tmp_path, "[sources]\nprune_guard = 50\n")
 
-    assert guard_settings(None) == GuardSettings(percent=100.0, enabled=True)
-    assert guard_settings(config) == GuardSettings(percent=50.0, enabled=True)
+    assert guard_settings(read_config(None)) == GuardSettings(percent=100.0, enabled=True)
+    assert guard_settings(read_config(config)) == GuardSettings(percent=50.0, enabled=True)
     monkeypatch.setenv("SQUISH_PRUNE_GUARD", "75")
-    assert guard_settings(config).percent == 75.0
-    assert guard_settings(config, percent=25.0).percent == 25.0
-    assert not guard_settings(config, allow_prune_all=True).enabled
+    assert guard_settings(read_config(config)).percent == 75.0
+    assert guard_settings(read_config(config), percent=25.0).percent == 25.0
+    assert not guard_settings(read_config(config), allow_prune_all=True).enabled
     monkeypatch.setenv("SQUISH_ALLOW_PRUNE_ALL", "1")
-    assert not guard_settings(config).enabled
+    assert not guard_settings(read_config(config)).enabled
     off = write(tmp_path, "[sources]\nallow_prune_all = true\n")
     monkeypatch.delenv("SQUISH_ALLOW_PRUNE_ALL")
-    assert not guard_settings(off).enabled
+    assert not guard_settings(read_config(off)).enabled
 
 
 @pytest.mark.parametrize(
@@ -169,4 +176,4 @@ def test_the_prune_guard_from_flags_environment_and_file(
 )
 def test_prune_guard_mistakes_are_one_line(tmp_path: Path, text: str, why: str) -> None:
     with pytest.raises(SquishError, match=why):
-        guard_settings(write(tmp_path, text))
+        guard_settings(read_config(write(tmp_path, text)))
