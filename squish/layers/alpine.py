@@ -27,7 +27,6 @@ import contextlib
 import hashlib
 import json
 import re
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -36,7 +35,8 @@ import httpx
 import yaml
 
 from squish.errors import LayerError
-from squish.layers.cache import LayerCache, write_record
+from squish.layers.archive import content_sha256
+from squish.layers.cache import KeyedLocks, LayerCache, write_record
 from squish.layers.download import Fetcher, FetchObserver, Progress, one_line
 from squish.layers.model import LayerRef, machine_arch
 from squish.layers.unpack import Limits, unpack_file
@@ -108,8 +108,7 @@ class AlpineResolver:
         self.limits = limits
         self.observer = observer
         self._index = cache.root / "alpine"
-        self._guard = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
+        self._lock_for = KeyedLocks()
 
     def resolve(self, layer: LayerRef) -> Path:
         if layer.version is None:
@@ -156,11 +155,7 @@ class AlpineResolver:
             raise LayerError(
                 f'{branch!r} is not an Alpine release branch; give major.minor, like "3.14"'
             )
-        content = hashlib.sha256()
-        file.seek(0)
-        while chunk := file.read(1 << 20):
-            content.update(chunk)
-        digest = content.hexdigest()
+        digest = content_sha256(file)
         with self._lock_for(branch):
             existed = self.cache.get(_entry_key(digest)) is not None
             path = self.cache.materialise(
@@ -283,10 +278,6 @@ class AlpineResolver:
 
     def _index_file(self, branch: str) -> Path:
         return self._index / branch / f"{self.arch}.json"
-
-    def _lock_for(self, branch: str) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault(branch, threading.Lock())
 
 
 def _entry_key(digest: str) -> str:

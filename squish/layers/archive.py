@@ -29,13 +29,12 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 from squish.errors import LayerError
-from squish.layers.cache import LayerCache
+from squish.layers.cache import KeyedLocks, LayerCache
 from squish.layers.download import FetchObserver
 from squish.layers.model import LayerRef
 from squish.layers.unpack import Limits, unpack_file
@@ -74,8 +73,7 @@ class ArchiveResolver:
         self.observer = observer
         self.limits = limits
         self.unpacker = unpacker
-        self._guard = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
+        self._lock_for = KeyedLocks()
         # Identity of an archive last hashed -> its entry: skips re-reading
         # and hashing a big archive on every container start.
         self._known: dict[tuple[int, int, int, int], tuple[str, Path]] = {}
@@ -150,10 +148,6 @@ class ArchiveResolver:
         if self.observer is not None:
             self.observer("archive", "success", 0)
         return entry
-
-    def _lock_for(self, digest: str) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault(digest, threading.Lock())
 
 
 def check_regular(archive: Path, info: os.stat_result) -> os.stat_result:

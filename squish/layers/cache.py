@@ -25,7 +25,8 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+import threading
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from pathlib import Path
 from typing import IO
 
@@ -231,3 +232,18 @@ def write_record(target: Path, record: Mapping[str, object], what: str) -> None:
             raise
     except OSError as exc:
         raise LayerError(f"cannot record {what} in {target}: {exc.strerror or exc}") from exc
+
+
+class KeyedLocks:
+    """One lock per key (a digest, a branch): waiters for the same thing share one build.
+
+    Locks are never dropped; there is one per layer ever asked for.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[Hashable, threading.Lock] = {}
+
+    def __call__(self, key: Hashable) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())

@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import re
 import string
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,8 +38,8 @@ from typing import IO
 import httpx
 
 from squish.errors import LayerError
-from squish.layers.archive import archive_key
-from squish.layers.cache import LayerCache, write_record
+from squish.layers.archive import archive_key, content_sha256
+from squish.layers.cache import KeyedLocks, LayerCache, write_record
 from squish.layers.download import Fetcher, FetchObserver, Progress
 from squish.layers.model import LayerRef, machine_arch
 from squish.layers.unpack import Limits, unpack_file
@@ -57,7 +55,6 @@ _DIGEST = re.compile(r"[0-9a-f]{64}")
 _FIELDS = frozenset({"name", "version", "arch"})
 # A .sha256 file is one line; anything bigger is not one.
 _MAX_DIGEST_FILE = 4096
-_CHUNK = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,8 +139,7 @@ class RegistryResolver:
         self.limits = limits
         self.observer = observer
         self._index = cache.root / "registry"
-        self._guard = threading.Lock()
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._lock_for = KeyedLocks()
 
     def resolve(self, layer: LayerRef) -> Path:
         if layer.version is None:
@@ -198,7 +194,7 @@ class RegistryResolver:
     ) -> RegistryLayer:
         """Return ``name`` ``version``, downloading it unless it is cached."""
         check_name(name, version)
-        with self._lock_for(name, version):
+        with self._lock_for((name, version)):
             cached = self.installed(name, version, sha256=sha256)
             if cached is not None and not refresh:
                 if cached.source == "":
@@ -234,14 +230,10 @@ class RegistryResolver:
         ``file`` is read from the start; with ``sha256`` it must match.
         """
         check_name(name, version)
-        content = hashlib.sha256()
-        file.seek(0)
-        while chunk := file.read(_CHUNK):
-            content.update(chunk)
-        digest = content.hexdigest()
+        digest = content_sha256(file)
         if sha256 is not None and digest != sha256:
             raise LayerError(f"{source} has sha256 {digest}, not the {sha256} given; refusing it")
-        with self._lock_for(name, version):
+        with self._lock_for((name, version)):
             path = self._unpack(file, digest, source)
             layer = RegistryLayer(name, version, self.arch, digest, f"import:{source}", path)
             return self._record(layer, source=layer.source)
@@ -260,7 +252,7 @@ class RegistryResolver:
     def forget(self, name: str, version: str) -> RegistryLayer | None:
         """Drop ``name`` ``version`` from the index (the entry is the caller's)."""
         check_name(name, version)
-        with self._lock_for(name, version):
+        with self._lock_for((name, version)):
             record = self._read_record(name, version)
             with contextlib.suppress(FileNotFoundError):
                 self._index_file(name, version).unlink()
@@ -319,7 +311,3 @@ class RegistryResolver:
 
     def _index_file(self, name: str, version: str) -> Path:
         return self._index / name / version / f"{self.arch}.json"
-
-    def _lock_for(self, name: str, version: str) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault((name, version), threading.Lock())
