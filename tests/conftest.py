@@ -9,14 +9,29 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from squish.layers import LayerStore
 from squish.runtime.bwrap_runtime import BwrapRuntime
+from tests.fake_http import Mirror, Registry
 from tests.git_repo import Remote, git
+
+T = TypeVar("T")
+
+
+def eventually(check: Callable[[], T | None], timeout: float = 20.0) -> T:
+    """``check()``'s first answer that is not None, polled until ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (result := check()) is not None:
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"not within {timeout}s")
 
 
 @pytest.fixture
@@ -74,3 +89,23 @@ def remote(tmp_path: Path, git_env: Path) -> Remote:
     git(tmp_path, "init", "-q", "-b", "main", str(work))
     git(work, "remote", "add", "origin", str(bare))
     return Remote(bare, work)
+
+
+@pytest.fixture
+def mirror() -> Iterator[Mirror]:
+    """A fake Alpine mirror on 127.0.0.1, in Alpine's layout."""
+    served = Mirror()
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+@pytest.fixture
+def registry() -> Iterator[Registry]:
+    """A fake layer registry on 127.0.0.1."""
+    served = Registry()
+    try:
+        yield served
+    finally:
+        served.stop()

@@ -1,17 +1,29 @@
-"""A real HTTP server on 127.0.0.1 for download tests, answering per path.
+"""Real HTTP servers on 127.0.0.1 for download tests, answering per path.
 
-Used by the Alpine mirror and layer registry tests: each test decides what
-every path answers (``routes``), and the server records what was asked
-(``requests``). It runs in a background thread; ``stop`` joins everything.
+``FakeServer`` answers what each test decides for every path (``routes``)
+and records what was asked (``requests``), in a background thread; ``stop``
+joins everything. ``Mirror`` lays it out like an Alpine mirror and
+``Registry`` like a layer registry; ``conftest.py`` has them as the
+``mirror`` and ``registry`` fixtures.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import yaml
+
 Answer = Callable[[BaseHTTPRequestHandler], None]
+
+ARCH = "x86_64"
+"""The architecture the fakes serve; tests give it to the resolvers."""
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def send(body: bytes, status: int = 200, length: int | None = None) -> Answer:
@@ -67,3 +79,47 @@ class FakeServer:
             self.server.shutdown()
             self.server.server_close()
             self._thread.join()
+
+
+class Mirror(FakeServer):
+    """A fake Alpine mirror: ``routes`` maps a path to how it is answered."""
+
+    def __init__(self, port: int = 0) -> None:
+        super().__init__("/alpine", port)
+
+    def publish(
+        self, branch: str, version: str, tarball: bytes, sha256: str = "", arch: str = ARCH
+    ) -> str:
+        """Serve ``tarball`` as the minirootfs of ``branch``; its file path."""
+        file = f"alpine-minirootfs-{version}-{arch}.tar.gz"
+        releases = [
+            {"flavor": "alpine-standard", "file": "x.iso", "version": version, "sha256": "0" * 64},
+            {
+                "flavor": "alpine-minirootfs",
+                "file": file,
+                "version": version,
+                "sha256": sha256 or digest(tarball),
+                "size": len(tarball),
+            },
+        ]
+        base = f"/alpine/v{branch}/releases/{arch}"
+        self.routes[f"{base}/latest-releases.yaml"] = send(yaml.safe_dump(releases).encode())
+        self.routes[f"{base}/{file}"] = send(tarball)
+        return f"{base}/{file}"
+
+
+class Registry(FakeServer):
+    """A fake layer registry: ``template`` is ``{url}/{name}/{version}/{arch}.tar.gz``."""
+
+    def __init__(self) -> None:
+        super().__init__("/layers")
+        self.template = self.url + "/{name}/{version}/{arch}.tar.gz"
+
+    def publish(self, name: str, version: str, tarball: bytes, *, sha256: str | None = "") -> str:
+        """Serve ``tarball``; ``sha256`` None publishes no .sha256, "" the right one."""
+        path = f"/layers/{name}/{version}/{ARCH}.tar.gz"
+        self.routes[path] = send(tarball)
+        if sha256 is not None:
+            line = f"{sha256 or digest(tarball)}  {ARCH}.tar.gz\n"
+            self.routes[path + ".sha256"] = send(line.encode())
+        return path

@@ -14,32 +14,16 @@ import socket
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-import yaml
 
 from squish.errors import LayerError
 from squish.layers import AlpineResolver, LayerCache, LayerStore
 from squish.layers.unpack import unpack
-from tests.fake_http import FakeServer, send
-
-ARCH = "x86_64"
-
-
-@dataclass(frozen=True)
-class Ref:
-    """A stand-in for ``squish.manifest.Layer``: just the ``LayerRef`` fields."""
-
-    name: str
-    version: str | None = None
-    path: Path | None = None
-    target: str = "/"
-    rw: bool = False
-    sha256: str | None = None
+from tests.fake_http import ARCH, Mirror, send
+from tests.layer_ref import Ref
 
 
 def minirootfs(version: str) -> bytes:
@@ -57,42 +41,6 @@ def minirootfs(version: str) -> bytes:
         link.type, link.linkname = tarfile.SYMTYPE, "/bin/busybox"
         archive.addfile(link)
     return buffer.getvalue()
-
-
-class Mirror(FakeServer):
-    """A fake Alpine mirror: ``routes`` maps a path to how it is answered."""
-
-    def __init__(self, port: int = 0) -> None:
-        super().__init__("/alpine", port)
-
-    def publish(
-        self, branch: str, version: str, tarball: bytes, sha256: str = "", arch: str = ARCH
-    ) -> str:
-        """Serve ``tarball`` as the minirootfs of ``branch``; its file path."""
-        file = f"alpine-minirootfs-{version}-{arch}.tar.gz"
-        releases = [
-            {"flavor": "alpine-standard", "file": "x.iso", "version": version, "sha256": "0" * 64},
-            {
-                "flavor": "alpine-minirootfs",
-                "file": file,
-                "version": version,
-                "sha256": sha256 or hashlib.sha256(tarball).hexdigest(),
-                "size": len(tarball),
-            },
-        ]
-        base = f"/alpine/v{branch}/releases/{arch}"
-        self.routes[f"{base}/latest-releases.yaml"] = send(yaml.safe_dump(releases).encode())
-        self.routes[f"{base}/{file}"] = send(tarball)
-        return f"{base}/{file}"
-
-
-@pytest.fixture
-def mirror() -> Iterator[Mirror]:
-    served = Mirror()
-    try:
-        yield served
-    finally:
-        served.stop()
 
 
 def resolver(

@@ -12,33 +12,20 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
 import pytest
-from test_alpine import Mirror
 from test_daemon import daemon, wait_for_socket
-from test_registry import Registry, sdk
+from test_registry import sdk
 from test_runtime import real_minirootfs
 
 from squish.client import Client, JSONObject
-from tests.conftest import free_port
-
-T = TypeVar("T")
+from tests.conftest import eventually, free_port
+from tests.fake_http import Mirror, Registry
 
 SLEEPER = '[run]\ncommand = "/bin/sleep"\nargs = ["1000"]\n'
-
-
-def eventually(check: Callable[[], T | None], timeout: float = 20.0) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (result := check()) is not None:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout}s")
 
 
 def metrics_port(process: subprocess.Popen[bytes]) -> int:

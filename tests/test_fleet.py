@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-from test_gitops import SLEEPER, Squish, eventually, start
+from test_gitops import SLEEPER, Squish, start
 
 from squish.client import Client
+from tests.conftest import eventually
 from tests.git_repo import Remote
 
 __all__ = ["start"]  # a fixture, used here
@@ -40,22 +41,24 @@ def fleet(remote: Remote, start: Callable[..., Squish]) -> Iterator[dict[str, Sq
     remote.write("fleet/agent.toml", placed(nodes='["node-*"]'))
     remote.write("fleet/nowhere.toml", placed(nodes='["db-*"]'))
     remote.push("the fleet")
-    yield {
-        node: start(
-            "--git",
-            remote.url,
-            "--git-path",
-            "fleet",
-            "--sync-interval",
-            str(INTERVAL),
-            "--node",
-            node,
-            "--label",
-            f"role={labels_of(node)}",
-            name=node,
-        )
-        for node in ("node-1", "node-2", "node-3")
-    }
+    yield {node: start_node(start, remote, node) for node in ("node-1", "node-2", "node-3")}
+
+
+def start_node(start: Callable[..., Squish], remote: Remote, node: str) -> Squish:
+    """A daemon for ``node`` of the fleet, syncing the repository's ``fleet/``."""
+    return start(
+        "--git",
+        remote.url,
+        "--git-path",
+        "fleet",
+        "--sync-interval",
+        str(INTERVAL),
+        "--node",
+        node,
+        "--label",
+        f"role={labels_of(node)}",
+        name=node,
+    )
 
 
 def labels_of(node: str) -> str:
@@ -98,21 +101,9 @@ def test_a_stopped_node_catches_up_when_it_restarts(
     remote.write("fleet/d.toml", placed(nodes='["node-3"]'))
     remote.remove("fleet/c.toml")
     head = remote.push("c replaced by d, while node-3 is down")
-    # The others have it; node-3 does not run anything.
+    # The others have it; node-3, being down, does not.
     eventually(lambda: True if fleet["node-1"].source()["applied_revision"] == head else None)
 
-    again = start(
-        "--git",
-        remote.url,
-        "--git-path",
-        "fleet",
-        "--sync-interval",
-        str(INTERVAL),
-        "--node",
-        "node-3",
-        "--label",
-        "role=batch",
-        name="node-3",
-    )
+    again = start_node(start, remote, "node-3")
     eventually(lambda: True if set(again.running()) == {"d", "agent"} else None)
     assert again.source()["applied_revision"] == head

@@ -17,31 +17,20 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
 import pytest
 from test_daemon import daemon, wait_for_socket
 
 from squish.client import Client, JSONObject
-from tests.conftest import free_port
+from tests.conftest import eventually, free_port
 from tests.git_repo import Remote, git
 
 pytestmark = pytest.mark.usefixtures("git_env")
 
-T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 
 SLEEPER = 'network = "none"\n[run]\ncommand = "/bin/sleep"\nargs = ["1000"]\n'
-
-
-def eventually(check: Callable[[], T | None], timeout: float = 20.0) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (result := check()) is not None:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout}s")
 
 
 class Squish:

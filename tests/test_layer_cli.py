@@ -19,8 +19,8 @@ import anyio.from_thread
 import pytest
 from fake_control_plane import FakeControlPlane
 from rich.filesize import decimal
-from test_alpine import Mirror, minirootfs
-from test_registry import ARCH, Registry, digest, sdk
+from test_alpine import minirootfs
+from test_registry import sdk
 
 from squish.api import make_app, serve
 from squish.cli import main
@@ -28,6 +28,8 @@ from squish.client import Client
 from squish.layer_admin import LayerAdmin
 from squish.layers import LayerStore
 from squish.manifest import Squishfile, parse_squishfile
+from tests.fake_http import ARCH, Mirror, Registry, digest
+from tests.layer_ref import Ref
 
 
 @dataclass
@@ -45,24 +47,6 @@ class Daemon:
         self.wanted[name] = parse_squishfile(
             text.encode(), file=f"{name}.toml", base_dir=self.socket.parent, name=name
         )
-
-
-@pytest.fixture
-def registry() -> Iterator[Registry]:
-    served = Registry()
-    try:
-        yield served
-    finally:
-        served.stop()
-
-
-@pytest.fixture
-def mirror() -> Iterator[Mirror]:
-    served = Mirror()
-    try:
-        yield served
-    finally:
-        served.stop()
 
 
 @pytest.fixture
@@ -204,7 +188,7 @@ def test_gc_keeps_what_squishfiles_and_containers_use(
         assert daemon.squish("layer", "pull", "python", version) == 0
     archive = tmp_path / "app.tar.gz"
     archive.write_bytes(sdk("app"))
-    app = daemon.store.resolve(None, [Ref("app", archive)]).mounts[0].source
+    app = daemon.store.resolve(None, [Ref("app", path=archive, target="/app")]).mounts[0].source
     daemon.want("web", 'python = "3.11"')
     # 3.12 is no longer wanted, but a container still runs with it mounted.
     running = daemon.store.registry.installed("python", "3.12")
@@ -224,16 +208,6 @@ def test_gc_keeps_what_squishfiles_and_containers_use(
         # Built for the archive's resolve above; the default base, so kept.
         ("busybox", "built-in"): ["(default base)", "web"],
     }
-
-
-@dataclass(frozen=True)
-class Ref:
-    name: str
-    path: Path
-    version: str | None = None
-    target: str = "/app"
-    rw: bool = False
-    sha256: str | None = None
 
 
 def test_gc_of_two_names_sharing_one_archive_removes_both_and_counts_it_once(

@@ -34,8 +34,7 @@ import pytest
 
 from squish.layers import AlpineResolver, ArchiveResolver, LayerCache
 from squish.layers.archive import archive_digest
-from tests.fake_http import Answer, send
-from tests.test_alpine import ARCH, Mirror
+from tests.fake_http import ARCH, Answer, Mirror, send
 
 REPO = Path(__file__).resolve().parents[1]
 DEADLINE = 20.0

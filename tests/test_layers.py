@@ -18,7 +18,6 @@ import sys
 import tarfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -34,18 +33,7 @@ from squish.layers import (
     ResolvedLayers,
 )
 from squish.layers.busybox import ETC_FILES, MOUNT_POINTS, applet_path
-
-
-@dataclass(frozen=True)
-class Ref:
-    """A stand-in for ``squish.manifest.Layer``: just the ``LayerRef`` fields."""
-
-    name: str
-    version: str | None = None
-    path: Path | None = None
-    target: str = "/"
-    rw: bool = False
-    sha256: str | None = None
+from tests.layer_ref import Ref
 
 
 def elf64(*p_types: int) -> bytes:

@@ -7,13 +7,10 @@ tarballs built here, with or without ``.sha256`` files next to them.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -22,19 +19,8 @@ import pytest
 from squish.errors import LayerError
 from squish.layers import LayerCache, LayerStore
 from squish.layers.registry import RegistryResolver, check_template
-from tests.fake_http import FakeServer, send
-
-ARCH = "x86_64"
-
-
-@dataclass(frozen=True)
-class Ref:
-    name: str
-    version: str | None = None
-    path: Path | None = None
-    target: str = "/sdk/python"
-    rw: bool = False
-    sha256: str | None = None
+from tests.fake_http import ARCH, Registry, digest, send
+from tests.layer_ref import Ref
 
 
 def sdk(marker: str, files: int = 3) -> bytes:
@@ -48,34 +34,6 @@ def sdk(marker: str, files: int = 3) -> bytes:
             info.size, info.mode = len(data), mode
             archive.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
-
-
-def digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-class Registry(FakeServer):
-    def __init__(self) -> None:
-        super().__init__("/layers")
-        self.template = self.url + "/{name}/{version}/{arch}.tar.gz"
-
-    def publish(self, name: str, version: str, tarball: bytes, *, sha256: str | None = "") -> str:
-        """Serve ``tarball``; ``sha256`` None publishes no .sha256, "" the right one."""
-        path = f"/layers/{name}/{version}/{ARCH}.tar.gz"
-        self.routes[path] = send(tarball)
-        if sha256 is not None:
-            line = f"{sha256 or digest(tarball)}  {ARCH}.tar.gz\n"
-            self.routes[path + ".sha256"] = send(line.encode())
-        return path
-
-
-@pytest.fixture
-def registry() -> Iterator[Registry]:
-    served = Registry()
-    try:
-        yield served
-    finally:
-        served.stop()
 
 
 def resolver(tmp_path: Path, registry: Registry, **kwargs: object) -> RegistryResolver:
@@ -113,7 +71,7 @@ def test_the_store_mounts_a_version_layer_at_sdk_name(tmp_path: Path, registry: 
     registry.publish("python", "3.11", sdk("py311"))
     store = LayerStore(tmp_path / "state", registries={"default": registry.template})
 
-    resolved = store.resolve(None, [Ref("python", "3.11")])
+    resolved = store.resolve(None, [Ref("python", "3.11", target="/sdk/python")])
 
     (mount,) = resolved.mounts
     assert mount.target == "/sdk/python" and not mount.rw

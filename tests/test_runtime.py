@@ -18,7 +18,6 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from squish.runtime import ContainerSpec, ExitEvent, PortForward, kernel
 from squish.runtime.bwrap_runtime import BwrapRuntime
 from squish.spec import container_spec
 from tests.conftest import free_port
-from tests.test_alpine import Mirror
+from tests.fake_http import Mirror
 
 pytestmark = pytest.mark.anyio
 
@@ -575,19 +574,9 @@ def real_minirootfs(version: str) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture
-def alpine_mirror() -> Iterator[Mirror]:
-    served = Mirror()  # a fake Alpine mirror on 127.0.0.1, in Alpine's layout
-    try:
-        yield served
-    finally:
-        served.stop()
-
-
 async def test_two_alpine_versions_side_by_side(
-    runtime: BwrapRuntime, tmp_path: Path, alpine_mirror: Mirror
+    runtime: BwrapRuntime, tmp_path: Path, mirror: Mirror
 ) -> None:
-    mirror = alpine_mirror
     mirror.publish("3.14", "3.14.10", real_minirootfs("3.14.10"))
     mirror.publish("3.15", "3.15.4", real_minirootfs("3.15.4"))
     store = LayerStore(tmp_path / "state", alpine_mirror=mirror.url)

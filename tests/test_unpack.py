@@ -17,7 +17,6 @@ import tarfile
 import threading
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -27,19 +26,7 @@ from squish.errors import LayerError
 from squish.layers import ArchiveResolver, LayerCache, LayerKind, LayerStore, Limits, Mount
 from squish.layers.archive import Unpacker
 from squish.layers.unpack import Format, is_tarball, sniff, unpack, unpack_file
-
-
-@dataclass(frozen=True)
-class Ref:
-    """A stand-in for ``squish.manifest.Layer``: just the ``LayerRef`` fields."""
-
-    name: str
-    version: str | None = None
-    path: Path | None = None
-    target: str = "/"
-    rw: bool = False
-    sha256: str | None = None
-
+from tests.layer_ref import Ref
 
 # --- building archives ---------------------------------------------------------
 
