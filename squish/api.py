@@ -8,29 +8,34 @@ JSON, and a :class:`~squish.errors.SquishError` becomes ``{"error": "<one
 line>"}`` with a status saying whose fault it was:
 
     400  ManifestError, LayerError, a malformed request
-    404  ContainerNotFound, no such route, no log yet
-    409  RuntimeFailure, PortInUse (the request was fine; the host said no)
+    404  ContainerNotFound, no such route
+    409  RuntimeFailure, PortInUse (the request was fine; the host said no),
+         AmbiguousName (with the candidates)
     500  anything else (logged here with its traceback; the body has one line)
 
-Routes (all under ``/v1``)::
+Routes (all under ``/v1``; the shapes are :mod:`squish.api_schema`'s, and
+``GET /v1/openapi.json`` describes them all)::
 
-    GET    /status                      daemon status
-    GET    /containers                  every container's status
-    POST   /containers                  {"name", "manifest", "wait", "timeout"}
-    GET    /containers/{name}           inspect
-    POST   /containers/{prefix}/stop    the statuses stopped
-    POST   /containers/{name}/start     {"timeout"} (optional)
-    DELETE /containers/{name}           the status deleted
-    GET    /containers/{name}/logs      ?follow=1&tail=N, text/plain stream
-    GET    /events                      application/x-ndjson stream
-    GET    /layers                      every layer in the cache, with its users
-    POST   /layers/pull                 {"name", "version", "sha256"}: x-ndjson
-                                        progress lines, then {"layer"} or {"error"}
+    GET    /status                      DaemonStatus
+    GET    /containers                  [Container]
+    POST   /containers                  CreateRequest -> Container
+    GET    /containers/{ref}            ContainerDetail (inspect)
+    POST   /containers/{ref}/stop       Container
+    POST   /containers/{ref}/start      StartRequest (optional) -> Container
+    DELETE /containers/{ref}            Container (as it was)
+    GET    /containers/{ref}/logs       ?follow=1&tail=N, text/plain stream
+    GET    /events                      x-ndjson stream of Event
+    GET    /layers                      [LayerInfo]
+    POST   /layers/pull                 PullRequest -> x-ndjson PullLine
     PUT    /layers/{name}/{version}     ?sha256=&source=; the body is the archive
-    DELETE /layers/{name}/{version}     the layer removed (409 while used)
-    POST   /layers/gc                   {"removed": [layers]}
-    GET    /sources                     every source's status (revisions, errors, held)
-    POST   /sources/sync                {"name"} (optional): fetch git sources now
+    DELETE /layers/{name}/{version}     LayerInfo (409 while used)
+    POST   /layers/gc                   GcResult
+    GET    /sources                     [SourceStatus]
+    POST   /sources/sync                SyncRequest (optional) -> [SourceStatus]
+    GET    /openapi.json                the OpenAPI document
+
+``{ref}`` is a container's name or a unique prefix of its id; an ambiguous
+prefix answers 409 with the ``candidates``.
 
 Streams (logs with follow, events) run until the client goes away or the
 server shuts down; :func:`serve` ends them itself on shutdown, because uvicorn
@@ -50,7 +55,7 @@ import stat
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -62,8 +67,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from squish.control import ContainerStatus, ControlPlane
+from squish import __version__
+from squish import api_schema as schema
+from squish.control import ControlPlane
 from squish.errors import (
+    AmbiguousName,
     ContainerNotFound,
     LayerError,
     ManifestError,
@@ -73,6 +81,7 @@ from squish.errors import (
 from squish.layer_admin import LayerAdmin
 from squish.layers import Limits
 from squish.layers.download import write
+from squish.openapi import NDJSON, OCTETS, TEXT, BadRequest, Operation, Param, document, validate
 from squish.source_admin import SourceAdmin
 
 __all__ = ["make_app", "serve", "serve_tcp"]
@@ -92,12 +101,9 @@ _CHUNK = 65536
 # finish at shutdown before cancelling them; streams are ended at once.
 _GRACE = 5
 
+T = TypeVar("T")
 Write = Callable[[bytes], Awaitable[None]]
 Pump = Callable[[Write], Awaitable[None]]
-
-
-class BadRequest(SquishError):
-    """The request itself is malformed (bad JSON, a missing or wrong field)."""
 
 
 # -- errors -----------------------------------------------------------------
@@ -124,8 +130,8 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(body, status_code=status, media_type="application/json")
 
 
-def _error(message: str, status: int) -> Response:
-    return _json({"error": _one_line(message)}, status)
+def _error(message: str, status: int, **more: Any) -> Response:
+    return _json({"error": _one_line(message), **more}, status)
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -144,6 +150,8 @@ def _handled(endpoint: Endpoint) -> Endpoint:
             return await endpoint(request)
         except HTTPException:
             raise  # answered by _http_error
+        except AmbiguousName as exc:
+            return _error(str(exc), 409, candidates=exc.candidates)
         except SquishError as exc:
             status = _status_for(exc)
             if status == 500:
@@ -184,7 +192,8 @@ def _timeout(value: object) -> float:
     return float(value)
 
 
-async def _body(request: Request, allowed: set[str], *, optional: bool = False) -> dict[str, Any]:
+async def _read_json(request: Request, *, optional: bool = False) -> object:
+    """The request's JSON body (``{}`` when ``optional`` and empty), size-capped."""
     size = request.headers.get("content-length", "0")
     if size.isdigit() and int(size) > _MAX_BODY:
         raise BadRequest(f"the request body is larger than {_MAX_BODY} bytes")
@@ -196,16 +205,18 @@ async def _body(request: Request, allowed: set[str], *, optional: bool = False) 
     if not raw.strip() and optional:
         return {}
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data: object = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise BadRequest(f"the request body is not usable JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        names = ", ".join(sorted(allowed))
-        raise BadRequest(f"unknown field {unknown[0]!r} in the request body (allowed: {names})")
     return data
+
+
+async def _body(request: Request, shape: type[T], *, optional: bool = False) -> T:
+    return validate(shape, await _read_json(request, optional=optional))
 
 
 def _flag(request: Request, key: str) -> bool:
@@ -373,64 +384,71 @@ def make_app(
 ) -> Starlette:
     """The API app serving ``control`` (and the layer and source routes, if given)."""
     drain = _Drain()
+    operations = _container_operations(control, drain)
+    if layers is not None:
+        operations += _layer_operations(layers, drain)
+    if sources is not None:
+        operations += _source_operations(sources)
 
-    def statuses(items: list[ContainerStatus]) -> Response:
-        return _json([item.to_json() for item in items])
+    async def openapi(request: Request) -> Response:
+        return _json(spec)
+
+    operations.append(Operation("GET", "/v1/openapi.json", "this document", openapi, errors=()))
+    spec = document(operations, version=__version__)
+    app = Starlette(
+        routes=[Route(op.path, _handled(op.endpoint), methods=[op.method]) for op in operations],
+        exception_handlers={HTTPException: _http_error},
+    )
+    app.state.drain = drain
+    app.state.openapi = spec
+    return app
+
+
+def _timeout_of(value: float | None) -> float:
+    return _timeout(_DEFAULT_TIMEOUT if value is None else value)
+
+
+def _container_operations(control: ControlPlane, drain: _Drain) -> list[Operation]:
+    def ref_of(request: Request) -> str:
+        return _name(request.path_params["ref"], "container name or id")
 
     async def status(request: Request) -> Response:
         return _json(control.status())
 
     async def list_containers(request: Request) -> Response:
-        return statuses(control.containers())
+        return _json(control.containers())
 
     async def create(request: Request) -> Response:
-        body = await _body(request, {"name", "manifest", "wait", "timeout"})
-        if "name" not in body:
-            raise BadRequest("the request body needs 'name', the container's name")
+        body = await _body(request, schema.CreateRequest)
         name = _name(body["name"])
-        manifest = body.get("manifest")
-        if not isinstance(manifest, str):
-            raise BadRequest(
-                f"'manifest' must be the squishfile's TOML text as a string, got {manifest!r:.60}"
-            )
-        wait = body.get("wait", True)
-        if not isinstance(wait, bool):
-            raise BadRequest(f"'wait' must be true or false, got {wait!r}")
-        timeout = _timeout(body.get("timeout", _DEFAULT_TIMEOUT))
-        data = manifest.encode()
-        if wait:
-            result = await control.create(name, data, timeout=timeout)
-        else:
-            result = await control.apply(name, data)
-        return _json(result.to_json())
+        timeout = _timeout_of(body.get("timeout"))
+        data = body["manifest"].encode()
+        if body.get("wait", True):
+            return _json(await control.create(name, data, timeout=timeout))
+        return _json(await control.apply(name, data))
 
     async def inspect(request: Request) -> Response:
-        return _json(control.inspect(_name(request.path_params["name"])))
+        return _json(control.inspect(ref_of(request)))
 
     async def stop(request: Request) -> Response:
-        prefix = request.path_params["prefix"]
-        return statuses(await control.stop(prefix))
+        return _json(await control.stop(ref_of(request)))
 
     async def start(request: Request) -> Response:
-        name = _name(request.path_params["name"])
-        body = await _body(request, {"timeout"}, optional=True)
-        timeout = _timeout(body.get("timeout", _DEFAULT_TIMEOUT))
-        return _json((await control.start(name, timeout=timeout)).to_json())
+        ref = ref_of(request)
+        body = await _body(request, schema.StartRequest, optional=True)
+        return _json(await control.start(ref, timeout=_timeout_of(body.get("timeout"))))
 
     async def delete(request: Request) -> Response:
-        name = _name(request.path_params["name"])
-        return _json((await control.delete(name)).to_json())
+        return _json(await control.delete(ref_of(request)))
 
     async def logs(request: Request) -> Response:
-        name = _name(request.path_params["name"])
         follow = _flag(request, "follow")
         tail = _count(request, "tail")
-        path = control.log_path(name)
-        if not await anyio.Path(path).is_file():
-            raise ContainerNotFound(f"no log for container {name!r} yet")
+        path = control.log_path(ref_of(request))
 
         async def pump(write: Write) -> None:
-            await _follow_log(path, tail, follow, write)
+            if await anyio.Path(path).is_file():
+                await _follow_log(path, tail, follow, write)
 
         return _Stream(pump, "text/plain; charset=utf-8", drain)
 
@@ -441,31 +459,76 @@ def make_app(
                     line = json.dumps(event.to_json(), default=str) + "\n"
                     await write(line.encode())
 
-        return _Stream(pump, "application/x-ndjson", drain)
+        return _Stream(pump, NDJSON, drain)
 
-    routes = [] if layers is None else _layer_routes(layers, drain)
-    if sources is not None:
-        routes += _source_routes(sources)
-    routes += [
-        Route("/v1/status", _handled(status), methods=["GET"]),
-        Route("/v1/containers", _handled(list_containers), methods=["GET"]),
-        Route("/v1/containers", _handled(create), methods=["POST"]),
-        Route("/v1/containers/{name}", _handled(inspect), methods=["GET"]),
-        Route("/v1/containers/{name}", _handled(delete), methods=["DELETE"]),
-        Route("/v1/containers/{prefix}/stop", _handled(stop), methods=["POST"]),
-        Route("/v1/containers/{name}/start", _handled(start), methods=["POST"]),
-        Route("/v1/containers/{name}/logs", _handled(logs), methods=["GET"]),
-        Route("/v1/events", _handled(events), methods=["GET"]),
+    by_ref = (400, 404, 409)
+    return [
+        Operation("GET", "/v1/status", "the daemon's status", status, schema.DaemonStatus),
+        Operation(
+            "GET", "/v1/containers", "every container", list_containers, list[schema.Container]
+        ),
+        Operation(
+            "POST",
+            "/v1/containers",
+            "store a squishfile; with wait, until its container runs or fails",
+            create,
+            schema.Container,
+            body=schema.CreateRequest,
+            errors=(400, 409),
+        ),
+        Operation(
+            "GET",
+            "/v1/containers/{ref}",
+            "everything about one container",
+            inspect,
+            schema.ContainerDetail,
+            errors=by_ref,
+        ),
+        Operation(
+            "DELETE",
+            "/v1/containers/{ref}",
+            "remove a container's squishfile; its container stops",
+            delete,
+            schema.Container,
+            errors=by_ref,
+        ),
+        Operation(
+            "POST",
+            "/v1/containers/{ref}/stop",
+            "stop a container; it stays stopped until start or an edit",
+            stop,
+            schema.Container,
+            errors=by_ref,
+        ),
+        Operation(
+            "POST",
+            "/v1/containers/{ref}/start",
+            "start a stopped container again",
+            start,
+            schema.Container,
+            body=schema.StartRequest,
+            body_required=False,
+            errors=by_ref,
+        ),
+        Operation(
+            "GET",
+            "/v1/containers/{ref}/logs",
+            "the container's log",
+            logs,
+            media=TEXT,
+            params=(
+                Param("follow", "boolean", "keep sending what it writes"),
+                Param("tail", "integer", "start with the last N lines"),
+            ),
+            errors=by_ref,
+        ),
+        Operation(
+            "GET", "/v1/events", "every event from now on", events, schema.Event, media=NDJSON
+        ),
     ]
-    app = Starlette(
-        routes=routes,
-        exception_handlers={HTTPException: _http_error},
-    )
-    app.state.drain = drain
-    return app
 
 
-def _layer_routes(layers: LayerAdmin, drain: _Drain) -> list[Route]:
+def _layer_operations(layers: LayerAdmin, drain: _Drain) -> list[Operation]:
     def layer_name(request: Request) -> tuple[str, str]:
         name, version = request.path_params["name"], request.path_params["version"]
         return _name(name, "layer name"), _name(version, "version")
@@ -474,17 +537,17 @@ def _layer_routes(layers: LayerAdmin, drain: _Drain) -> list[Route]:
         return _json([info.to_json() for info in await layers.entries()])
 
     async def pull(request: Request) -> Response:
-        body = await _body(request, {"name", "version", "sha256"})
-        name = _name(body.get("name"), "layer name")
-        version = _name(body.get("version"), "version")
+        body = await _body(request, schema.PullRequest)
+        name = _name(body["name"], "layer name")
+        version = _name(body["version"], "version")
         sha256 = _sha256(body.get("sha256"))
 
         async def pump(write: Write) -> None:
-            send, receive = anyio.create_memory_object_stream[dict[str, Any]](math.inf)
+            send, receive = anyio.create_memory_object_stream[schema.PullLine](math.inf)
 
             def progress(done: int, total: int | None) -> None:
                 # Called in the download's worker thread.
-                item = {"progress": {"done": done, "total": total}}
+                item: schema.PullLine = {"progress": {"done": done, "total": total}}
                 anyio.from_thread.run_sync(send.send_nowait, item)
 
             async def run() -> None:
@@ -500,7 +563,7 @@ def _layer_routes(layers: LayerAdmin, drain: _Drain) -> list[Route]:
                 async for item in receive:
                     await write((json.dumps(item) + "\n").encode())
 
-        return _Stream(pump, "application/x-ndjson", drain)
+        return _Stream(pump, NDJSON, drain)
 
     async def import_layer(request: Request) -> Response:
         name, version = layer_name(request)
@@ -522,31 +585,79 @@ def _layer_routes(layers: LayerAdmin, drain: _Drain) -> list[Route]:
         return _json((await layers.remove(name, version)).to_json())
 
     async def gc(request: Request) -> Response:
-        return _json({"removed": [info.to_json() for info in await layers.gc()]})
+        result: schema.GcResult = {"removed": [info.to_json() for info in await layers.gc()]}
+        return _json(result)
 
     return [
-        Route("/v1/layers", _handled(list_layers), methods=["GET"]),
-        Route("/v1/layers/pull", _handled(pull), methods=["POST"]),
-        Route("/v1/layers/gc", _handled(gc), methods=["POST"]),
-        Route("/v1/layers/{name}/{version}", _handled(import_layer), methods=["PUT"]),
-        Route("/v1/layers/{name}/{version}", _handled(remove), methods=["DELETE"]),
+        Operation(
+            "GET", "/v1/layers", "every layer in the cache", list_layers, list[schema.LayerInfo]
+        ),
+        Operation(
+            "POST",
+            "/v1/layers/pull",
+            "download a layer: progress lines, then the layer or the error",
+            pull,
+            schema.PullLine,
+            body=schema.PullRequest,
+            media=NDJSON,
+        ),
+        Operation(
+            "POST", "/v1/layers/gc", "remove unused layers", gc, schema.GcResult, errors=(409,)
+        ),
+        Operation(
+            "PUT",
+            "/v1/layers/{name}/{version}",
+            "import an archive (the body) as a layer",
+            import_layer,
+            schema.LayerInfo,
+            body=bytes,
+            body_media=OCTETS,
+            params=(
+                Param("sha256", "string", "the archive's expected sha256"),
+                Param("source", "string", "where the archive came from, for messages"),
+            ),
+        ),
+        Operation(
+            "DELETE",
+            "/v1/layers/{name}/{version}",
+            "remove a layer (refused while used)",
+            remove,
+            schema.LayerInfo,
+            errors=(400, 404, 409),
+        ),
     ]
 
 
-def _source_routes(sources: SourceAdmin) -> list[Route]:
+def _source_operations(sources: SourceAdmin) -> list[Operation]:
     async def list_sources(request: Request) -> Response:
         return _json([asdict(status) for status in sources.statuses()])
 
     async def sync(request: Request) -> Response:
-        body = await _body(request, {"name"}, optional=True)
+        body = await _body(request, schema.SyncRequest, optional=True)
         name = body.get("name")
         if name is not None:
             name = _name(name, "source name")
         return _json([asdict(status) for status in await sources.sync(name)])
 
     return [
-        Route("/v1/sources", _handled(list_sources), methods=["GET"]),
-        Route("/v1/sources/sync", _handled(sync), methods=["POST"]),
+        Operation(
+            "GET",
+            "/v1/sources",
+            "every source's status",
+            list_sources,
+            list[schema.SourceStatus],
+            errors=(),
+        ),
+        Operation(
+            "POST",
+            "/v1/sources/sync",
+            "fetch the git sources (or one) now",
+            sync,
+            list[schema.SourceStatus],
+            body=schema.SyncRequest,
+            body_required=False,
+            errors=(400,),
+        ),
     ]
 
 

@@ -38,6 +38,11 @@ class Broadcast(Generic[T]):
                 subscriber.close()
                 self._subscribers.remove(subscriber)
 
+    @property
+    def listening(self) -> int:
+        """Subscriptions whose reader has not closed its end."""
+        return sum(1 for send in self._subscribers if send.statistics().open_receive_streams)
+
     def close(self) -> None:
         """End every subscription (their readers see the end of the stream)."""
         for subscriber in self._subscribers:

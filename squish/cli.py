@@ -6,9 +6,11 @@ what ``python -m squish`` runs. Each subcommand is one :class:`Subcommand` in
 function running it, returning the exit status. Adding a subcommand means
 writing those two functions and one registry entry; ``main`` needs no change.
 
-Every subcommand takes ``--json`` for scripts. Errors a user caused
-(:class:`~squish.errors.SquishError`) are printed as their one line, never as
-a traceback.
+Every subcommand takes ``--json`` for scripts (before or after the verb);
+``ps``, ``inspect`` and ``events`` also take podman's ``--format``. Errors a
+user caused (:class:`~squish.errors.SquishError`) are printed as their one
+line, never as a traceback. Containers are named as podman names them: an
+exact name or a unique id prefix, several at once.
 
 ``validate`` and ``run`` work alone; every other verb talks to the daemon
 through :class:`~squish.client.Client` on its unix socket (``--socket``,
@@ -18,8 +20,9 @@ only the container id, ``ps`` prints plain whitespace-separated columns
 starting with a 7-character id when stdout is not a terminal (a rich table
 when it is), ``stop`` prints the ids it stopped.
 
-Exit statuses: 0 ok, 1 the user's error (any ``SquishError``), 2 the daemon
-is unreachable (or argparse found a usage error), 130 interrupted.
+Exit statuses (:data:`EXIT_CODES`): 0 ok, 1 an error (a bad squishfile, a
+container that cannot start, no such container...), 2 a usage error, 3 the
+daemon is unreachable, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -40,11 +43,10 @@ from typing import Any
 
 import anyio
 import tomli_w
-from rich.console import Console
-from rich.table import Table
 
-from squish import __version__, cli_layers, daemon, paths
-from squish.client import ApiError, Client, DaemonUnreachable, JSONObject
+from squish import __version__, cli_layers, cli_output, daemon, paths
+from squish import api_schema as schema
+from squish.client import ApiError, Client, DaemonUnreachable
 from squish.config import layer_settings, read_config
 from squish.errors import ManifestError, SquishError
 from squish.manifest import Squishfile, load_squishfile, parse_squishfile
@@ -56,8 +58,16 @@ from squish.spec import container_spec
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-EXIT_UNREACHABLE = 2  # the daemon is not running (or not where we look)
+EXIT_UNREACHABLE = 3  # the daemon is not running (or not where we look)
 EXIT_INTERRUPTED = 130
+EXIT_CODES = {
+    EXIT_OK: "ok",
+    EXIT_FAILURE: "an error: a bad squishfile, a container that cannot start, "
+    "no such container, ...",
+    EXIT_USAGE: "a usage error (unknown option, missing argument)",
+    EXIT_UNREACHABLE: "the daemon is unreachable (not running, or another socket)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
 
 DEFAULT_WAIT = 30.0  # seconds create and start wait for a container to run
 
@@ -290,7 +300,7 @@ def _absolute_layer_paths(doc: dict[str, Any], squishfile: Squishfile) -> None:
                     value.setdefault("target", layer.target)
 
 
-def _started_id(status: JSONObject) -> str:
+def _started_id(status: schema.Container) -> str:
     """The id of a container create or start reported, or why there is none."""
     phase = status.get("phase")
     container_id = status.get("id")
@@ -357,17 +367,6 @@ def _run_apply(args: argparse.Namespace) -> int:
 
 # -- ps ---------------------------------------------------------------------------
 
-_PS_COLUMNS = ("ID", "NAME", "PID", "STATUS", "UPTIME", "RESTARTS", "PORTS")
-_PHASE_STYLES = {
-    "running": "green",
-    "pending": "cyan",
-    "backoff": "yellow",
-    "failed": "red",
-    "invalid": "red",
-    "stopped": "dim",
-    "exited": "dim",
-}
-
 
 def _configure_ps(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -376,50 +375,28 @@ def _configure_ps(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also list containers that are not running (stopped, exited, failed, ...)",
     )
+    parser.add_argument(
+        "--no-trunc",
+        action="store_true",
+        help="show whole ids and reasons (a table on a terminal cuts them to fit)",
+    )
+    _add_format(parser)
 
 
-def _duration(seconds: float) -> str:
-    left = max(int(seconds), 0)
-    days, left = divmod(left, 86400)
-    hours, left = divmod(left, 3600)
-    minutes, secs = divmod(left, 60)
-    if days:
-        return f"{days}d{hours}h"
-    if hours:
-        return f"{hours}h{minutes}m"
-    if minutes:
-        return f"{minutes}m{secs}s"
-    return f"{secs}s"
+def _add_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--format",
+        metavar="TEMPLATE",
+        default=None,
+        help="print each item through TEMPLATE, e.g. '{name} {pid}' or '{ports[0].host}'; "
+        "'json' prints JSON",
+    )
 
 
-def _port(port: JSONObject) -> str:
-    ip = port.get("host_ip")
-    where = "" if not ip else (f"[{ip}]:" if ":" in str(ip) else f"{ip}:")
-    return f"{where}{port.get('host')}->{port.get('container')}/{port.get('protocol', 'tcp')}"
-
-
-def _ps_row(status: JSONObject, *, with_reason: bool, now: float) -> list[str]:
-    # In plain output, columns are split on whitespace by scripts (awk), so
-    # no value but the trailing REASON may contain a space.
-    container_id = status.get("id")
-    pid = status.get("pid")
-    started = status.get("started_at")
-    running = status.get("phase") == "running"
-    row = [
-        container_id[:7] if isinstance(container_id, str) and container_id else "-",
-        str(status.get("name")),
-        str(pid) if running and pid is not None else "-",
-        str(status.get("phase")),
-        _duration(now - started) if running and isinstance(started, int | float) else "-",
-        str(status.get("restarts", 0)),
-        ",".join(_port(port) for port in status.get("ports") or []) or "-",
-    ]
-    if with_reason:
-        reasons = [str(status.get("reason") or "")]
-        if status.get("manifest_error"):
-            reasons.append(f"manifest invalid: {status['manifest_error']}")
-        row.append(" ".join("; ".join(r for r in reasons if r).split()) or "-")
-    return row
+def _print_formatted(template: str, items: list[Any]) -> None:
+    cli_output.check_template(template)
+    for item in items:
+        print(cli_output.render(template, item), flush=True)
 
 
 def _run_ps(args: argparse.Namespace) -> int:
@@ -428,17 +405,19 @@ def _run_ps(args: argparse.Namespace) -> int:
         statuses = client.containers()
     if not args.all:
         statuses = [s for s in statuses if s.get("phase") == "running"]
-    statuses.sort(key=lambda s: str(s.get("name")))
-    if args.json:
+    statuses.sort(key=lambda s: s["name"])
+    if args.json or args.format == "json":
         _print_json(statuses)
         return EXIT_OK
-    header = [*_PS_COLUMNS, "REASON"] if args.all else list(_PS_COLUMNS)
+    if args.format is not None:
+        _print_formatted(args.format, statuses)
+        return EXIT_OK
+    header = [*cli_output.PS_COLUMNS, "REASON"] if args.all else list(cli_output.PS_COLUMNS)
     now = time.time()
-    rows = [_ps_row(s, with_reason=args.all, now=now) for s in statuses]
-    if sys.stdout.isatty():
-        _print_rich_table(header, rows)
-    else:
-        _print_plain_table(header, rows)
+    rows = [
+        cli_output.ps_row(s, with_reason=args.all, now=now, full_id=args.no_trunc) for s in statuses
+    ]
+    cli_output.print_table(header, rows, terminal=sys.stdout.isatty(), no_trunc=args.no_trunc)
     if args.all:
         # Where the manifests come from, when that is worth a look: a git
         # source's revisions, or a source held back or failing. On stderr,
@@ -458,7 +437,7 @@ def _revision(value: object) -> str:
     return str(value)[:12] if value else "-"
 
 
-def _source_line(source: JSONObject) -> str:
+def _source_line(source: schema.SourceStatus) -> str:
     line = f"source {source.get('name')} ({source.get('url')}"
     if source.get("kind") == "git":
         line += f" {source.get('ref')}:{source.get('path')}"
@@ -493,7 +472,7 @@ def _run_sources(args: argparse.Namespace) -> int:
                 str(source.get("ref") or "-"),
                 _revision(source.get("applied_revision")),
                 _revision(source.get("attempted_revision")),
-                _duration(now - synced) + " ago" if isinstance(synced, int | float) else "-",
+                cli_output.duration(now - synced) + " ago" if synced is not None else "-",
                 state,
             ]
         )
@@ -523,95 +502,122 @@ def _run_sync(args: argparse.Namespace) -> int:
 
 
 def _print_plain_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
-        print("  ".join(cells).rstrip())
-
-
-def _print_rich_table(header: list[str], rows: list[list[str]]) -> None:
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in header:
-        table.add_column(column, no_wrap=column != "REASON", overflow="fold")
-    status_column = header.index("STATUS")
-    for row in rows:
-        style = _PHASE_STYLES.get(row[status_column], "")
-        cells = list(row)
-        cells[status_column] = f"[{style}]{row[status_column]}[/]" if style else row[status_column]
-        table.add_row(*cells)
-    Console().print(table)
+    print(cli_output.plain_table(header, rows))
 
 
 # -- stop / start / delete ----------------------------------------------------------
 
 
-def _configure_stop(parser: argparse.ArgumentParser) -> None:
+def _add_refs(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
-        "prefix",
-        metavar="ID-OR-NAME-PREFIX",
-        help="stop every container whose id or name starts so",
+        "refs",
+        nargs="+",
+        metavar="NAME-OR-ID",
+        help=f"{what}: a container's name, or a prefix of its id that no other id has",
     )
 
 
-def _run_stop(args: argparse.Namespace) -> int:
-    """Stop the matching containers; print their ids."""
+def _each_ref(
+    args: argparse.Namespace, call: Callable[[Client, str], schema.Container]
+) -> tuple[list[schema.Container], int]:
+    """``call`` for every ref in turn, as podman does: errors are reported, the rest goes on."""
+    done: list[schema.Container] = []
+    status = EXIT_OK
     with _client(args) as client:
-        stopped = client.stop(args.prefix)
+        for ref in args.refs:
+            try:
+                done.append(call(client, ref))
+            except DaemonUnreachable:
+                raise
+            except SquishError as exc:
+                print(f"squish: {exc}", file=sys.stderr)
+                status = EXIT_FAILURE
+    return done, status
+
+
+def _configure_stop(parser: argparse.ArgumentParser) -> None:
+    _add_refs(parser, "the containers to stop")
+
+
+def _run_stop(args: argparse.Namespace) -> int:
+    """Stop containers (they stay stopped until start or an edit); print their ids."""
+    stopped, status = _each_ref(args, lambda client, ref: client.stop(ref))
     if args.json:
         _print_json(stopped)
     else:
-        for status in stopped:
-            print(status.get("id") or status.get("name"))
-    if not stopped:
-        raise SquishError(f"no container id or name starts with {args.prefix!r}")
-    return EXIT_OK
+        for container in stopped:
+            print(container.get("id") or container["name"])
+    return status
 
 
 def _configure_start(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", metavar="NAME", help="the stopped container to start again")
+    _add_refs(parser, "the stopped containers to start again")
     parser.add_argument(
         "--timeout",
         type=float,
         default=DEFAULT_WAIT,
-        help="seconds to wait for it to run (default: %(default)s)",
+        help="seconds to wait for each to run (default: %(default)s)",
     )
 
 
 def _run_start(args: argparse.Namespace) -> int:
-    """Start a stopped container again; print its new id."""
-    with _client(args) as client:
-        status = client.start(args.name, timeout=args.timeout)
+    """Start stopped containers again; print their (new) ids."""
+
+    def start(client: Client, ref: str) -> schema.Container:
+        container = client.start(ref, timeout=args.timeout)
+        _started_id(container)  # a start that did not take is an error for this ref
+        return container
+
+    started, status = _each_ref(args, start)
     if args.json:
-        _print_json(status)
-        _started_id(status)
-        return EXIT_OK
-    print(_started_id(status))
-    return EXIT_OK
+        _print_json(started)
+    else:
+        for container in started:
+            print(_started_id(container))
+    return status
 
 
-def _configure_name(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", metavar="NAME", help="the container's name")
+def _configure_delete(parser: argparse.ArgumentParser) -> None:
+    _add_refs(parser, "the containers whose squishfiles to remove")
 
 
 def _run_delete(args: argparse.Namespace) -> int:
-    """Remove a container's manifest (its container stops); print what went."""
-    with _client(args) as client:
-        status = client.delete(args.name)
+    """Remove containers' squishfiles (their containers stop); print what went."""
+    deleted, status = _each_ref(args, lambda client, ref: client.delete(ref))
     if args.json:
-        _print_json(status)
+        _print_json(deleted)
     else:
-        print(status.get("id") or status.get("name"))
-    return EXIT_OK
+        for container in deleted:
+            print(container.get("id") or container["name"])
+    return status
 
 
 # -- inspect / logs / events / status -------------------------------------------------
 
 
+def _configure_inspect(parser: argparse.ArgumentParser) -> None:
+    _add_refs(parser, "the containers to describe")
+    _add_format(parser)
+
+
 def _run_inspect(args: argparse.Namespace) -> int:
-    """Everything the daemon knows about one container, as JSON."""
+    """Everything the daemon knows about containers: a JSON array, as podman prints."""
+    found: list[schema.ContainerDetail] = []
+    status = EXIT_OK
     with _client(args) as client:
-        _print_json(client.inspect(args.name))
-    return EXIT_OK
+        for ref in args.refs:
+            try:
+                found.append(client.inspect(ref))
+            except DaemonUnreachable:
+                raise
+            except SquishError as exc:
+                print(f"squish: {exc}", file=sys.stderr)
+                status = EXIT_FAILURE
+    if args.format is not None and args.format != "json" and not args.json:
+        _print_formatted(args.format, found)
+    else:
+        _print_json(found)
+    return status
 
 
 def _configure_logs(parser: argparse.ArgumentParser) -> None:
@@ -653,34 +659,34 @@ def _print_log_lines(name: str, chunks: Any) -> None:
         print(json.dumps({"name": name, "line": text}), flush=True)
 
 
+def _configure_events(parser: argparse.ArgumentParser) -> None:
+    _add_format(parser)
+
+
 def _run_events(args: argparse.Namespace) -> int:
     """Print the daemon's events as they happen, until Ctrl-C."""
+    template = "json" if args.json else args.format
+    if template is not None:
+        cli_output.check_template(template)
     with _client(args) as client:
         for event in client.events():
-            if args.json:
-                print(json.dumps(event, default=str), flush=True)
+            if template is not None:
+                print(cli_output.render(template, event), flush=True)
                 continue
-            at = event.get("at")
-            when = (
-                datetime.fromtimestamp(at).isoformat(timespec="seconds")
-                if isinstance(at, int | float)
-                else "-"
-            )
+            when = datetime.fromtimestamp(event["at"]).isoformat(timespec="seconds")
             message = " ".join(str(event.get("message", "")).split())
-            print(f"{when} {event.get('kind')} {event.get('name')} {message}", flush=True)
+            print(f"{when} {event['kind']} {event['name']} {message}", flush=True)
     return EXIT_OK
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    """The daemon's own state: version, uptime, manifests, counts."""
+    """The daemon's own state: version, uptime, node, manifests, containers per phase."""
     with _client(args) as client:
         status = client.status()
     if args.json:
         _print_json(status)
     else:
-        for key, value in status.items():
-            shown = json.dumps(value, default=str) if isinstance(value, dict | list) else value
-            print(f"{key}: {shown}")
+        print(cli_output.status_summary(status))
     return EXIT_OK
 
 
@@ -712,18 +718,18 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         run=_run_ps,
     ),
     "stop": Subcommand(
-        help="stop containers by id or name prefix, print their ids",
+        help="stop containers by name or id prefix (they stay stopped), print their ids",
         configure=_configure_stop,
         run=_run_stop,
     ),
     "start": Subcommand(
-        help="start a stopped container again, print its new id",
+        help="start stopped containers again, print their new ids",
         configure=_configure_start,
         run=_run_start,
     ),
     "delete": Subcommand(
-        help="remove a container's manifest from the daemon (its container stops)",
-        configure=_configure_name,
+        help="remove containers' squishfiles from the daemon (their containers stop)",
+        configure=_configure_delete,
         run=_run_delete,
     ),
     "logs": Subcommand(
@@ -732,13 +738,13 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         run=_run_logs,
     ),
     "inspect": Subcommand(
-        help="everything about one container, as JSON",
-        configure=_configure_name,
+        help="everything about containers, as a JSON array",
+        configure=_configure_inspect,
         run=_run_inspect,
     ),
     "events": Subcommand(
         help="print the daemon's events as they happen",
-        configure=_configure_nothing,
+        configure=_configure_events,
         run=_run_events,
     ),
     "status": Subcommand(
@@ -780,10 +786,15 @@ SUBCOMMANDS: dict[str, Subcommand] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    codes = "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items())
     parser = argparse.ArgumentParser(
-        prog="squish", description="A rootless container runtime shaped as a reconciler."
+        prog="squish",
+        description="A rootless container runtime shaped as a reconciler.",
+        epilog=f"exit status:\n{codes}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"squish {__version__}")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     socket_help = (
         "the daemon's API socket (default: $SQUISH_SOCKET, else squish.sock in "
         "$XDG_RUNTIME_DIR/squish)"
@@ -792,7 +803,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, subcommand in SUBCOMMANDS.items():
         sub = commands.add_parser(name, help=subcommand.help, description=subcommand.help)
-        sub.add_argument("--json", action="store_true", help="print JSON for scripts")
+        # Accepted before the verb too: SUPPRESS keeps it from resetting the global one.
+        sub.add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
+        )
         # Accepted after the verb too; SUPPRESS keeps it from resetting the global one.
         sub.add_argument(
             "--socket", type=Path, default=argparse.SUPPRESS, metavar="PATH", help=socket_help

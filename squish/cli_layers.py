@@ -13,7 +13,6 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.filesize import decimal
@@ -27,7 +26,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from squish.client import Client, JSONObject
+from squish import api_schema as schema
+from squish.client import Client
 from squish.errors import SquishError
 
 Table = Callable[[list[str], list[list[str]]], None]
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace, client: Client, table: Table) -> int:
         case "rm":
             _show(client.remove_layer(args.name, args.version), "removed", as_json)
         case "gc":
-            removed: list[JSONObject] = client.gc_layers()["removed"]
+            removed: list[schema.LayerInfo] = client.gc_layers()["removed"]
             if as_json:
                 print(json.dumps(removed, indent=2))
             else:
@@ -98,7 +98,9 @@ def run(args: argparse.Namespace, client: Client, table: Table) -> int:
     return 0
 
 
-def _pull(client: Client, name: str, version: str, sha256: str | None, quiet: bool) -> JSONObject:
+def _pull(
+    client: Client, name: str, version: str, sha256: str | None, quiet: bool
+) -> schema.LayerInfo:
     with _progress(f"{name} {version}", quiet) as advance:
         for item in client.pull_layer(name, version, sha256=sha256):
             if "progress" in item:
@@ -107,14 +109,14 @@ def _pull(client: Client, name: str, version: str, sha256: str | None, quiet: bo
             elif "error" in item:
                 raise SquishError(str(item["error"]))
             elif "layer" in item:
-                layer: JSONObject = item["layer"]
+                layer: schema.LayerInfo = item["layer"]
                 return layer
     raise SquishError("the daemon ended the pull without saying how it went")
 
 
 def _import(
     client: Client, name: str, version: str, archive: Path, *, sha256: str | None, quiet: bool
-) -> JSONObject:
+) -> schema.LayerInfo:
     try:
         file = archive.open("rb")
         total = archive.stat().st_size
@@ -166,7 +168,7 @@ class _progress:
             self.bar.update(self.task, completed=done, total=total)
 
 
-def _show(layer: JSONObject, verb: str, as_json: bool) -> None:
+def _show(layer: schema.LayerInfo, verb: str, as_json: bool) -> None:
     if as_json:
         print(json.dumps(layer, indent=2))
         return
@@ -174,17 +176,17 @@ def _show(layer: JSONObject, verb: str, as_json: bool) -> None:
     print(f"{verb} {_label(layer)} ({size}, sha256 {_short(layer)})")
 
 
-def _label(layer: dict[str, Any]) -> str:
+def _label(layer: schema.LayerInfo) -> str:
     if layer.get("kind") == "unpacked":
         return f"unpacked layer {str(layer.get('entry', ''))[:12]}"
     return f"{layer.get('name')} {layer.get('version')}"
 
 
-def _short(layer: dict[str, Any]) -> str:
+def _short(layer: schema.LayerInfo) -> str:
     return str(layer.get("sha256") or layer.get("entry") or "")[:12]
 
 
-def _row(layer: JSONObject) -> list[str]:
+def _row(layer: schema.LayerInfo) -> list[str]:
     return [
         str(layer.get("name", "")),
         str(layer.get("version", "")),

@@ -2,7 +2,8 @@
 
 Called by the ``squish`` command (:mod:`squish.cli`) for everything that
 needs the daemon. Synchronous, over httpx: a command makes one or two calls
-and the streaming ones (logs, events) simply iterate.
+and the streaming ones (logs, events) simply iterate. Answers are the shapes
+of :mod:`squish.api_schema`, the definitions the server builds them from.
 
 Foreign errors stop here. Not reaching the daemon at all (no socket, nobody
 listening, no permission) is :class:`DaemonUnreachable`, whose message says
@@ -21,14 +22,15 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
 
+from squish import api_schema as schema
 from squish.errors import SquishError
 
 __all__ = ["ApiError", "Client", "DaemonUnreachable"]
@@ -56,11 +58,15 @@ class DaemonUnreachable(SquishError):
 
 
 class ApiError(SquishError):
-    """The daemon answered with an error; ``str()`` is its one-line message."""
+    """The daemon answered with an error; ``str()`` is its one-line message.
 
-    def __init__(self, status: int, message: str) -> None:
+    ``candidates`` lists the containers an ambiguous id prefix could mean.
+    """
+
+    def __init__(self, status: int, message: str, candidates: list[str] | None = None) -> None:
         self.status = status
         self.message = message
+        self.candidates = candidates or []
         super().__init__(message)
 
 
@@ -103,83 +109,98 @@ class Client:
 
     # -- calls --------------------------------------------------------------
 
-    def status(self) -> JSONObject:
-        return self._object(self._call("GET", "/v1/status"))
+    def status(self) -> schema.DaemonStatus:
+        return cast(schema.DaemonStatus, self._object(self._call("GET", "/v1/status")))
 
-    def containers(self) -> list[JSONObject]:
-        return self._list(self._call("GET", "/v1/containers"))
+    def containers(self) -> list[schema.Container]:
+        return cast(list[schema.Container], self._list(self._call("GET", "/v1/containers")))
 
-    def inspect(self, name: str) -> JSONObject:
-        return self._object(self._call("GET", f"/v1/containers/{_segment(name)}"))
+    def inspect(self, ref: str) -> schema.ContainerDetail:
+        """Everything about the container ``ref`` (a name or a unique id prefix) names."""
+        answer = self._object(self._call("GET", f"/v1/containers/{_segment(ref)}"))
+        return cast(schema.ContainerDetail, answer)
 
     def create(
         self, name: str, manifest: str, *, wait: bool = True, timeout: float = 30.0
-    ) -> JSONObject:
+    ) -> schema.Container:
         """Store ``manifest`` as container ``name``; with ``wait``, until it runs or fails."""
-        body = {"name": name, "manifest": manifest, "wait": wait, "timeout": timeout}
+        body: schema.CreateRequest = {
+            "name": name,
+            "manifest": manifest,
+            "wait": wait,
+            "timeout": timeout,
+        }
         response = self._call("POST", "/v1/containers", body=body, timeout=timeout + _SLACK)
-        return self._object(response)
+        return cast(schema.Container, self._object(response))
 
-    def apply(self, name: str, manifest: str) -> JSONObject:
+    def apply(self, name: str, manifest: str) -> schema.Container:
         """Store ``manifest`` as container ``name`` without waiting (like kubectl apply)."""
         return self.create(name, manifest, wait=False)
 
-    def stop(self, prefix: str) -> list[JSONObject]:
-        """Stop every container whose id or name starts with ``prefix``."""
-        return self._list(
-            self._call("POST", f"/v1/containers/{_segment(prefix)}/stop", timeout=None)
-        )
+    def stop(self, ref: str) -> schema.Container:
+        """Stop the container ``ref`` names; one that is not running stays so."""
+        path = f"/v1/containers/{_segment(ref)}/stop"
+        return cast(schema.Container, self._object(self._call("POST", path, timeout=None)))
 
-    def start(self, name: str, *, timeout: float = 30.0) -> JSONObject:
+    def start(self, ref: str, *, timeout: float = 30.0) -> schema.Container:
+        body: schema.StartRequest = {"timeout": timeout}
         response = self._call(
             "POST",
-            f"/v1/containers/{_segment(name)}/start",
-            body={"timeout": timeout},
+            f"/v1/containers/{_segment(ref)}/start",
+            body=body,
             timeout=timeout + _SLACK,
         )
-        return self._object(response)
+        return cast(schema.Container, self._object(response))
 
-    def delete(self, name: str) -> JSONObject:
-        return self._object(self._call("DELETE", f"/v1/containers/{_segment(name)}", timeout=None))
+    def delete(self, ref: str) -> schema.Container:
+        path = f"/v1/containers/{_segment(ref)}"
+        return cast(schema.Container, self._object(self._call("DELETE", path, timeout=None)))
 
-    def logs(self, name: str, *, follow: bool = False, tail: int | None = None) -> Iterator[bytes]:
+    def logs(self, ref: str, *, follow: bool = False, tail: int | None = None) -> Iterator[bytes]:
         """The container's log as it is read; with ``follow``, until interrupted."""
         params: dict[str, str] = {"follow": "1" if follow else "0"}
         if tail is not None:
             params["tail"] = str(tail)
-        path = f"/v1/containers/{_segment(name)}/logs"
+        path = f"/v1/containers/{_segment(ref)}/logs"
         with self._stream("GET", path, params=params) as response:
             yield from self._translate_stream(response.iter_bytes())
 
-    def events(self) -> Iterator[JSONObject]:
+    def events(self) -> Iterator[schema.Event]:
         """Every event from now on, until interrupted."""
         with self._stream("GET", "/v1/events") as response:
             for line in self._translate_stream(response.iter_lines()):
                 if line.strip():
                     event = json.loads(line)
                     if isinstance(event, dict):
-                        yield event
+                        yield cast(schema.Event, event)
+
+    def openapi(self) -> JSONObject:
+        """The daemon's OpenAPI document."""
+        return self._object(self._call("GET", "/v1/openapi.json"))
 
     # -- sources ------------------------------------------------------------
 
-    def sources(self) -> list[JSONObject]:
-        return self._list(self._call("GET", "/v1/sources"))
+    def sources(self) -> list[schema.SourceStatus]:
+        return cast(list[schema.SourceStatus], self._list(self._call("GET", "/v1/sources")))
 
-    def sync(self, name: str | None = None) -> list[JSONObject]:
+    def sync(self, name: str | None = None) -> list[schema.SourceStatus]:
         """Fetch the git sources (or the one named) now; their statuses after."""
-        body: JSONObject = {} if name is None else {"name": name}
-        return self._list(self._call("POST", "/v1/sources/sync", body=body, timeout=None))
+        body: schema.SyncRequest = {} if name is None else {"name": name}
+        answer = self._list(self._call("POST", "/v1/sources/sync", body=body, timeout=None))
+        return cast(list[schema.SourceStatus], answer)
 
     # -- layers -------------------------------------------------------------
 
-    def layers(self) -> list[JSONObject]:
-        return self._list(self._call("GET", "/v1/layers", timeout=None))
+    def layers(self) -> list[schema.LayerInfo]:
+        return cast(
+            list[schema.LayerInfo], self._list(self._call("GET", "/v1/layers", timeout=None))
+        )
 
     def pull_layer(
         self, name: str, version: str, *, sha256: str | None = None
-    ) -> Iterator[JSONObject]:
+    ) -> Iterator[schema.PullLine]:
         """The daemon's progress lines, then ``{"layer": ...}`` or ``{"error": ...}``."""
-        body: JSONObject = {"name": name, "version": version}
+        body: schema.PullRequest = {"name": name, "version": version}
         if sha256 is not None:
             body["sha256"] = sha256
         with self._stream("POST", "/v1/layers/pull", body=body) as response:
@@ -187,7 +208,7 @@ class Client:
                 if line.strip():
                     item = json.loads(line)
                     if isinstance(item, dict):
-                        yield item
+                        yield cast(schema.PullLine, item)
 
     def import_layer(
         self,
@@ -197,23 +218,23 @@ class Client:
         *,
         source: str,
         sha256: str | None = None,
-    ) -> JSONObject:
+    ) -> schema.LayerInfo:
         """Upload ``archive`` (its chunks) as layer ``name`` ``version``."""
         params = {"source": source}
         if sha256 is not None:
             params["sha256"] = sha256
         path = f"/v1/layers/{_segment(name)}/{_segment(version)}"
         timeout = httpx.Timeout(_TIMEOUT, read=None, write=None)
-        return self._object(
-            self._call("PUT", path, content=archive, params=params, timeout=timeout)
-        )
+        answer = self._call("PUT", path, content=archive, params=params, timeout=timeout)
+        return cast(schema.LayerInfo, self._object(answer))
 
-    def remove_layer(self, name: str, version: str) -> JSONObject:
+    def remove_layer(self, name: str, version: str) -> schema.LayerInfo:
         path = f"/v1/layers/{_segment(name)}/{_segment(version)}"
-        return self._object(self._call("DELETE", path, timeout=None))
+        return cast(schema.LayerInfo, self._object(self._call("DELETE", path, timeout=None)))
 
-    def gc_layers(self) -> JSONObject:
-        return self._object(self._call("POST", "/v1/layers/gc", timeout=None))
+    def gc_layers(self) -> schema.GcResult:
+        answer = self._call("POST", "/v1/layers/gc", timeout=None)
+        return cast(schema.GcResult, self._object(answer))
 
     # -- plumbing -----------------------------------------------------------
 
@@ -240,7 +261,7 @@ class Client:
         method: str,
         path: str,
         *,
-        body: JSONObject | None = None,
+        body: Mapping[str, Any] | None = None,
         content: Iterator[bytes] | None = None,
         params: dict[str, str] | None = None,
         timeout: float | httpx.Timeout | None = _TIMEOUT,
@@ -269,7 +290,7 @@ class Client:
         path: str,
         *,
         params: dict[str, str] | None = None,
-        body: JSONObject | None = None,
+        body: Mapping[str, Any] | None = None,
     ) -> Iterator[httpx.Response]:
         """A streamed response (no read timeout), errors translated like ``_call``."""
         self._check_reachable()
@@ -338,9 +359,12 @@ def _api_error(response: httpx.Response) -> ApiError:
         data = response.json()
     except ValueError:
         data = None
+    candidates: list[str] = []
     if isinstance(data, dict) and isinstance(data.get("error"), str):
         message = data["error"]
+        if isinstance(data.get("candidates"), list):
+            candidates = [str(name) for name in data["candidates"]]
     if not message:
         text = " ".join(response.text.split())[:200]
         message = f"the daemon answered {response.status_code}" + (f": {text}" if text else "")
-    return ApiError(response.status_code, message)
+    return ApiError(response.status_code, message, candidates)

@@ -403,6 +403,8 @@ async def _serve(
                 resync=args.resync,
                 parallelism=args.parallelism,
                 stop_grace=args.stop_timeout,
+                state_dir=state,
+                default_host_ip=args.host_ip,
             )
             reconciler.about = {
                 "node": args.node.name,

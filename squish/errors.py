@@ -8,6 +8,7 @@ nothing above the adapters ever sees an ``OSError`` or a pydantic error.
     SquishError
     ├── ManifestError      a squishfile cannot be read, parsed or validated
     ├── LayerError         a layer cannot be resolved to a host path
+    ├── AmbiguousName      an id prefix that several containers share
     └── RuntimeFailure     the runtime could not start, stop or change a container
         ├── PortInUse      a host port is already bound by someone else
         └── ContainerNotFound
@@ -55,3 +56,14 @@ class PortInUse(RuntimeFailure):
 
 class ContainerNotFound(RuntimeFailure):
     """No container with that id is known to the runtime."""
+
+
+class AmbiguousName(SquishError):
+    """An id prefix that several containers share; ``candidates`` are their names."""
+
+    def __init__(self, ref: str, candidates: list[str]) -> None:
+        self.candidates = candidates
+        super().__init__(
+            f"{ref!r} is ambiguous: it begins the ids of {', '.join(candidates)}; "
+            "give a longer id prefix or the name"
+        )

@@ -24,10 +24,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import anyio.to_thread
 
+from squish import api_schema as schema
 from squish.errors import LayerError, RuntimeFailure
 from squish.layers import LayerStore
 from squish.layers.cache import tree_size
@@ -70,8 +71,9 @@ class LayerInfo:
             return False
         return version in (self.version, self.branch)
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_json(self) -> schema.LayerInfo:
+        data: schema.LayerInfo = asdict(self)  # type: ignore[assignment]  # the same fields
+        return data
 
 
 class LayerAdmin:

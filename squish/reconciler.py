@@ -8,6 +8,10 @@ re-reads the whole desired state (``source.snapshot()``) and the whole actual
 state (``runtime.list()``) and lets the pure ``plan`` decide. A missed
 trigger therefore costs at most one resync period, never an update.
 
+A user's ``stop`` is remembered in ``stopped.json`` in the state directory
+(written atomically whenever the set of stopped names changes), so the
+container stays stopped across daemon restarts until ``start`` or an edit.
+
 Actions run as tasks of the reconciler's task group, at most ``parallelism``
 at once; a name with an action in flight is left alone by ``plan`` until the
 action is done, so two actions never race on one container. Resolving layers
@@ -19,11 +23,11 @@ runtime requires.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,14 +36,22 @@ from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from squish import __version__
+from squish import api_schema as schema
 from squish.broadcast import Broadcast
 from squish.control import ContainerStatus, Event, Phase
-from squish.errors import ContainerNotFound, RuntimeFailure, SquishError
+from squish.errors import AmbiguousName, ContainerNotFound, RuntimeFailure, SquishError
 from squish.layers import LayerStore
-from squish.manifest import Squishfile, parse_squishfile
+from squish.manifest import Layer, Squishfile, parse_squishfile
 from squish.metrics import Metrics
 from squish.plan import Action, Backoff, Kind, Record, plan
-from squish.runtime import DEFAULT_STOP_GRACE, Container, ContainerSpec, ExitEvent, Runtime
+from squish.runtime import (
+    DEFAULT_HOST_IP,
+    DEFAULT_STOP_GRACE,
+    Container,
+    ContainerSpec,
+    ExitEvent,
+    Runtime,
+)
 from squish.sources import Manifest, Source
 from squish.spec import container_spec
 
@@ -50,6 +62,8 @@ T = TypeVar("T")
 # How long create() watches a fresh container for an immediate failure
 # (a command that does not exist, a layer bwrap cannot mount).
 _EARLY_EXIT = 0.3
+# How long a user's stop waits for an action already in flight on the name.
+_BUSY_WAIT = 60.0
 
 
 class Reconciler:
@@ -67,6 +81,8 @@ class Reconciler:
         parallelism: int = 8,
         stop_grace: float = DEFAULT_STOP_GRACE,
         resolve: Callable[[Squishfile, LayerStore], ContainerSpec] = container_spec,
+        state_dir: Path | None = None,
+        default_host_ip: str = DEFAULT_HOST_IP,
     ) -> None:
         self.source = source
         self.runtime = runtime
@@ -88,10 +104,80 @@ class Reconciler:
         """Names running as of the last round; replaced whole, so any thread may read it."""
         self._dirty = anyio.Event()
         self._changed = anyio.Event()
-        self._events = Broadcast[Event]()
+        self.events = Broadcast[Event]()
+        """Every event, to whoever subscribes (the API's event streams)."""
         self._reported_errors: dict[str, str] = {}
         self._tg: TaskGroup | None = None
         self._started = time.time()
+        self.default_host_ip = default_host_ip
+        self._stops_file = None if state_dir is None else state_dir / "stopped.json"
+        self._start_errors: dict[str, SquishError] = {}
+        self._saved_stops: dict[str, str | None] = {}
+        self._pending_stops: dict[str, str | None] = {}
+        self._load_stops()
+
+    # -- the user's stops, kept across restarts ----------------------------
+
+    def _load_stops(self) -> None:
+        if self._stops_file is None:
+            return
+        try:
+            data = json.loads(self._stops_file.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            # Unreadable or garbled: start everything rather than refuse to run.
+            log.warning("ignoring %s: %s", self._stops_file, exc)
+            return
+        stops = data.get("stopped") if isinstance(data, dict) else None
+        if not isinstance(stops, dict):
+            log.warning("ignoring %s: no 'stopped' object in it", self._stops_file)
+            return
+        self._pending_stops = {
+            name: spec_hash
+            for name, spec_hash in stops.items()
+            if isinstance(name, str) and (spec_hash is None or isinstance(spec_hash, str))
+        }
+        self._saved_stops = self._current_stops()
+
+    def _apply_pending_stops(self) -> None:
+        # A stop read from disk takes effect when its name is wanted again: a
+        # git source may deliver its manifests only after a first fetch, and
+        # a record made earlier would be forgotten as "manifest removed".
+        for name in [name for name in self._pending_stops if name in self._desired]:
+            spec_hash = self._pending_stops.pop(name)
+            if name not in self.records:
+                record = self.records[name] = Record(name)
+                record.stopped_by_user = True
+                record.stopped_hash = spec_hash
+
+    def _current_stops(self) -> dict[str, str | None]:
+        stops = dict(self._pending_stops)
+        for name, record in self.records.items():
+            if record.stopped_by_user:
+                stops[name] = record.stopped_hash
+        return stops
+
+    def _save_stops(self) -> None:
+        """Write the stopped names if they changed; atomically (a rename)."""
+        stops = self._current_stops()
+        if self._stops_file is None or stops == self._saved_stops:
+            return
+        temporary = self._stops_file.with_name(f".{self._stops_file.name}.{os.getpid()}.tmp")
+        try:
+            self._stops_file.parent.mkdir(parents=True, exist_ok=True)
+            with temporary.open("w") as file:
+                json.dump({"stopped": stops}, file, indent=1, sort_keys=True)
+                file.flush()
+                os.fsync(file.fileno())
+            temporary.rename(self._stops_file)
+        except OSError as exc:
+            # A full disk must not stop the daemon; the stop holds until it
+            # restarts, and the next change tries again.
+            log.warning("cannot save the stopped containers to %s: %s", self._stops_file, exc)
+            temporary.unlink(missing_ok=True)
+            return
+        self._saved_stops = stops
 
     # -- the loop ------------------------------------------------------------
 
@@ -139,6 +225,7 @@ class Reconciler:
         result = "success"
         try:
             self._desired = self.source.snapshot()
+            self._apply_pending_stops()
             self._note_manifests()
             live = {container.id: container for container in self.runtime.list()}
             running = set(live)
@@ -153,6 +240,7 @@ class Reconciler:
             if any(r.backoff_until and r.backoff_until > now for r in self.records.values()):
                 result = "requeue"
             self._update_metrics(live)
+            self._save_stops()
         except Exception:
             # A bug in a round must not kill the daemon: count it, log it,
             # and let the next trigger try again.
@@ -232,10 +320,12 @@ class Reconciler:
                 record.resolving = False
             container = await self.runtime.start(spec)
         except SquishError as exc:
+            self._start_errors[record.name] = exc
             self._fail(record, squishfile, str(exc), retry=True)
             if self.metrics is not None:
                 self.metrics.container_start_failed(record.name)
             return
+        self._start_errors.pop(record.name, None)
         self._specs[record.name] = spec
         record.container_id = container.id
         record.applied = squishfile
@@ -288,6 +378,7 @@ class Reconciler:
 
     def _forget(self, name: str) -> None:
         self.records.pop(name, None)
+        self._start_errors.pop(name, None)
         self._specs.pop(name, None)
         if self.metrics is not None:
             self.metrics.forget_container(name)
@@ -326,13 +417,13 @@ class Reconciler:
             logging.WARNING if kind in ("container.failed", "manifest.invalid") else logging.INFO
         )
         log.log(level, "%s %s: %s", kind, name, message, extra={"event": event.to_json()})
-        self._events.publish(event)
+        self.events.publish(event)
 
     def subscribe(self) -> MemoryObjectReceiveStream[Event]:
-        return self._events.subscribe()
+        return self.events.subscribe()
 
     def close(self) -> None:
-        self._events.close()
+        self.events.close()
 
     def _notify(self) -> None:
         self._changed.set()
@@ -415,54 +506,83 @@ class Reconciler:
         }
         return wanted, mounted
 
-    def containers(self) -> list[ContainerStatus]:
+    def resolve(self, ref: str) -> str:
+        """The name ``ref`` means: a container's name, or a unique prefix of its id.
+
+        As podman: an exact name wins; otherwise every container whose
+        current (or last) id starts with ``ref`` is a candidate, and more
+        than one is an error naming them.
+        """
+        if ref in self._desired or ref in self.records:
+            return ref
+        candidates = sorted(
+            name
+            for name, record in self.records.items()
+            if ref and record.container_id is not None and record.container_id.startswith(ref)
+        )
+        if len(candidates) == 1:
+            return candidates[0]
+        if candidates:
+            raise AmbiguousName(ref, candidates)
+        raise ContainerNotFound(f"no such container {ref!r} (not a name, nor the start of an id)")
+
+    def _statuses(self) -> list[ContainerStatus]:
         # One look at the runtime for all rows: a look per row would make
         # listing n containers cost n^2.
         live = {container.id: container for container in self.runtime.list()}
         names = sorted(set(self._desired) | set(self.records))
         return [self._phase(name, live) for name in names]
 
-    def status(self) -> dict[str, Any]:
+    def _row(self, name: str) -> schema.Container:
+        return self._phase(name).to_json(self.default_host_ip)
+
+    def containers(self) -> list[schema.Container]:
+        return [status.to_json(self.default_host_ip) for status in self._statuses()]
+
+    def status(self) -> schema.DaemonStatus:
         counts: dict[str, int] = {phase.value: 0 for phase in Phase}
-        for container in self.containers():
+        for container in self._statuses():
             counts[container.phase.value] += 1
-        return {
+        status: schema.DaemonStatus = {
             "version": __version__,
             "pid": os.getpid(),
             "uptime": time.time() - self._started,
             "manifests": str(self.manifests_dir),
             "containers": counts,
-            **self.about,
         }
+        for key in ("node", "labels", "default_base"):
+            if key in self.about:
+                status[key] = self.about[key]
+        return status
 
-    def inspect(self, name: str) -> dict[str, Any]:
-        if name not in self._desired and name not in self.records:
-            raise ContainerNotFound(f"no container named {name!r}")
-        status = self._phase(name)
+    def inspect(self, ref: str) -> schema.ContainerDetail:
+        name = self.resolve(ref)
+        row = self._row(name)
         record = self.records.get(name)
         spec = self._specs.get(name)
         manifest = self._desired.get(name)
-        return {
-            **status.to_json(),
-            "manifest_file": status.manifest,
-            "applied": _squishfile_json(record.applied) if record and record.applied else None,
-            "desired": _squishfile_json(manifest.squishfile)
-            if manifest and manifest.squishfile
-            else None,
-            "layers": {
+        layers: schema.Mounts | None = None
+        if spec is not None:
+            layers = {
                 "rootfs": str(spec.rootfs),
                 "mounts": [
                     {"source": str(m.source), "target": m.target, "rw": m.rw} for m in spec.mounts
                 ],
             }
-            if spec
+        return {
+            **row,
+            "applied": _squishfile_json(record.applied) if record and record.applied else None,
+            "desired": _squishfile_json(manifest.squishfile)
+            if manifest and manifest.squishfile
             else None,
-            "log": str(self.log_path(name)),
-            "last_error": (record.failure if record else None) or status.manifest_error,
+            "layers": layers,
+            "log": str(self.log_dir / f"{name}.log"),
+            "last_error": (record.failure if record else None) or row["manifest_error"],
+            "stopped_by_user": bool(record and record.stopped_by_user),
         }
 
-    def log_path(self, name: str) -> Path:
-        return self.log_dir / f"{name}.log"
+    def log_path(self, ref: str) -> Path:
+        return self.log_dir / f"{self.resolve(ref)}.log"
 
     def _manifest_path(self, name: str) -> Path:
         return self.manifests_dir / f"{name}.toml"
@@ -478,23 +598,27 @@ class Reconciler:
         temporary = self.manifests_dir / f".{name}.toml.{os.getpid()}.tmp"
         temporary.write_bytes(data)
         temporary.rename(path)
+        self._pending_stops.pop(name, None)
         record = self.records.setdefault(name, Record(name))
         record.stopped_by_user = False
         record.failure = record.failed_hash = None
         record.backoff_until = None
         record.crashes = 0
+        self._save_stops()
         return squishfile, previous
 
-    def _restore(self, name: str, previous: bytes | None) -> None:
+    def _restore(self, name: str, previous: bytes | None) -> str:
+        """Put back what ``<name>.toml`` held before a failed create; say what was done."""
         path = self._manifest_path(name)
         if previous is None:
             path.unlink(missing_ok=True)
-        else:
-            temporary = self.manifests_dir / f".{name}.toml.{os.getpid()}.tmp"
-            temporary.write_bytes(previous)
-            temporary.rename(path)
+            return f"{path} was removed again"
+        temporary = self.manifests_dir / f".{name}.toml.{os.getpid()}.tmp"
+        temporary.write_bytes(previous)
+        temporary.rename(path)
+        return f"the previous {path} was put back"
 
-    async def create(self, name: str, manifest: bytes, *, timeout: float) -> ContainerStatus:
+    async def create(self, name: str, manifest: bytes, *, timeout: float) -> schema.Container:
         squishfile, previous = self._store(name, manifest)
         spec_hash = squishfile.spec_hash()
         self.trigger()
@@ -504,22 +628,22 @@ class Reconciler:
                 lambda: self._start_outcome(name, spec_hash), timeout
             )
         except TimeoutError:
-            self._restore(name, previous)
+            undone = self._restore(name, previous)
             self.trigger()
-            raise RuntimeFailure(f"{name}: not running after {timeout:g} s") from None
+            raise RuntimeFailure(f"{name}: not running after {timeout:g} s; {undone}") from None
         if isinstance(result, SquishError):
-            self._restore(name, previous)
+            undone = self._restore(name, previous)
             self.trigger()
-            raise result
+            raise _noted(result, undone) from None
         # A container that dies at once (no such command, a layer bwrap
         # cannot mount) is a failed create, not a crash loop to watch.
         with anyio.move_on_after(_EARLY_EXIT):
             await self._wait_for(lambda: self._exited_early(name), _EARLY_EXIT + 1)
         if (reason := self._exited_early(name)) is not None:
-            self._restore(name, previous)
+            undone = self._restore(name, previous)
             self.trigger()
-            raise RuntimeFailure(f"{name}: {reason}")
-        return self._phase(name)
+            raise RuntimeFailure(f"{name}: {reason}; {undone}")
+        return self._row(name)
 
     def _start_outcome(self, name: str, spec_hash: str) -> ContainerStatus | SquishError | None:
         """How the start of ``name`` at ``spec_hash`` went; None while undecided."""
@@ -529,6 +653,10 @@ class Reconciler:
         if record.running and record.applied and record.applied.spec_hash() == spec_hash:
             return self._phase(name)
         if record.failure is not None and record.failed_hash == spec_hash:
+            # The start's own error, so its kind (a layer, a port) reaches the API.
+            error = self._start_errors.get(name)
+            if error is not None and str(error) == record.failure:
+                return error
             return RuntimeFailure(record.failure)
         return None
 
@@ -538,47 +666,68 @@ class Reconciler:
             return None
         return f"exited at once with code {record.exit_code}: {record.exit_reason}"
 
-    async def apply(self, name: str, manifest: bytes) -> ContainerStatus:
+    async def apply(self, name: str, manifest: bytes) -> schema.Container:
         self._store(name, manifest)
         self.trigger()
-        return self._phase(name)
+        return self._row(name)
 
-    async def stop(self, prefix: str) -> list[ContainerStatus]:
-        matches = [
-            record
-            for record in self.records.values()
-            if record.running
-            and (record.name.startswith(prefix) or (record.container_id or "").startswith(prefix))
-        ]
-        if not matches:
-            raise ContainerNotFound(f"no running container matches {prefix!r}")
-        async with anyio.create_task_group() as tg:
-            for record in matches:
-                manifest = self._desired.get(record.name)
-                wanted = manifest.squishfile if manifest and manifest.squishfile else None
-                record.stopped_by_user = True
-                # A running record always has what it was started from.
-                assert record.applied is not None and record.container_id is not None
-                record.stopped_hash = (wanted or record.applied).spec_hash()
-                tg.start_soon(self._stop, record, record.container_id, "stopped by the user")
+    async def stop(self, ref: str) -> schema.Container:
+        name = self.resolve(ref)
+        record = self.records.setdefault(name, Record(name))
+        manifest = self._desired.get(name)
+        wanted = manifest.squishfile if manifest and manifest.squishfile else None
+        was_stopped = record.stopped_by_user
+        record.stopped_by_user = True
+        # What an edit must change to start it again: the wanted spec, else
+        # the one that ran.
+        source = wanted or record.applied
+        record.stopped_hash = source.spec_hash() if source is not None else None
+        record.backoff_until = None
+        self._save_stops()
+        # An action in flight (a start, a replace) finishes first, so that
+        # what it starts is stopped too; plan leaves the name alone meanwhile
+        # and, once it is marked stopped, starts nothing more for it.
+        try:
+            await self._wait_for(lambda: None if record.in_flight else True, _BUSY_WAIT)
+        except TimeoutError:
+            raise RuntimeFailure(
+                f"{name}: still busy after {_BUSY_WAIT:g} s (starting or stopping); "
+                "it is marked stopped and will be stopped when that ends"
+            ) from None
+        if record.running and record.container_id is not None:
+            record.in_flight = True
+            try:
+                await self._stop(record, record.container_id, "stopped by the user")
+            finally:
+                record.in_flight = False
+                self.trigger()
+        elif not was_stopped:
+            self._emit("container.stopped", name, "stopped by the user (it was not running)")
         self._notify()
-        return [self._phase(record.name) for record in matches]
+        return self._row(name)
 
-    async def start(self, name: str, *, timeout: float) -> ContainerStatus:
+    async def start(self, ref: str, *, timeout: float) -> schema.Container:
+        name = self.resolve(ref)
         record = self.records.get(name)
         manifest = self._desired.get(name)
         if manifest is None:
-            raise ContainerNotFound(f"no manifest named {name!r} in {self.manifests_dir}")
+            raise ContainerNotFound(
+                f"{name}: its squishfile is gone from the sources; nothing to start"
+            )
         if manifest.squishfile is None:
             raise RuntimeFailure(str(manifest.error))
         if record is not None and record.running:
-            return self._phase(name)
+            if record.stopped_by_user:
+                record.stopped_by_user = False
+                self._save_stops()
+            return self._row(name)
         record = self.records.setdefault(name, Record(name))
         record.stopped_by_user = False
         record.failure = record.failed_hash = None
         record.backoff_until = None
         record.crashes = 0
         record.exit_code = record.exited_hash = None
+        self._save_stops()
         self.trigger()
         spec_hash = manifest.squishfile.spec_hash()
 
@@ -587,17 +736,17 @@ class Reconciler:
         )
         if isinstance(result, SquishError):
             raise result
-        return result
+        return result.to_json(self.default_host_ip)
 
-    async def delete(self, name: str) -> ContainerStatus:
+    async def delete(self, ref: str) -> schema.Container:
+        name = self.resolve(ref)
         path = self._manifest_path(name)
-        if not path.exists() and name not in self.records:
-            raise ContainerNotFound(f"no container named {name!r}")
-        status = self._phase(name)
+        row = self._row(name)
         path.unlink(missing_ok=True)
+        self._pending_stops.pop(name, None)
         self.trigger()
         await self._wait_for(lambda: True if name not in self.records else None, 60)
-        return status
+        return row
 
     # -- metrics -----------------------------------------------------------------
 
@@ -626,18 +775,46 @@ class Reconciler:
                 self.metrics.track_process(container.name, container.init_pid)
 
 
-def _squishfile_json(squishfile: Squishfile) -> dict[str, Any]:
-    data = asdict(squishfile)
-    data["env"] = dict(squishfile.env)
-    jsonable: dict[str, Any] = _jsonable(data)
-    return jsonable
+def _noted(error: SquishError, note: str) -> SquishError:
+    """``error`` with ``; note`` added, of the same kind where its class allows."""
+    try:
+        return type(error)(f"{error}; {note}")
+    except TypeError:  # a class with other constructor arguments
+        return RuntimeFailure(f"{error}; {note}")
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
+def _layer_json(layer: Layer) -> schema.LayerSpec:
+    return {
+        "name": layer.name,
+        "version": layer.version,
+        "path": None if layer.path is None else str(layer.path),
+        "target": layer.target,
+        "rw": layer.rw,
+        "sha256": layer.sha256,
+    }
+
+
+def _squishfile_json(squishfile: Squishfile) -> schema.Squishfile:
+    return {
+        "name": squishfile.name,
+        "base": None if squishfile.base is None else _layer_json(squishfile.base),
+        "layers": [_layer_json(layer) for layer in squishfile.layers],
+        "command": squishfile.command,
+        "args": list(squishfile.args),
+        "env": dict(squishfile.env),
+        "ports": [
+            {
+                "container": port.container,
+                "host": port.host,
+                "protocol": port.protocol,
+                "host_ip": port.host_ip,
+            }
+            for port in squishfile.ports
+        ],
+        "network": squishfile.network,
+        "restart": squishfile.restart,
+        "placement": {
+            "nodes": list(squishfile.placement.nodes),
+            "labels": dict(squishfile.placement.labels),
+        },
+    }

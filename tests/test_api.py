@@ -1,10 +1,11 @@
-"""The JSON API (squish.api) against a fake ControlPlane.
+"""The JSON API (squish.api) against the real control plane: the Reconciler on the fake runtime.
 
 Most routes are driven in-process through httpx's ASGI transport. That
 transport only returns once the app has finished a response, so the
 streaming tests end their stream through the server's shutdown path (the
 same one ``serve`` uses) or run over a real unix socket, where the client
-reads while the server writes.
+reads while the server writes. Every answer is checked against its shape in
+squish.api_schema (unknown fields refused), the definition the client reads.
 """
 
 from __future__ import annotations
@@ -12,22 +13,23 @@ from __future__ import annotations
 import json
 import signal
 import stat
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 import httpx
 import pytest
-from fake_control_plane import FakeControlPlane
 from starlette.applications import Starlette
 
+from squish import api_schema as schema
 from squish.api import make_app, serve
 from squish.client import Client
-from squish.control import Event, Phase
 from squish.errors import LayerError, PortInUse, RuntimeFailure, SquishError
-from squish.runtime import PortForward
+from squish.openapi import adapter
+from tests.control_plane import Plane, real_plane, running, squishfile, until
 
 pytestmark = pytest.mark.anyio
 
@@ -36,22 +38,29 @@ MANIFEST = """\
 command = "/bin/sh"
 args = ["-c", "sleep 1000"]
 
+[env]
+GREETING = "hello"
+
 [[ports]]
 container = 80
 host = 8080
 """
 
 
-@pytest.fixture
-def fake(tmp_path: Path) -> Iterator[FakeControlPlane]:
-    control = FakeControlPlane(tmp_path)
-    yield control
-    control.close()
+def conforms(shape: Any, data: object) -> Any:
+    """``data`` as the client would read it, failing if it is not of ``shape``."""
+    return adapter(shape).validate_python(data)
 
 
 @pytest.fixture
-def app(fake: FakeControlPlane) -> Starlette:
-    return make_app(fake)
+async def plane(tmp_path: Path) -> AsyncIterator[Plane]:
+    async with real_plane(tmp_path) as control:
+        yield control
+
+
+@pytest.fixture
+def app(plane: Plane) -> Starlette:
+    return make_app(plane.reconciler)
 
 
 @pytest.fixture
@@ -67,54 +76,67 @@ def end_streams(app: Starlette) -> None:
 
 
 async def wait_for(condition: Callable[[], object]) -> None:
-    with anyio.fail_after(5):
-        while not condition():
-            await anyio.sleep(0.01)
+    await until(condition)
+
+
+async def create(api: httpx.AsyncClient, name: str, text: str = MANIFEST) -> dict[str, Any]:
+    response = await api.post("/v1/containers", json={"name": name, "manifest": text})
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = conforms(schema.Container, response.json())
+    return answer
 
 
 # -- plain routes ---------------------------------------------------------------
 
 
-async def test_status(api: httpx.AsyncClient, fake: FakeControlPlane) -> None:
-    fake.add("web")
+async def test_status(api: httpx.AsyncClient, plane: Plane) -> None:
+    plane.write("web", squishfile())
+    await running(plane, "web")
     response = await api.get("/v1/status")
     assert response.status_code == 200
-    assert response.json()["phases"] == {"running": 1}
+    status = conforms(schema.DaemonStatus, response.json())
+    assert status["containers"]["running"] == 1
+    assert status["containers"]["stopped"] == 0
+    assert status["manifests"] == str(plane.manifests)
 
 
-async def test_list_containers(api: httpx.AsyncClient, fake: FakeControlPlane) -> None:
-    fake.add("web", ports=(PortForward(host=8080, container=80),))
-    fake.add("broken", Phase.INVALID, manifest_error="broken.toml: run: is required")
+async def test_list_containers(api: httpx.AsyncClient, plane: Plane) -> None:
+    plane.write("web", squishfile(port=8080))
+    plane.write("broken", "[run]\n")
+    await running(plane, "web")
     response = await api.get("/v1/containers")
     assert response.status_code == 200
-    by_name = {item["name"]: item for item in response.json()}
+    by_name = {item["name"]: item for item in conforms(list[schema.Container], response.json())}
     assert by_name["web"]["phase"] == "running"
+    assert by_name["web"]["id"] == plane.ids()["web"]
+    # A port bound to the default address says which address that is.
     assert by_name["web"]["ports"] == [
-        {"host": 8080, "container": 80, "protocol": "tcp", "host_ip": None}
+        {"host": 8080, "container": 80, "protocol": "tcp", "host_ip": "127.0.0.1"}
     ]
+    assert by_name["broken"]["phase"] == "invalid"
     assert by_name["broken"]["id"] is None
-    assert by_name["broken"]["manifest_error"] == "broken.toml: run: is required"
+    assert "run.command: is required" in by_name["broken"]["manifest_error"]
 
 
-async def test_create_waits(api: httpx.AsyncClient, fake: FakeControlPlane) -> None:
+async def test_create_waits_until_it_runs(api: httpx.AsyncClient, plane: Plane) -> None:
     response = await api.post(
         "/v1/containers", json={"name": "web", "manifest": MANIFEST, "timeout": 12}
     )
     assert response.status_code == 200
-    body = response.json()
+    body = conforms(schema.Container, response.json())
     assert body["name"] == "web"
     assert body["phase"] == "running"
-    assert len(body["id"]) == 64
-    assert fake.calls == [("create", "web", MANIFEST.encode(), 12.0)]
+    assert body["id"] == plane.ids()["web"]
+    assert (plane.manifests / "web.toml").read_text() == MANIFEST
 
 
-async def test_create_without_wait_applies(api: httpx.AsyncClient, fake: FakeControlPlane) -> None:
+async def test_create_without_wait_applies(api: httpx.AsyncClient, plane: Plane) -> None:
     response = await api.post(
         "/v1/containers", json={"name": "web", "manifest": MANIFEST, "wait": False}
     )
     assert response.status_code == 200
-    assert response.json()["phase"] == "pending"
-    assert fake.calls == [("apply", "web", MANIFEST.encode())]
+    assert conforms(schema.Container, response.json())["phase"] == "pending"
+    await running(plane, "web")
 
 
 @pytest.mark.parametrize(
@@ -122,31 +144,34 @@ async def test_create_without_wait_applies(api: httpx.AsyncClient, fake: FakeCon
     [
         (b"{not json", "not valid JSON"),
         (b"[1, 2]", "must be a JSON object"),
-        (b'{"manifest": ""}', "needs 'name'"),
+        (b'{"manifest": ""}', "name: Field required"),
         (b'{"name": "../etc", "manifest": ""}', "name must be letters"),
         (b'{"name": "", "manifest": ""}', "name must be letters"),
-        (b'{"name": "web", "manifest": 3}', "'manifest' must be the squishfile's TOML text"),
-        (b'{"name": "web", "manifest": "", "wait": "yes"}', "'wait' must be true or false"),
+        (b'{"name": "web", "manifest": 3}', "manifest: Input should be a valid string"),
+        (b'{"name": "web", "manifest": "", "wait": "yes"}', "wait: Input should be a valid"),
         (b'{"name": "web", "manifest": "", "timeout": -1}', "timeout must be between"),
-        (b'{"name": "web", "manifest": "", "timeout": true}', "timeout must be a number"),
-        (b'{"name": "web", "manifest": "", "extra": 1}', "unknown field 'extra'"),
+        (b'{"name": "web", "manifest": "", "timeout": true}', "timeout: Input should be"),
+        (b'{"name": "web", "manifest": "", "extra": 1}', "extra: unknown field (allowed:"),
+        (b'{"name": "web", "manifest": "", "timeout": ' + b"9" * 5000 + b"}", "not usable"),
+        (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
     ],
 )
 async def test_create_rejects_bad_requests(
-    api: httpx.AsyncClient, fake: FakeControlPlane, body: bytes, message: str
+    api: httpx.AsyncClient, plane: Plane, body: bytes, message: str
 ) -> None:
     response = await api.post("/v1/containers", content=body)
     assert response.status_code == 400
-    error = response.json()["error"]
+    error = conforms(schema.Error, response.json())["error"]
     assert message in error
     assert "\n" not in error
-    assert fake.calls == []
+    assert list(plane.manifests.iterdir()) == []
 
 
-async def test_create_invalid_manifest_is_400(api: httpx.AsyncClient) -> None:
+async def test_create_invalid_manifest_is_400(api: httpx.AsyncClient, plane: Plane) -> None:
     response = await api.post("/v1/containers", json={"name": "web", "manifest": "[run]\n"})
     assert response.status_code == 400
-    assert response.json()["error"].startswith("web.toml: run.command: is required")
+    assert "web.toml: run.command: is required" in response.json()["error"]
+    assert not (plane.manifests / "web.toml").exists()
 
 
 @pytest.mark.parametrize(
@@ -155,22 +180,46 @@ async def test_create_invalid_manifest_is_400(api: httpx.AsyncClient) -> None:
         (LayerError("layer python 3.11: not in the layer store"), 400),
         (PortInUse("host port 8080/tcp is already in use"), 409),
         (RuntimeFailure("bwrap failed: no user namespaces"), 409),
-        (SquishError("the reconciler is shutting down"), 500),
     ],
 )
-async def test_errors_map_to_statuses(
-    api: httpx.AsyncClient, fake: FakeControlPlane, failure: Exception, status: int
+async def test_a_failed_create_maps_to_a_status_and_says_what_it_undid(
+    api: httpx.AsyncClient, plane: Plane, failure: Exception, status: int
 ) -> None:
-    fake.fail_next = failure
+    plane.runtime.fail_next_start("web", failure)  # type: ignore[arg-type]
     response = await api.post("/v1/containers", json={"name": "web", "manifest": MANIFEST})
     assert response.status_code == status
-    assert response.json() == {"error": str(failure)}
+    error = conforms(schema.Error, response.json())["error"]
+    assert error.startswith(str(failure))
+    assert error.endswith(f"{plane.manifests / 'web.toml'} was removed again")
+    assert not (plane.manifests / "web.toml").exists()
+
+
+async def test_a_failed_replacement_puts_the_previous_version_back(
+    api: httpx.AsyncClient, plane: Plane
+) -> None:
+    first = await create(api, "web")
+    plane.runtime.fail_next_start("web", RuntimeFailure("no such command"))
+    edited = MANIFEST.replace("hello", "bye")
+    response = await api.post("/v1/containers", json={"name": "web", "manifest": edited})
+    assert response.status_code == 409
+    assert response.json()["error"].startswith("no such command; the previous ")
+    assert (plane.manifests / "web.toml").read_text() == MANIFEST
+    # The old version was stopped to make room; it runs again.
+    await until(lambda: plane.ids().get("web") not in (None, first["id"]))
+    detail = (await api.get("/v1/containers/web")).json()
+    assert detail["applied"]["env"] == {"GREETING": "hello"}
 
 
 async def test_unexpected_error_is_one_line_500(
-    api: httpx.AsyncClient, fake: FakeControlPlane, caplog: pytest.LogCaptureFixture
+    api: httpx.AsyncClient,
+    plane: Plane,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    fake.fail_next = ValueError("boom\n  with a second line")
+    def broken() -> None:
+        raise ValueError("boom\n  with a second line")
+
+    monkeypatch.setattr(plane.reconciler, "containers", broken)
     response = await api.get("/v1/containers")
     assert response.status_code == 500
     error = response.json()["error"]
@@ -188,53 +237,118 @@ async def test_unknown_route_and_method_answer_json(api: httpx.AsyncClient) -> N
     assert response.json() == {"error": "Method Not Allowed"}
 
 
-async def test_inspect(api: httpx.AsyncClient, fake: FakeControlPlane) -> None:
-    await api.post("/v1/containers", json={"name": "web", "manifest": MANIFEST})
+async def test_inspect(api: httpx.AsyncClient, plane: Plane) -> None:
+    created = await create(api, "web")
     response = await api.get("/v1/containers/web")
     assert response.status_code == 200
-    assert response.json()["manifest"] == MANIFEST
+    detail = conforms(schema.ContainerDetail, response.json())
+    assert detail["id"] == created["id"]
+    assert detail["phase"] == "running"
+    assert detail["applied"] is not None
+    assert detail["applied"]["env"] == {"GREETING": "hello"}
+    assert detail["applied"]["args"] == ["-c", "sleep 1000"]
+    assert detail["desired"] == detail["applied"]
+    assert detail["layers"] == {"rootfs": "/rootfs", "mounts": []}
+    assert detail["log"] == str(plane.logs / "web.log")
+    assert detail["stopped_by_user"] is False
+    # By a unique id prefix, too.
+    response = await api.get(f"/v1/containers/{created['id'][:5]}")
+    assert response.json()["name"] == "web"
     response = await api.get("/v1/containers/nope")
     assert response.status_code == 404
-    assert response.json() == {"error": "no container named 'nope'"}
+    assert conforms(schema.Error, response.json())["error"].startswith("no such container 'nope'")
 
 
-async def test_stop_by_prefix(api: httpx.AsyncClient, fake: FakeControlPlane) -> None:
-    web = fake.add("web")
-    fake.add("worker")
-    fake.add("db")
-    response = await api.post("/v1/containers/w/stop")
+async def test_inspect_an_invalid_manifest(api: httpx.AsyncClient, plane: Plane) -> None:
+    plane.write("broken", "[run]\n")
+    await until(lambda: plane.phase("broken") == "invalid")
+    detail = conforms(schema.ContainerDetail, (await api.get("/v1/containers/broken")).json())
+    assert detail["applied"] is None and detail["desired"] is None
+    assert "run.command: is required" in (detail["last_error"] or "")
+
+
+async def test_stop_takes_an_exact_name_or_a_unique_id_prefix(
+    api: httpx.AsyncClient, plane: Plane
+) -> None:
+    for name in ("site", "sdk", "s"):
+        await create(api, name, squishfile())
+    # "s" is a name: only that one stops, never every name starting with s.
+    response = await api.post("/v1/containers/s/stop")
     assert response.status_code == 200
-    assert sorted(item["name"] for item in response.json()) == ["web", "worker"]
-    assert web.id is not None
-    db_id = fake.statuses["db"].id
-    assert db_id is not None
-    response = await api.post(f"/v1/containers/{db_id[:7]}/stop")
-    assert [item["name"] for item in response.json()] == ["db"]
-    response = await api.post("/v1/containers/zzz/stop")
-    assert response.status_code == 200
-    assert response.json() == []
+    assert conforms(schema.Container, response.json())["phase"] == "stopped"
+    assert sorted(plane.ids()) == ["sdk", "site"]
+    sdk_id = plane.ids()["sdk"]
+    response = await api.post(f"/v1/containers/{sdk_id[:8]}/stop")
+    assert response.json()["name"] == "sdk"
+    assert sorted(plane.ids()) == ["site"]
 
 
-async def test_start(api: httpx.AsyncClient, fake: FakeControlPlane) -> None:
-    old = fake.add("web", Phase.STOPPED, id="0" * 64)
+async def test_an_ambiguous_id_prefix_touches_nothing(api: httpx.AsyncClient, plane: Plane) -> None:
+    ids: dict[str, str] = {}
+    # Until two ids share a first hex digit (likely within a few).
+    for n in range(40):
+        ids[f"c{n}"] = (await create(api, f"c{n}", squishfile()))["id"]
+        firsts = [i[0] for i in ids.values()]
+        if len(set(firsts)) < len(firsts):
+            break
+    digit = next(d for d in "0123456789abcdef" if sum(i[0] == d for i in ids.values()) > 1)
+    sharing = sorted(name for name, i in ids.items() if i[0] == digit)
+    response = await api.post(f"/v1/containers/{digit}/stop")
+    assert response.status_code == 409
+    error = conforms(schema.Error, response.json())
+    assert error["candidates"] == sharing
+    assert "is ambiguous" in error["error"]
+    assert set(plane.ids()) == set(ids)  # nothing stopped
+
+
+async def test_stop_and_start_are_idempotent(api: httpx.AsyncClient, plane: Plane) -> None:
+    first = await create(api, "web")
+    assert (await api.post("/v1/containers/web/stop")).json()["phase"] == "stopped"
+    again = await api.post("/v1/containers/web/stop")
+    assert again.status_code == 200
+    assert again.json()["phase"] == "stopped"
     response = await api.post("/v1/containers/web/start", json={"timeout": 5})
     assert response.status_code == 200
-    assert response.json()["phase"] == "running"
-    assert response.json()["id"] != old.id
-    assert fake.calls == [("start", "web", 5.0)]
-    # The body is optional.
+    started = conforms(schema.Container, response.json())
+    assert started["phase"] == "running"
+    assert started["id"] != first["id"]
+    # Starting a running container changes nothing; the body is optional.
     response = await api.post("/v1/containers/web/start")
     assert response.status_code == 200
+    assert response.json()["id"] == started["id"]
     response = await api.post("/v1/containers/nope/start")
     assert response.status_code == 404
 
 
-async def test_delete(api: httpx.AsyncClient, fake: FakeControlPlane) -> None:
-    fake.add("web")
+async def test_a_stopped_container_stays_stopped_until_start_or_an_edit(
+    api: httpx.AsyncClient, plane: Plane
+) -> None:
+    await create(api, "web")
+    await api.post("/v1/containers/web/stop")
+    await anyio.sleep(1.2)  # two resyncs
+    assert "web" not in plane.ids()
+    plane.write("web", MANIFEST.replace("hello", "edited"))
+    await running(plane, "web")
+
+
+async def test_stopping_a_crash_looping_container_ends_the_loop(
+    api: httpx.AsyncClient, plane: Plane
+) -> None:
+    await create(api, "web")
+    plane.runtime.crash(plane.ids()["web"])
+    await api.post("/v1/containers/web/stop")
+    await anyio.sleep(1.2)
+    assert plane.phase("web") == "stopped"
+    assert "web" not in plane.ids()
+
+
+async def test_delete(api: httpx.AsyncClient, plane: Plane) -> None:
+    created = await create(api, "web")
     response = await api.delete("/v1/containers/web")
     assert response.status_code == 200
-    assert response.json()["name"] == "web"
-    assert "web" not in fake.statuses
+    assert conforms(schema.Container, response.json())["id"] == created["id"]
+    assert not (plane.manifests / "web.toml").exists()
+    assert plane.ids() == {}
     response = await api.delete("/v1/containers/web")
     assert response.status_code == 404
 
@@ -242,15 +356,30 @@ async def test_delete(api: httpx.AsyncClient, fake: FakeControlPlane) -> None:
 async def test_names_in_paths_are_checked(api: httpx.AsyncClient) -> None:
     response = await api.get("/v1/containers/-web")
     assert response.status_code == 400
-    assert "name must be letters" in response.json()["error"]
+    assert "container name or id must be letters" in response.json()["error"]
+
+
+async def test_openapi_document_names_every_route(api: httpx.AsyncClient, app: Starlette) -> None:
+    response = await api.get("/v1/openapi.json")
+    assert response.status_code == 200
+    document = response.json()
+    assert document["openapi"].startswith("3.")
+    served = {(route.path, method) for route in app.routes for method in route.methods or ()}
+    documented = {
+        (path, method.upper()) for path, item in document["paths"].items() for method in item
+    }
+    assert {(path, method) for path, method in served if method != "HEAD"} == documented
+    container = document["components"]["schemas"]["Container"]
+    assert container["additionalProperties"] is False
+    assert set(container["required"]) == set(schema.Container.__annotations__)
 
 
 # -- logs -----------------------------------------------------------------------
 
 
-async def test_logs_whole_and_tail(api: httpx.AsyncClient, fake: FakeControlPlane) -> None:
-    fake.add("web")
-    fake.log_path("web").write_bytes(b"".join(b"line %d\n" % i for i in range(1, 11)))
+async def test_logs_whole_and_tail(api: httpx.AsyncClient, plane: Plane) -> None:
+    await create(api, "web")
+    plane.log("web").write_bytes(b"".join(b"line %d\n" % i for i in range(1, 11)))
     response = await api.get("/v1/containers/web/logs")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
@@ -264,22 +393,24 @@ async def test_logs_whole_and_tail(api: httpx.AsyncClient, fake: FakeControlPlan
     assert len(response.text.splitlines()) == 10
 
 
-async def test_logs_tail_of_a_large_log(api: httpx.AsyncClient, fake: FakeControlPlane) -> None:
-    fake.add("web")
+async def test_logs_tail_of_a_large_log(api: httpx.AsyncClient, plane: Plane) -> None:
+    await create(api, "web")
     lines = [b"%06d %s\n" % (i, b"x" * 100) for i in range(5000)]  # several read blocks
-    fake.log_path("web").write_bytes(b"".join(lines))
+    plane.log("web").write_bytes(b"".join(lines))
     response = await api.get("/v1/containers/web/logs", params={"tail": 2000})
     assert response.content == b"".join(lines[-2000:])
 
 
-async def test_logs_errors(api: httpx.AsyncClient, fake: FakeControlPlane) -> None:
-    fake.add("web")
+async def test_logs_errors(api: httpx.AsyncClient, plane: Plane) -> None:
+    await create(api, "web")
+    # Known, nothing written yet: an empty log, not an error.
     response = await api.get("/v1/containers/web/logs")
-    assert response.status_code == 404
-    assert response.json() == {"error": "no log for container 'web' yet"}
+    assert response.status_code == 200
+    assert response.text == ""
     response = await api.get("/v1/containers/nope/logs")
     assert response.status_code == 404
-    fake.log_path("web").write_text("hello\n")
+    assert response.json()["error"].startswith("no such container 'nope'")
+    plane.log("web").write_text("hello\n")
     response = await api.get("/v1/containers/web/logs", params={"tail": "-1"})
     assert response.status_code == 400
     assert "tail must be a whole number" in response.json()["error"]
@@ -288,10 +419,10 @@ async def test_logs_errors(api: httpx.AsyncClient, fake: FakeControlPlane) -> No
 
 
 async def test_logs_follow_sees_appends_and_rotation(
-    api: httpx.AsyncClient, app: Starlette, fake: FakeControlPlane
+    api: httpx.AsyncClient, app: Starlette, plane: Plane
 ) -> None:
-    fake.add("web")
-    log = fake.log_path("web")
+    await create(api, "web")
+    log = plane.log("web")
     log.write_bytes(b"old 1\nold 2\n")
     result: list[httpx.Response] = []
 
@@ -327,7 +458,7 @@ async def test_logs_follow_sees_appends_and_rotation(
 # -- events -----------------------------------------------------------------------
 
 
-async def test_events_stream_ndjson(api: httpx.AsyncClient, fake: FakeControlPlane) -> None:
+async def test_events_stream_ndjson(api: httpx.AsyncClient, plane: Plane) -> None:
     result: list[httpx.Response] = []
 
     async def listen() -> None:
@@ -335,30 +466,30 @@ async def test_events_stream_ndjson(api: httpx.AsyncClient, fake: FakeControlPla
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(listen)
-        await wait_for(lambda: fake.subscribers)
-        fake.publish(Event("container.started", "web", "started abc", at=1.5, fields={"pid": 7}))
-        fake.publish(Event("manifest.invalid", "db", "db.toml: run: is required", at=2.0))
-        fake.close()  # the daemon ends the subscription: the stream ends
+        await wait_for(lambda: plane.reconciler.events.listening)
+        plane.write("web", squishfile())
+        plane.write("db", "[run]\n")
+        await running(plane, "web")
+        await until(lambda: plane.phase("db") == "invalid")
+        plane.reconciler.close()  # the daemon ends the subscription: the stream ends
     response = result[0]
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/x-ndjson"
-    lines = [json.loads(line) for line in response.text.splitlines()]
-    assert lines == [
-        {"kind": "container.started", "name": "web", "message": "started abc", "at": 1.5, "pid": 7},
-        {
-            "kind": "manifest.invalid",
-            "name": "db",
-            "message": "db.toml: run: is required",
-            "at": 2.0,
-        },
-    ]
+    events = [conforms(schema.Event, json.loads(line)) for line in response.text.splitlines()]
+    started = next(e for e in events if e["kind"] == "container.started")
+    assert started["name"] == "web"
+    assert started["id"] == plane.ids()["web"]
+    invalid = next(e for e in events if e["kind"] == "manifest.invalid")
+    assert invalid["name"] == "db"
+    assert invalid["file"] == str(plane.manifests / "db.toml")
 
 
 # -- over a real unix socket --------------------------------------------------------
 
 
-async def test_serve_on_unix_socket(tmp_path: Path, app: Starlette, fake: FakeControlPlane) -> None:
-    fake.add("web")
+async def test_serve_on_unix_socket(tmp_path: Path, app: Starlette, plane: Plane) -> None:
+    plane.write("web", squishfile())
+    await running(plane, "web")
     path = tmp_path / "api.sock"
     handler_before = signal.getsignal(signal.SIGINT)
     with anyio.fail_after(10):
@@ -394,12 +525,11 @@ async def test_serve_replaces_a_stale_socket_and_refuses_a_live_one(
             tg.cancel_scope.cancel()
 
 
-async def test_streams_over_a_socket(
-    tmp_path: Path, app: Starlette, fake: FakeControlPlane
-) -> None:
+async def test_streams_over_a_socket(tmp_path: Path, app: Starlette, plane: Plane) -> None:
     """Followed logs and events arrive while the response is still open."""
-    fake.add("web")
-    log = fake.log_path("web")
+    plane.write("web", squishfile())
+    await running(plane, "web")
+    log = plane.log("web")
     log.write_bytes(b"first\n")
     path = tmp_path / "api.sock"
     transport = httpx.AsyncHTTPTransport(uds=str(path))
@@ -427,17 +557,17 @@ async def test_streams_over_a_socket(
                 await chunks.aclose()
 
             async with client.stream("GET", "/v1/events") as response:
-                await wait_for(lambda: fake.subscribers)
-                fake.publish(Event("container.exited", "web", "exited with 3", at=3.0))
+                await wait_for(lambda: plane.reconciler.events.listening)
+                plane.runtime.crash(plane.ids()["web"], 3)
                 lines = response.aiter_lines()
-                assert json.loads(await lines.__anext__())["message"] == "exited with 3"
+                assert json.loads(await lines.__anext__())["message"] == "exited with code 3"
                 await lines.aclose()
             # The client went away: the subscription is closed.
-            await wait_for(lambda: fake.live_subscribers() == 0)
+            await wait_for(lambda: plane.reconciler.events.listening == 0)
 
             # Shutting down with a stream open ends the stream instead of hanging.
             async with client.stream("GET", "/v1/events") as response:
-                await wait_for(lambda: fake.live_subscribers() == 1)
+                await wait_for(lambda: plane.reconciler.events.listening == 1)
                 server_scope.cancel()
                 assert [line async for line in response.aiter_lines()] == []
     assert not path.exists()

@@ -1,8 +1,9 @@
-"""The ``squish`` commands that talk to the daemon, end to end but for the daemon.
+"""The ``squish`` commands that talk to the daemon, end to end but for the runtime.
 
 The real CLI (``main``) and client talk over a real unix socket to the real
-API app, served in a background event loop (an anyio blocking portal), with
-a fake ControlPlane behind it. The output contract of the original squish is
+API app and the real reconciler, served in a background event loop (an anyio
+blocking portal), with the in-package fake runtime under it
+(tests/control_plane.py). The output contract of the original squish is
 checked exactly: ``create`` prints only the id, ``ps`` rows start with the
 7-character id, the name and the pid, ``stop`` prints ids.
 """
@@ -10,46 +11,71 @@ checked exactly: ``create`` prints only the id, ``ps`` rows start with the
 from __future__ import annotations
 
 import json
+import re
 import socket
+import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import anyio
 import anyio.from_thread
 import pytest
-from fake_control_plane import FakeControlPlane, make_id
 
+from squish import __version__
 from squish.api import make_app, serve
 from squish.cli import main
-from squish.control import Event, Phase
 from squish.errors import PortInUse
 from squish.manifest import parse_squishfile
-from squish.runtime import PortForward
+from tests.control_plane import Plane, real_plane, squishfile, wait_sync
+
+T = TypeVar("T")
 
 
 @dataclass
 class Daemon:
-    control: FakeControlPlane
+    plane: Plane
     socket: Path
     portal: anyio.from_thread.BlockingPortal
 
     def squish(self, *argv: str) -> int:
         return main(["--socket", str(self.socket), *argv])
 
+    def call(self, function: Callable[[], T]) -> T:
+        """``function()`` in the daemon's event loop (the reconciler is not thread-safe)."""
+
+        async def run() -> T:
+            return function()
+
+        return self.portal.call(run)
+
+    def ids(self) -> dict[str, str]:
+        return self.call(self.plane.ids)
+
+    def phase(self, name: str) -> str | None:
+        return self.call(lambda: self.plane.phase(name))
+
+    def write(self, name: str, text: str) -> None:
+        self.plane.write(name, text)
+
+    def wait_running(self, *names: str) -> None:
+        wait_sync(lambda: all(self.phase(name) == "running" for name in names))
+
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    control = FakeControlPlane(tmp_path / "daemon")
     path = tmp_path / "squish.sock"
-    with anyio.from_thread.start_blocking_portal() as portal:
-        future, _ = portal.start_task(serve, make_app(control), path)
+    with (
+        anyio.from_thread.start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(real_plane(tmp_path / "daemon")) as plane,
+    ):
+        future, _ = portal.start_task(serve, make_app(plane.reconciler), path)
         try:
-            yield Daemon(control, path, portal)
+            yield Daemon(plane, path, portal)
         finally:
             future.cancel()
-            portal.call(control.close)
 
 
 @pytest.fixture
@@ -91,6 +117,10 @@ def lines_of(text: str) -> list[str]:
     return text.splitlines()
 
 
+def stored(daemon: Daemon, name: str) -> bytes:
+    return (daemon.plane.manifests / f"{name}.toml").read_bytes()
+
+
 # -- create / apply ---------------------------------------------------------------
 
 
@@ -99,12 +129,10 @@ def test_create_prints_only_the_id_and_sends_absolute_paths(
 ) -> None:
     assert daemon.squish("create", "deploy/web.toml") == 0
     out, err = capsys.readouterr()
-    status = daemon.control.statuses["web"]
-    assert out == f"{status.id}\n"
+    assert out == f"{daemon.ids()['web']}\n"
     assert err == ""
 
-    [(verb, name, manifest, timeout)] = daemon.control.calls
-    assert (verb, name, timeout) == ("create", "web", 30.0)
+    manifest = stored(daemon, "web")
     layers = tomllib.loads(manifest.decode())["layers"]
     assert layers["alpine"] == "3.14"
     assert layers["python"] == "3.11"
@@ -119,6 +147,7 @@ def test_create_prints_only_the_id_and_sends_absolute_paths(
     )
     sent = parse_squishfile(manifest, file="x", base_dir=Path("/nonexistent"), name="web")
     assert sent.spec_hash() == local.spec_hash()
+    assert daemon.call(daemon.plane.reconciler.containers)[0]["spec_hash"] == local.spec_hash()
 
 
 def test_create_rewrites_a_path_base(
@@ -131,7 +160,7 @@ def test_create_rewrites_a_path_base(
     (tmp_path / "box.toml").write_text('[layers]\nbase = "./rootfs"\n[run]\ncommand = "/bin/sh"\n')
     monkeypatch.chdir(tmp_path)
     assert daemon.squish("create", "box.toml") == 0
-    manifest = daemon.control.calls[0][2]
+    manifest = stored(daemon, "box")
     assert tomllib.loads(manifest.decode())["layers"] == {"base": str(tmp_path / "rootfs")}
 
 
@@ -144,19 +173,25 @@ def test_create_bad_file_fails_before_the_daemon(
     assert out == ""
     assert err.startswith("squish: bad.toml: layers.app: './missing' does not exist")
     assert len(err.splitlines()) == 1
-    assert daemon.control.calls == []
+    assert list(daemon.plane.manifests.iterdir()) == []
     assert daemon.squish("create", "nope.toml") == 1
     assert "nope.toml: cannot read the file" in capsys.readouterr().err
 
 
-def test_create_reports_the_daemons_refusal(
+def test_create_reports_the_daemons_refusal_and_what_it_undid(
     daemon: Daemon, project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    daemon.control.fail_next = PortInUse("host port 42069/tcp is already in use")
+    daemon.call(
+        lambda: daemon.plane.runtime.fail_next_start(
+            "web", PortInUse("host port 42069/tcp is already in use")
+        )
+    )
     assert daemon.squish("create", "deploy/web.toml") == 1
     out, err = capsys.readouterr()
     assert out == ""
-    assert err == "squish: host port 42069/tcp is already in use\n"
+    web = daemon.plane.manifests / "web.toml"
+    assert err == f"squish: host port 42069/tcp is already in use; {web} was removed again\n"
+    assert not web.exists()
 
 
 def test_create_json(daemon: Daemon, project: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -164,7 +199,9 @@ def test_create_json(daemon: Daemon, project: Path, capsys: pytest.CaptureFixtur
     status = json.loads(capsys.readouterr().out)
     assert status["name"] == "web"
     assert status["phase"] == "running"
-    assert daemon.control.calls[0][3] == 5.0
+    # --json before the verb works too.
+    assert daemon.squish("--json", "create", "deploy/web.toml") == 0
+    assert json.loads(capsys.readouterr().out)["id"] == status["id"]
 
 
 def test_apply_does_not_wait(
@@ -175,8 +212,8 @@ def test_apply_does_not_wait(
     out, err = capsys.readouterr()
     assert out == "web applied\n"
     assert "bad.toml: run.command: is required" in err
-    assert [call[:2] for call in daemon.control.calls] == [("apply", "web")]
-    assert daemon.control.statuses["web"].phase is Phase.PENDING
+    assert sorted(p.name for p in daemon.plane.manifests.iterdir()) == ["web.toml"]
+    daemon.wait_running("web")
 
 
 # -- ps ---------------------------------------------------------------------------
@@ -184,41 +221,76 @@ def test_apply_does_not_wait(
 
 @pytest.fixture
 def populated(daemon: Daemon) -> Daemon:
-    control = daemon.control
-    control.add("web", pid=4242, ports=(PortForward(host=42069, container=8080),), restarts=2)
-    control.add("db", pid=5151, ports=(PortForward(host=5432, container=5432, host_ip="::1"),))
-    control.add("old", Phase.STOPPED, id=make_id("old"), reason="stopped by the user")
-    control.add("broken", Phase.INVALID, reason="", manifest_error="broken.toml: run: is required")
-    control.add("crashy", Phase.BACKOFF, id=make_id("crashy"), reason="exited with 1", restarts=4)
+    daemon.write("web", squishfile(port=42069))
+    daemon.write(
+        "db",
+        '[run]\ncommand = "/bin/db"\n[[ports]]\ncontainer = 5432\nhost = 5432\nhost_ip = "::1"\n',
+    )
+    daemon.write("old", squishfile("/bin/old"))
+    daemon.write("broken", "[run]\n")
+    daemon.wait_running("web", "db", "old")
+    assert daemon.squish("stop", "old") == 0
+    wait_sync(lambda: daemon.phase("broken") == "invalid")
     return daemon
 
 
 def test_ps_lists_running_containers(populated: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
     assert populated.squish("ps") == 0
     header, *rows = lines_of(capsys.readouterr().out)
     assert header.split() == ["ID", "NAME", "PID", "STATUS", "UPTIME", "RESTARTS", "PORTS"]
     assert len(rows) == 2
     fields = {row.split()[1]: row.split() for row in rows}
-    assert fields["web"][:3] == [make_id("web")[:7], "web", "4242"]
+    ids = populated.ids()
+    assert fields["web"][:2] == [ids["web"][:7], "web"]
+    assert fields["web"][2].isdigit()
     assert fields["web"][3] == "running"
-    assert fields["web"][4].startswith("1m1")  # started 75 s ago
-    assert fields["web"][5:] == ["2", "42069->8080/tcp"]
-    assert fields["db"][:3] == [make_id("db")[:7], "db", "5151"]
+    assert fields["web"][4].endswith("s")
+    # The bind address is shown, as podman shows it.
+    assert fields["web"][5:] == ["0", "127.0.0.1:42069->80/tcp"]
     assert fields["db"][6] == "[::1]:5432->5432/tcp"
 
 
 def test_ps_all_adds_the_rest(populated: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
     assert populated.squish("ps", "-a") == 0
     header, *rows = lines_of(capsys.readouterr().out)
     assert header.startswith("ID")
     assert header.split()[-1] == "REASON"
     fields = {row.split()[1]: row.split(maxsplit=7) for row in rows}
-    assert set(fields) == {"web", "db", "old", "broken", "crashy"}
+    assert set(fields) == {"web", "db", "old", "broken"}
     assert fields["broken"][:4] == ["-", "broken", "-", "invalid"]
-    assert fields["broken"][7] == "manifest invalid: broken.toml: run: is required"
-    assert fields["old"][:4] == [make_id("old")[:7], "old", "-", "stopped"]
+    # The manifest's error once, not twice.
+    reason = fields["broken"][7]
+    assert reason.count("run.command: is required") == 1
+    old_id = populated.call(lambda: _last_id(populated, "old"))
+    assert fields["old"][:4] == [old_id, "old", "-", "stopped"]
     assert fields["old"][7] == "stopped by the user"
-    assert fields["crashy"][3:6] == ["backoff", "-", "4"]
+
+
+def _last_id(daemon: Daemon, name: str) -> str:
+    record = daemon.plane.reconciler.records[name]
+    assert record.container_id is not None
+    return record.container_id[:7]
+
+
+def test_ps_fits_80_columns_on_a_terminal(
+    populated: Daemon, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    populated.write("broken", "x" * 300 + ' = 1\n[run]\ncommand = "/bin/x"\n')
+    wait_sync(lambda: "x" * 300 in str(populated.call(populated.plane.reconciler.containers)))
+    capsys.readouterr()
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    monkeypatch.setenv("COLUMNS", "80")
+    assert populated.squish("ps", "-a") == 0
+    lines = lines_of(re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out))
+    assert len(lines) == 5  # the header and one line per container
+    assert all(len(line) <= 80 for line in lines)
+    assert any(line.rstrip().endswith("…") for line in lines)
+    assert populated.squish("ps", "-a", "--no-trunc") == 0
+    text = capsys.readouterr().out
+    assert populated.ids()["web"] in text  # the whole id
+    assert "x" * 40 in text.replace("\n", "").replace(" ", "")
 
 
 def test_ps_with_nothing_running_prints_the_header(
@@ -228,59 +300,107 @@ def test_ps_with_nothing_running_prints_the_header(
     assert lines_of(capsys.readouterr().out) == ["ID  NAME  PID  STATUS  UPTIME  RESTARTS  PORTS"]
 
 
-def test_ps_json(populated: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ps_json_and_format(populated: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
     assert populated.squish("ps", "--json") == 0
     assert {item["name"] for item in json.loads(capsys.readouterr().out)} == {"web", "db"}
-    assert populated.squish("ps", "-a", "--json") == 0
-    assert len(json.loads(capsys.readouterr().out)) == 5
+    assert populated.squish("--json", "ps", "-a") == 0
+    assert len(json.loads(capsys.readouterr().out)) == 4
+    assert populated.squish("ps", "--format", "{name} {ports[0].host} {phase}") == 0
+    assert lines_of(capsys.readouterr().out) == ["db 5432 running", "web 42069 running"]
+    assert populated.squish("ps", "--format", "json") == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
+    assert populated.squish("ps", "--format", "{nope}") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("squish: --format: no field 'nope' (fields: exit_code, id,")
+    assert populated.squish("ps", "--format", "{name") == 1
+    assert capsys.readouterr().err.startswith("squish: --format: ")
 
 
 # -- stop / start / delete ----------------------------------------------------------
 
 
-def test_stop_prints_the_ids(populated: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
-    assert populated.squish("stop", make_id("web")[:7]) == 0
-    assert capsys.readouterr().out == f"{make_id('web')}\n"
-    assert populated.control.statuses["web"].phase is Phase.STOPPED
-    assert populated.squish("stop", "d", "--json") == 0
-    assert [item["name"] for item in json.loads(capsys.readouterr().out)] == ["db"]
+def test_stop_takes_names_and_id_prefixes_several_at_once(
+    populated: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = populated.ids()
+    capsys.readouterr()
+    assert populated.squish("stop", ids["web"][:7], "db") == 0
+    assert capsys.readouterr().out == f"{ids['web']}\n{ids['db']}\n"
+    assert populated.ids() == {}
+    # Already stopped: still fine, as in podman.
+    assert populated.squish("stop", "web", "--json") == 0
+    assert [item["phase"] for item in json.loads(capsys.readouterr().out)] == ["stopped"]
 
 
-def test_stop_unknown_prefix_fails(populated: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
-    assert populated.squish("stop", "zzz") == 1
+def test_stop_never_matches_a_name_prefix(
+    populated: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert populated.squish("stop", "w") == 1
     out, err = capsys.readouterr()
     assert out == ""
-    assert err == "squish: no container id or name starts with 'zzz'\n"
+    assert err.startswith("squish: no such container 'w'")
+    assert "web" in populated.ids()
+
+
+def test_stop_goes_on_past_an_unknown_ref(
+    populated: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert populated.squish("stop", "zzz", "web") == 1
+    out, err = capsys.readouterr()
+    assert out == f"{_last_full_id(populated, 'web')}\n"
+    assert err.startswith("squish: no such container 'zzz'")
+    assert "web" not in populated.ids()
+
+
+def _last_full_id(daemon: Daemon, name: str) -> str:
+    record = daemon.call(lambda: daemon.plane.reconciler.records[name])
+    assert record.container_id is not None
+    return record.container_id
 
 
 def test_start_prints_the_new_id(populated: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
-    assert populated.squish("start", "old") == 0
-    new_id = populated.control.statuses["old"].id
-    assert new_id != make_id("old")
-    assert capsys.readouterr().out == f"{new_id}\n"
+    old_id = _last_full_id(populated, "old")
+    capsys.readouterr()
+    assert populated.squish("start", "old", "web") == 0
+    new_id = populated.ids()["old"]
+    assert new_id != old_id
+    assert capsys.readouterr().out == f"{new_id}\n{populated.ids()['web']}\n"
     assert populated.squish("start", "nope") == 1
-    assert capsys.readouterr().err == "squish: no container named 'nope'\n"
+    assert capsys.readouterr().err.startswith("squish: no such container 'nope'")
 
 
 def test_delete(populated: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
-    assert populated.squish("delete", "web") == 0
-    assert capsys.readouterr().out == f"{make_id('web')}\n"
-    assert populated.squish("delete", "broken") == 0
-    assert capsys.readouterr().out == "broken\n"  # never ran: no id
-    assert "web" not in populated.control.statuses
+    web_id = populated.ids()["web"]
+    capsys.readouterr()
+    assert populated.squish("delete", "web", "broken") == 0
+    assert capsys.readouterr().out == f"{web_id}\nbroken\n"  # broken never ran: no id
+    assert not (populated.plane.manifests / "web.toml").exists()
+    assert "web" not in populated.ids()
 
 
 # -- inspect / logs / events / status -------------------------------------------------
 
 
-def test_inspect_is_json(populated: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+def test_inspect_is_a_json_array(populated: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
     assert populated.squish("inspect", "web") == 0
-    assert json.loads(capsys.readouterr().out)["status"]["pid"] == 4242
-    assert populated.squish("inspect", "nope") == 1
+    (web,) = json.loads(capsys.readouterr().out)
+    assert web["id"] == populated.ids()["web"]
+    assert web["applied"]["command"] == "/bin/app"
+    assert populated.squish("inspect", "web", "nope", "db") == 1
+    out, err = capsys.readouterr()
+    assert [item["name"] for item in json.loads(out)] == ["web", "db"]
+    assert err.startswith("squish: no such container 'nope'")
+    assert populated.squish("inspect", "--format", "{name} {applied.command}", "db") == 0
+    assert capsys.readouterr().out == "db /bin/db\n"
 
 
 def test_logs(populated: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
-    populated.control.log_path("web").write_bytes(b"one\ntwo\nthree\n")
+    populated.plane.log("web").write_bytes(b"one\ntwo\nthree\n")
+    capsys.readouterr()
     assert populated.squish("logs", "web") == 0
     assert capsys.readouterr().out == "one\ntwo\nthree\n"
     assert populated.squish("logs", "--tail", "1", "web") == 0
@@ -290,53 +410,63 @@ def test_logs(populated: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
         {"name": "web", "line": "two"},
         {"name": "web", "line": "three"},
     ]
-    assert populated.squish("logs", "db") == 1
-    assert capsys.readouterr().err == "squish: no log for container 'db' yet\n"
+    # Known but silent so far: nothing to print, no error.
+    assert populated.squish("logs", "db") == 0
+    assert capsys.readouterr().out == ""
+    assert populated.squish("logs", "nope") == 1
+    assert capsys.readouterr().err.startswith("squish: no such container 'nope'")
 
 
-def feed_events(daemon: Daemon, *events: Event) -> None:
-    """Publish ``events`` once the CLI subscribes, then end the stream."""
+def feed_events(daemon: Daemon, action: Callable[[], Any]) -> None:
+    """Run ``action`` once the CLI subscribes, then end the stream."""
 
     async def feed() -> None:
+        reconciler = daemon.plane.reconciler
         with anyio.fail_after(5):
-            while not daemon.control.subscribers:
+            while not reconciler.events.listening:
                 await anyio.sleep(0.01)
-        for event in events:
-            daemon.control.publish(event)
-        daemon.control.close()
+        action()
+        with anyio.fail_after(5):
+            while "web" not in daemon.plane.ids():
+                await anyio.sleep(0.01)
+        await anyio.sleep(0.1)
+        reconciler.events.close()
 
     daemon.portal.start_task_soon(feed)
 
 
 def test_events(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
-    at = 1_700_000_000.0
-    feed_events(
-        daemon,
-        Event("container.started", "web", "started abc", at=at),
-        Event("container.exited", "web", "exited\nwith 1", at=at + 1),
-    )
+    feed_events(daemon, lambda: daemon.write("web", squishfile()))
     assert daemon.squish("events") == 0
     rows = [line.split(maxsplit=3) for line in lines_of(capsys.readouterr().out)]
-    assert [row[1:] for row in rows] == [
-        ["container.started", "web", "started abc"],
-        ["container.exited", "web", "exited with 1"],
-    ]
-    assert rows[0][0].startswith("2023-11-1")
+    started = next(row for row in rows if row[1] == "container.started")
+    assert started[2] == "web"
+    assert started[3] == f"started {daemon.ids()['web'][:12]}"
+    assert started[0].startswith(time.strftime("%Y-%m-%dT"))
 
 
-def test_events_json(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
-    feed_events(daemon, Event("manifest.invalid", "db", "bad", at=5.0, fields={"file": "db.toml"}))
+def test_events_json_and_format(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    feed_events(daemon, lambda: daemon.write("web", squishfile()))
     assert daemon.squish("events", "--json") == 0
-    assert [json.loads(line) for line in lines_of(capsys.readouterr().out)] == [
-        {"kind": "manifest.invalid", "name": "db", "message": "bad", "at": 5.0, "file": "db.toml"}
-    ]
+    events = [json.loads(line) for line in lines_of(capsys.readouterr().out)]
+    assert any(e["kind"] == "container.started" and e["name"] == "web" for e in events)
+    feed_events(daemon, lambda: daemon.write("web", squishfile(env="again")))
+    assert daemon.squish("events", "--format", "{kind}:{name}") == 0
+    assert "container.started:web" in lines_of(capsys.readouterr().out)
 
 
-def test_status(populated: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_is_a_readable_summary(
+    populated: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
     assert populated.squish("status", "--json") == 0
-    assert json.loads(capsys.readouterr().out)["phases"]["running"] == 2
+    assert json.loads(capsys.readouterr().out)["containers"]["running"] == 2
     assert populated.squish("status") == 0
-    assert "version: test" in lines_of(capsys.readouterr().out)
+    lines = lines_of(capsys.readouterr().out)
+    assert lines[0].startswith(f"squish {__version__}, daemon pid ")
+    assert f"manifests:    {populated.plane.manifests}" in lines
+    assert "containers:   2 running, 1 stopped, 1 invalid" in lines
+    assert not any("{" in line for line in lines)
 
 
 # -- finding the daemon ---------------------------------------------------------------
@@ -345,6 +475,7 @@ def test_status(populated: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
 def test_socket_option_after_the_verb_and_from_the_environment(
     populated: Daemon, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    capsys.readouterr()
     assert main(["ps", "--socket", str(populated.socket)]) == 0
     assert len(lines_of(capsys.readouterr().out)) == 3
     monkeypatch.setenv("SQUISH_SOCKET", str(populated.socket))
@@ -352,11 +483,11 @@ def test_socket_option_after_the_verb_and_from_the_environment(
     assert len(lines_of(capsys.readouterr().out)) == 3
 
 
-def test_daemon_unreachable_exits_2_saying_how_to_start_it(
+def test_daemon_unreachable_exits_3_saying_how_to_start_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     missing = tmp_path / "missing.sock"
-    assert main(["--socket", str(missing), "ps"]) == 2
+    assert main(["--socket", str(missing), "ps"]) == 3
     out, err = capsys.readouterr()
     assert out == ""
     assert len(err.splitlines()) == 1
@@ -369,8 +500,20 @@ def test_daemon_unreachable_exits_2_saying_how_to_start_it(
     dead = tmp_path / "dead.sock"
     with socket.socket(socket.AF_UNIX) as leftover:
         leftover.bind(str(dead))
-    assert main(["--socket", str(dead), "stop", "web"]) == 2
+    assert main(["--socket", str(dead), "stop", "web"]) == 3
     assert "(connection refused)" in capsys.readouterr().err
+
+
+def test_a_usage_error_exits_2_and_help_lists_every_exit_code(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["ps", "--no-such-option"]) == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+    assert main(["stop"]) == 2
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for code in ("0", "1", "2", "3", "130"):
+        assert any(line.split()[:1] == [code] for line in out.splitlines()), code
 
 
 def test_validate_and_run_need_no_daemon(

@@ -3,8 +3,9 @@
 The real CLI and client talk over a real unix socket to the real API app,
 whose layer routes are a real ``LayerAdmin`` on a real ``LayerStore`` in
 ``tmp_path``, downloading from a fake registry and Alpine mirror on
-127.0.0.1. A fake ControlPlane stands in for the reconciler, and ``users``
-(what the reconciler would say is in use) is set per test.
+127.0.0.1. The container routes are the real reconciler's on the fake
+runtime (tests/control_plane.py); ``users`` (what the reconciler would say
+is in use) is set per test.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from pathlib import Path
 import anyio
 import anyio.from_thread
 import pytest
-from fake_control_plane import FakeControlPlane
 from rich.filesize import decimal
 from test_alpine import minirootfs
 from test_registry import sdk
@@ -28,6 +28,7 @@ from squish.client import Client
 from squish.layer_admin import LayerAdmin
 from squish.layers import LayerStore
 from squish.manifest import Squishfile, parse_squishfile
+from tests.control_plane import real_plane
 from tests.fake_http import ARCH, Mirror, Registry, digest
 from tests.layer_ref import Ref
 
@@ -51,20 +52,22 @@ class Daemon:
 
 @pytest.fixture
 def daemon(tmp_path: Path, registry: Registry, mirror: Mirror) -> Iterator[Daemon]:
-    control = FakeControlPlane(tmp_path / "daemon")
     store = LayerStore(
         tmp_path / "state", registries={"default": registry.template}, alpine_mirror=mirror.url
     )
     store.alpine.arch = store.registry.arch = ARCH
     daemon = Daemon(tmp_path / "squish.sock", store)
     layers = LayerAdmin(store, lambda: (daemon.wanted, daemon.mounted))
-    with anyio.from_thread.start_blocking_portal() as portal:
-        future, _ = portal.start_task(serve, make_app(control, layers), daemon.socket)
+    with (
+        anyio.from_thread.start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(real_plane(tmp_path / "daemon")) as plane,
+    ):
+        app = make_app(plane.reconciler, layers)
+        future, _ = portal.start_task(serve, app, daemon.socket)
         try:
             yield daemon
         finally:
             future.cancel()
-            portal.call(control.close)
 
 
 def ls(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from squish.reconciler import Reconciler
 from squish.runtime import ContainerSpec, PortForward
 from squish.runtime.fake import FakeRuntime
 from squish.sources.directory import DirectorySource
+from tests.control_plane import real_plane, running, squishfile
 
 pytestmark = pytest.mark.anyio
 
@@ -62,7 +64,9 @@ class World:
         return {c.name: c.id for c in self.runtime.list()}
 
     def phase(self, name: str) -> Phase | None:
-        return next((s.phase for s in self.reconciler.containers() if s.name == name), None)
+        return next(
+            (Phase(s["phase"]) for s in self.reconciler.containers() if s["name"] == name), None
+        )
 
     def starts(self) -> int:
         return sum(1 for call, _ in self.runtime.calls if call == "start")
@@ -103,8 +107,11 @@ async def test_a_dropped_manifest_runs(world: World) -> None:
     await until(lambda: "web" in world.ids())
     await until(lambda: world.phase("web") is Phase.RUNNING)
     (status,) = world.reconciler.containers()
-    assert status.id == world.ids()["web"]
-    assert status.ports == (PortForward(8080, 80),)
+    assert status["id"] == world.ids()["web"]
+    assert status["ports"] == [
+        {"host": 8080, "container": 80, "protocol": "tcp", "host_ip": "127.0.0.1"}
+    ]
+    assert world.runtime.list()[0].ports == (PortForward(8080, 80),)
 
 
 async def test_the_same_content_rewritten_changes_nothing(world: World) -> None:
@@ -176,10 +183,10 @@ async def test_an_invalid_edit_keeps_the_last_good_version_until_fixed(world: Wo
         await until(lambda: "web" in world.ids())
         first = world.ids()["web"]
         world.write("web", '[run]\ncommand = ""\n')
-        await until(lambda: world.reconciler.containers()[0].manifest_error is not None)
+        await until(lambda: world.reconciler.containers()[0]["manifest_error"] is not None)
         (status,) = world.reconciler.containers()
-        assert status.phase is Phase.RUNNING and status.id == first
-        assert "run.command" in (status.manifest_error or "")
+        assert status["phase"] == Phase.RUNNING and status["id"] == first
+        assert "run.command" in (status["manifest_error"] or "")
         await anyio.sleep(0.7)
         assert world.ids()["web"] == first
         world.write("web", manifest("/bin/fixed"))
@@ -200,11 +207,11 @@ async def test_a_crash_restarts_at_once_then_backs_off(world: World) -> None:
     await until(lambda: "web" in world.ids())
     world.runtime.crash(world.ids()["web"])
     await until(lambda: "web" in world.ids())  # the first restart is immediate
-    assert world.reconciler.containers()[0].restarts == 1
+    assert world.reconciler.containers()[0]["restarts"] == 1
     world.runtime.crash(world.ids()["web"])
     await until(lambda: world.phase("web") is Phase.BACKOFF)
     await until(lambda: world.phase("web") is Phase.RUNNING, timeout=3)
-    assert world.reconciler.containers()[0].restarts == 2
+    assert world.reconciler.containers()[0]["restarts"] == 2
     restarts = _sample(world.metrics, "squish_container_restarts_total", container="web")
     assert restarts == 2
 
@@ -224,15 +231,15 @@ async def test_a_port_claimed_twice_is_a_conflict_naming_both_files(world: World
     await until(lambda: "web" in world.ids())
     world.write("api", manifest(port=8080))
     await until(lambda: world.phase("api") is Phase.FAILED)
-    reason = next(s.reason for s in world.reconciler.containers() if s.name == "api")
+    reason = next(s["reason"] for s in world.reconciler.containers() if s["name"] == "api")
     assert "api.toml" in reason and "web.toml" in reason
     assert set(world.ids()) == {"web"}
 
 
 async def test_create_waits_until_running(world: World) -> None:
     status = await world.reconciler.create("web", manifest().encode(), timeout=5)
-    assert status.phase is Phase.RUNNING
-    assert status.id == world.ids()["web"]
+    assert status["phase"] == Phase.RUNNING
+    assert status["id"] == world.ids()["web"]
     assert (world.dir / "web.toml").read_text() == manifest()
 
 
@@ -260,12 +267,12 @@ async def test_stop_keeps_it_stopped_and_start_brings_it_back(world: World) -> N
     world.write("web", manifest())
     await until(lambda: "web" in world.ids())
     first = world.ids()["web"]
-    (stopped,) = await world.reconciler.stop(first[:7])
-    assert stopped.phase is Phase.STOPPED
+    stopped = await world.reconciler.stop(first[:7])
+    assert stopped["phase"] == Phase.STOPPED
     await anyio.sleep(0.7)
     assert world.runtime.list() == []
     started = await world.reconciler.start("web", timeout=5)
-    assert started.phase is Phase.RUNNING and started.id not in (None, first)
+    assert started["phase"] == Phase.RUNNING and started["id"] not in (None, first)
 
 
 async def test_stop_of_an_unknown_prefix_is_not_found(world: World) -> None:
@@ -277,7 +284,7 @@ async def test_create_after_stop_runs_again_under_a_new_id(world: World) -> None
     first = await world.reconciler.create("web", manifest().encode(), timeout=5)
     await world.reconciler.stop("web")
     second = await world.reconciler.create("web", manifest().encode(), timeout=5)
-    assert second.phase is Phase.RUNNING and second.id != first.id
+    assert second["phase"] == Phase.RUNNING and second["id"] != first["id"]
 
 
 async def test_delete_removes_the_manifest_and_the_container(world: World) -> None:
@@ -304,3 +311,44 @@ def _sample(metrics: Metrics, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return sample.value
     return 0.0
+
+
+async def test_a_users_stop_outlives_a_daemon_restart(tmp_path: Path) -> None:
+    async with real_plane(tmp_path) as plane:
+        plane.write("web", squishfile())
+        plane.write("db", squishfile("/bin/db"))
+        await running(plane, "web", "db")
+        await plane.reconciler.stop("web")
+    saved = json.loads((tmp_path / "state" / "stopped.json").read_text())
+    assert list(saved["stopped"]) == ["web"]
+    async with real_plane(tmp_path) as plane:
+        await running(plane, "db")
+        await anyio.sleep(1.2)  # two resyncs
+        assert set(plane.ids()) == {"db"}
+        assert plane.phase("web") == "stopped"
+        await plane.reconciler.start("web", timeout=5)
+        await running(plane, "web")
+    assert json.loads((tmp_path / "state" / "stopped.json").read_text()) == {"stopped": {}}
+    async with real_plane(tmp_path) as plane:
+        await running(plane, "web", "db")
+
+
+async def test_an_edit_starts_a_container_stopped_before_a_restart(tmp_path: Path) -> None:
+    async with real_plane(tmp_path) as plane:
+        plane.write("web", squishfile())
+        await running(plane, "web")
+        await plane.reconciler.stop("web")
+    (tmp_path / "manifests" / "web.toml").write_text(squishfile(env="edited"))
+    async with real_plane(tmp_path) as plane:
+        await running(plane, "web")
+
+
+async def test_a_garbled_stop_file_is_ignored_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "stopped.json").write_text("{half")
+    async with real_plane(tmp_path) as plane:
+        plane.write("web", squishfile())
+        await running(plane, "web")
+    assert "ignoring" in caplog.text and "stopped.json" in caplog.text

@@ -1,0 +1,243 @@
+"""Every shape the daemon's API sends or accepts: the one definition of each.
+
+The server (:mod:`squish.api`, through :mod:`squish.reconciler` and the
+admin modules) builds its answers as these dictionaries, the client
+(:mod:`squish.client`, and so the ``squish`` command) reads them as these
+types, and the tests check real answers against them. The server also turns
+them into the JSON Schemas of its OpenAPI document (``GET /v1/openapi.json``)
+with pydantic, which validates request bodies against the same types.
+
+They are ``TypedDict`` on purpose: to the client they are plain ``dict``
+with static types, so ``squish ps`` pays for no validation library at start.
+pydantic needs ``typing_extensions.TypedDict`` before Python 3.12.
+
+Conventions: times are Unix seconds (floats); a field that has no value is
+``null``, never missing, unless it is ``NotRequired`` below.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NotRequired
+
+from typing_extensions import TypedDict
+
+PhaseName = Literal["pending", "running", "stopped", "exited", "failed", "backoff", "invalid"]
+Protocol = Literal["tcp", "udp"]
+
+
+class Error(TypedDict):
+    """Every error answer: one line a user can act on."""
+
+    error: str
+    candidates: NotRequired[list[str]]
+    """For an ambiguous id prefix (409): the names of the containers it could mean."""
+
+
+# -- containers -------------------------------------------------------------
+
+
+class Port(TypedDict):
+    """A published port; ``host_ip`` is the address really bound (never null in answers)."""
+
+    host: int
+    container: int
+    protocol: Protocol
+    host_ip: str | None
+
+
+class Container(TypedDict):
+    """One squishfile's container: a row of ``squish ps``."""
+
+    name: str
+    phase: PhaseName
+    manifest: str
+    """The squishfile's path (or where it would be)."""
+    id: str | None
+    """The current (or last) container's id."""
+    pid: int | None
+    started_at: float | None
+    restarts: int
+    ports: list[Port]
+    exit_code: int | None
+    reason: str
+    """Why it is not running, or the last exit; empty when there is nothing to say."""
+    manifest_error: str | None
+    """The squishfile is invalid (an older version may still run)."""
+    next_restart_at: float | None
+    spec_hash: str | None
+
+
+class LayerSpec(TypedDict):
+    """A layer as a squishfile names it, resolved (a path or a version)."""
+
+    name: str
+    version: str | None
+    path: str | None
+    target: str
+    rw: bool
+    sha256: str | None
+
+
+class ManifestPort(TypedDict):
+    container: int
+    host: int
+    protocol: Protocol
+    host_ip: str | None
+
+
+class Placement(TypedDict):
+    nodes: list[str]
+    labels: dict[str, str]
+
+
+class Squishfile(TypedDict):
+    """A validated squishfile, as ``inspect`` shows what was applied and what is wanted."""
+
+    name: str
+    base: LayerSpec | None
+    layers: list[LayerSpec]
+    command: str
+    args: list[str]
+    env: dict[str, str]
+    ports: list[ManifestPort]
+    network: str
+    restart: str
+    placement: Placement
+
+
+class Mount(TypedDict):
+    source: str
+    target: str
+    rw: bool
+
+
+class Mounts(TypedDict):
+    """What the running container was built from: its rootfs and its binds."""
+
+    rootfs: str
+    mounts: list[Mount]
+
+
+class ContainerDetail(Container):
+    """``squish inspect``: the row and everything behind it."""
+
+    applied: Squishfile | None
+    """What the current (or last) container was started from."""
+    desired: Squishfile | None
+    """What the squishfile says now (null while it is invalid)."""
+    layers: Mounts | None
+    log: str
+    """The log file on the daemon's host."""
+    last_error: str | None
+    stopped_by_user: bool
+
+
+class Event(TypedDict):
+    """One line of ``squish events``.
+
+    ``kind`` is dotted: ``container.started``, ``container.exited``,
+    ``container.stopped``, ``container.failed``, ``container.ports``,
+    ``manifest.invalid``, ``manifest.valid``, ``manifest.removed``.
+    """
+
+    kind: str
+    name: str
+    message: str
+    at: float
+    id: NotRequired[str]
+    code: NotRequired[int | None]
+    file: NotRequired[str]
+
+
+class DaemonStatus(TypedDict):
+    """``squish status``."""
+
+    version: str
+    pid: int
+    uptime: float
+    manifests: str
+    """The watched directory."""
+    containers: dict[str, int]
+    """How many containers are in each phase (every phase, 0 included)."""
+    node: NotRequired[str]
+    labels: NotRequired[dict[str, str]]
+    default_base: NotRequired[str]
+
+
+# -- layers and sources -----------------------------------------------------
+
+
+class LayerInfo(TypedDict):
+    """One entry of the layer cache (``squish layer ls``)."""
+
+    kind: str
+    name: str
+    version: str
+    entry: str
+    path: str
+    sha256: str
+    source: str
+    size: int
+    used_by: list[str]
+    branch: str
+
+
+class GcResult(TypedDict):
+    removed: list[LayerInfo]
+
+
+class Progress(TypedDict):
+    done: int
+    total: int | None
+
+
+class PullLine(TypedDict):
+    """One line of a pull's NDJSON stream: progress, then the layer or the error."""
+
+    progress: NotRequired[Progress]
+    layer: NotRequired[LayerInfo]
+    error: NotRequired[str]
+
+
+class SourceStatus(TypedDict):
+    """Where a source stands (``squish sources``), in Flux's words."""
+
+    name: str
+    kind: str
+    url: str
+    ref: str
+    path: str
+    applied_revision: str | None
+    attempted_revision: str | None
+    last_sync: float | None
+    last_attempt: float | None
+    error: str | None
+    held: str | None
+
+
+# -- requests ---------------------------------------------------------------
+
+
+class CreateRequest(TypedDict):
+    """``POST /v1/containers``: store a squishfile under ``name``."""
+
+    name: str
+    manifest: str
+    """The squishfile's TOML text."""
+    wait: NotRequired[bool]
+    """Wait until it runs or fails (``create``; default), or not (``apply``)."""
+    timeout: NotRequired[float]
+
+
+class StartRequest(TypedDict):
+    timeout: NotRequired[float]
+
+
+class PullRequest(TypedDict):
+    name: str
+    version: str
+    sha256: NotRequired[str | None]
+
+
+class SyncRequest(TypedDict):
+    name: NotRequired[str | None]
