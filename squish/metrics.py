@@ -4,7 +4,10 @@ The daemon owns one ``Metrics`` and hands it to the reconciler, which counts
 every reconcile and keeps the container and manifest gauges level with what it
 just observed; the runtime side reports starts, restarts and the pid of each
 container's process tree. ``serve()`` exposes it all over HTTP for Prometheus,
-``exposition()`` gives the same text to the API and to tests.
+``exposition()`` gives the same text to the API and to tests. The daemon's own
+process (``process_resident_memory_bytes``, ``process_cpu_seconds_total``,
+``process_open_fds``, ...) is exported too, by prometheus_client's
+``ProcessCollector``.
 
 Everything lives in a private ``CollectorRegistry``, never prometheus_client's
 global one, so two daemons (or two tests) in one process never share samples.
@@ -12,7 +15,14 @@ global one, so two daemons (or two tests) in one process never share samples.
 Following controller-runtime, every label value that is known up front (the
 container states, the reconcile results, the manifest states) is exported at 0
 from the start: a dashboard's ``rate()`` and an alert's ``absent()`` then work
-before the first event instead of seeing a series appear out of nowhere.
+before the first event instead of seeing a series appear out of nowhere. The
+per-container counters (restarts, start failures) follow the same rule from
+the container's first start: Prometheus' ``increase()`` only counts what
+happens after the first sample it sees, so a series born at 1 would hide the
+first restart. ``squish_container_state{container,state}`` is exported as
+kube-state-metrics does its phases: one series per phase of
+``squish.control.Phase``, 1 for the current phase and 0 for the others, so
+"not running" is a plain comparison in an alert.
 
 The only label beyond those fixed sets is ``container``, whose value is a
 container name; nothing else a user wrote (env values, paths) ever becomes a
@@ -34,12 +44,14 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Info,
+    ProcessCollector,
     generate_latest,
     start_http_server,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from squish.control import Phase
 from squish.errors import SquishError
 
 CONTAINER_STATES = ("running", "stopped", "failed", "backoff")
@@ -49,6 +61,8 @@ SYNC_RESULTS = ("success", "error", "held")
 """``held``: fetched, but not applied (the prune guard, or nothing valid)."""
 LAYER_KINDS = ("alpine", "registry", "archive")
 LAYER_RESULTS = ("success", "error")
+CONTAINER_PHASES = tuple(phase.value for phase in Phase)
+"""The ``state`` values of ``squish_container_state``, as ``squish ps -a`` shows them."""
 
 # Starting a container is a fork/exec of bwrap plus a few mounts: around a few
 # milliseconds when the layers are cached, seconds when something is slow.
@@ -156,8 +170,12 @@ class Metrics:
             registry=self.registry,
         )
 
-        self._processes = _ProcessCollector()
+        self._processes = _ContainerProcessCollector()
         self.registry.register(self._processes)
+        self._phases = _ContainerPhaseCollector()
+        self.registry.register(self._phases)
+        # The daemon's own RSS, CPU and fds, read from /proc/self at scrape time.
+        ProcessCollector(registry=self.registry)
 
     def set_manifests(self, *, valid: int, invalid: int) -> None:
         self._manifests.labels("valid").set(valid)
@@ -182,6 +200,20 @@ class Metrics:
     def container_started(self, seconds: float) -> None:
         self._starts.inc()
         self._start_duration.observe(seconds)
+
+    def set_container_phases(self, phases: Mapping[str, Phase]) -> None:
+        """Set ``squish_container_state`` to exactly these containers and phases.
+
+        A container not in ``phases`` loses its series: the mapping is the
+        whole set of containers squish knows, as of one reconcile.
+        """
+        self._phases.replace(phases)
+
+    def container_seen(self, name: str) -> None:
+        """Export ``name``'s restart and start-failure counters, at 0 if new."""
+        # labels() creates a child at 0 and leaves an existing one alone.
+        self._restarts.labels(name)
+        self._start_failures.labels(name)
 
     def container_restarted(self, name: str) -> None:
         self._restarts.labels(name).inc()
@@ -220,8 +252,9 @@ class Metrics:
         self._processes.track(name, pid)
 
     def forget_container(self, name: str) -> None:
-        """Drop every series labelled with this container (restarts, CPU, RSS)."""
+        """Drop every series labelled with this container (restarts, state, CPU, RSS)."""
         self._processes.forget(name)
+        self._phases.forget(name)
         # remove() raises KeyError for a label set that never had a sample;
         # forgetting a container that never restarted is the common case.
         with contextlib.suppress(KeyError):
@@ -277,7 +310,52 @@ class _Tracked:
     start_ticks: int | None
 
 
-class _ProcessCollector(Collector):
+class _ContainerPhaseCollector(Collector):
+    """``squish_container_state``: one series per container and phase.
+
+    A collector of its own rather than a ``Gauge``: a container's seven
+    series change together, and with a gauge a scrape between two ``set()``
+    calls could see a container in two phases, or in none.
+    """
+
+    def __init__(self) -> None:
+        # replace()/forget() run on the daemon's thread, collect() on the
+        # HTTP server's; collect() works on a copy taken under the lock.
+        self._lock = threading.Lock()
+        self._phases: dict[str, Phase] = {}
+
+    def replace(self, phases: Mapping[str, Phase]) -> None:
+        fresh = dict(phases)
+        with self._lock:
+            self._phases = fresh
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._phases.pop(name, None)
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        with self._lock:
+            phases = dict(self._phases)
+        for name, current in sorted(phases.items()):
+            for phase in Phase:
+                family.add_metric([name, phase.value], 1.0 if phase is current else 0.0)
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "squish_container_state",
+            "Each container's state, as squish ps -a shows it: 1 for the current one, "
+            "0 for the others.",
+            labels=["container", "state"],
+        )
+
+
+class _ContainerProcessCollector(Collector):
     """CPU and RSS of each tracked container, read from ``/proc`` at scrape time.
 
     A container is a tree (bwrap, the sandbox's pid 1, the command and its

@@ -312,6 +312,11 @@ class Reconciler:
         self, record: Record, squishfile: Squishfile, layer_key: str, *, restart: bool
     ) -> None:
         began = time.perf_counter()
+        if self.metrics is not None:
+            # Before the attempt: increase() counts only from a series' first
+            # sample, so the restart and start-failure counters must exist at
+            # 0 before their first increment, even if this first start fails.
+            self.metrics.container_seen(record.name)
         try:
             record.resolving = True
             try:
@@ -757,7 +762,8 @@ class Reconciler:
         self.metrics.set_manifests(valid=valid, invalid=len(self._desired) - valid)
         counts = {"running": 0, "stopped": 0, "failed": 0, "backoff": 0}
         names = sorted(set(self._desired) | set(self.records))
-        for status in (self._phase(name, live) for name in names):
+        statuses = [self._phase(name, live) for name in names]
+        for status in statuses:
             match status.phase:
                 case Phase.RUNNING:
                     counts["running"] += 1
@@ -770,6 +776,7 @@ class Reconciler:
                 case _:
                     pass
         self.metrics.set_containers(counts)
+        self.metrics.set_container_phases({status.name: status.phase for status in statuses})
         for container in live.values():
             if container.init_pid is not None:
                 self.metrics.track_process(container.name, container.init_pid)

@@ -30,7 +30,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from squish import cli
+from squish.control import Phase
 from squish.metrics import (
+    CONTAINER_PHASES,
     CONTAINER_STATES,
     LAYER_KINDS,
     LAYER_RESULTS,
@@ -53,7 +55,9 @@ TARGET_LABELS = {"job", "instance"}
 # Dashboard variables stand for label values chosen at view time.
 DASHBOARD_VARIABLES = {"$__rate_interval": "5m", "$instance": ".*", "$container": ".*"}
 
-METRIC = re.compile(r"\b(squish_[a-z0-9_]+)\b(?:\s*\{([^}]*)\})?")
+# squish's own metrics, and the daemon's process metrics (process_*) that
+# prometheus_client's ProcessCollector exports beside them.
+METRIC = re.compile(r"\b((?:squish|process)_[a-z0-9_]+)\b(?:\s*\{([^}]*)\})?")
 MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
 
 
@@ -79,6 +83,8 @@ def exported() -> dict[str, dict[str, set[str]]]:
     for result in RECONCILE_RESULTS:
         metrics.observe_reconcile(0.01, result)
     metrics.container_started(0.01)
+    metrics.container_seen("web")
+    metrics.set_container_phases({f"c-{phase.value}": phase for phase in Phase})
     metrics.container_restarted("web")
     metrics.container_start_failed("web")
     for kind in LAYER_KINDS:
@@ -224,6 +230,22 @@ def test_every_alert_explains_itself_and_names_what_it_is_about(
                     )
 
 
+def test_container_down_alert_covers_every_phase_but_running_stopped_and_exited() -> None:
+    # stopped (squish stop) and exited (done, by its restart policy) are what
+    # the manifest asked for; any other phase is a container that should run
+    # and does not. A phase added to squish.control.Phase must be placed here.
+    [down] = [alert for alert in alerts() if alert["alert"] == "SquishContainerDown"]
+    matchers = {
+        key: (op, value)
+        for match in METRIC.finditer(down["expr"])
+        if match.group(1) == "squish_container_state"
+        for key, op, value in MATCHER.findall(match.group(2) or "")
+    }
+    op, value = matchers["state"]
+    assert op == "=~"
+    assert set(value.split("|")) == set(CONTAINER_PHASES) - {"running", "stopped", "exited"}
+
+
 def test_rules_query_only_what_the_exporter_exports(
     samples: dict[str, dict[str, set[str]]],
 ) -> None:
@@ -255,8 +277,23 @@ def test_dashboard_queries_only_what_the_exporter_exports(
         "squish_source_syncs_total",
         "squish_source_revision_info",
         "squish_source_last_sync_timestamp_seconds",
+        "squish_container_state",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
     }
     assert wanted - used == set(), "the dashboard shows none of these"
+
+
+def test_dashboard_container_picker_lists_every_container_not_only_running_ones() -> None:
+    # Containers that are down have no CPU or memory series; they are exactly
+    # the ones someone opening the dashboard wants to pick.
+    [picker] = [v for v in dashboard()["templating"]["list"] if v["name"] == "container"]
+    assert picker["definition"] == picker["query"]["query"]
+    assert re.fullmatch(
+        r"label_values\(squish_container_state\{[^}]*\}, container\)", picker["definition"]
+    )
+    assert picker["includeAll"] and picker["allValue"] == ".*"
 
 
 def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 Every check reads the exposition the way Prometheus would, through
 prometheus_client's own text parser, rather than peeking at metric objects.
-The process collector is checked against a real process tree spawned here,
+The process collectors are checked against a real process tree spawned here
+and against this test process itself,
 ``serve()`` against a real HTTP scrape, and the names and types against the
 real ``promtool check metrics`` (Debian's ``prometheus`` package, installed by
 ``scripts/setup``). Nothing needs privileges.
@@ -22,8 +23,9 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from squish.control import Phase
 from squish.errors import SquishError
-from squish.metrics import Metrics
+from squish.metrics import CONTAINER_PHASES, Metrics
 from tests.conftest import free_port
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -43,6 +45,11 @@ FAMILIES = {
     "squish_container_restarts",
     "squish_container_cpu_seconds",
     "squish_container_memory_rss_bytes",
+    "squish_container_state",
+    # The daemon's own process, from prometheus_client's ProcessCollector.
+    "process_resident_memory_bytes",
+    "process_cpu_seconds",
+    "process_open_fds",
 }
 
 
@@ -164,9 +171,59 @@ def test_container_restarted_counts_per_container(metrics: Metrics) -> None:
     assert value(metrics, "squish_container_restarts_total", container="db") == 1.0
 
 
+def test_a_seen_container_has_its_counters_at_zero(metrics: Metrics) -> None:
+    # increase() counts from a series' first sample: one born at 1 hides
+    # the first restart.
+    assert value(metrics, "squish_container_restarts_total", container="web") is None
+    metrics.container_seen("web")
+    assert value(metrics, "squish_container_restarts_total", container="web") == 0.0
+    assert value(metrics, "squish_container_start_failures_total", container="web") == 0.0
+
+
+def test_seeing_a_container_again_keeps_its_counts(metrics: Metrics) -> None:
+    metrics.container_seen("web")
+    metrics.container_restarted("web")
+    metrics.container_start_failed("web")
+    metrics.container_seen("web")
+    assert value(metrics, "squish_container_restarts_total", container="web") == 1.0
+    assert value(metrics, "squish_container_start_failures_total", container="web") == 1.0
+
+
+def container_states(metrics: Metrics) -> dict[str, dict[str, float]]:
+    """squish_container_state as container -> state -> value."""
+    got: dict[str, dict[str, float]] = {}
+    for (name, labels), sample in samples(metrics.exposition()).items():
+        if name == "squish_container_state":
+            label = dict(labels)
+            got.setdefault(label["container"], {})[label["state"]] = sample
+    return got
+
+
+def test_container_state_has_every_phase_and_one_is_current(metrics: Metrics) -> None:
+    assert set(CONTAINER_PHASES) == {p.value for p in Phase} >= {"running", "backoff"}
+    metrics.set_container_phases({"web": Phase.RUNNING, "db": Phase.BACKOFF})
+    got = container_states(metrics)
+    assert set(got) == {"web", "db"}
+    for container, current in (("web", "running"), ("db", "backoff")):
+        assert set(got[container]) == set(CONTAINER_PHASES)
+        assert {s for s, v in got[container].items() if v == 1.0} == {current}
+        assert {v for s, v in got[container].items() if s != current} == {0.0}
+
+
+def test_container_state_follows_the_last_set_and_drops_the_missing(metrics: Metrics) -> None:
+    metrics.set_container_phases({"web": Phase.PENDING, "db": Phase.RUNNING})
+    metrics.set_container_phases({"web": Phase.FAILED})
+    got = container_states(metrics)
+    assert set(got) == {"web"}
+    assert got["web"]["failed"] == 1.0
+    assert got["web"]["pending"] == 0.0
+
+
 def test_forget_container_drops_its_series(metrics: Metrics) -> None:
     metrics.container_restarted("web")
     metrics.container_restarted("db")
+    metrics.container_start_failed("web")
+    metrics.set_container_phases({"web": Phase.RUNNING, "db": Phase.RUNNING})
     metrics.track_process("web", os.getpid())
     metrics.track_process("db", os.getpid())
     metrics.forget_container("web")
@@ -176,6 +233,8 @@ def test_forget_container_drops_its_series(metrics: Metrics) -> None:
     assert {container for _, container in labelled} - {None} == {"db"}
     assert ("squish_container_cpu_seconds_total", "db") in labelled
     assert ("squish_container_memory_rss_bytes", "db") in labelled
+    assert ("squish_container_state", "db") in labelled
+    assert ("squish_container_restarts_total", "db") in labelled
 
 
 def test_forget_container_that_never_restarted_is_fine(metrics: Metrics) -> None:
@@ -279,6 +338,41 @@ def test_tracking_again_replaces_the_pid(metrics: Metrics) -> None:
         second.wait()
 
 
+# -- the daemon's own process ---------------------------------------------------
+
+
+def test_the_daemons_own_memory_is_this_process(metrics: Metrics) -> None:
+    # Within 8 MiB: the interpreter allocates a little while it parses.
+    rss = value(metrics, "process_resident_memory_bytes")
+    assert rss == pytest.approx(own_rss(os.getpid()), abs=8 * 1024 * 1024)
+
+
+def test_the_daemons_own_cpu_is_this_process(metrics: Metrics) -> None:
+    before = os.times()
+    deadline = time.process_time() + 0.2
+    while time.process_time() < deadline:
+        pass  # burn some CPU of our own
+    cpu = value(metrics, "process_cpu_seconds_total")
+    after = os.times()
+    assert cpu is not None
+    # Both read the kernel's tick counts; allow a tick or two either side.
+    assert before.user + before.system - 0.05 <= cpu <= after.user + after.system + 0.05
+    assert cpu >= 0.2
+
+
+def test_the_daemons_open_fds_count_what_it_opens(metrics: Metrics) -> None:
+    before = value(metrics, "process_open_fds")
+    assert before is not None
+    files = [open(os.devnull, "rb") for _ in range(20)]  # noqa: SIM115
+    try:
+        during = value(metrics, "process_open_fds")
+    finally:
+        for f in files:
+            f.close()
+    assert during is not None
+    assert during - before >= 20
+
+
 # -- serving over HTTP ---------------------------------------------------------
 
 
@@ -338,7 +432,10 @@ def test_promtool_finds_nothing_to_complain_about(
     metrics.set_containers({"running": 1})
     metrics.observe_reconcile(0.01, "success")
     metrics.container_started(0.02)
+    metrics.container_seen("busy")
     metrics.container_restarted("busy")
+    metrics.container_start_failed("busy")
+    metrics.set_container_phases({"busy": Phase.RUNNING})
     metrics.track_process("busy", busy_tree.pid)
     port = free_port()
     stop = metrics.serve("127.0.0.1", port)
@@ -347,6 +444,8 @@ def test_promtool_finds_nothing_to_complain_about(
     finally:
         stop()
     assert b"squish_container_cpu_seconds_total{" in body
+    assert b"squish_container_state{" in body
+    assert b"process_open_fds " in body
     result = subprocess.run(
         [promtool, "check", "metrics"], input=body, capture_output=True, timeout=30, check=False
     )

@@ -352,3 +352,90 @@ async def test_a_garbled_stop_file_is_ignored_with_a_warning(
         plane.write("web", squishfile())
         await running(plane, "web")
     assert "ignoring" in caplog.text and "stopped.json" in caplog.text
+
+
+def _by_container(metrics: Metrics, name: str) -> dict[str, float]:
+    """Every sample of ``name`` as container -> value; a missing series is absent."""
+    text = metrics.exposition().decode()
+    return {
+        sample.labels["container"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    }
+
+
+def _state(metrics: Metrics, container: str) -> str | None:
+    """The state squish_container_state marks 1 for ``container``; all others must be 0."""
+    text = metrics.exposition().decode()
+    states = {
+        sample.labels["state"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "squish_container_state" and sample.labels["container"] == container
+    }
+    if not states:
+        return None
+    assert set(states) == {phase.value for phase in Phase}
+    (current,) = (state for state, value in states.items() if value == 1.0)
+    assert sum(states.values()) == 1.0
+    return current
+
+
+async def test_a_started_container_counts_restarts_from_zero(world: World) -> None:
+    world.write("web", manifest())
+    await until(lambda: "web" in world.ids())
+    assert _by_container(world.metrics, "squish_container_restarts_total") == {"web": 0.0}
+    assert _by_container(world.metrics, "squish_container_start_failures_total") == {"web": 0.0}
+    world.runtime.crash(world.ids()["web"])
+    await until(lambda: world.reconciler.containers()[0]["restarts"] == 1)
+    assert _by_container(world.metrics, "squish_container_restarts_total") == {"web": 1.0}
+
+
+async def test_a_first_start_that_fails_still_has_a_restart_counter(world: World) -> None:
+    world.runtime.fail_next_start("web", RuntimeFailure("host port 8080/tcp: in use"))
+    world.write("web", manifest())
+    await until(lambda: world.phase("web") is Phase.BACKOFF)
+    assert _by_container(world.metrics, "squish_container_start_failures_total") == {"web": 1.0}
+    assert _by_container(world.metrics, "squish_container_restarts_total") == {"web": 0.0}
+
+
+async def test_container_state_follows_the_phase(world: World) -> None:
+    world.write("web", manifest())
+    world.write("job", manifest(restart="never"))
+    world.write("bad", '[run]\ncommand = ""\n')
+    await until(lambda: _state(world.metrics, "web") == "running")
+    await until(lambda: _state(world.metrics, "job") == "running")
+    assert _state(world.metrics, "bad") == "invalid"
+    world.runtime.crash(world.ids()["job"], exit_code=0)
+    await until(lambda: _state(world.metrics, "job") == "exited")
+    await world.reconciler.stop("web")
+    await until(lambda: _state(world.metrics, "web") == "stopped")
+    assert _state(world.metrics, "job") == "exited"
+
+
+async def test_container_state_of_a_crashed_container_is_backoff(world: World) -> None:
+    world.write("web", manifest())
+    await until(lambda: "web" in world.ids())
+    world.runtime.crash(world.ids()["web"])
+    await until(lambda: "web" in world.ids())  # the first restart is immediate
+    world.runtime.crash(world.ids()["web"])
+    await until(lambda: _state(world.metrics, "web") == "backoff")
+    await until(lambda: _state(world.metrics, "web") == "running", timeout=3)
+
+
+async def test_a_removed_manifest_drops_its_container_series(world: World) -> None:
+    world.write("web", manifest())
+    world.write("db", manifest())
+    world.write("bad", '[run]\ncommand = ""\n')
+    await until(lambda: _state(world.metrics, "web") == "running")
+    await until(lambda: _state(world.metrics, "db") == "running")
+    assert _state(world.metrics, "bad") == "invalid"
+    (world.dir / "web.toml").unlink()
+    (world.dir / "bad.toml").unlink()
+    await until(lambda: set(world.ids()) == {"db"})
+    await until(lambda: _state(world.metrics, "web") is None)
+    await until(lambda: _state(world.metrics, "bad") is None)
+    assert _state(world.metrics, "db") == "running"
+    for name in ("squish_container_restarts_total", "squish_container_start_failures_total"):
+        assert set(_by_container(world.metrics, name)) == {"db"}
