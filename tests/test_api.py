@@ -146,7 +146,7 @@ async def test_create_rejects_bad_requests(
 async def test_create_invalid_manifest_is_400(api: httpx.AsyncClient) -> None:
     response = await api.post("/v1/containers", json={"name": "web", "manifest": "[run]\n"})
     assert response.status_code == 400
-    assert response.json()["error"].startswith("web.toml: run.command: is required")
+    assert response.json()["error"].startswith("web.toml:1: run.command: is required")
 
 
 @pytest.mark.parametrize(
