@@ -89,7 +89,7 @@ def _configure_validate(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_validate(args: argparse.Namespace) -> int:
-    """Check every file, reporting each; fail if any is bad."""
+    """Check every file, reporting each, a line per problem; fail if any is bad."""
     results: list[dict[str, Any]] = []
     failed = False
     for file in args.files:
@@ -97,20 +97,20 @@ def _run_validate(args: argparse.Namespace) -> int:
             squishfile = load_squishfile(file)
         except ManifestError as exc:
             failed = True
-            results.append(
+            errors = [
                 {
-                    "file": file,
-                    "ok": False,
-                    "error": {
-                        "message": str(exc),
-                        "field": exc.field,
-                        "line": exc.line,
-                        "reason": exc.message,
-                    },
+                    "message": problem.describe(exc.file),
+                    "field": problem.field,
+                    "line": problem.line,
+                    "reason": problem.message,
                 }
-            )
+                for problem in exc.errors
+            ]
+            # "error" is the first of "errors", as before there were several.
+            results.append({"file": file, "ok": False, "error": errors[0], "errors": errors})
             if not args.json:
-                print(exc, file=sys.stderr)
+                for error in errors:
+                    print(error["message"], file=sys.stderr)
         else:
             results.append(
                 {

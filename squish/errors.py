@@ -12,34 +12,75 @@ nothing above the adapters ever sees an ``OSError`` or a pydantic error.
     └── RuntimeFailure     the runtime could not start, stop or change a container
         ├── PortInUse      a host port is already bound by someone else
         └── ContainerNotFound
+
+A ``ManifestError`` carries every problem of its file (``ManifestProblem``),
+not only the first.
 """
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 
 class SquishError(Exception):
     """Base of every error squish reports to a user."""
 
 
+@dataclass(frozen=True)
+class ManifestProblem:
+    """One thing wrong in a squishfile.
+
+    ``field`` is the dotted field path (``ports[0].host``) or ``None`` for the
+    file as a whole, ``line`` the 1-based line it is written on, when known.
+    """
+
+    message: str
+    field: str | None = None
+    line: int | None = None
+
+    def describe(self, file: str) -> str:
+        """``FILE:LINE: field: message``, leaving out what is not known."""
+        where = file if self.line is None else f"{file}:{self.line}"
+        if self.field:
+            where += f": {self.field}"
+        return f"{where}: {self.message}"
+
+
 class ManifestError(SquishError):
     """A squishfile is unreadable, malformed or invalid.
 
-    ``file`` is the squishfile's path, ``field`` the dotted field path
-    (``ports[0].host``) or ``None`` for file-level problems, ``line`` the
-    1-based line for syntax errors.
+    ``errors`` lists every problem found, in the order of the file (``squish
+    validate`` prints one line each); ``file`` is the squishfile's path.
+    ``message``, ``field`` and ``line`` are those of the first problem, and
+    ``str()`` is one line for places that show one (``ps``, events, the API):
+    the first problem, and how many more there are.
     """
 
     def __init__(
-        self, file: str, message: str, *, field: str | None = None, line: int | None = None
+        self,
+        file: str,
+        message: str,
+        *,
+        field: str | None = None,
+        line: int | None = None,
+        more: Sequence[ManifestProblem] = (),
     ) -> None:
         self.file = file
         self.field = field
         self.line = line
         self.message = message
-        where = file
-        if line is not None:
-            where += f":{line}"
-        if field:
-            where += f": {field}"
-        super().__init__(f"{where}: {message}")
+        self.errors = (ManifestProblem(message, field, line), *more)
+        summary = self.errors[0].describe(file)
+        if more:
+            summary += f" (and {len(more)} more error{'s' if len(more) > 1 else ''})"
+        super().__init__(summary)
+
+    @classmethod
+    def of(cls, file: str, problems: Sequence[ManifestProblem]) -> ManifestError:
+        """The error for ``problems`` (at least one) in ``file``."""
+        first, *more = problems
+        return cls(file, first.message, field=first.field, line=first.line, more=more)
 
 
 class LayerError(SquishError):

@@ -3,11 +3,12 @@
 A squishfile is the TOML manifest describing one container (its base rootfs,
 layers, command, env and ports, and where in a fleet it may run; see DESIGN.md
 and :mod:`squish.placement`). This module turns its bytes into an immutable
-:class:`Squishfile`, or raises one :class:`~squish.errors.ManifestError`
-whose single line names the file, the field path (``ports[0].host``) and what
-to fix. It also computes the spec hash the reconciler compares to decide
-between leaving a container alone, updating its ports in place, and replacing
-it (:func:`diff_specs`).
+:class:`Squishfile`, or raises a :class:`~squish.errors.ManifestError`
+listing every problem, each naming the file, the field path
+(``ports[0].host``), the line it is on (found by :mod:`squish.toml_lines`,
+as tomllib keeps no positions) and what to fix. It also computes the spec
+hash the reconciler compares to decide between leaving a container alone,
+updating its ports in place, and replacing it (:func:`diff_specs`).
 
 Callers: the CLI (``squish validate``), the sources (directory and git) that
 feed desired state to the reconciler, and the layer store, which resolves the
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -47,13 +48,14 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from squish.errors import ManifestError
+from squish.errors import ManifestError, ManifestProblem
 from squish.placement import (
     Placement,
     label_key_problem,
     label_value_problem,
     node_pattern_problem,
 )
+from squish.toml_lines import KeyLines
 
 __all__ = [
     "Change",
@@ -247,18 +249,23 @@ def parse_squishfile(data: bytes, *, file: str, base_dir: Path, name: str) -> Sq
     """Parse and validate squishfile bytes.
 
     ``file`` only labels errors; ``base_dir`` anchors relative layer paths;
-    ``name`` is the container name. The result has ``file=None``.
+    ``name`` is the container name. The result has ``file=None``. A
+    ``ManifestError`` lists every problem found, each with its field path
+    and the line of the field, when it can be found.
     """
-    doc = _parse_toml(data, file)
-    try:
-        raw = _RawSquishfile.model_validate(doc)
-    except ValidationError as exc:
-        problem = _translate(exc.errors()[0])
-        raise ManifestError(file, problem.message, field=problem.field) from exc
-    try:
-        return _resolve(raw, doc, base_dir=base_dir, name=name)
-    except _Invalid as exc:
-        raise ManifestError(file, exc.message, field=exc.field) from exc
+    text, doc = _parse_toml(data, file)
+    problems: list[_Problem] = []
+    squishfile = _resolve(doc, base_dir=base_dir, name=name, problems=problems)
+    if squishfile is not None and not problems:
+        return squishfile
+    lines = KeyLines(text)
+    found = [
+        ManifestProblem(problem.message, _field_path(problem.loc), lines.line(problem.at))
+        for problem in problems
+    ]
+    # In file order; those with no line (the whole file, a missing table) first.
+    found.sort(key=lambda problem: problem.line or 0)
+    raise ManifestError.of(file, found)
 
 
 # --------------------------------------------------------------------------
@@ -291,7 +298,8 @@ def _hash(spec: dict[str, Any]) -> str:
 # Bytes -> TOML document
 
 
-def _parse_toml(data: bytes, file: str) -> dict[str, Any]:
+def _parse_toml(data: bytes, file: str) -> tuple[str, dict[str, Any]]:
+    """The text and the TOML document of ``data``."""
     try:
         # utf-8-sig: tolerate the byte order mark some editors write.
         text = data.decode("utf-8-sig")
@@ -303,7 +311,7 @@ def _parse_toml(data: bytes, file: str) -> dict[str, Any]:
             line=line,
         ) from exc
     try:
-        return tomllib.loads(text)
+        return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         match = _TOML_POSITION.search(message)
@@ -537,13 +545,37 @@ class _RawSquishfile(_Raw):
     placement: _RawPlacement = Field(default_factory=_RawPlacement)
 
 
-class _Invalid(Exception):
-    """One problem at ``field`` (``None``: the whole file); becomes a ManifestError."""
+_Loc = tuple[int | str, ...]
 
-    def __init__(self, field: str | None, message: str) -> None:
+
+@dataclass(frozen=True)
+class _Problem:
+    """One problem at the field ``loc`` (``()``: the whole file).
+
+    ``where`` is the place in the file to name the line of, when that is not
+    ``loc`` itself: an unknown key is reported at its table but written on
+    its own line; a missing one is written nowhere, so the table lacking it
+    is named. ``at`` is the place either way.
+    """
+
+    loc: _Loc
+    message: str
+    where: _Loc | None = None
+
+    @property
+    def at(self) -> _Loc:
+        return self.loc if self.where is None else self.where
+
+
+_RawT = TypeVar("_RawT", bound=_Raw)
+
+
+class _Invalid(Exception):
+    """One problem, raised by a rule; the caller collects it and goes on."""
+
+    def __init__(self, loc: _Loc, message: str) -> None:
         super().__init__(message)
-        self.field = field
-        self.message = message
+        self.problem = _Problem(loc, message)
 
 
 _EXPECTED = {
@@ -564,7 +596,7 @@ _MISSING_HINTS = {
 }
 
 
-def _translate(error: ErrorDetails) -> _Invalid:
+def _translate(error: ErrorDetails) -> _Problem:
     """Put one pydantic error into squish's words (never its multi-line text)."""
     loc = tuple(error["loc"])
     kind = error["type"]
@@ -573,9 +605,10 @@ def _translate(error: ErrorDetails) -> _Invalid:
     if kind == "extra_forbidden":
         parent = loc[:-1]
         allowed = ", ".join(_allowed_keys(parent))
-        return _Invalid(_field_path(parent), f"unknown key {loc[-1]!r} (allowed: {allowed})")
+        return _Problem(parent, f"unknown key {loc[-1]!r} (allowed: {allowed})", where=loc)
     if kind == "missing":
-        return _Invalid(_field_path(loc), "is required" + _MISSING_HINTS.get(str(loc[-1]), ""))
+        hint = _MISSING_HINTS.get(str(loc[-1]), "")
+        return _Problem(loc, "is required" + hint, where=loc[:-1])
     if kind == "value_error" and "error" in ctx:
         message = str(ctx["error"])
     elif kind in _EXPECTED:
@@ -584,7 +617,7 @@ def _translate(error: ErrorDetails) -> _Invalid:
         message = f"must be {ctx['expected']}, got {_describe(value)}"
     else:
         message = error["msg"]
-    return _Invalid(_field_path(loc), " ".join(message.split()))
+    return _Problem(loc, " ".join(message.split()))
 
 
 def _allowed_keys(parent: tuple[int | str, ...]) -> list[str]:
@@ -644,75 +677,149 @@ def _describe(value: object) -> str:
 # Raw model -> Squishfile (rules spanning fields; paths and targets)
 
 
-def _resolve(raw: _RawSquishfile, doc: dict[str, Any], *, base_dir: Path, name: str) -> Squishfile:
+def _resolve(
+    doc: dict[str, Any], *, base_dir: Path, name: str, problems: list[_Problem]
+) -> Squishfile | None:
+    """The squishfile of ``doc``, adding every problem found to ``problems``.
+
+    The rules spanning fields (layer paths exist, targets and host ports are
+    not taken twice) are checked even when the shape is wrong elsewhere, on
+    every layer and port that is right in itself, so one run lists them all.
+    """
     if not _CONTAINER_NAME.fullmatch(name):
-        raise _Invalid(
-            None,
-            f"container name {name!r} (the file name without .toml) may contain only letters, "
-            "digits, '_', '.' and '-' and must start with a letter or digit; rename the file",
-        )
-    raw_layers = doc.get("layers", {})
-    base: Layer | None = None
-    layers: list[Layer] = []
-    owner_of_target: dict[str, str] = {}
-    for layer_name, raw_layer in raw.layers.items():
-        shorthand = isinstance(raw_layers.get(layer_name), str)
-        layer = _resolve_layer(layer_name, raw_layer, shorthand=shorthand, base_dir=base_dir)
-        if layer.is_base:
-            if base is not None:
-                raise _Invalid(
-                    _layer_field(layer_name),
-                    f"only one base layer is allowed, but both '{base.name}' and "
-                    f"'{layer_name}' are given; remove one",
-                )
-            base = layer
-            continue
-        other = owner_of_target.get(layer.target)
-        if other is not None:
-            where = "target" if raw_layer.target is not None else None
-            raise _Invalid(
-                _layer_field(layer_name, where),
-                f"target {layer.target} is already used by {_layer_field(other)}; "
-                "give one of them a different target",
+        problems.append(
+            _Problem(
+                (),
+                f"container name {name!r} (the file name without .toml) may contain only "
+                "letters, digits, '_', '.' and '-' and must start with a letter or digit; "
+                "rename the file",
             )
-        owner_of_target[layer.target] = layer_name
-        layers.append(layer)
+        )
+    try:
+        raw = _RawSquishfile.model_validate(doc)
+    except ValidationError as exc:
+        errors = exc.errors()
+        problems.extend(_translate(error) for error in errors)
+        layers, ports = _valid_parts(doc, [tuple(error["loc"]) for error in errors])
+        _resolve_layers(layers, doc, base_dir, problems)
+        _resolve_ports(ports, problems)
+        return None
+    base, layers_found = _resolve_layers(raw.layers, doc, base_dir, problems)
+    ports_found = _resolve_ports(list(enumerate(raw.ports)), problems)
     return Squishfile(
         name=name,
         base=base,
-        layers=tuple(layers),
+        layers=layers_found,
         command=raw.run.command,
         args=tuple(raw.run.args),
         env=raw.env,
-        ports=_resolve_ports(raw.ports),
+        ports=ports_found,
         network=raw.network,
         restart=raw.restart.policy,
         placement=Placement(tuple(raw.placement.nodes or ()), raw.placement.labels),
     )
 
 
+def _valid_parts(
+    doc: dict[str, Any], failed: list[_Loc]
+) -> tuple[dict[str, _RawLayer], list[tuple[int, _RawPort]]]:
+    """The layers and ports of ``doc`` with no error of their own (``failed``)."""
+
+    def fine(loc: _Loc) -> bool:
+        return not any(where[: len(loc)] == loc or where == loc[:1] for where in failed)
+
+    layers: dict[str, _RawLayer] = {}
+    raw_layers = doc.get("layers")
+    if isinstance(raw_layers, dict):
+        for layer_name, value in raw_layers.items():
+            if fine(("layers", layer_name)) and (layer := _alone(_RawLayer, value)):
+                layers[layer_name] = layer
+    ports: list[tuple[int, _RawPort]] = []
+    raw_ports = doc.get("ports")
+    if isinstance(raw_ports, list):
+        for index, value in enumerate(raw_ports):
+            if fine(("ports", index)) and (port := _alone(_RawPort, value)):
+                ports.append((index, port))
+    return layers, ports
+
+
+def _alone(model: type[_RawT], value: Any) -> _RawT | None:
+    # It validated within the document, so it does alone; should the two
+    # ever disagree, its rules are skipped rather than a pydantic error shown.
+    try:
+        return model.model_validate(value)
+    except ValidationError:
+        return None
+
+
+def _resolve_layers(
+    raw_layers: Mapping[str, _RawLayer],
+    doc: dict[str, Any],
+    base_dir: Path,
+    problems: list[_Problem],
+) -> tuple[Layer | None, tuple[Layer, ...]]:
+    """The base and the other layers; a layer with a problem is left out."""
+    written = doc.get("layers", {})
+    base: Layer | None = None
+    layers: list[Layer] = []
+    owner_of_target: dict[str, str] = {}
+    for layer_name, raw_layer in raw_layers.items():
+        shorthand = isinstance(written.get(layer_name), str)
+        try:
+            layer = _resolve_layer(layer_name, raw_layer, shorthand=shorthand, base_dir=base_dir)
+        except _Invalid as exc:
+            problems.append(exc.problem)
+            continue
+        if layer.is_base:
+            if base is not None:
+                problems.append(
+                    _Problem(
+                        _layer_loc(layer_name),
+                        f"only one base layer is allowed, but both '{base.name}' and "
+                        f"'{layer_name}' are given; remove one",
+                    )
+                )
+                continue
+            base = layer
+            continue
+        other = owner_of_target.get(layer.target)
+        if other is not None:
+            where = "target" if raw_layer.target is not None else None
+            problems.append(
+                _Problem(
+                    _layer_loc(layer_name, where),
+                    f"target {layer.target} is already used by {_layer_field(other)}; "
+                    "give one of them a different target",
+                )
+            )
+            continue
+        owner_of_target[layer.target] = layer_name
+        layers.append(layer)
+    return base, tuple(layers)
+
+
 def _resolve_layer(name: str, raw: _RawLayer, *, shorthand: bool, base_dir: Path) -> Layer:
     path: Path | None = None
     if raw.path is not None:
-        path = _host_path(raw.path, base_dir, _layer_field(name, None if shorthand else "path"))
+        path = _host_path(raw.path, base_dir, _layer_loc(name, None if shorthand else "path"))
     if name in BASE_LAYER_NAMES:
         if name == "alpine" and raw.version is None:
             raise _Invalid(
-                _layer_field(name),
+                _layer_loc(name),
                 'must be an Alpine version such as "3.14"; '
                 "name the layer 'base' to use a rootfs directory",
             )
         for key in ("target", "rw"):
             if key in raw.model_fields_set:
                 raise _Invalid(
-                    _layer_field(name, key),
+                    _layer_loc(name, key),
                     "is not allowed on the base layer (it is always the read-only root '/')",
                 )
         return Layer(name, raw.version, path, "/", rw=False, sha256=raw.sha256)
     if raw.rw and raw.version is not None:
         # Versioned layers are shared by every container using them.
         raise _Invalid(
-            _layer_field(name, "rw"),
+            _layer_loc(name, "rw"),
             "rw = true is only allowed on path layers; versioned layers are shared and read-only",
         )
     if raw.target is not None:
@@ -724,16 +831,16 @@ def _resolve_layer(name: str, raw: _RawLayer, *, shorthand: bool, base_dir: Path
     return Layer(name, raw.version, path, target, rw=raw.rw, sha256=raw.sha256)
 
 
-def _host_path(raw_path: str, base_dir: Path, field_path: str) -> Path:
+def _host_path(raw_path: str, base_dir: Path, loc: _Loc) -> Path:
     try:
         resolved = (base_dir / raw_path).resolve()
         exists = resolved.exists()
     except (OSError, RuntimeError) as exc:
         # RuntimeError: a symlink loop (Python < 3.13).
-        raise _Invalid(field_path, f"cannot access {raw_path!r}: {exc}") from exc
+        raise _Invalid(loc, f"cannot access {raw_path!r}: {exc}") from exc
     if not exists:
         raise _Invalid(
-            field_path,
+            loc,
             f"{raw_path!r} does not exist (resolved to {resolved}; relative paths start "
             "at the squishfile's directory)",
         )
@@ -758,32 +865,44 @@ def _default_path_target(name: str, raw_path: str, resolved: Path) -> str:
     return "/".join(("/app", *parts))
 
 
-def _resolve_ports(raw_ports: list[_RawPort]) -> tuple[Port, ...]:
+def _resolve_ports(
+    raw_ports: list[tuple[int, _RawPort]], problems: list[_Problem]
+) -> tuple[Port, ...]:
+    """The ports (with their index in the file); one taken twice is a problem."""
     ports: list[Port] = []
     host_owner: dict[tuple[int, str, str | None], int] = {}
     container_owner: dict[tuple[int, str], int] = {}
-    for index, raw in enumerate(raw_ports):
+    for index, raw in raw_ports:
         host_key = (raw.host, raw.protocol, raw.host_ip)
         if host_key in host_owner:
             bind = f"{raw.host_ip}:" if raw.host_ip else ""
-            raise _Invalid(
-                f"ports[{index}].host",
-                f"host port {bind}{raw.host}/{raw.protocol} is already used by "
-                f"ports[{host_owner[host_key]}]; pick another host port",
+            problems.append(
+                _Problem(
+                    ("ports", index, "host"),
+                    f"host port {bind}{raw.host}/{raw.protocol} is already used by "
+                    f"ports[{host_owner[host_key]}]; pick another host port",
+                )
             )
+            continue
         container_key = (raw.container, raw.protocol)
         if container_key in container_owner:
-            raise _Invalid(
-                f"ports[{index}].container",
-                f"container port {raw.container}/{raw.protocol} is already published by "
-                f"ports[{container_owner[container_key]}]; publish it once",
+            problems.append(
+                _Problem(
+                    ("ports", index, "container"),
+                    f"container port {raw.container}/{raw.protocol} is already published by "
+                    f"ports[{container_owner[container_key]}]; publish it once",
+                )
             )
+            continue
         host_owner[host_key] = index
         container_owner[container_key] = index
         ports.append(Port(raw.container, raw.host, raw.protocol, raw.host_ip))
     return tuple(ports)
 
 
-def _layer_field(name: str, key: str | None = None) -> str:
-    loc = ("layers", name) if key is None else ("layers", name, key)
-    return _field_path(loc) or "layers"
+def _layer_loc(name: str, key: str | None = None) -> _Loc:
+    return ("layers", name) if key is None else ("layers", name, key)
+
+
+def _layer_field(name: str) -> str:
+    return _field_path(_layer_loc(name)) or "layers"

@@ -62,6 +62,13 @@ class FakeServer:
                     return
                 answer(self)
 
+            def do_HEAD(self) -> None:
+                # Whether a path is served, without a body; recorded apart from GETs.
+                server.requests.append(f"HEAD {self.path}")
+                self.send_response(200 if self.path in server.routes else 404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
             def log_message(self, format: str, *args: object) -> None:
                 pass
 

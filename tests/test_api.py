@@ -170,7 +170,7 @@ async def test_create_rejects_bad_requests(
 async def test_create_invalid_manifest_is_400(api: httpx.AsyncClient, plane: Plane) -> None:
     response = await api.post("/v1/containers", json={"name": "web", "manifest": "[run]\n"})
     assert response.status_code == 400
-    assert "web.toml: run.command: is required" in response.json()["error"]
+    assert "web.toml:1: run.command: is required" in response.json()["error"]
     assert not (plane.manifests / "web.toml").exists()
 
 

@@ -171,7 +171,7 @@ def test_create_bad_file_fails_before_the_daemon(
     assert daemon.squish("create", "bad.toml") == 1
     out, err = capsys.readouterr()
     assert out == ""
-    assert err.startswith("squish: bad.toml: layers.app: './missing' does not exist")
+    assert err.startswith("squish: bad.toml:2: layers.app: './missing' does not exist")
     assert len(err.splitlines()) == 1
     assert list(daemon.plane.manifests.iterdir()) == []
     assert daemon.squish("create", "nope.toml") == 1
@@ -211,7 +211,7 @@ def test_apply_does_not_wait(
     assert daemon.squish("apply", "deploy/web.toml", "bad.toml") == 1
     out, err = capsys.readouterr()
     assert out == "web applied\n"
-    assert "bad.toml: run.command: is required" in err
+    assert "bad.toml:1: run.command: is required" in err
     assert sorted(p.name for p in daemon.plane.manifests.iterdir()) == ["web.toml"]
     daemon.wait_running("web")
 

@@ -321,7 +321,7 @@ def test_a_broken_squishfile_is_an_error_naming_file_and_field(
     bad = source.snapshot()["bad"]
     assert bad.squishfile is None and bad.error is not None
     assert bad.error.field == "ports[0].host"
-    assert str(bad.error).startswith(f"bad.toml@{commit[:12]}: ports[0].host: ")
+    assert str(bad.error).startswith(f"bad.toml@{commit[:12]}:5: ports[0].host: ")
     missing = source.snapshot()["missing"].error
     assert missing is not None and missing.field == "layers.app"
     assert "does not exist" in str(missing) and "\n" not in str(missing)

@@ -119,6 +119,22 @@ def test_a_failing_pull_says_why_and_caches_nothing(
     assert ls(daemon, capsys) == []
 
 
+def test_pulling_a_version_the_registry_lacks_names_the_url_asked(
+    daemon: Daemon, registry: Registry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry.publish("python", "3.11", sdk("py311"))
+
+    assert daemon.squish("layer", "pull", "python", "3.99") == 1
+
+    (line,) = capsys.readouterr().err.splitlines()
+    url = f"{registry.url}/python/3.99/{ARCH}.tar.gz"
+    assert (
+        line
+        == f"squish: python 3.99 ({ARCH}) was not found in the layer registry ({url} answered 404)"
+    )
+    assert ls(daemon, capsys) == []
+
+
 def test_import_adds_a_layer_from_a_file(
     daemon: Daemon, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

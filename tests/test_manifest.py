@@ -1,8 +1,8 @@
 """Tests of the squishfile model (squish.manifest) and ``squish validate``.
 
-Table-driven: each bad squishfile must give one ManifestError naming the file
-and the field; the spec hash must follow what defines the container and
-nothing else.
+Table-driven: each bad squishfile must give a ManifestError naming the file
+and the field, listing every problem with the line of its field; the spec
+hash must follow what defines the container and nothing else.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from squish.manifest import (
     load_squishfile,
     parse_squishfile,
 )
+from squish.toml_lines import KeyLines
 
 EXAMPLE = """\
 network = "none"
@@ -235,7 +237,7 @@ def test_squishfile_is_immutable_and_hashable(project: Path) -> None:
     assert squishfile == load_squishfile(project / "web.toml")
 
 
-# -- every bad input is one ManifestError naming file and field -----------------
+# -- every bad input is a ManifestError naming file and field --------------------
 
 BAD = [
     # (id, squishfile text, field, words in the message)
@@ -553,13 +555,164 @@ def test_container_name_comes_from_the_file_stem(tmp_path: Path) -> None:
     assert caught.value.field is None
 
 
-def test_only_the_first_problem_is_reported(project: Path) -> None:
-    text = 'network = "host"\n[run]\ncommand = ""\n'
+# Several problems in one file: every one is reported, in file order, with the
+# line of its field (or, for a missing key, of the table lacking it).
+SEVERAL = """\
+network = "host"
+[layers]
+app = "./missing"
+conf = { path = "./app.toml", trget = "/etc/x" }
+[run]
+command = ""
+cmd = "x"
+[[ports]]
+container = 1
+host = 70000
+[[ports]]
+container = 2
+host = 8080
+[[ports]]
+container = 3
+host = 8080
+[[ports]]
+container = 4
+"""
+
+SEVERAL_PROBLEMS = [
+    # (line, field, words in the message)
+    (1, "network", "must be 'slirp4netns' or 'none'"),
+    (3, "layers.app", "'./missing' does not exist"),
+    (4, "layers.conf", "unknown key 'trget'"),
+    (6, "run.command", "must not be empty"),
+    (7, "run", "unknown key 'cmd'"),
+    (10, "ports[0].host", "between 1 and 65535"),
+    # Checked among the ports that are right in themselves.
+    (16, "ports[2].host", "host port 8080/tcp is already used by ports[1]"),
+    (17, "ports[3].host", "is required"),
+]
+
+
+def test_every_problem_is_reported_with_its_line(project: Path) -> None:
+    path = write(project, SEVERAL)
 
     with pytest.raises(ManifestError) as caught:
-        load_squishfile(write(project, text))
+        load_squishfile(path)
 
-    assert caught.value.field == "network"
+    problems = caught.value.errors
+    assert [(p.line, p.field) for p in problems] == [(n, f) for n, f, _ in SEVERAL_PROBLEMS]
+    for problem, (_, _, words) in zip(problems, SEVERAL_PROBLEMS, strict=True):
+        assert words in problem.message
+        assert_one_readable_line(problem.describe(str(path)), path)
+    # One line where one is shown (ps, events): the first problem, and a count.
+    first = problems[0]
+    assert str(caught.value) == f"{path}:1: network: {first.message} (and 7 more errors)"
+    assert (caught.value.field, caught.value.line) == ("network", 1)
+
+
+def test_one_problem_is_one_line_without_a_count(project: Path) -> None:
+    path = write(project, '[run]\ncommand = ""\n')
+
+    with pytest.raises(ManifestError) as caught:
+        load_squishfile(path)
+
+    (problem,) = caught.value.errors
+    assert str(caught.value) == f"{path}:2: run.command: {problem.message}"
+
+
+def test_a_bad_file_name_is_reported_with_the_fields(project: Path) -> None:
+    path = write(project, 'network = "host"\n[run]\ncommand = "/x"\n', "my app.toml")
+
+    with pytest.raises(ManifestError) as caught:
+        load_squishfile(path)
+
+    assert [(p.line, p.field) for p in caught.value.errors] == [(None, None), (1, "network")]
+    assert "rename the file" in caught.value.errors[0].message
+
+
+# -- the line of a field -------------------------------------------------------------
+
+# Line numbers are in the comments; lines 8 to 11 are one string.
+LOCATED = """\
+network = "none"                                # 1
+[layers]                                        # 2
+app = "./app"                                   # 3
+"my.layer" = { path = "./x", target = "/x" }    # 4
+tools.path = "./bin"                            # 5
+tools . "target" = "/t"                         # 6
+[ run ]                                         # 7
+command = \"\"\"
+[not.a.table]
+key = "not a key \\\" [x]"
+\"\"\"                                             # 11
+args = [                                        # 12
+  "a",                                          # 13
+  "b", # ] [x] = "c"                            # 14
+]                                               # 15
+[[ports]]                                       # 16
+container = 1                                   # 17
+host = 2                                        # 18
+[[ports]]                                       # 19
+host = 3                                        # 20
+[layers.'lit.key']                              # 21
+path = './y'                                    # 22
+[env]                                           # 23
+"KEY" = 'v'                                     # 24
+[placement]                                     # 25
+nodes = ["a", [                                 # 26
+  "b"], "c"]                                    # 27
+labels = { role = "web", zone = "x" }           # 28
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "line"),
+    [
+        (("network",), 1),
+        (("layers",), 2),
+        (("layers", "app"), 3),
+        (("layers", "my.layer"), 4),
+        (("layers", "my.layer", "target"), 4),  # inside an inline table on one line
+        (("layers", "tools"), 5),  # a table made of dotted keys: its first
+        (("layers", "tools", "target"), 6),
+        (("layers", "tools", "version"), None),  # not written anywhere
+        (("run",), 7),
+        (("run", "command"), 8),
+        (("not",), None),  # a header inside a string is no header
+        (("not", "a", "table", "key"), None),
+        (("run", "key"), None),
+        (("run", "args"), 12),
+        (("run", "args", 0), 13),
+        (("run", "args", 1), 14),
+        (("run", "args", 2), None),
+        (("ports",), 16),
+        (("ports", 0), 16),
+        (("ports", 0, "host"), 18),
+        (("ports", 1), 19),
+        (("ports", 1, "host"), 20),
+        (("ports", 1, "container"), None),
+        (("ports", 2), None),
+        (("layers", "lit.key"), 21),
+        (("layers", "lit.key", "path"), 22),
+        (("env", "KEY"), 24),
+        (("env", "KEY", "[key]"), 24),  # pydantic's marker for the key itself
+        (("placement", "nodes", 0), 26),
+        (("placement", "nodes", 1), 26),  # where the element starts
+        (("placement", "nodes", 1, 0), None),  # somewhere in two lines: unsure
+        (("placement", "nodes", 2), 27),
+        (("placement", "labels", "zone"), 28),
+        (("absent",), None),
+        ((), None),
+    ],
+)
+def test_the_line_of_a_field(path: tuple[int | str, ...], line: int | None) -> None:
+    text = textwrap.dedent(LOCATED)
+    tomllib.loads(text)  # the locator only ever reads what tomllib accepted
+    assert KeyLines(text).line(path) == line
+    assert KeyLines(text.replace("\n", "\r\n")).line(path) == line
+
+
+def test_a_source_the_locator_does_not_follow_has_no_lines() -> None:
+    assert KeyLines('[run]\ncommand = "x\n').line(("run",)) is None
 
 
 # -- the spec hash and what a change means -------------------------------------------
@@ -744,16 +897,33 @@ def test_validate_reports_every_bad_file_and_fails(
     assert out.splitlines() == [f"{good}: ok", f"{also_good}: ok"]
     errors = err.splitlines()
     assert errors == [
-        f"{bad}: ports[0].host: must be an integer between 1 and 65535, got integer 70000",
+        f"{bad}:5: ports[0].host: must be an integer between 1 and 65535, got integer 70000",
         f"{missing}: cannot read the file: No such file or directory",
     ]
+
+
+def test_validate_prints_a_line_per_problem(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(project, SEVERAL)
+
+    assert main(["validate", str(path)]) == 1
+
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == len(SEVERAL_PROBLEMS)
+    for text, (line, field, words) in zip(lines, SEVERAL_PROBLEMS, strict=True):
+        assert text.startswith(f"{path}:{line}: {field}: ")
+        assert words in text
 
 
 def test_validate_json(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = write(project, MINIMAL, "good.toml")
     bad = write(project, '[run]\ncommand = ""\n', "bad.toml")
+    several = write(project, SEVERAL, "several.toml")
 
-    assert main(["validate", "--json", str(good), str(bad)]) == 1
+    assert main(["validate", "--json", str(good), str(bad), str(several)]) == 1
 
     out, err = capsys.readouterr()
     assert err == ""
@@ -766,6 +936,12 @@ def test_validate_json(project: Path, capsys: pytest.CaptureFixture[str]) -> Non
     }
     assert report[1]["ok"] is False
     assert report[1]["error"]["field"] == "run.command"
+    assert report[1]["errors"] == [report[1]["error"]]
+    errors = report[2]["errors"]
+    assert [(e["line"], e["field"]) for e in errors] == [(n, f) for n, f, _ in SEVERAL_PROBLEMS]
+    assert errors[0] == report[2]["error"]
+    for error in errors:
+        assert error["message"] == f"{several}:{error['line']}: {error['field']}: {error['reason']}"
 
 
 @pytest.mark.parametrize("argv", [[], ["validate"], ["no-such-command"]])
@@ -830,7 +1006,7 @@ def test_placement_errors_are_one_line_naming_file_and_field(project: Path) -> N
         load_squishfile(path)
 
     assert str(caught.value) == (
-        f"{path}: placement.nodes[1]: node patterns are node names (letters, digits, '-', "
+        f"{path}:4: placement.nodes[1]: node patterns are node names (letters, digits, '-', "
         "'_' and '.') with the glob characters '*', '?', '[', ']' and '!'; write one per "
         "string, got 'db 2'"
     )

@@ -161,6 +161,33 @@ async def test_a_replaced_archive_replaces_the_container(world: World) -> None:
     assert world.starts() == 2
 
 
+async def test_writes_to_file_layers_replace_only_when_the_file_is_new(world: World) -> None:
+    scratch, conf = world.dir / "scratch", world.dir / "app.conf"
+    scratch.write_text("")
+    conf.write_text("one\n")
+    world.write(
+        "web",
+        manifest()
+        + '[layers]\nscratch = { path = "./scratch", target = "/data/s", rw = true }\n'
+        + 'conf = { path = "./app.conf", target = "/etc/app.conf" }\n',
+    )
+    await until(lambda: "web" in world.ids())
+    first = world.ids()["web"]
+    for _ in range(15):  # three resyncs of writes: the container's and in place
+        with scratch.open("a") as file:
+            file.write("tick\n")
+        with conf.open("a") as file:
+            file.write("edited in place\n")
+        await anyio.sleep(0.1)
+    assert world.ids()["web"] == first
+    assert world.starts() == 1
+    replacement = world.dir / ".app.conf.new"
+    replacement.write_text("a new file\n")
+    replacement.rename(conf)
+    await until(lambda: world.ids().get("web", first) != first)
+    assert world.starts() == 2
+
+
 async def test_a_removed_manifest_stops_its_container(world: World) -> None:
     world.write("web", manifest())
     await until(lambda: "web" in world.ids())

@@ -138,10 +138,23 @@ def test_a_pinned_sha256_that_does_not_match_is_refused(tmp_path: Path, registry
     assert entries(tmp_path) == []
 
 
-def test_missing_and_failing_registries_say_so(tmp_path: Path, registry: Registry) -> None:
-    with pytest.raises(LayerError, match=r"answered 404"):
-        resolver(tmp_path, registry).resolve(Ref("python", "9.9"))
+@pytest.mark.parametrize("sha256", [None, "ab" * 32], ids=["unpinned", "pinned"])
+def test_a_version_the_registry_does_not_have_is_not_found_at_its_url(
+    tmp_path: Path, registry: Registry, sha256: str | None
+) -> None:
+    registry.publish("python", "3.11", sdk("other version"))
+    url = f"{registry.url}/python/9.9/{ARCH}.tar.gz"
 
+    with pytest.raises(LayerError) as raised:
+        resolver(tmp_path, registry).resolve(Ref("python", "9.9", sha256=sha256))
+
+    assert str(raised.value) == (
+        f"python 9.9 ({ARCH}) was not found in the layer registry ({url} answered 404)"
+    )
+    assert entries(tmp_path) == []
+
+
+def test_failing_registries_say_so(tmp_path: Path, registry: Registry) -> None:
     registry.routes[f"/layers/go/1.22/{ARCH}.tar.gz.sha256"] = send(b"oops", status=500)
     with pytest.raises(LayerError, match=r"answered 500 .*the layer registry is failing"):
         resolver(tmp_path, registry).resolve(Ref("go", "1.22"))
@@ -215,8 +228,14 @@ def test_a_trickling_download_meets_the_deadline(tmp_path: Path, registry: Regis
 def test_no_registry_configured_points_at_import(tmp_path: Path) -> None:
     layers = RegistryResolver(LayerCache(tmp_path / "layers"), registries={}, arch=ARCH)
 
-    with pytest.raises(LayerError, match=r"no layer registry is configured for 'python'"):
+    with pytest.raises(LayerError) as raised:
         layers.resolve(Ref("python", "3.11"))
+
+    message = str(raised.value)
+    assert message.startswith("no layer registry is configured for 'python'")
+    # The config key it names is the one the config file reads.
+    assert "[layers.registries] in the config" in message
+    assert "squish layer import python 3.11 FILE" in message
 
 
 # --- import, list, forget ----------------------------------------------------------

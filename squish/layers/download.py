@@ -39,6 +39,10 @@ class Downloaded:
     size: int
 
 
+class NotFound(LayerError):
+    """The server answered 404 where that has a meaning of its own (``not_found``)."""
+
+
 class Fetcher:
     """Downloads for one kind of server (``source``: "the Alpine mirror").
 
@@ -85,13 +89,19 @@ class Fetcher:
         return bytes(body)
 
     def download(
-        self, client: httpx.Client, url: str, into: IO[bytes], *, progress: Progress | None = None
+        self,
+        client: httpx.Client,
+        url: str,
+        into: IO[bytes],
+        *,
+        progress: Progress | None = None,
+        not_found: str | None = None,
     ) -> Downloaded:
         """Stream ``url`` into ``into``, hashing it; its sha256 and size."""
         content = hashlib.sha256()
         size = 0
         started = time.monotonic()
-        with self.get(client, url) as response:
+        with self.get(client, url, not_found=not_found) as response:
             declared = response.headers.get("content-length")
             total = int(declared) if declared is not None and declared.isdigit() else None
             for chunk in self._chunks(response, url, started):
@@ -103,6 +113,20 @@ class Fetcher:
             _check_length(response, size, url)
         return Downloaded(content.hexdigest(), size)
 
+    def found(self, client: httpx.Client, url: str) -> bool | None:
+        """Whether ``url`` is there, asked with a HEAD request.
+
+        False only for a 404; None when the server cannot say (no HEAD, an
+        error), so callers fall back to what they would have said anyway.
+        """
+        try:
+            status = client.head(url).status_code
+        except httpx.HTTPError:
+            return None
+        if status == httpx.codes.NOT_FOUND:
+            return False
+        return True if httpx.codes.is_success(status) else None
+
     @contextlib.contextmanager
     def get(
         self, client: httpx.Client, url: str, *, not_found: str | None = None
@@ -110,13 +134,14 @@ class Fetcher:
         """Stream a GET of ``url``; every failure becomes one ``LayerError`` line.
 
         ``not_found`` is the message for a 404, when that has a meaning of its
-        own (no such release); otherwise a 404 is reported like any answer.
+        own (no such release), raised as ``NotFound``; otherwise a 404 is
+        reported like any answer.
         """
         try:
             with client.stream("GET", url) as response:
                 status = response.status_code
                 if status == httpx.codes.NOT_FOUND and not_found is not None:
-                    raise LayerError(f"{not_found} ({url} answered 404)")
+                    raise NotFound(f"{not_found} ({url} answered 404)")
                 if status >= 500:
                     raise LayerError(
                         f"{url} answered {status} {response.reason_phrase}; {self.source} is "

@@ -40,7 +40,7 @@ import httpx
 from squish.errors import LayerError
 from squish.layers.archive import archive_key, content_sha256
 from squish.layers.cache import KeyedLocks, LayerCache, write_record
-from squish.layers.download import Fetcher, FetchObserver, Progress
+from squish.layers.download import Fetcher, FetchObserver, NotFound, Progress
 from squish.layers.model import LayerRef, machine_arch
 from squish.layers.unpack import Limits, unpack_file
 
@@ -160,7 +160,7 @@ class RegistryResolver:
         if template is None:
             raise LayerError(
                 f"no layer registry is configured for {name!r} (--registry, "
-                f"${REGISTRY_ENV} or [registries] in the config); configure one, or import "
+                f"${REGISTRY_ENV} or [layers.registries] in the config); configure one, or import "
                 f"the layer from a file: squish layer import {name} {version} FILE"
             )
         return template.format(name=name, version=version, arch=self.arch)
@@ -202,11 +202,14 @@ class RegistryResolver:
                     cached = self._record(cached, source=f"cache:{cached.sha256}")
                 return cached
             url = self.url_for(name, version)
+            absent = self._absent(name, version)
             with self.fetcher.session() as client:
-                expected = sha256 or self._published_digest(client, url)
+                expected = sha256 or self._published_digest(client, url, absent)
                 with self.cache.download_file(prefix=".registry-") as download:
                     try:
-                        got = self.fetcher.download(client, url, download, progress=progress)
+                        got = self.fetcher.download(
+                            client, url, download, progress=progress, not_found=absent
+                        )
                     except LayerError:
                         self._observe("error", 0)
                         raise
@@ -258,18 +261,30 @@ class RegistryResolver:
                 self._index_file(name, version).unlink()
             return record
 
-    def _published_digest(self, client: httpx.Client, url: str) -> str:
-        missing = (
-            f"the registry publishes no {url}.sha256 and the squishfile pins no sha256, "
-            "so the layer cannot be verified; publish the .sha256 or pin it with "
-            '{ version = "...", sha256 = "..." }'
-        )
-        body = self.fetcher.read(client, f"{url}.sha256", limit=_MAX_DIGEST_FILE, not_found=missing)
+    def _published_digest(self, client: httpx.Client, url: str, absent: str) -> str:
+        try:
+            body = self.fetcher.read(
+                client, f"{url}.sha256", limit=_MAX_DIGEST_FILE, not_found="no digest"
+            )
+        except NotFound:
+            # A registry without the version has no .sha256 for it either:
+            # ask whether the archive is there before blaming the digest.
+            if self.fetcher.found(client, url) is False:
+                raise NotFound(f"{absent} ({url} answered 404)") from None
+            raise LayerError(
+                f"the registry publishes no {url}.sha256 and the squishfile pins no sha256, "
+                "so the layer cannot be verified; publish the .sha256 or pin it with "
+                '{ version = "...", sha256 = "..." } (or squish layer pull --sha256)'
+            ) from None
         words = body.decode("ascii", "replace").split()
         digest = words[0].lower() if words else ""
         if not _DIGEST.fullmatch(digest):
             raise LayerError(f"{url}.sha256 does not start with a sha256 hex digest")
         return digest
+
+    def _absent(self, name: str, version: str) -> str:
+        # Fetcher appends "(<url> answered 404)": the URL that was asked.
+        return f"{name} {version} ({self.arch}) was not found in the layer registry"
 
     def _unpack(self, file: IO[bytes], digest: str, label: str) -> Path:
         return self.cache.materialise(

@@ -13,6 +13,7 @@ watched with watchfiles (inotify) with a short debounce.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from collections.abc import AsyncIterator, Mapping
@@ -22,6 +23,8 @@ from pathlib import Path
 import watchfiles
 
 from squish.errors import ManifestError
+from squish.layers.model import ARCHIVE_SUFFIXES
+from squish.layers.unpack import is_tarball
 from squish.manifest import Squishfile, load_squishfile
 from squish.sources import Manifest
 
@@ -31,23 +34,47 @@ DEBOUNCE_MS = 20
 
 
 def layer_key(squishfile: Squishfile) -> str:
-    """The identity of the files (not directories) the path layers name.
+    """The identity of the path layers whose change calls for a new container.
 
-    A directory layer is a live bind mount and needs nothing; a file, above
-    all an archive, is seen (or unpacked) as it was when the container
-    started, so a change to it means a new container.
+    Compared by the planner with the key the running container started with;
+    any difference replaces it, at the next resync. What counts:
+
+    - a directory is a live bind mount: nothing;
+    - an ``rw`` layer is the container's to write: nothing, whatever it is,
+      or a container appending to its scratch file would replace itself;
+    - a read-only single file is bound by its inode, so a write in place (or
+      a touch) is live in the container already: only a new file at the path
+      (an editor's or a deploy's rename) needs a new container, so only the
+      device and inode count;
+    - an archive is unpacked when the container starts, and a pinned file
+      (``sha256``) is checked then: any change of device, inode, size or
+      mtime counts.
     """
     parts = []
     for layer in (squishfile.base, *squishfile.layers):
-        if layer is None or layer.path is None:
+        if layer is None or layer.path is None or layer.rw:
             continue
         try:
             info = layer.path.stat()
         except OSError:
             continue  # a missing layer fails at start, with its own message
-        if stat.S_ISREG(info.st_mode):
-            parts.append(f"{layer.name}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}")
+        if not stat.S_ISREG(info.st_mode):
+            continue
+        identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        counted = identity if layer.sha256 or _unpacked(layer.path, identity) else identity[:2]
+        parts.append(":".join((layer.name, *map(str, counted))))
     return ";".join(parts)
+
+
+@functools.lru_cache(maxsize=1024)
+def _unpacked(path: Path, identity: tuple[int, int, int, int]) -> bool:
+    """Whether the layer store unpacks the file ``path`` rather than binding it.
+
+    The same test as the store's (an archive's name, else a tarball's
+    content), cached by the file's identity so a resync reads no file that
+    has not changed.
+    """
+    return path.name.lower().endswith(ARCHIVE_SUFFIXES) or is_tarball(path)
 
 
 def is_manifest(name: str) -> bool:
