@@ -275,10 +275,11 @@ async def test_logs_tail_of_a_large_log(api: httpx.AsyncClient, fake: FakeContro
 async def test_logs_errors(api: httpx.AsyncClient, fake: FakeControlPlane) -> None:
     fake.add("web")
     response = await api.get("/v1/containers/web/logs")
-    assert response.status_code == 404
-    assert response.json() == {"error": "no log for container 'web' yet"}
+    assert response.status_code == 200
+    assert response.text == ""  # known, nothing written yet
     response = await api.get("/v1/containers/nope/logs")
     assert response.status_code == 404
+    assert response.json() == {"error": "no such container 'nope'"}
     fake.log_path("web").write_text("hello\n")
     response = await api.get("/v1/containers/web/logs", params={"tail": "-1"})
     assert response.status_code == 400

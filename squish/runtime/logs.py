@@ -21,9 +21,10 @@ container costs at most one record per millisecond.
 
 The index is a help, never a requirement. A missing, truncated or garbled
 index, or one of another file, degrades to "time unknown", and such a line
-takes the time by which it had certainly been written: the next recorded
-time after it, or the log file's last modification. Writing the index never
-fails a write of the log.
+takes the nearest time known: that of the record before it (a line whose
+record was lost), of the first record (lines written before the index
+began), or, with no usable record, the log file's last modification. Writing
+the index never fails a write of the log.
 """
 
 from __future__ import annotations
