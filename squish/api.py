@@ -42,6 +42,7 @@ would otherwise wait for them forever.
 from __future__ import annotations
 
 import contextlib
+import decimal
 import json
 import logging
 import math
@@ -94,6 +95,7 @@ _POLL = 0.1  # how often a followed log is checked for new data
 # How long after --until a follower waits for lines timed before it: a line's
 # time is taken as its chunk arrives, a moment before the chunk is written.
 _UNTIL_SLACK = 0.2
+_LATEST = 95_617_584_000  # 5000-01-01, in Unix seconds
 # How long uvicorn lets plain requests (a create waiting for its container)
 # finish at shutdown before cancelling them; streams are ended at once.
 _GRACE = 5
@@ -329,11 +331,16 @@ def _moment(request: Request, key: str) -> int | None:
     value = request.query_params.get(key)
     if value is None or value == "":
         return None
+    # Decimal, not float: 1796119200.123 s is exactly ms 1796119200123, where
+    # a float product may fall just below it and miss the line of that ms.
+    # Bounded too: the year 5000 is far enough, and 1e999999999 s would make
+    # a billion-digit integer.
     try:
-        seconds = float(value)
-    except ValueError:
-        seconds = math.nan
-    if not math.isfinite(seconds):
+        seconds = decimal.Decimal(value)
+        usable = seconds.is_finite() and abs(seconds) <= _LATEST
+    except decimal.DecimalException:
+        usable = False
+    if not usable:
         raise BadRequest(f"query parameter {key} must be a Unix time in seconds, got {value!r}")
     return math.floor(seconds * 1000)
 

@@ -144,7 +144,13 @@ async def test_an_id_prefix_names_its_container(daemon: Daemon) -> None:
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("since", "yesterday"), ("until", "nan"), ("since", "inf"), ("until", "1h")],
+    [
+        ("since", "yesterday"),
+        ("until", "nan"),
+        ("since", "inf"),
+        ("until", "1h"),
+        ("since", "1e999999999"),
+    ],
 )
 async def test_bad_times_are_refused(daemon: Daemon, key: str, value: str) -> None:
     await four_lines(daemon)
@@ -267,3 +273,17 @@ async def test_follow_waits_for_the_first_output_and_stamps_across_rotation(
         "2026-12-01T10:00:02.000Z second\n"
         "2026-12-01T10:00:02.250Z partial\n"
     )
+
+
+async def test_times_match_to_the_millisecond(daemon: Daemon) -> None:
+    await daemon.add("web")
+    log = daemon.log("web")
+    for ms in (122, 123, 124):
+        log.write(ms / 1000, b"at %d\n" % ms)
+    log.close()
+
+    exact = await daemon.logs("web", since="1796119200.123", until="1796119200.123")
+    assert exact.text == "at 123\n"
+    # Times are known to the millisecond: .1235 is within the line of ms 123.
+    assert (await daemon.logs("web", since="1796119200.1235")).text == "at 123\nat 124\n"
+    assert (await daemon.logs("web", until="1796119200.1229")).text == "at 122\n"
