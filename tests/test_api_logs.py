@@ -162,6 +162,23 @@ async def test_bad_times_are_refused(daemon: Daemon, key: str, value: str) -> No
     }
 
 
+async def test_an_ambiguous_id_prefix_is_refused(daemon: Daemon) -> None:
+    # Seventeen ids: at least two share their first hex digit.
+    for index in range(17):
+        await daemon.add(f"c{index}")
+    firsts: dict[str, list[str]] = {}
+    for status in daemon.reconciler.containers():
+        firsts.setdefault((status.id or "")[0], []).append(status.name)
+    digit, names = max(firsts.items(), key=lambda item: len(item[1]))
+
+    response = await daemon.logs(digit)
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": f"{digit!r} starts the ids of {', '.join(sorted(names))}; "
+        "give more of the id, or a name"
+    }
+
+
 # -- which lines ------------------------------------------------------------------
 
 
@@ -229,7 +246,7 @@ async def test_follow_with_until_stops_there_by_itself(daemon: Daemon) -> None:
     await daemon.add("web")
     log = RotatingLog(daemon.reconciler.log_path("web"))  # the real clock
     log.write(b"before\n")
-    until = time.time() + 0.5
+    until = time.time() + 1.0
     result: list[httpx.Response] = []
 
     async def follow() -> None:
@@ -240,8 +257,9 @@ async def test_follow_with_until_stops_there_by_itself(daemon: Daemon) -> None:
             tg.start_soon(follow)
             await anyio.sleep(0.2)
             log.write(b"during\n")
-            await anyio.sleep(0.6)
-            log.write(b"after\n")  # past until: never sent
+            await anyio.sleep(until - time.time() + 0.05)
+            # Past until, while the follower still waits for late lines: never sent.
+            log.write(b"after\n")
         log.close()
     assert result[0].text == "before\nduring\n"
 

@@ -72,8 +72,10 @@ def test_logs_since_until_timestamps_tail(tmp_path: Path, sock: Path) -> None:
     times = [datetime.fromisoformat(stamp).timestamp() for stamp in stamps]
     assert all(stamp.endswith("Z") and len(stamp) == 24 for stamp in stamps)
     assert started - 1 <= times[0] and times[-1] <= time.time()
-    # Lines written 0.4 s apart are dated so, not all at once when read.
-    assert all(later - earlier >= 0.35 for earlier, later in itertools.pairwise(times))
+    # Lines written 0.4 s apart are dated as they came, not all at once when read
+    # (2 s from first to last; a busy machine may delay the first a little).
+    assert all(earlier < later for earlier, later in itertools.pairwise(times))
+    assert times[-1] - times[0] >= 1.0
 
     assert out(sock, "--since", stamps[3], "talker") == LINES[3:]
     assert out(sock, "--until", stamps[1], "talker") == LINES[:2]
