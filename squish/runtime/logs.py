@@ -288,7 +288,11 @@ class LogFile:
         self._index_fd: int | None = None
         self._index_read = 0
         self._records = _Records(info.st_ino)
-        self.refresh()
+        try:
+            self.refresh()
+        except OSError:
+            self.close()
+            raise
 
     def refresh(self) -> int:
         """Take in what was written since; returns the new ``size``."""
