@@ -8,7 +8,7 @@ JSON, and a :class:`~squish.errors.SquishError` becomes ``{"error": "<one
 line>"}`` with a status saying whose fault it was:
 
     400  ManifestError, LayerError, a malformed request
-    404  ContainerNotFound, no such route
+    404  ContainerNotFound (a container the daemon does not know), no such route
     409  RuntimeFailure, PortInUse (the request was fine; the host said no),
          AmbiguousName (with the candidates)
     500  anything else (logged here with its traceback; the body has one line)
@@ -23,7 +23,9 @@ Routes (all under ``/v1``; the shapes are :mod:`squish.api_schema`'s, and
     POST   /containers/{ref}/stop       Container
     POST   /containers/{ref}/start      StartRequest (optional) -> Container
     DELETE /containers/{ref}            Container (as it was)
-    GET    /containers/{ref}/logs       ?follow=1&tail=N, text/plain stream
+    GET    /containers/{ref}/logs       ?follow=1&tail=N&since=T&until=T&timestamps=1 (T: Unix
+                                        seconds), text/plain stream; with timestamps each line
+                                        starts "2026-12-01T10:00:00.123Z "
     GET    /events                      x-ndjson stream of Event
     GET    /layers                      [LayerInfo]
     POST   /layers/pull                 PullRequest -> x-ndjson PullLine
@@ -45,20 +47,22 @@ would otherwise wait for them forever.
 from __future__ import annotations
 
 import contextlib
+import decimal
 import json
 import logging
 import math
-import os
 import re
 import socket
 import stat
+import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -82,6 +86,7 @@ from squish.layer_admin import LayerAdmin
 from squish.layers import Limits
 from squish.layers.download import write
 from squish.openapi import NDJSON, OCTETS, TEXT, BadRequest, Operation, Param, document, validate
+from squish.runtime.logs import LogFile, Stamper, kept_files
 from squish.source_admin import SourceAdmin
 
 __all__ = ["make_app", "serve", "serve_tcp"]
@@ -96,7 +101,10 @@ _DEFAULT_TIMEOUT = 30.0
 _MAX_TIMEOUT = 3600.0
 _MAX_BODY = 4 * 1024 * 1024
 _POLL = 0.1  # how often a followed log is checked for new data
-_CHUNK = 65536
+# How long after --until a follower waits for lines timed before it: a line's
+# time is taken as its chunk arrives, a moment before the chunk is written.
+_UNTIL_SLACK = 0.2
+_LATEST = 95_617_584_000  # 5000-01-01, in Unix seconds
 # How long uvicorn lets plain requests (a create waiting for its container)
 # finish at shutdown before cancelling them; streams are ended at once.
 _GRACE = 5
@@ -318,62 +326,161 @@ class _Stream(Response):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _tail(file: anyio.AsyncFile[bytes], lines: int) -> bytes:
-    """The last ``lines`` lines of ``file``, leaving it positioned at its end."""
-    end = await file.seek(0, os.SEEK_END)
-    if lines == 0:
-        return b""
-    position = end
-    data = b""
-    # One more newline than lines wanted: the file normally ends with one.
-    while position > 0 and data.count(b"\n") <= lines:
-        step = min(_CHUNK, position)
-        position -= step
-        await file.seek(position)
-        data = await file.read(step) + data
-    await file.seek(end)
-    kept = data.splitlines(keepends=True)[-lines:]
-    return b"".join(kept)
+@dataclass(frozen=True)
+class _LogQuery:
+    """What a logs request asks for; times in ms, as the time index keeps them."""
+
+    follow: bool = False
+    tail: int | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+    timestamps: bool = False
 
 
-async def _copy_available(file: anyio.AsyncFile[bytes], write: Write) -> None:
-    while chunk := await file.read(_CHUNK):
-        await write(chunk)
+def _moment(request: Request, key: str) -> int | None:
+    """A query parameter in Unix seconds, as ms (a line timed in that ms matches)."""
+    value = request.query_params.get(key)
+    if value is None or value == "":
+        return None
+    # Decimal, not float: 1796119200.123 s is exactly ms 1796119200123, where
+    # a float product may fall just below it and miss the line of that ms.
+    # Bounded too: the year 5000 is far enough, and 1e999999999 s would make
+    # a billion-digit integer.
+    try:
+        seconds = decimal.Decimal(value)
+        usable = seconds.is_finite() and abs(seconds) <= _LATEST
+    except decimal.DecimalException:
+        usable = False
+    if not usable:
+        raise BadRequest(f"query parameter {key} must be a Unix time in seconds, got {value!r}")
+    return math.floor(seconds * 1000)
 
 
-async def _follow_log(path: Path, tail: int | None, follow: bool, write: Write) -> None:
-    """Write the log (its last ``tail`` lines), then, with ``follow``, what is added.
+def _open_log(path: Path) -> LogFile | None:
+    try:
+        return LogFile(path)
+    except FileNotFoundError:
+        return None
 
-    The runtime rotates a log by renaming it and starting a new file, and a
+
+def _newest_first(path: Path, query: _LogQuery) -> list[tuple[LogFile, int, int]]:
+    """The byte ranges of the log's files to send, newest file first.
+
+    Blocking; run in a worker thread. The files are opened newest first: a
+    rotation in between then shows up as a file seen twice (same inode),
+    skipped, and never as a file missed. An older file is opened only when
+    it can hold wanted lines: while every line of the newer one matched
+    ``since`` (times only grow from file to file) and ``tail`` wants more.
+    """
+    ranges: list[tuple[LogFile, int, int]] = []
+    seen: set[tuple[int, int]] = set()
+    wanted = query.tail
+    try:
+        for candidate in reversed(kept_files(path)):
+            file = _open_log(candidate)
+            if file is None:
+                if candidate == path:
+                    continue  # a container that wrote nothing yet: older files may exist
+                break
+            if file.identity in seen:
+                file.close()
+                continue
+            seen.add(file.identity)
+            ranges.append((file, 0, 0))
+            start, end = file.window(query.since_ms, query.until_ms)
+            if wanted is not None:
+                start, found = file.lines_back(start, end, wanted)
+                wanted -= found
+            ranges[-1] = (file, start, end)
+            if start > 0 or wanted == 0:
+                break
+    except BaseException:
+        for file, _, _ in ranges:
+            file.close()
+        raise
+    return ranges
+
+
+async def _send_range(
+    file: LogFile, start: int, end: int, stamper: Stamper | None, write: Write
+) -> None:
+    while start < end:
+        data = await anyio.to_thread.run_sync(file.read, start, end)
+        if not data:
+            return  # truncated under us
+        await write(data if stamper is None else stamper.stamp(data, start, file))
+        start += len(data)
+
+
+async def _follow_log(path: Path, query: _LogQuery, write: Write) -> None:
+    """Write the log's lines that ``query`` wants, then, with ``follow``, what is added.
+
+    The whole kept log counts, rotated files too, oldest first. Following,
+    the runtime rotates a log by renaming it and starting a new file, and a
     user may truncate it; both are noticed by comparing the file we hold with
     what the path names now. The rest of the old file is copied before the
-    new one is opened, so no line written before the rotation is lost.
+    new one is opened, so no line written before the rotation is lost. With
+    ``until_ms``, following ends at the first line after it, or once the clock
+    has passed it (and its last lines have had time to arrive).
     """
-    file = await anyio.open_file(path, "rb")
+    stamper = Stamper() if query.timestamps else None
+    ranges = await anyio.to_thread.run_sync(_newest_first, path, query)
+    current = ranges[0][0] if ranges and ranges[0][0].path == path else None
+    position = 0
     try:
-        if tail is not None:
-            await write(await _tail(file, tail))
-        await _copy_available(file, write)
-        while follow:
-            await anyio.sleep(_POLL)
-            await _copy_available(file, write)
+        for file, start, end in reversed(ranges):
+            await _send_range(file, start, end, stamper, write)
+            if file is current:
+                position = end
+        if current is not None and position < current.size:
+            return  # ended by until before the end of the file
+        while query.follow:
+            past_until = (
+                query.until_ms is not None
+                and time.time() * 1000 > query.until_ms + _UNTIL_SLACK * 1000
+            )
+            await anyio.sleep(0 if past_until else _POLL)
+            if current is None:
+                current, position = await anyio.to_thread.run_sync(_open_log, path), 0
+                if current is None:
+                    if past_until:
+                        return
+                    continue
+            position, done = await _send_new(current, position, query, stamper, write)
+            if done or past_until:
+                return
             try:
                 now = await anyio.Path(path).stat()
             except FileNotFoundError:
                 continue  # between rotation's rename and the new file
-            held = os.fstat(file.wrapped.fileno())
-            if now.st_ino != held.st_ino or now.st_dev != held.st_dev:
+            if (now.st_dev, now.st_ino) != current.identity:
                 # Rotated: whatever reached the old file after the copy above
                 # and before the rename is still in it.
-                await _copy_available(file, write)
-                await file.aclose()
-                file = await anyio.open_file(path, "rb")
-                await _copy_available(file, write)
-            elif now.st_size < await file.tell():
-                await file.seek(0)  # truncated in place
-                await _copy_available(file, write)
+                position, done = await _send_new(current, position, query, stamper, write)
+                current.close()
+                current, position = await anyio.to_thread.run_sync(_open_log, path), 0
+                if done:
+                    return
+            elif now.st_size < position:
+                position = 0  # truncated in place
     finally:
-        await file.aclose()
+        for file, _, _ in ranges:
+            if file is not current:
+                file.close()
+        if current is not None:
+            current.close()
+
+
+async def _send_new(
+    file: LogFile, position: int, query: _LogQuery, stamper: Stamper | None, write: Write
+) -> tuple[int, bool]:
+    """Send what ``file`` holds past ``position``; the new position, and whether until is past."""
+    size = await anyio.to_thread.run_sync(file.refresh)
+    if size < position:
+        return position, False  # truncated: the caller starts over
+    start, end = await anyio.to_thread.run_sync(file.window, query.since_ms, query.until_ms)
+    await _send_range(file, max(start, position), end, stamper, write)
+    return max(end, position), end < size
 
 
 # -- routes -----------------------------------------------------------------
@@ -442,13 +549,17 @@ def _container_operations(control: ControlPlane, drain: _Drain) -> list[Operatio
         return _json(await control.delete(ref_of(request)))
 
     async def logs(request: Request) -> Response:
-        follow = _flag(request, "follow")
-        tail = _count(request, "tail")
+        query = _LogQuery(
+            follow=_flag(request, "follow"),
+            tail=_count(request, "tail"),
+            since_ms=_moment(request, "since"),
+            until_ms=_moment(request, "until"),
+            timestamps=_flag(request, "timestamps"),
+        )
         path = control.log_path(ref_of(request))
 
         async def pump(write: Write) -> None:
-            if await anyio.Path(path).is_file():
-                await _follow_log(path, tail, follow, write)
+            await _follow_log(path, query, write)
 
         return _Stream(pump, "text/plain; charset=utf-8", drain)
 
@@ -519,6 +630,9 @@ def _container_operations(control: ControlPlane, drain: _Drain) -> list[Operatio
             params=(
                 Param("follow", "boolean", "keep sending what it writes"),
                 Param("tail", "integer", "start with the last N lines"),
+                Param("since", "number", "only lines that arrived at or after this Unix time"),
+                Param("until", "number", "only lines that arrived before this Unix time"),
+                Param("timestamps", "boolean", "start each line with the time it arrived"),
             ),
             errors=by_ref,
         ),

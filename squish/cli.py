@@ -35,7 +35,7 @@ import signal
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -53,6 +53,7 @@ from squish.manifest import Squishfile, load_squishfile, parse_squishfile
 from squish.runtime import DEFAULT_HOST_IP, DEFAULT_STOP_GRACE, ContainerSpec
 from squish.runtime.bwrap_runtime import BwrapRuntime
 from squish.spec import container_spec
+from squish.timespec import parse_moment
 
 # Conventional exit statuses.
 EXIT_OK = 0
@@ -621,21 +622,48 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
 
 def _configure_logs(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", metavar="NAME", help="the container's name")
+    parser.add_argument("name", metavar="NAME", help="the container's name (or a unique id prefix)")
     parser.add_argument(
         "-f", "--follow", action="store_true", help="keep printing what it writes (Ctrl-C stops)"
     )
     parser.add_argument(
-        "--tail", type=int, default=None, metavar="N", help="start with the last N lines only"
+        "-n",
+        "--tail",
+        type=int,
+        default=None,
+        metavar="N",
+        help="start with the last N lines only (-1: all)",
+    )
+    moment = "a time (2026-12-01T10:00:00Z, 2026-12-01), a Unix time or a duration ago (10m)"
+    parser.add_argument("--since", metavar="TIME", help=f"only lines from TIME on: {moment}")
+    parser.add_argument(
+        "--until", metavar="TIME", help=f"only lines up to TIME (-f stops there): {moment}"
+    )
+    parser.add_argument(
+        "-t",
+        "--timestamps",
+        action="store_true",
+        help="start each line with its time (RFC 3339, UTC, to the millisecond)",
     )
 
 
 def _run_logs(args: argparse.Namespace) -> int:
     """Copy a container's log to stdout; with -f, as it grows."""
-    if args.tail is not None and args.tail < 0:
-        raise SquishError(f"--tail must be 0 or more, got {args.tail}")
+    if args.tail is not None and args.tail < -1:
+        raise SquishError(f"--tail must be 0 or more (or -1: all), got {args.tail}")
+    now = time.time()
+    since = None if args.since is None else parse_moment(args.since, now=now, what="--since")
+    until = None if args.until is None else parse_moment(args.until, now=now, what="--until")
     with _client(args) as client:
-        chunks = client.logs(args.name, follow=args.follow, tail=args.tail)
+        chunks = client.logs(
+            args.name,
+            follow=args.follow,
+            tail=None if args.tail == -1 else args.tail,
+            since=since,
+            until=until,
+            # JSON lines always carry their time.
+            timestamps=args.timestamps or args.json,
+        )
         if args.json:
             _print_log_lines(args.name, chunks)
         else:
@@ -646,17 +674,26 @@ def _run_logs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_log_lines(name: str, chunks: Any) -> None:
+def _print_log_lines(name: str, chunks: Iterable[bytes]) -> None:
+    """One JSON object a line: the name, the line, its time ``at`` (Unix seconds)."""
+
+    def show(line: bytes) -> None:
+        stamp, _, text = line.partition(b" ")
+        try:
+            at: float | None = datetime.fromisoformat(stamp.decode()).timestamp()
+        except ValueError:
+            at, text = None, line
+        record = {"name": name, "line": text.decode("utf-8", errors="replace"), "at": at}
+        print(json.dumps(record), flush=True)
+
     pending = b""
     for chunk in chunks:
         pending += chunk
         *lines, pending = pending.split(b"\n")
         for line in lines:
-            text = line.decode("utf-8", errors="replace")
-            print(json.dumps({"name": name, "line": text}), flush=True)
+            show(line)
     if pending:
-        text = pending.decode("utf-8", errors="replace")
-        print(json.dumps({"name": name, "line": text}), flush=True)
+        show(pending)
 
 
 def _configure_events(parser: argparse.ArgumentParser) -> None:

@@ -156,11 +156,30 @@ class Client:
         path = f"/v1/containers/{_segment(ref)}"
         return cast(schema.Container, self._object(self._call("DELETE", path, timeout=None)))
 
-    def logs(self, ref: str, *, follow: bool = False, tail: int | None = None) -> Iterator[bytes]:
-        """The container's log as it is read; with ``follow``, until interrupted."""
+    def logs(
+        self,
+        ref: str,
+        *,
+        follow: bool = False,
+        tail: int | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        timestamps: bool = False,
+    ) -> Iterator[bytes]:
+        """The container's log as it is read; with ``follow``, until interrupted or ``until``.
+
+        ``since`` and ``until`` are Unix seconds; with ``timestamps`` each line
+        starts with its time (``2026-12-01T10:00:00.123Z``) and a space.
+        """
         params: dict[str, str] = {"follow": "1" if follow else "0"}
         if tail is not None:
             params["tail"] = str(tail)
+        if since is not None:
+            params["since"] = repr(since)
+        if until is not None:
+            params["until"] = repr(until)
+        if timestamps:
+            params["timestamps"] = "1"
         path = f"/v1/containers/{_segment(ref)}/logs"
         with self._stream("GET", path, params=params) as response:
             yield from self._translate_stream(response.iter_bytes())

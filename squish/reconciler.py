@@ -529,7 +529,7 @@ class Reconciler:
             return candidates[0]
         if candidates:
             raise AmbiguousName(ref, candidates)
-        raise ContainerNotFound(f"no such container {ref!r} (not a name, nor the start of an id)")
+        raise ContainerNotFound(f"no such container {ref!r}")
 
     def _statuses(self) -> list[ContainerStatus]:
         # One look at the runtime for all rows: a look per row would make

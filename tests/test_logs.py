@@ -1,9 +1,10 @@
-"""Tests of container logs (squish.runtime.logs): rotation by size, and draining a pipe.
+"""Tests of container logs (squish.runtime.logs): rotation by size, draining a pipe.
 
 Real files in ``tmp_path`` and real pipes; nothing needs privileges. Rotation
 is checked twice: exact file contents for small tables, and invariants (file
 count, file size, order, nothing split or lost but the oldest) over seeded
-random write sequences.
+random write sequences. The time index beside each log has its own tests in
+tests/test_log_times.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from squish.runtime.logs import RotatingLog, drain
+from squish.runtime.logs import INDEX_SUFFIX, RotatingLog, drain
 
 pytestmark = pytest.mark.anyio
 
@@ -41,7 +42,12 @@ def write_all(log: RotatingLog, writes: list[bytes]) -> None:
 
 
 def log_files(directory: Path) -> dict[str, bytes]:
-    return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
+    """The log files (not their time indexes) and their contents."""
+    return {
+        path.name: path.read_bytes()
+        for path in sorted(directory.iterdir())
+        if not path.name.endswith(INDEX_SUFFIX)
+    }
 
 
 def oldest_first(path: Path, keep: int) -> list[bytes]:
@@ -162,7 +168,7 @@ def test_log_files_are_private_and_directories_created(tmp_path: Path) -> None:
     write_all(log, [b"1234", b"5678"])
     log.close()
 
-    for name in ("c.log", "c.log.1"):
+    for name in ("c.log", "c.log.1", "c.log.times", "c.log.1.times"):
         assert stat.S_IMODE((path.parent / name).stat().st_mode) == 0o600
 
 
@@ -241,7 +247,7 @@ async def test_drain_follows_a_writer_until_eof_across_rotations(tmp_path: Path)
             await anyio.to_thread.run_sync(writer)
 
     assert b"".join(oldest_first(path, keep=10)) == b"".join(pieces)
-    assert len(list(tmp_path.iterdir())) > 1
+    assert len(log_files(tmp_path)) > 1
     assert open_fds() == before
 
 

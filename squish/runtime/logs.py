@@ -1,17 +1,41 @@
-"""Container logs: a pipe drained into a size-bounded, rotated file.
+"""Container logs: a pipe drained into a size-bounded, rotated file, with times.
 
-Called by ``BwrapRuntime``. The container's stdout and stderr (and bwrap's
-and slirp4netns's own complaints) share one pipe, so lines keep their order.
-The runtime drains it into ``<name>.log``; when the file would grow past
-``max_bytes`` it is rotated to ``<name>.log.1`` (and so on, ``keep`` files in
-all), so a chatty container can never fill the disk. Going through the
-daemon costs a copy, but it is the only way to bound the size: a file
-handed to the container directly could only ever grow.
+Called by ``BwrapRuntime`` (writing) and by the API's logs route (reading).
+The container's stdout and stderr (and bwrap's and slirp4netns's own
+complaints) share one pipe, so lines keep their order. The runtime drains it
+into ``<name>.log``; when the file would grow past ``max_bytes`` it is
+rotated to ``<name>.log.1`` (and so on, ``keep`` files in all), so a chatty
+container can never fill the disk. Going through the daemon costs a copy,
+but it is the only way to bound the size: a file handed to the container
+directly could only ever grow.
+
+The log file stays the raw byte stream (``cat`` reads it). When each line
+arrived is kept beside it, in a small time index ``<file>.times`` that
+rotates with its log (``c.log.1`` has ``c.log.1.times``): a 16-byte header
+(a magic and the log file's inode, so a log is never read with another
+file's index) and then 16-byte records ``(byte offset, time in ns)``, each
+written just before the chunk it dates. A line's time is the time of the
+chunk holding its first byte, so only chunks in which a line starts get a
+record, and none within a millisecond of the previous record: a chatty
+container costs at most one record per millisecond.
+
+The index is a help, never a requirement. A missing, truncated or garbled
+index, or one of another file, degrades to "time unknown", and such a line
+takes the nearest time known: that of the record before it (a line whose
+record was lost), of the first record (lines written before the index
+began), or, with no usable record, the log file's last modification. Writing
+the index never fails a write of the log.
 """
 
 from __future__ import annotations
 
+import bisect
+import contextlib
+import itertools
 import os
+import struct
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -21,54 +45,152 @@ DEFAULT_KEEP = 3
 _CHUNK = 65536
 _RECENT = 4096
 
+INDEX_SUFFIX = ".times"
+_MAGIC = b"squish.t"
+_HEADER = struct.Struct("<8sQ")  # magic, the log file's inode
+_RECORD = struct.Struct("<QQ")  # byte offset in the log, time.time_ns()
+_COALESCE_NS = 1_000_000
+# Times outside these years are garbage, not a record.
+_PLAUSIBLE_NS = (946_684_800 * 10**9, 4_102_444_800 * 10**9)
+
+
+def index_path(log: Path) -> Path:
+    """The time index kept beside the log file ``log``."""
+    return log.with_name(log.name + INDEX_SUFFIX)
+
+
+def kept_files(path: Path) -> list[Path]:
+    """The files of the log ``path``, oldest first: ``path.N`` ... ``path.1``, then ``path``."""
+    rotated: list[tuple[int, Path]] = []
+    with contextlib.suppress(OSError):
+        for entry in path.parent.iterdir():
+            number = entry.name.removeprefix(path.name + ".")
+            if entry.name != number and number.isdigit():
+                rotated.append((int(number), entry))
+    return [entry for _, entry in sorted(rotated, reverse=True)] + [path]
+
+
+class _IndexWriter:
+    """The append side of a time index; every failure just ends the index."""
+
+    def __init__(self, path: Path, inode: int) -> None:
+        self._last_ns = 0
+        self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            size = os.fstat(self._fd).st_size
+            header = os.pread(self._fd, _HEADER.size, 0)
+            if size < _HEADER.size or header != _HEADER.pack(_MAGIC, inode):
+                # Empty, or another file's index: start afresh.
+                os.ftruncate(self._fd, 0)
+                self._append(_HEADER.pack(_MAGIC, inode))
+            elif size % _RECORD.size:
+                # A record cut short (a crash, a full disk): drop it so the next
+                # one lands on a record boundary.
+                os.ftruncate(self._fd, size - size % _RECORD.size)
+        except OSError:
+            self.close()
+            raise
+
+    def note(self, offset: int, now_ns: int) -> None:
+        if self._fd < 0:
+            return
+        try:
+            self._append(_RECORD.pack(offset, now_ns))
+        except OSError:
+            self.close()  # the lines from here on take a later known time
+        self._last_ns = now_ns
+
+    def due(self, now_ns: int) -> bool:
+        """Whether a chunk arriving now needs a record of its own."""
+        # abs: after the clock steps back, records go on (the reader flattens them).
+        return self._fd >= 0 and abs(now_ns - self._last_ns) >= _COALESCE_NS
+
+    def _append(self, data: bytes) -> None:
+        if os.write(self._fd, data) != len(data):
+            raise OSError("short write to the time index")
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
 
 class RotatingLog:
-    """An append-only log file that rotates itself by size."""
+    """An append-only log file that rotates itself by size and dates its lines."""
 
-    def __init__(self, path: Path, *, max_bytes: int = DEFAULT_MAX_BYTES, keep: int = DEFAULT_KEEP):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        keep: int = DEFAULT_KEEP,
+        clock: Callable[[], int] = time.time_ns,
+    ):
         self.path = path
         self.max_bytes = max_bytes
         self.keep = keep
+        self._clock = clock
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._fd = -1
+        self._index: _IndexWriter | None = None
+        self._open(os.O_APPEND)
         self._size = os.fstat(self._fd).st_size
         # The last few KiB written, to explain an exit without rereading the file.
         self.recent = bytearray()
+
+    def _open(self, flags: int) -> None:
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | flags, 0o600)
+        # Assume a line starts: one record too many costs 16 bytes, one too
+        # few would give a line the time of an older chunk.
+        self._at_line_start = True
+        try:
+            self._index = _IndexWriter(index_path(self.path), os.fstat(self._fd).st_ino)
+        except OSError:
+            self._index = None
 
     def write(self, data: bytes) -> None:
         self.recent += data[-_RECENT:]
         del self.recent[:-_RECENT]
         if self._size and self._size + len(data) > self.max_bytes:
             self._rotate()
+        if self._index is not None and data:
+            now = self._clock()
+            starts_line = self._at_line_start or data.find(b"\n", 0, len(data) - 1) >= 0
+            if starts_line and self._index.due(now):
+                # The record goes first: a crash between the two leaves a record
+                # of nothing rather than a chunk dated by an older one. The real
+                # end, not our count: the file may have been truncated under us.
+                self._index.note(os.lseek(self._fd, 0, os.SEEK_END), now)
+            self._at_line_start = data.endswith(b"\n")
         os.write(self._fd, data)
         self._size += len(data)
 
     def _rotate(self) -> None:
-        os.close(self._fd)
-        self._fd = -1
-        for index in range(self.keep - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{index}")
-            if index == self.keep - 1:
-                older.unlink(missing_ok=True)
-            if index > 1:
-                newer = self.path.with_name(f"{self.path.name}.{index - 1}")
-                if newer.exists():
-                    newer.rename(older)
-        # The file may have been deleted while open (rm to free space): then
-        # there is nothing to keep, and the new file starts afresh.
-        if self.keep > 1 and self.path.exists():
-            self.path.rename(self.path.with_name(f"{self.path.name}.1"))
-        else:
-            self.path.unlink(missing_ok=True)
-        self._fd = os.open(
-            self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_TRUNC, 0o600
-        )
+        self.close()
+        names = [self.path] + [
+            self.path.with_name(f"{self.path.name}.{i}") for i in range(1, self.keep)
+        ]
+        for gone in (index_path(names[-1]), names[-1]):
+            gone.unlink(missing_ok=True)
+        for newer, older in reversed(list(itertools.pairwise(names))):
+            # Each index moves before its log, so a reader opening the log by
+            # name never finds the index of the next one in its place. (It
+            # would notice by the inode anyway, and show no times rather than
+            # wrong ones.) The log may have been deleted while open (rm to
+            # free space): then there is nothing to keep.
+            for source, target in ((index_path(newer), index_path(older)), (newer, older)):
+                with contextlib.suppress(FileNotFoundError):
+                    source.rename(target)
+        self._open(os.O_APPEND | os.O_TRUNC)
         self._size = 0
 
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self._index is not None:
+            self._index.close()
+            self._index = None
 
 
 async def drain(read_fd: int, log: RotatingLog) -> None:
@@ -87,3 +209,215 @@ async def drain(read_fd: int, log: RotatingLog) -> None:
     finally:
         os.close(read_fd)
         log.close()
+
+
+# -- reading -------------------------------------------------------------------
+
+
+class _Records:
+    """The usable records of one index, parsed as its bytes arrive."""
+
+    def __init__(self, inode: int) -> None:
+        self.inode = inode
+        self.offsets: list[int] = []
+        self.stamps: list[int] = []  # ms
+        self._pending = b""
+        self._valid: bool | None = None  # the header: not read yet, right, wrong
+
+    def feed(self, data: bytes, size: int) -> None:
+        """Take in the next bytes of the index; ``size`` is the log file's size."""
+        self._pending += data
+        if self._valid is None:
+            if len(self._pending) < _HEADER.size:
+                return  # the writer is still writing it
+            self._valid = self._pending[: _HEADER.size] == _HEADER.pack(_MAGIC, self.inode)
+            self._pending = self._pending[_HEADER.size :]
+        if not self._valid:
+            self._pending = b""
+            return
+        usable = len(self._pending) // _RECORD.size * _RECORD.size
+        low, high = _PLAUSIBLE_NS
+        for offset, stamp in _RECORD.iter_unpack(self._pending[:usable]):
+            if offset > size or not low <= stamp < high:
+                continue
+            if self.offsets and offset < self.offsets[-1]:
+                self.offsets.clear()
+                self.stamps.clear()
+            self.offsets.append(offset)
+            self.stamps.append(max(stamp // 1_000_000, self.stamps[-1] if self.stamps else 0))
+        self._pending = self._pending[usable:]
+
+
+def parse_index(data: bytes, *, inode: int, size: int) -> tuple[list[int], list[int]]:
+    """The usable records of an index: (offsets, times in ms), both non-decreasing.
+
+    Everything doubtful is dropped rather than trusted: no header or another
+    file's header (no records at all), a cut-off last record, records
+    pointing past the end of the log or with an impossible time. Offsets
+    going back mean the log was truncated in place, so only the records
+    after that count. A clock stepping back is flattened: a record is never
+    earlier than the one before.
+    """
+    records = _Records(inode)
+    records.feed(data, size)
+    return records.offsets, records.stamps
+
+
+def format_ms(ms: int) -> str:
+    """RFC 3339 in UTC to the millisecond, as ``-t`` shows it and ``--since`` takes it."""
+    seconds, millis = divmod(ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+class LogFile:
+    """One file of a log, held open with its time index, for reading.
+
+    ``size`` is the end of what may be read: it is taken before the index is
+    read, and every chunk's record is written before the chunk, so every
+    byte below ``size`` has its record loaded. ``refresh`` moves it on.
+    Blocking calls (small reads); the API runs them in a worker thread.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        info = os.fstat(self._fd)
+        self.identity = (info.st_dev, info.st_ino)
+        self.size = 0
+        self._mtime_ms = 0
+        self._index_fd: int | None = None
+        self._index_read = 0
+        self._records = _Records(info.st_ino)
+        try:
+            self.refresh()
+        except OSError:
+            self.close()
+            raise
+
+    def refresh(self) -> int:
+        """Take in what was written since; returns the new ``size``."""
+        info = os.fstat(self._fd)
+        self.size = info.st_size
+        self._mtime_ms = info.st_mtime_ns // 1_000_000
+        if self._index_fd is None:
+            with contextlib.suppress(OSError):
+                self._index_fd = os.open(index_path(self.path), os.O_RDONLY | os.O_CLOEXEC)
+        if self._index_fd is not None:
+            try:
+                while more := os.pread(self._index_fd, _CHUNK, self._index_read):
+                    self._index_read += len(more)
+                    self._records.feed(more, self.size)
+            except OSError:
+                pass  # what was read so far still counts
+        return self.size
+
+    def close(self) -> None:
+        os.close(self._fd)
+        if self._index_fd is not None:
+            os.close(self._index_fd)
+            self._index_fd = None
+
+    def _points(self) -> tuple[list[int], list[int]]:
+        # Lines before the first record were written before its chunk, and
+        # with no record at all, before the file's last change: point 0 of
+        # the list stands for offset 0 (see _offset).
+        if not self._records.offsets:
+            return [0], [self._mtime_ms]
+        return self._records.offsets, self._records.stamps
+
+    @staticmethod
+    def _offset(offsets: list[int], point: int) -> int:
+        return 0 if point == 0 else offsets[point]
+
+    def time_at(self, offset: int) -> int:
+        """The time (ms) of the line starting at ``offset``."""
+        offsets, stamps = self._points()
+        return stamps[max(bisect.bisect_right(offsets, offset) - 1, 0)]
+
+    def window(self, since_ms: int | None, until_ms: int | None) -> tuple[int, int]:
+        """The bytes ``[start, end)`` holding exactly the lines timed within since..until."""
+        offsets, stamps = self._points()
+        start, end = 0, self.size
+        if since_ms is not None:
+            first = bisect.bisect_left(stamps, since_ms)
+            if first < len(offsets):
+                start = self.line_start(self._offset(offsets, first))
+            else:
+                start = self.size
+        if until_ms is not None:
+            after = bisect.bisect_right(stamps, until_ms)
+            if after < len(offsets):
+                end = self.line_start(self._offset(offsets, after))
+        return start, max(start, end)
+
+    def line_start(self, offset: int) -> int:
+        """The first line start at or after ``offset`` (``size`` if none)."""
+        offset = min(offset, self.size)
+        if offset == 0 or os.pread(self._fd, 1, offset - 1) == b"\n":
+            return offset
+        while offset < self.size:
+            data = os.pread(self._fd, min(_CHUNK, self.size - offset), offset)
+            if not data:
+                break
+            newline = data.find(b"\n")
+            if newline >= 0:
+                return offset + newline + 1
+            offset += len(data)
+        return self.size
+
+    def lines_back(self, start: int, end: int, count: int) -> tuple[int, int]:
+        """Where the last ``count`` lines of ``[start, end)`` begin, and how many there are.
+
+        ``end`` is a line start (or the end of the file, maybe after a line
+        still being written).
+        """
+        if count <= 0 or end <= start:
+            return end, 0
+        position = end
+        data = b""
+        # One more newline than lines wanted: the last line normally ends with one.
+        while position > start and data.count(b"\n") <= count:
+            step = min(_CHUNK, position - start)
+            position -= step
+            data = os.pread(self._fd, step, position) + data
+        lines = data.split(b"\n")
+        if lines[-1] == b"":
+            lines.pop()  # what follows the last newline: nothing
+        kept = lines[-count:]
+        length = sum(len(line) + 1 for line in kept) - (0 if data.endswith(b"\n") else 1)
+        return end - length, len(kept)
+
+    def read(self, start: int, end: int) -> bytes:
+        """Up to one chunk of ``[start, end)``."""
+        if end <= start:
+            return b""
+        return os.pread(self._fd, min(_CHUNK, end - start), start)
+
+
+class Stamper:
+    """Puts each line's time in front of it, across the chunks of a stream."""
+
+    def __init__(self) -> None:
+        self._at_line_start = True
+        self._cached = (-1, "")
+
+    def stamp(self, data: bytes, start: int, file: LogFile) -> bytes:
+        """``data`` (read from ``file`` at ``start``) with ``TIME `` before each line."""
+        if not data:
+            return data
+        pieces: list[bytes] = []
+        position = 0
+        while position < len(data):
+            if self._at_line_start:
+                pieces.append(self._prefix(file.time_at(start + position)))
+            newline = data.find(b"\n", position)
+            stop = len(data) if newline < 0 else newline + 1
+            pieces.append(data[position:stop])
+            self._at_line_start = newline >= 0
+            position = stop
+        return b"".join(pieces)
+
+    def _prefix(self, ms: int) -> bytes:
+        if self._cached[0] != ms:
+            self._cached = (ms, format_ms(ms) + " ")
+        return self._cached[1].encode()
