@@ -33,6 +33,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterable, Sequence
@@ -622,7 +623,9 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
 
 def _configure_logs(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", metavar="NAME", help="the container's name (or a unique id prefix)")
+    _add_refs(
+        parser, "the containers whose logs to print (each line starts with its name when several)"
+    )
     parser.add_argument(
         "-f", "--follow", action="store_true", help="keep printing what it writes (Ctrl-C stops)"
     )
@@ -648,33 +651,88 @@ def _configure_logs(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_logs(args: argparse.Namespace) -> int:
-    """Copy a container's log to stdout; with -f, as it grows."""
+    """Copy containers' logs to stdout; with -f, as they grow (several at once, interleaved)."""
     if args.tail is not None and args.tail < -1:
         raise SquishError(f"--tail must be 0 or more (or -1: all), got {args.tail}")
     now = time.time()
     since = None if args.since is None else parse_moment(args.since, now=now, what="--since")
     until = None if args.until is None else parse_moment(args.until, now=now, what="--until")
-    with _client(args) as client:
-        chunks = client.logs(
-            args.name,
-            follow=args.follow,
-            tail=None if args.tail == -1 else args.tail,
-            since=since,
-            until=until,
-            # JSON lines always carry their time.
-            timestamps=args.timestamps or args.json,
-        )
-        if args.json:
-            _print_log_lines(args.name, chunks)
-        else:
-            out = sys.stdout.buffer
-            for chunk in chunks:
-                out.write(chunk)
+    several = len(args.refs) > 1
+    lock = threading.Lock()
+
+    def copy(ref: str) -> None:
+        with _client(args) as client:
+            chunks = client.logs(
+                ref,
+                follow=args.follow,
+                tail=None if args.tail == -1 else args.tail,
+                since=since,
+                until=until,
+                # JSON lines always carry their time.
+                timestamps=args.timestamps or args.json,
+            )
+            if args.json:
+                _print_log_lines(ref, chunks, lock)
+            elif several:
+                _print_prefixed(ref, chunks, lock)
+            else:
+                out = sys.stdout.buffer
+                for chunk in chunks:
+                    out.write(chunk)
+                    out.flush()
+
+    if not (args.follow and several):
+        status = EXIT_OK
+        for ref in args.refs:
+            try:
+                copy(ref)
+            except DaemonUnreachable:
+                raise
+            except SquishError as exc:
+                print(f"squish: {exc}", file=sys.stderr)
+                status = EXIT_FAILURE
+        return status
+    # Followed, several: one reader each, lines interleaved as they come.
+    failures: list[SquishError] = []
+
+    def follow(ref: str) -> None:
+        try:
+            copy(ref)
+        except SquishError as exc:
+            with lock:
+                print(f"squish: {exc}", file=sys.stderr)
+                failures.append(exc)
+
+    readers = [threading.Thread(target=follow, args=(ref,), daemon=True) for ref in args.refs]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        while reader.is_alive():
+            reader.join(0.2)  # short joins: Ctrl-C still reaches the main thread
+    if any(isinstance(f, DaemonUnreachable) for f in failures):
+        return EXIT_UNREACHABLE
+    return EXIT_FAILURE if failures else EXIT_OK
+
+
+def _print_prefixed(name: str, chunks: Iterable[bytes], lock: threading.Lock) -> None:
+    """Each whole line as ``name | line``, as compose shows several services' logs."""
+    pending = b""
+    prefix = f"{name} | ".encode()
+    out = sys.stdout.buffer
+    for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        if lines:
+            with lock:
+                out.write(b"".join(prefix + line + b"\n" for line in lines))
                 out.flush()
-    return EXIT_OK
+    if pending:
+        with lock:
+            out.write(prefix + pending + b"\n")
+            out.flush()
 
 
-def _print_log_lines(name: str, chunks: Iterable[bytes]) -> None:
+def _print_log_lines(name: str, chunks: Iterable[bytes], lock: threading.Lock) -> None:
     """One JSON object a line: the name, the line, its time ``at`` (Unix seconds)."""
 
     def show(line: bytes) -> None:
@@ -684,7 +742,8 @@ def _print_log_lines(name: str, chunks: Iterable[bytes]) -> None:
         except ValueError:
             at, text = None, line
         record = {"name": name, "line": text.decode("utf-8", errors="replace"), "at": at}
-        print(json.dumps(record), flush=True)
+        with lock:
+            print(json.dumps(record), flush=True)
 
     pending = b""
     for chunk in chunks:

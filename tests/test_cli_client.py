@@ -418,6 +418,41 @@ def test_logs(populated: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().err == "squish: no such container 'nosuch'\n"
 
 
+def test_logs_of_several_containers_name_each_line(
+    populated: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    populated.plane.log("web").write_bytes(b"w1\nw2\n")
+    populated.plane.log("db").write_bytes(b"d1\n")
+    capsys.readouterr()
+    assert populated.squish("logs", "web", "nope", "db") == 1
+    out, err = capsys.readouterr()
+    assert out == "web | w1\nweb | w2\ndb | d1\n"
+    assert err.startswith("squish: no such container 'nope'")
+
+
+def test_logs_follow_several_interleaves_until_they_end(
+    populated: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    populated.plane.log("web").write_bytes(b"w1\n")
+    populated.plane.log("db").write_bytes(b"d1\n")
+    until = f"{time.time() + 1.5:.3f}"
+    capsys.readouterr()
+
+    def later() -> None:
+        time.sleep(0.5)
+        with populated.plane.log("db").open("ab") as file:
+            file.write(b"d2\n")
+
+    import threading
+
+    writer = threading.Thread(target=later)
+    writer.start()
+    assert populated.squish("logs", "-f", "--until", until, "web", "db") == 0
+    writer.join()
+    lines = sorted(lines_of(capsys.readouterr().out))
+    assert lines == ["db | d1", "db | d2", "web | w1"]
+
+
 def feed_events(daemon: Daemon, action: Callable[[], Any]) -> None:
     """Run ``action`` once the CLI subscribes, then end the stream."""
 
