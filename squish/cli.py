@@ -27,30 +27,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import signal
 import sys
 import time
-import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anyio
-import tomli_w
-from rich.console import Console
-from rich.table import Table
-
-from squish import __version__, cli_layers, daemon, paths
+from squish import __version__, cli_layers, paths
 from squish.client import ApiError, Client, DaemonUnreachable, JSONObject
-from squish.config import layer_settings, read_config
 from squish.errors import ManifestError, SquishError
-from squish.manifest import Squishfile, load_squishfile, parse_squishfile
-from squish.runtime import DEFAULT_HOST_IP, DEFAULT_STOP_GRACE, ContainerSpec
-from squish.runtime.bwrap_runtime import BwrapRuntime
-from squish.spec import container_spec
+
+if TYPE_CHECKING:
+    from squish.manifest import Squishfile
+    from squish.runtime import ContainerSpec
+
+# What a verb needs beyond talking to the daemon is imported inside that verb:
+# the daemon, the runtime, the layer store and the manifest model (pydantic)
+# cost ten times what `squish ps` itself takes to start. tests/test_cli_imports.py
+# keeps it so.
 
 # Conventional exit statuses.
 EXIT_OK = 0
@@ -80,6 +76,8 @@ def _configure_validate(parser: argparse.ArgumentParser) -> None:
 
 def _run_validate(args: argparse.Namespace) -> int:
     """Check every file, reporting each; fail if any is bad."""
+    from squish.manifest import load_squishfile
+
     results: list[dict[str, Any]] = []
     failed = False
     for file in args.files:
@@ -121,6 +119,8 @@ def _run_validate(args: argparse.Namespace) -> int:
 
 
 def _configure_run(parser: argparse.ArgumentParser) -> None:
+    from squish.runtime import DEFAULT_HOST_IP, DEFAULT_STOP_GRACE
+
     parser.add_argument("file", metavar="FILE", help="the squishfile to run")
     parser.add_argument(
         "--state-dir",
@@ -159,6 +159,12 @@ def _refuse_root() -> None:
 
 def _run_run(args: argparse.Namespace) -> int:
     """Run one squishfile in the foreground until it exits or Ctrl-C."""
+    import anyio
+
+    from squish.config import layer_settings, read_config
+    from squish.manifest import load_squishfile
+    from squish.spec import container_spec
+
     _refuse_root()
     squishfile = load_squishfile(args.file)
     state = args.state_dir or paths.state_dir()
@@ -169,6 +175,13 @@ def _run_run(args: argparse.Namespace) -> int:
 
 
 async def _run_foreground(spec: ContainerSpec, state: Path, args: argparse.Namespace) -> int:
+    import shutil
+    import signal
+
+    import anyio
+
+    from squish.runtime.bwrap_runtime import BwrapRuntime
+
     run_dir = paths.runtime_dir() / f"run-{os.getpid()}"
     log_path = state / "logs" / f"{spec.name}.log"
     offset = log_path.stat().st_size if log_path.exists() else 0
@@ -216,6 +229,8 @@ async def _run_foreground(spec: ContainerSpec, state: Path, args: argparse.Names
 
 async def _follow(path: Path, offset: int) -> None:
     """Copy what the container logs to our stdout (like an attached podman run)."""
+    import anyio
+
     async with await anyio.open_file(path, "rb") as log:
         await log.seek(offset)
         while True:
@@ -248,6 +263,12 @@ def _prepare(file: str) -> tuple[str, str]:
     runs with another working directory. A bad file fails here, at once,
     with the same one-line error ``squish validate`` gives.
     """
+    import tomllib
+
+    import tomli_w
+
+    from squish.manifest import parse_squishfile
+
     source = Path(file)
     try:
         data = source.read_bytes()
@@ -530,6 +551,9 @@ def _print_plain_table(header: list[str], rows: list[list[str]]) -> None:
 
 
 def _print_rich_table(header: list[str], rows: list[list[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in header:
         table.add_column(column, no_wrap=column != "REASON", overflow="fold")
@@ -693,6 +717,18 @@ def _configure_nothing(parser: argparse.ArgumentParser) -> None:
     return None
 
 
+def _configure_daemon(parser: argparse.ArgumentParser) -> None:
+    from squish import daemon
+
+    daemon.add_arguments(parser)
+
+
+def _run_daemon(args: argparse.Namespace) -> int:
+    from squish import daemon
+
+    return daemon.run(args)
+
+
 # -- registry and entry point -----------------------------------------------
 
 SUBCOMMANDS: dict[str, Subcommand] = {
@@ -768,8 +804,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     ),
     "daemon": Subcommand(
         help="keep the containers of a directory of squishfiles running (the reconciler)",
-        configure=daemon.add_arguments,
-        run=daemon.run,
+        configure=_configure_daemon,
+        run=_run_daemon,
     ),
     "run": Subcommand(
         help="run one squishfile in the foreground until it exits or Ctrl-C",
@@ -779,7 +815,40 @@ SUBCOMMANDS: dict[str, Subcommand] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _VerbParser(argparse.ArgumentParser):
+    """A verb's parser that adds the verb's own arguments when first needed.
+
+    Some verbs' arguments are defined beside what runs them (``squish daemon``'s
+    in :mod:`squish.daemon`, which imports the whole daemon), and adding them
+    all up front would make every ``squish ps`` import every verb. argparse
+    reaches a verb's parser only to parse that verb's arguments or to show its
+    usage or help, so those three methods add the arguments first; whatever
+    reads the whole tree (completion scripts, the man page) asks for
+    ``build_parser(complete=True)``.
+    """
+
+    pending: Callable[[argparse.ArgumentParser], None] | None = None
+
+    def configure_now(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending(self)
+
+    def parse_known_args(self, *args: Any, **kwargs: Any) -> Any:
+        self.configure_now()
+        return super().parse_known_args(*args, **kwargs)
+
+    def format_usage(self) -> str:
+        self.configure_now()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self.configure_now()
+        return super().format_help()
+
+
+def build_parser(*, complete: bool = False) -> argparse.ArgumentParser:
+    """The ``squish`` parser; ``complete``: every verb's arguments added now, not when used."""
     parser = argparse.ArgumentParser(
         prog="squish", description="A rootless container runtime shaped as a reconciler."
     )
@@ -789,7 +858,9 @@ def build_parser() -> argparse.ArgumentParser:
         "$XDG_RUNTIME_DIR/squish)"
     )
     parser.add_argument("--socket", type=Path, default=None, metavar="PATH", help=socket_help)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_VerbParser
+    )
     for name, subcommand in SUBCOMMANDS.items():
         sub = commands.add_parser(name, help=subcommand.help, description=subcommand.help)
         sub.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -797,7 +868,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--socket", type=Path, default=argparse.SUPPRESS, metavar="PATH", help=socket_help
         )
-        subcommand.configure(sub)
+        sub.pending = subcommand.configure
+        if complete:
+            sub.configure_now()
     return parser
 
 

@@ -13,22 +13,15 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
 from rich.filesize import decimal
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from squish.client import Client, JSONObject
 from squish.errors import SquishError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 Table = Callable[[list[str], list[list[str]]], None]
 
@@ -141,6 +134,17 @@ class _progress:
         self.bar: Progress | None = None
         self.task: TaskID | None = None
         if not quiet and sys.stderr.isatty():
+            # Imported only here: rich's console costs more than the rest of `squish`.
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
             self.bar = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
