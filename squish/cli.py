@@ -60,11 +60,12 @@ DEFAULT_WAIT = 30.0  # seconds create and start wait for a container to run
 
 @dataclass(frozen=True)
 class Subcommand:
-    """One ``squish <name>`` verb."""
+    """One ``squish <name>`` verb; ``examples`` end its ``--help`` (and its man page section)."""
 
     help: str
     configure: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    examples: tuple[str, ...] = ()
 
 
 # -- validate ---------------------------------------------------------------
@@ -717,6 +718,30 @@ def _configure_nothing(parser: argparse.ArgumentParser) -> None:
     return None
 
 
+# Shells shtab writes completion for; listed here so that parsing imports no shtab.
+COMPLETION_SHELLS = ("bash", "zsh", "fish", "tcsh")
+
+
+def _configure_completion(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "shell",
+        choices=COMPLETION_SHELLS,
+        help="the shell to complete in: " + ", ".join(COMPLETION_SHELLS),
+    )
+
+
+def _run_completion(args: argparse.Namespace) -> int:
+    """Print the completion script of ``args.shell`` for the whole command line."""
+    from squish import completion
+
+    script = completion.script(build_parser(complete=True), args.shell)
+    if args.json:
+        _print_json({"shell": args.shell, "script": script})
+    else:
+        sys.stdout.write(script)
+    return EXIT_OK
+
+
 def _configure_daemon(parser: argparse.ArgumentParser) -> None:
     from squish import daemon
 
@@ -736,83 +761,121 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         help="send a squishfile to the daemon, wait until it runs, print the container id",
         configure=_configure_create,
         run=_run_create,
+        examples=("squish create web.toml", "squish create --timeout 120 db.toml"),
     ),
     "apply": Subcommand(
         help="send squishfiles to the daemon without waiting (like kubectl apply)",
         configure=_configure_apply,
         run=_run_apply,
+        examples=("squish apply web.toml worker.toml", "squish apply --json *.toml"),
     ),
     "ps": Subcommand(
         help="list running containers (-a: all of them)",
         configure=_configure_ps,
         run=_run_ps,
+        examples=("squish ps", "squish ps -a", "squish ps --json"),
     ),
     "stop": Subcommand(
         help="stop containers by id or name prefix, print their ids",
         configure=_configure_stop,
         run=_run_stop,
+        examples=("squish stop web", "squish stop 3f9a2c1"),
     ),
     "start": Subcommand(
         help="start a stopped container again, print its new id",
         configure=_configure_start,
         run=_run_start,
+        examples=("squish start web",),
     ),
     "delete": Subcommand(
         help="remove a container's manifest from the daemon (its container stops)",
         configure=_configure_name,
         run=_run_delete,
+        examples=("squish delete web",),
     ),
     "logs": Subcommand(
         help="print a container's log (-f: follow it)",
         configure=_configure_logs,
         run=_run_logs,
+        examples=("squish logs web", "squish logs -f --tail 20 web"),
     ),
     "inspect": Subcommand(
         help="everything about one container, as JSON",
         configure=_configure_name,
         run=_run_inspect,
+        examples=("squish inspect web",),
     ),
     "events": Subcommand(
         help="print the daemon's events as they happen",
         configure=_configure_nothing,
         run=_run_events,
+        examples=("squish events", "squish events --json"),
     ),
     "status": Subcommand(
         help="the daemon's status",
         configure=_configure_nothing,
         run=_run_status,
+        examples=("squish status", "squish status --socket /run/squish/squish.sock"),
     ),
     "layer": Subcommand(
         help="layers in the daemon's cache: pull, import, ls, rm, gc",
         configure=cli_layers.configure,
         run=_run_layer,
+        examples=(
+            "squish layer pull python 3.11",
+            "squish layer import python 3.11 python-3.11.tar.gz",
+            "squish layer ls",
+        ),
     ),
     "sources": Subcommand(
         help="where the manifests come from: directories and git sources, their revisions",
         configure=_configure_nothing,
         run=_run_sources,
+        examples=("squish sources",),
     ),
     "sync": Subcommand(
         help="fetch the git sources now and apply what changed (like flux reconcile)",
         configure=_configure_sync,
         run=_run_sync,
+        examples=("squish sync", "squish sync git"),
     ),
     "validate": Subcommand(
         help="check squishfiles without running them",
         configure=_configure_validate,
         run=_run_validate,
+        examples=("squish validate manifests/*.toml",),
     ),
     "daemon": Subcommand(
         help="keep the containers of a directory of squishfiles running (the reconciler)",
         configure=_configure_daemon,
         run=_run_daemon,
+        examples=(
+            "squish daemon --manifests ~/manifests",
+            "squish daemon --git https://git.example.com/ops/fleet.git --git-path apps",
+        ),
     ),
     "run": Subcommand(
         help="run one squishfile in the foreground until it exits or Ctrl-C",
         configure=_configure_run,
         run=_run_run,
+        examples=("squish run web.toml",),
+    ),
+    "completion": Subcommand(
+        help="print a shell completion script: bash, zsh, fish or tcsh",
+        configure=_configure_completion,
+        run=_run_completion,
+        examples=(
+            "squish completion bash > ~/.local/share/bash-completion/completions/squish",
+            'squish completion zsh > "${fpath[1]}/_squish"',
+            "squish completion fish > ~/.config/fish/completions/squish.fish",
+        ),
     ),
 }
+
+
+def _epilog(examples: tuple[str, ...]) -> str:
+    heading = "Example:" if len(examples) == 1 else "Examples:"
+    return "\n".join([heading, *(f"  {example}" for example in examples)])
 
 
 class _VerbParser(argparse.ArgumentParser):
@@ -862,7 +925,14 @@ def build_parser(*, complete: bool = False) -> argparse.ArgumentParser:
         dest="command", metavar="COMMAND", required=True, parser_class=_VerbParser
     )
     for name, subcommand in SUBCOMMANDS.items():
-        sub = commands.add_parser(name, help=subcommand.help, description=subcommand.help)
+        sub = commands.add_parser(
+            name,
+            help=subcommand.help,
+            description=subcommand.help,
+            epilog=_epilog(subcommand.examples),
+            # Keeps the examples one to a line, as written.
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         sub.add_argument("--json", action="store_true", help="print JSON for scripts")
         # Accepted after the verb too; SUPPRESS keeps it from resetting the global one.
         sub.add_argument(
