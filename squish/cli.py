@@ -2,15 +2,18 @@
 
 ``main`` is the console-script entry point (``squish = squish.cli:main``) and
 what ``python -m squish`` runs. Each subcommand is one :class:`Subcommand` in
-:data:`SUBCOMMANDS`: a function adding its arguments to its parser and a
-function running it, returning the exit status. Adding a subcommand means
-writing those two functions and one registry entry; ``main`` needs no change.
+:data:`SUBCOMMANDS`: a function adding its arguments to its parser (called
+only when the verb is used, see :class:`_VerbParser`), a function running it,
+returning the exit status, and the examples that end its ``--help``. Adding a
+subcommand means writing those two functions and one registry entry; ``main``
+needs no change. The same parser generates the shell completion scripts
+(``squish completion``) and the man page (:mod:`squish.manpage`).
 
 Every subcommand takes ``--json`` for scripts. Errors a user caused
 (:class:`~squish.errors.SquishError`) are printed as their one line, never as
 a traceback.
 
-``validate`` and ``run`` work alone; every other verb talks to the daemon
+``validate``, ``run`` and ``completion`` work alone; every other verb talks to the daemon
 through :class:`~squish.client.Client` on its unix socket (``--socket``,
 ``$SQUISH_SOCKET``, or the default in the runtime directory). Their output
 keeps the original squish contract that scripts rely on: ``create`` prints
@@ -44,9 +47,9 @@ if TYPE_CHECKING:
     from squish.runtime import ContainerSpec
 
 # What a verb needs beyond talking to the daemon is imported inside that verb:
-# the daemon, the runtime, the layer store and the manifest model (pydantic)
-# cost ten times what `squish ps` itself takes to start. tests/test_cli_imports.py
-# keeps it so.
+# imported up front, the daemon, the runtime, the layer store and the manifest
+# model (pydantic) made `squish ps` take 3.5 times as long (bench/cli_latency.py).
+# tests/test_cli_imports.py keeps it so.
 
 # Conventional exit statuses.
 EXIT_OK = 0
