@@ -172,6 +172,23 @@ def test_other_shells_read_their_script(shell: str, check: list[str], tmp_path: 
     assert (done.returncode, done.stderr) == (0, "")
 
 
+def test_fish_completes_verbs(tmp_path: Path) -> None:
+    if shutil.which("fish") is None:
+        pytest.skip("fish is not installed")
+    script = tmp_path / "squish.fish"
+    script.write_text(completion_script("fish"))
+    program = f"source {script}; complete -C 'squish p'; complete -C 'squish layer '"
+    done = subprocess.run(
+        ["fish", "--no-config", "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    offered = [line.split("\t")[0] for line in done.stdout.splitlines()]
+    assert offered == ["ps", "gc", "import", "ls", "pull", "rm"]
+
+
 def test_completion_json() -> None:
     done = subprocess.run(
         [*SQUISH, "completion", "--json", "fish"], capture_output=True, text=True, check=True
