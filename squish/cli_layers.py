@@ -52,8 +52,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "squish layer pull python 3.11",
         "squish layer pull alpine 3.20",
     )
-    pull.add_argument("name", help="the layer's name (alpine: the Alpine minirootfs)")
-    pull.add_argument("version", help="its version (for alpine a branch: the newest 3.20.x)")
+    pull.add_argument(
+        "name", metavar="NAME", help="the layer's name (alpine: the Alpine minirootfs)"
+    )
+    pull.add_argument(
+        "version", metavar="VERSION", help="its version (for alpine a branch: the newest 3.20.x)"
+    )
     pull.add_argument("--sha256", help="the archive's digest, if the registry publishes none")
     add = action(
         "import",
@@ -61,9 +65,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "squish layer import python 3.11 python-3.11-x86_64.tar.gz",
         "squish layer import alpine 3.20 alpine-minirootfs-3.20.3-x86_64.tar.gz",
     )
-    add.add_argument("name", help="the layer's name (alpine: the base rootfs)")
-    add.add_argument("version", help="the version it is stored as")
-    add.add_argument("archive", type=Path, help="the archive (tar, tar.gz, tar.xz, tar.zst, zip)")
+    add.add_argument("name", metavar="NAME", help="the layer's name (alpine: the base rootfs)")
+    add.add_argument("version", metavar="VERSION", help="the version it is stored as")
+    add.add_argument(
+        "archive", type=Path, metavar="FILE", help="the archive (tar, tar.gz, tar.xz, tar.zst, zip)"
+    )
     add.add_argument("--sha256", help="refuse the archive unless it has this digest")
     action(
         "ls",
@@ -74,8 +80,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     remove = action(
         "rm", "remove a layer no container uses: NAME VERSION", "squish layer rm python 3.11"
     )
-    remove.add_argument("name", help="the layer's name")
-    remove.add_argument("version", help="its version")
+    remove.add_argument("name", metavar="NAME", help="the layer's name")
+    remove.add_argument("version", metavar="VERSION", help="its version")
     action("gc", "remove every layer no squishfile or container uses", "squish layer gc")
 
 
