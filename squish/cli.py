@@ -2,9 +2,12 @@
 
 ``main`` is the console-script entry point (``squish = squish.cli:main``) and
 what ``python -m squish`` runs. Each subcommand is one :class:`Subcommand` in
-:data:`SUBCOMMANDS`: a function adding its arguments to its parser and a
-function running it, returning the exit status. Adding a subcommand means
-writing those two functions and one registry entry; ``main`` needs no change.
+:data:`SUBCOMMANDS`: a function adding its arguments to its parser (called
+only when the verb is used, see :class:`_VerbParser`), a function running it,
+returning the exit status, and the examples that end its ``--help``. Adding a
+subcommand means writing those two functions and one registry entry; ``main``
+needs no change. The same parser generates the shell completion scripts
+(``squish completion``) and the man page (:mod:`squish.manpage`).
 
 Every subcommand takes ``--json`` for scripts (before or after the verb);
 ``ps``, ``inspect`` and ``events`` also take podman's ``--format``. Errors a
@@ -12,7 +15,7 @@ user caused (:class:`~squish.errors.SquishError`) are printed as their one
 line, never as a traceback. Containers are named as podman names them: an
 exact name or a unique id prefix, several at once.
 
-``validate`` and ``run`` work alone; every other verb talks to the daemon
+``validate``, ``run`` and ``completion`` work alone; every other verb talks to the daemon
 through :class:`~squish.client.Client` on its unix socket (``--socket``,
 ``$SQUISH_SOCKET``, or the default in the runtime directory). Their output
 keeps the original squish contract that scripts rely on: ``create`` prints
@@ -30,31 +33,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import signal
 import sys
 import threading
 import time
-import tomllib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anyio
-import tomli_w
-
-from squish import __version__, cli_layers, cli_output, daemon, paths
+from squish import __version__, cli_layers, cli_output, paths
 from squish import api_schema as schema
 from squish.client import ApiError, Client, DaemonUnreachable
-from squish.config import layer_settings, read_config
 from squish.errors import ManifestError, SquishError
-from squish.manifest import Squishfile, load_squishfile, parse_squishfile
-from squish.runtime import DEFAULT_HOST_IP, DEFAULT_STOP_GRACE, ContainerSpec
-from squish.runtime.bwrap_runtime import BwrapRuntime
-from squish.spec import container_spec
 from squish.timespec import parse_moment
+
+if TYPE_CHECKING:
+    from squish.manifest import Squishfile
+    from squish.runtime import ContainerSpec
+
+# What a verb needs beyond talking to the daemon is imported inside that verb:
+# imported up front, the daemon, the runtime, the layer store and the manifest
+# model (pydantic) made `squish ps` take 3.5 times as long (bench/cli_latency.py).
+# tests/test_cli_imports.py keeps it so.
 
 # Conventional exit statuses.
 EXIT_OK = 0
@@ -76,11 +77,12 @@ DEFAULT_WAIT = 30.0  # seconds create and start wait for a container to run
 
 @dataclass(frozen=True)
 class Subcommand:
-    """One ``squish <name>`` verb."""
+    """One ``squish <name>`` verb; ``examples`` end its ``--help`` (and its man page section)."""
 
     help: str
     configure: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    examples: tuple[str, ...] = ()
 
 
 # -- validate ---------------------------------------------------------------
@@ -92,6 +94,8 @@ def _configure_validate(parser: argparse.ArgumentParser) -> None:
 
 def _run_validate(args: argparse.Namespace) -> int:
     """Check every file, reporting each, a line per problem; fail if any is bad."""
+    from squish.manifest import load_squishfile
+
     results: list[dict[str, Any]] = []
     failed = False
     for file in args.files:
@@ -133,6 +137,8 @@ def _run_validate(args: argparse.Namespace) -> int:
 
 
 def _configure_run(parser: argparse.ArgumentParser) -> None:
+    from squish.runtime import DEFAULT_HOST_IP, DEFAULT_STOP_GRACE
+
     parser.add_argument("file", metavar="FILE", help="the squishfile to run")
     parser.add_argument(
         "--state-dir",
@@ -171,6 +177,12 @@ def _refuse_root() -> None:
 
 def _run_run(args: argparse.Namespace) -> int:
     """Run one squishfile in the foreground until it exits or Ctrl-C."""
+    import anyio
+
+    from squish.config import layer_settings, read_config
+    from squish.manifest import load_squishfile
+    from squish.spec import container_spec
+
     _refuse_root()
     squishfile = load_squishfile(args.file)
     state = args.state_dir or paths.state_dir()
@@ -181,6 +193,13 @@ def _run_run(args: argparse.Namespace) -> int:
 
 
 async def _run_foreground(spec: ContainerSpec, state: Path, args: argparse.Namespace) -> int:
+    import shutil
+    import signal
+
+    import anyio
+
+    from squish.runtime.bwrap_runtime import BwrapRuntime
+
     run_dir = paths.runtime_dir() / f"run-{os.getpid()}"
     log_path = state / "logs" / f"{spec.name}.log"
     offset = log_path.stat().st_size if log_path.exists() else 0
@@ -228,6 +247,8 @@ async def _run_foreground(spec: ContainerSpec, state: Path, args: argparse.Names
 
 async def _follow(path: Path, offset: int) -> None:
     """Copy what the container logs to our stdout (like an attached podman run)."""
+    import anyio
+
     async with await anyio.open_file(path, "rb") as log:
         await log.seek(offset)
         while True:
@@ -260,6 +281,12 @@ def _prepare(file: str) -> tuple[str, str]:
     runs with another working directory. A bad file fails here, at once,
     with the same one-line error ``squish validate`` gives.
     """
+    import tomllib
+
+    import tomli_w
+
+    from squish.manifest import parse_squishfile
+
     source = Path(file)
     try:
         data = source.read_bytes()
@@ -795,6 +822,42 @@ def _configure_nothing(parser: argparse.ArgumentParser) -> None:
     return None
 
 
+# Shells shtab writes completion for; listed here so that parsing imports no shtab.
+COMPLETION_SHELLS = ("bash", "zsh", "fish", "tcsh")
+
+
+def _configure_completion(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "shell",
+        choices=COMPLETION_SHELLS,
+        help="the shell to complete in: " + ", ".join(COMPLETION_SHELLS),
+    )
+
+
+def _run_completion(args: argparse.Namespace) -> int:
+    """Print the completion script of ``args.shell`` for the whole command line."""
+    from squish import completion
+
+    script = completion.script(build_parser(complete=True), args.shell)
+    if args.json:
+        _print_json({"shell": args.shell, "script": script})
+    else:
+        sys.stdout.write(script)
+    return EXIT_OK
+
+
+def _configure_daemon(parser: argparse.ArgumentParser) -> None:
+    from squish import daemon
+
+    daemon.add_arguments(parser)
+
+
+def _run_daemon(args: argparse.Namespace) -> int:
+    from squish import daemon
+
+    return daemon.run(args)
+
+
 # -- registry and entry point -----------------------------------------------
 
 SUBCOMMANDS: dict[str, Subcommand] = {
@@ -802,86 +865,157 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         help="send a squishfile to the daemon, wait until it runs, print the container id",
         configure=_configure_create,
         run=_run_create,
+        examples=("squish create web.toml", "squish create --timeout 120 db.toml"),
     ),
     "apply": Subcommand(
         help="send squishfiles to the daemon without waiting (like kubectl apply)",
         configure=_configure_apply,
         run=_run_apply,
+        examples=("squish apply web.toml worker.toml", "squish apply --json *.toml"),
     ),
     "ps": Subcommand(
         help="list running containers (-a: all of them)",
         configure=_configure_ps,
         run=_run_ps,
+        examples=("squish ps", "squish ps -a", "squish ps --json"),
     ),
     "stop": Subcommand(
         help="stop containers by name or id prefix (they stay stopped), print their ids",
         configure=_configure_stop,
         run=_run_stop,
+        examples=("squish stop web", "squish stop 3f9a2c1"),
     ),
     "start": Subcommand(
         help="start stopped containers again, print their new ids",
         configure=_configure_start,
         run=_run_start,
+        examples=("squish start web",),
     ),
     "delete": Subcommand(
         help="remove containers' squishfiles from the daemon (their containers stop)",
         configure=_configure_delete,
         run=_run_delete,
+        examples=("squish delete web",),
     ),
     "logs": Subcommand(
         help="print a container's log (-f: follow it)",
         configure=_configure_logs,
         run=_run_logs,
+        examples=("squish logs web", "squish logs -f --tail 20 web"),
     ),
     "inspect": Subcommand(
         help="everything about containers, as a JSON array",
         configure=_configure_inspect,
         run=_run_inspect,
+        examples=("squish inspect web",),
     ),
     "events": Subcommand(
         help="print the daemon's events as they happen",
         configure=_configure_events,
         run=_run_events,
+        examples=("squish events", "squish events --json"),
     ),
     "status": Subcommand(
         help="the daemon's status",
         configure=_configure_nothing,
         run=_run_status,
+        examples=("squish status", "squish status --socket /run/squish/squish.sock"),
     ),
     "layer": Subcommand(
         help="layers in the daemon's cache: pull, import, ls, rm, gc",
         configure=cli_layers.configure,
         run=_run_layer,
+        examples=(
+            "squish layer pull python 3.11",
+            "squish layer import python 3.11 python-3.11.tar.gz",
+            "squish layer ls",
+        ),
     ),
     "sources": Subcommand(
         help="where the manifests come from: directories and git sources, their revisions",
         configure=_configure_nothing,
         run=_run_sources,
+        examples=("squish sources",),
     ),
     "sync": Subcommand(
         help="fetch the git sources now and apply what changed (like flux reconcile)",
         configure=_configure_sync,
         run=_run_sync,
+        examples=("squish sync", "squish sync git"),
     ),
     "validate": Subcommand(
         help="check squishfiles without running them",
         configure=_configure_validate,
         run=_run_validate,
+        examples=("squish validate manifests/*.toml",),
     ),
     "daemon": Subcommand(
         help="keep the containers of a directory of squishfiles running (the reconciler)",
-        configure=daemon.add_arguments,
-        run=daemon.run,
+        configure=_configure_daemon,
+        run=_run_daemon,
+        examples=(
+            "squish daemon --manifests ~/manifests",
+            "squish daemon --git https://git.example.com/ops/fleet.git --git-path apps",
+        ),
     ),
     "run": Subcommand(
         help="run one squishfile in the foreground until it exits or Ctrl-C",
         configure=_configure_run,
         run=_run_run,
+        examples=("squish run web.toml",),
+    ),
+    "completion": Subcommand(
+        help="print a shell completion script: bash, zsh, fish or tcsh",
+        configure=_configure_completion,
+        run=_run_completion,
+        examples=(
+            "squish completion bash > ~/.local/share/bash-completion/completions/squish",
+            'squish completion zsh > "${fpath[1]}/_squish"',
+            "squish completion fish > ~/.config/fish/completions/squish.fish",
+        ),
     ),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _epilog(examples: tuple[str, ...]) -> str:
+    heading = "Example:" if len(examples) == 1 else "Examples:"
+    return "\n".join([heading, *(f"  {example}" for example in examples)])
+
+
+class _VerbParser(argparse.ArgumentParser):
+    """A verb's parser that adds the verb's own arguments when first needed.
+
+    Some verbs' arguments are defined beside what runs them (``squish daemon``'s
+    in :mod:`squish.daemon`, which imports the whole daemon), and adding them
+    all up front would make every ``squish ps`` import every verb. argparse
+    reaches a verb's parser only to parse that verb's arguments or to show its
+    usage or help, so those three methods add the arguments first; whatever
+    reads the whole tree (completion scripts, the man page) asks for
+    ``build_parser(complete=True)``.
+    """
+
+    pending: Callable[[argparse.ArgumentParser], None] | None = None
+
+    def configure_now(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending(self)
+
+    def parse_known_args(self, *args: Any, **kwargs: Any) -> Any:
+        self.configure_now()
+        return super().parse_known_args(*args, **kwargs)
+
+    def format_usage(self) -> str:
+        self.configure_now()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self.configure_now()
+        return super().format_help()
+
+
+def build_parser(*, complete: bool = False) -> argparse.ArgumentParser:
+    """The ``squish`` parser; ``complete``: every verb's arguments added now, not when used."""
     codes = "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items())
     parser = argparse.ArgumentParser(
         prog="squish",
@@ -896,9 +1030,18 @@ def build_parser() -> argparse.ArgumentParser:
         "$XDG_RUNTIME_DIR/squish)"
     )
     parser.add_argument("--socket", type=Path, default=None, metavar="PATH", help=socket_help)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_VerbParser
+    )
     for name, subcommand in SUBCOMMANDS.items():
-        sub = commands.add_parser(name, help=subcommand.help, description=subcommand.help)
+        sub = commands.add_parser(
+            name,
+            help=subcommand.help,
+            description=subcommand.help,
+            epilog=_epilog(subcommand.examples),
+            # Keeps the examples one to a line, as written.
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         # Accepted before the verb too: SUPPRESS keeps it from resetting the global one.
         sub.add_argument(
             "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
@@ -907,7 +1050,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--socket", type=Path, default=argparse.SUPPRESS, metavar="PATH", help=socket_help
         )
-        subcommand.configure(sub)
+        sub.pending = subcommand.configure
+        if complete:
+            sub.configure_now()
     return parser
 
 

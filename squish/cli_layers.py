@@ -13,22 +13,16 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
 from rich.filesize import decimal
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from squish import api_schema as schema
 from squish.client import Client
 from squish.errors import SquishError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 Table = Callable[[list[str], list[list[str]]], None]
 
@@ -38,28 +32,58 @@ _CHUNK = 1 << 20
 def configure(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="layer_command", metavar="ACTION", required=True)
 
-    def action(name: str, help: str) -> argparse.ArgumentParser:
-        sub = actions.add_parser(name, help=help, description=help)
+    def action(name: str, help: str, *examples: str) -> argparse.ArgumentParser:
+        heading = "Example:" if len(examples) == 1 else "Examples:"
+        sub = actions.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog="\n".join([heading, *(f"  {example}" for example in examples)]),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         # Accepted after the action too; SUPPRESS keeps it from resetting the earlier one.
-        sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+        sub.add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
+        )
         return sub
 
-    pull = action("pull", "download a layer: NAME VERSION from its registry, or alpine VERSION")
-    pull.add_argument("name")
-    pull.add_argument("version")
+    pull = action(
+        "pull",
+        "download a layer: NAME VERSION from its registry, or alpine VERSION",
+        "squish layer pull python 3.11",
+        "squish layer pull alpine 3.20",
+    )
+    pull.add_argument(
+        "name", metavar="NAME", help="the layer's name (alpine: the Alpine minirootfs)"
+    )
+    pull.add_argument(
+        "version", metavar="VERSION", help="its version (for alpine a branch: the newest 3.20.x)"
+    )
     pull.add_argument("--sha256", help="the archive's digest, if the registry publishes none")
     add = action(
-        "import", "add a layer from a local archive (for hosts with no network): NAME VERSION FILE"
+        "import",
+        "add a layer from a local archive (for hosts with no network): NAME VERSION FILE",
+        "squish layer import python 3.11 python-3.11-x86_64.tar.gz",
+        "squish layer import alpine 3.20 alpine-minirootfs-3.20.3-x86_64.tar.gz",
     )
-    add.add_argument("name")
-    add.add_argument("version")
-    add.add_argument("archive", type=Path)
+    add.add_argument("name", metavar="NAME", help="the layer's name (alpine: the base rootfs)")
+    add.add_argument("version", metavar="VERSION", help="the version it is stored as")
+    add.add_argument(
+        "archive", type=Path, metavar="FILE", help="the archive (tar, tar.gz, tar.xz, tar.zst, zip)"
+    )
     add.add_argument("--sha256", help="refuse the archive unless it has this digest")
-    action("ls", "list the layers in the cache and the containers using them")
-    remove = action("rm", "remove a layer no container uses: NAME VERSION")
-    remove.add_argument("name")
-    remove.add_argument("version")
-    action("gc", "remove every layer no squishfile or container uses")
+    action(
+        "ls",
+        "list the layers in the cache and the containers using them",
+        "squish layer ls",
+        "squish layer ls --json",
+    )
+    remove = action(
+        "rm", "remove a layer no container uses: NAME VERSION", "squish layer rm python 3.11"
+    )
+    remove.add_argument("name", metavar="NAME", help="the layer's name")
+    remove.add_argument("version", metavar="VERSION", help="its version")
+    action("gc", "remove every layer no squishfile or container uses", "squish layer gc")
 
 
 def run(args: argparse.Namespace, client: Client, table: Table) -> int:
@@ -143,6 +167,17 @@ class _progress:
         self.bar: Progress | None = None
         self.task: TaskID | None = None
         if not quiet and sys.stderr.isatty():
+            # Imported only here: rich's console costs more than the rest of `squish`.
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
             self.bar = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),

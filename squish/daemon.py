@@ -78,14 +78,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="address port forwards bind to unless a port says otherwise (default: %(default)s)",
     )
     parser.add_argument(
-        "--log-format", choices=("text", "json"), default=env("SQUISH_LOG_FORMAT", "text")
+        "--log-format",
+        choices=("text", "json"),
+        default=env("SQUISH_LOG_FORMAT", "text"),
+        help="the log on stderr: text lines or JSON objects (default: %(default)s; "
+        "$SQUISH_LOG_FORMAT)",
     )
-    parser.add_argument("--resync", type=float, default=5.0, help="seconds between full resyncs")
-    parser.add_argument("--parallelism", type=int, default=8, help="actions carried out at once")
-    parser.add_argument("--stop-timeout", type=float, default=DEFAULT_STOP_GRACE)
-    parser.add_argument("--backoff-initial", type=float, default=10.0)
-    parser.add_argument("--backoff-max", type=float, default=300.0)
-    parser.add_argument("--backoff-reset", type=float, default=600.0)
+    parser.add_argument(
+        "--resync",
+        type=float,
+        default=5.0,
+        help="seconds between full resyncs (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--parallelism",
+        type=int,
+        default=8,
+        help="actions carried out at once (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=DEFAULT_STOP_GRACE,
+        help="seconds between SIGTERM and SIGKILL when a container stops (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--backoff-initial",
+        type=float,
+        default=10.0,
+        help="seconds before a crashed container's second restart (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--backoff-max",
+        type=float,
+        default=300.0,
+        help="the longest wait between restarts, doubling up to it (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--backoff-reset",
+        type=float,
+        default=600.0,
+        help="seconds of running after which the backoff starts over (default: %(default)g)",
+    )
     parser.add_argument(
         "--config",
         type=Path,
@@ -124,7 +158,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="also keep the squishfiles of this git repository running ($SQUISH_GIT)",
     )
-    git.add_argument("--git-ref", default=env("SQUISH_GIT_REF", "main"), metavar="REF")
+    git.add_argument(
+        "--git-ref",
+        default=env("SQUISH_GIT_REF", "main"),
+        metavar="REF",
+        help="the branch or tag to follow (default: %(default)s; $SQUISH_GIT_REF)",
+    )
     git.add_argument(
         "--git-path",
         default=env("SQUISH_GIT_PATH", "."),

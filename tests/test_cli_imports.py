@@ -1,0 +1,76 @@
+"""What the ``squish`` command imports before it knows which verb it runs.
+
+Every ``squish ps`` or ``squish --version`` is a fresh interpreter, so each
+module imported at start-up is paid on every call. The daemon's machinery
+(starlette, uvicorn, watchfiles, prometheus_client, the bwrap runtime), the
+manifest model (pydantic) and rich's console are imported only by the verbs
+that use them. Each case runs in a fresh interpreter and reads
+``sys.modules`` there.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+# Never imported by `import squish.cli`, nor by parsing a client verb's arguments.
+HEAVY = (
+    "starlette",
+    "uvicorn",
+    "watchfiles",
+    "prometheus_client",
+    "pydantic",
+    "anyio",
+    "rich.console",
+    "click",
+    "squish.daemon",
+    "squish.api",
+    "squish.manifest",
+    "squish.layers",
+    "squish.runtime",
+    "squish.runtime.bwrap_runtime",
+)
+
+
+def loaded_after(code: str) -> set[str]:
+    """The modules of a fresh interpreter after running ``code``."""
+    script = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=30
+    )
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import squish.cli",
+        "import squish.client, squish.errors, squish.paths",
+        # Parsing runs each verb's own argument setup; the verb itself does not run.
+        "from squish.cli import build_parser; build_parser().parse_args(['ps', '-a'])",
+        "from squish.cli import build_parser; build_parser().parse_args(['layer', 'ls'])",
+        "from squish.cli import build_parser; build_parser().parse_args(['stop', 'x'])",
+    ],
+)
+def test_nothing_heavy_is_imported(code: str) -> None:
+    assert sorted(loaded_after(code) & set(HEAVY)) == []
+
+
+def test_version_imports_nothing_heavy() -> None:
+    code = "from squish.cli import main\nassert main(['--version']) == 0"
+    assert sorted(loaded_after(code) & set(HEAVY)) == []
+
+
+def test_the_verbs_that_need_more_still_get_it() -> None:
+    # The daemon's options are defined by squish.daemon: asking for them loads it.
+    daemon = loaded_after(
+        "from squish.cli import build_parser; build_parser().parse_args(['daemon'])"
+    )
+    assert "squish.daemon" in daemon
+    validate = loaded_after("from squish.cli import main; main(['validate', '/nonexistent.toml'])")
+    assert "squish.manifest" in validate
+    assert "squish.daemon" not in validate
+    assert "squish.runtime.bwrap_runtime" not in validate
