@@ -8,9 +8,9 @@ JSON, and a :class:`~squish.errors.SquishError` becomes ``{"error": "<one
 line>"}`` with a status saying whose fault it was:
 
     400  ManifestError, LayerError, a malformed request
-    404  ContainerNotFound (a container the daemon does not know), no such route
+    404  ContainerNotFound (a container the daemon does not know), NoSuchSource, no such route
     409  RuntimeFailure, PortInUse (the request was fine; the host said no),
-         AmbiguousName (with the candidates)
+         AmbiguousName (with the candidates), SourceError (no git source to sync)
     500  anything else (logged here with its traceback; the body has one line)
 
 Routes (all under ``/v1``; the shapes are :mod:`squish.api_schema`'s, and
@@ -79,7 +79,9 @@ from squish.errors import (
     ContainerNotFound,
     LayerError,
     ManifestError,
+    NoSuchSource,
     RuntimeFailure,
+    SourceError,
     SquishError,
 )
 from squish.layer_admin import LayerAdmin
@@ -95,7 +97,7 @@ logger = logging.getLogger(__name__)
 
 # The same rule the manifest applies to file names: the name becomes a file,
 # a hostname and a metrics label.
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_NAME = re.compile(schema.NAME_PATTERN)
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _DEFAULT_TIMEOUT = 30.0
 _MAX_TIMEOUT = 3600.0
@@ -119,8 +121,10 @@ Pump = Callable[[Write], Awaitable[None]]
 
 def _status_for(exc: Exception) -> int:
     # ContainerNotFound is a RuntimeFailure, so it is checked first.
-    if isinstance(exc, ContainerNotFound):
+    if isinstance(exc, ContainerNotFound | NoSuchSource):
         return 404
+    if isinstance(exc, SourceError):
+        return 409
     if isinstance(exc, ManifestError | LayerError | BadRequest):
         return 400
     if isinstance(exc, RuntimeFailure):
@@ -186,7 +190,7 @@ def _name(value: object, what: str = "name") -> str:
     if not isinstance(value, str) or not _NAME.fullmatch(value):
         raise BadRequest(
             f"{what} must be letters, digits, '_', '.' and '-', starting with a letter or "
-            f"digit, got {value!r}"
+            f"digit, at most 128 of them, got {value!r:.80}"
         )
     return value
 
@@ -770,7 +774,7 @@ def _source_operations(sources: SourceAdmin) -> list[Operation]:
             list[schema.SourceStatus],
             body=schema.SyncRequest,
             body_required=False,
-            errors=(400,),
+            errors=(400, 404, 409),
         ),
     ]
 

@@ -9,6 +9,8 @@ nothing above the adapters ever sees an ``OSError`` or a pydantic error.
     ├── ManifestError      a squishfile cannot be read, parsed or validated
     ├── LayerError         a layer cannot be resolved to a host path
     ├── AmbiguousName      an id prefix that several containers share
+    ├── SourceError        a source cannot do what was asked (no git source to sync)
+    │   └── NoSuchSource
     └── RuntimeFailure     the runtime could not start, stop or change a container
         ├── PortInUse      a host port is already bound by someone else
         └── ContainerNotFound
@@ -108,3 +110,11 @@ class AmbiguousName(SquishError):
             f"{ref!r} is ambiguous: it begins the ids of {', '.join(candidates)}; "
             "give a longer id prefix or the name"
         )
+
+
+class SourceError(SquishError):
+    """A source cannot do what was asked of it (a sync with no git source)."""
+
+
+class NoSuchSource(SourceError):
+    """No source has that name."""

@@ -148,7 +148,12 @@ def document(operations: list[Operation], *, version: str) -> dict[str, Any]:
     for operation in operations:
         item = paths.setdefault(operation.path, {})
         parameters: list[dict[str, Any]] = [
-            {"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
+            {
+                "name": part[1:-1],
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "pattern": schema.NAME_PATTERN},
+            }
             for part in operation.path.split("/")
             if part.startswith("{")
         ]
@@ -168,7 +173,10 @@ def document(operations: list[Operation], *, version: str) -> dict[str, Any]:
         else:
             answer = {operation.media: {"schema": schema_of(operation.answer)}}
         responses: dict[str, Any] = {"200": {"description": operation.summary, "content": answer}}
-        for status in (*operation.errors, 500):
+        statuses = set(operation.errors)
+        if "{" in operation.path:
+            statuses |= {400, 404}  # a bad name; a name that is not there, or no such route
+        for status in (*sorted(statuses), 500):
             responses[str(status)] = {
                 "description": _ERRORS.get(status, "error"),
                 "content": {JSON: {"schema": _ref("Error")}},

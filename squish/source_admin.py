@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from squish.errors import SquishError
+from squish.errors import NoSuchSource, SourceError, SquishError
 from squish.sources import SourceStatus, StatusSource
 from squish.sources.git import GitSource
 
@@ -56,9 +56,9 @@ class SourceAdmin:
         chosen = [source for source in self.git_sources if name in (None, source.name)]
         if name is not None and not chosen:
             known = ", ".join(source.name for source in self.git_sources) or "none"
-            raise SquishError(f"no git source named {name!r} (git sources: {known})")
+            raise NoSuchSource(f"no git source named {name!r} (git sources: {known})")
         if not chosen:
-            raise SquishError("this daemon has no git source to sync (squish daemon --git URL)")
+            raise SourceError("this daemon has no git source to sync (squish daemon --git URL)")
         results: dict[str, SourceStatus] = {}
 
         async def one(source: GitSource) -> None:
