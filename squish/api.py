@@ -635,7 +635,7 @@ def _container_operations(control: ControlPlane, drain: _Drain) -> list[Operatio
                 Param("follow", "boolean", "keep sending what it writes"),
                 Param("tail", "integer", "start with the last N lines"),
                 Param("since", "number", "only lines that arrived at or after this Unix time"),
-                Param("until", "number", "only lines that arrived before this Unix time"),
+                Param("until", "number", "only lines that arrived at or before this Unix time"),
                 Param("timestamps", "boolean", "start each line with the time it arrived"),
             ),
             errors=by_ref,

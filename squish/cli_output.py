@@ -182,16 +182,20 @@ class _Template(string.Formatter):
     """``str.format`` over JSON: ``{a.b}`` and ``{a[0]}`` look into objects and lists."""
 
     def get_field(self, field_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
-        value: Any = kwargs
-        path = field_name.replace("[", ".").replace("]", "")
-        for part in path.split("."):
-            if isinstance(value, Mapping) and part in value:
-                value = value[part]
+        path = field_name.replace("[", ".").replace("]", "").split(".")
+        if path[0] not in kwargs:
+            fields = ", ".join(sorted(kwargs)) or "none"
+            raise SquishError(f"--format: no field {path[0]!r} (fields: {fields})")
+        value: Any = kwargs[path[0]]
+        for part in path[1:]:
+            # Deeper, a part this item lacks (no ports, no applied version)
+            # shows as "-": another item of the same shape may have it.
+            if isinstance(value, Mapping):
+                value = value.get(part)
             elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
                 value = value[int(part)]
             else:
-                fields = ", ".join(sorted(kwargs)) or "none"
-                raise SquishError(f"--format: no field {field_name!r} (fields: {fields})")
+                value = None
         return value, field_name
 
     def format_field(self, value: Any, format_spec: str) -> str:
