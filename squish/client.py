@@ -1,8 +1,9 @@
 """The client side of the daemon's API (:mod:`squish.api`) over its unix socket.
 
 Called by the ``squish`` command (:mod:`squish.cli`) for everything that
-needs the daemon. Synchronous, over httpx: a command makes one or two calls
-and the streaming ones (logs, events) simply iterate. Answers are the shapes
+needs the daemon. Synchronous, over the standard library's http.client: a
+command makes one or two calls and the streaming ones (logs, events) simply
+iterate. Answers are the shapes
 of :mod:`squish.api_schema`, the definitions the server builds them from.
 
 Foreign errors stop here. Not reaching the daemon at all (no socket, nobody
@@ -20,24 +21,18 @@ connection lost mid-answer or a timeout is a plain ``SquishError``::
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import socket
-import sys
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
-# `import httpx` also imports httpx's own command line (click, rich, pygments),
-# which is as much again as the rest of httpx and never used here; with the
-# module declined, httpx defines a stub in its place. Every `squish` command
-# pays for this import, so it counts.
-sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
-import httpx  # noqa: E402
-
-from squish import api_schema as schema  # noqa: E402
-from squish.errors import SquishError  # noqa: E402
+from squish import api_schema as schema
+from squish.errors import SquishError
 
 __all__ = ["ApiError", "Client", "DaemonUnreachable"]
 
@@ -45,8 +40,9 @@ JSONObject = dict[str, Any]
 T = TypeVar("T")
 
 # The host part is required by HTTP and ignored by the daemon.
-_BASE_URL = "http://squish"
+_HOST = "squish"
 _TIMEOUT = 10.0
+_CHUNK = 65536
 # What a waiting request (create, start) may take beyond its own timeout.
 _SLACK = 15.0
 
@@ -76,14 +72,39 @@ class ApiError(SquishError):
         super().__init__(message)
 
 
-def _reason(exc: httpx.TransportError) -> str:
-    # httpx wraps the OSError of connect(); its strerror is the useful part.
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, OSError) and cause.strerror:
-            return cause.strerror.lower()
-        cause = cause.__cause__ or cause.__context__
-    return str(exc) or type(exc).__name__
+def _reason(exc: OSError) -> str:
+    return (exc.strerror or str(exc) or type(exc).__name__).lower()
+
+
+class _Connection(http.client.HTTPConnection):
+    """HTTP/1.1 over the daemon's unix socket (http.client speaks only TCP itself)."""
+
+    def __init__(self, socket_path: Path, timeout: float | None) -> None:
+        super().__init__(_HOST, timeout=timeout)
+        self._socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self._socket_path))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """A whole answer of the daemon: status, the path asked, the body."""
+
+    status: int
+    path: str
+    body: bytes
+
+    @property
+    def is_error(self) -> bool:
+        return self.status >= 400
 
 
 class Client:
@@ -92,14 +113,6 @@ class Client:
     def __init__(self, socket_path: Path, *, timeout: float = _TIMEOUT) -> None:
         self.socket_path = Path(socket_path)
         self._timeout = timeout
-        self._reachable = False
-        self._http = httpx.Client(
-            # A unix socket to our own daemon never speaks TLS: verify=False
-            # spares loading the CA bundle (25 ms, more than the call itself).
-            transport=httpx.HTTPTransport(uds=str(self.socket_path), verify=False),
-            base_url=_BASE_URL,
-            timeout=timeout,
-        )
 
     def __enter__(self) -> Self:
         return self
@@ -113,7 +126,7 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        self._http.close()
+        """Nothing to release: every call has a connection of its own."""
 
     # -- calls --------------------------------------------------------------
 
@@ -251,8 +264,8 @@ class Client:
         if sha256 is not None:
             params["sha256"] = sha256
         path = f"/v1/layers/{_segment(name)}/{_segment(version)}"
-        timeout = httpx.Timeout(_TIMEOUT, read=None, write=None)
-        answer = self._call("PUT", path, content=archive, params=params, timeout=timeout)
+        # No timeout: uploading and unpacking a large archive takes what it takes.
+        answer = self._call("PUT", path, content=archive, params=params, timeout=None)
         return cast(schema.LayerInfo, self._object(answer))
 
     def remove_layer(self, name: str, version: str) -> schema.LayerInfo:
@@ -264,24 +277,53 @@ class Client:
         return cast(schema.GcResult, self._object(answer))
 
     # -- plumbing -----------------------------------------------------------
+    #
+    # http.client rather than httpx: `import httpx` alone took half of the
+    # time of a `squish ps` (bench/cli_latency.py); one request per
+    # connection is all a command needs.
 
-    def _check_reachable(self) -> None:
-        """Connect once ourselves before httpx does, to say why the daemon is unreachable.
-
-        Our own connect gives the plain OSError (no such file, connection
-        refused, permission denied), and closes its socket when it fails,
-        which httpcore's unix-socket connect leaves to the garbage collector.
-        """
-        if self._reachable:
-            return
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            probe.settimeout(self._timeout)
-            try:
-                probe.connect(str(self.socket_path))
-            except OSError as exc:
-                reason = (exc.strerror or str(exc) or type(exc).__name__).lower()
-                raise DaemonUnreachable(self.socket_path, reason) from exc
-        self._reachable = True
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None,
+        body: Mapping[str, Any] | None,
+        content: Iterator[bytes] | None,
+        timeout: float | None,
+    ) -> tuple[_Connection, http.client.HTTPResponse]:
+        """Connect, send the request, read the status and headers."""
+        url = path + (f"?{urlencode(params)}" if params else "")
+        headers = {"Accept": "application/json"}
+        data: bytes | Iterator[bytes] | None = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        elif content is not None:
+            data = content
+            headers["Content-Type"] = "application/octet-stream"
+        connection = _Connection(self.socket_path, self._timeout)  # the connect's timeout
+        try:
+            connection.connect()
+        except OSError as exc:
+            connection.close()
+            raise DaemonUnreachable(self.socket_path, _reason(exc)) from exc
+        try:
+            if connection.sock is not None:
+                connection.sock.settimeout(timeout)
+            connection.request(
+                method, url, body=data, headers=headers, encode_chunked=content is not None
+            )
+            response = connection.getresponse()
+        except TimeoutError as exc:
+            connection.close()
+            raise SquishError(
+                f"the squish daemon at {self.socket_path} did not answer in time"
+            ) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
+            raise self._lost(exc) from exc
+        return connection, response
 
     def _call(
         self,
@@ -291,24 +333,24 @@ class Client:
         body: Mapping[str, Any] | None = None,
         content: Iterator[bytes] | None = None,
         params: dict[str, str] | None = None,
-        timeout: float | httpx.Timeout | None = _TIMEOUT,
-    ) -> httpx.Response:
-        self._check_reachable()
+        timeout: float | None = _TIMEOUT,
+    ) -> _Answer:
+        connection, response = self._send(
+            method, path, params=params, body=body, content=content, timeout=timeout
+        )
         try:
-            response = self._http.request(
-                method, path, json=body, content=content, params=params, timeout=timeout
-            )
-        except httpx.ConnectError as exc:
-            raise DaemonUnreachable(self.socket_path, _reason(exc)) from exc
-        except httpx.TimeoutException as exc:
+            answer = _Answer(response.status, path, response.read())
+        except TimeoutError as exc:
             raise SquishError(
                 f"the squish daemon at {self.socket_path} did not answer in time"
             ) from exc
-        except httpx.TransportError as exc:
+        except (OSError, http.client.HTTPException) as exc:
             raise self._lost(exc) from exc
-        if response.is_error:
-            raise _api_error(response)
-        return response
+        finally:
+            connection.close()
+        if answer.is_error:
+            raise _api_error(answer)
+        return answer
 
     @contextlib.contextmanager
     def _stream(
@@ -318,52 +360,66 @@ class Client:
         *,
         params: dict[str, str] | None = None,
         body: Mapping[str, Any] | None = None,
-    ) -> Iterator[httpx.Response]:
-        """A streamed response (no read timeout), errors translated like ``_call``."""
-        self._check_reachable()
-        request = self._http.build_request(
-            method, path, params=params, json=body, timeout=httpx.Timeout(_TIMEOUT, read=None)
+    ) -> Iterator[_Stream]:
+        """A streamed answer (no read timeout once it starts), errors translated like ``_call``."""
+        connection, response = self._send(
+            method, path, params=params, body=body, content=None, timeout=_TIMEOUT
         )
         try:
-            response = self._http.send(request, stream=True)
-        except httpx.ConnectError as exc:
-            raise DaemonUnreachable(self.socket_path, _reason(exc)) from exc
-        except httpx.TransportError as exc:
-            raise self._lost(exc) from exc
-        try:
-            if response.is_error:
-                response.read()
-                raise _api_error(response)
-            yield response
+            if response.status >= 400:
+                raise _api_error(_Answer(response.status, path, response.read()))
+            if connection.sock is not None:
+                connection.sock.settimeout(None)  # a followed log may be quiet for hours
+            yield _Stream(response)
         finally:
-            response.close()
+            connection.close()
 
     def _translate_stream(self, chunks: Iterator[T]) -> Iterator[T]:
         try:
             yield from chunks
-        except httpx.TransportError as exc:
+        except (OSError, http.client.HTTPException) as exc:
             raise self._lost(exc) from exc
 
-    def _lost(self, exc: httpx.TransportError) -> SquishError:
+    def _lost(self, exc: OSError | http.client.HTTPException) -> SquishError:
+        reason = _reason(exc) if isinstance(exc, OSError) else (str(exc) or type(exc).__name__)
         return SquishError(
-            f"lost the connection to the squish daemon at {self.socket_path}: {_reason(exc)}"
+            f"lost the connection to the squish daemon at {self.socket_path}: {reason}"
         )
 
     @staticmethod
-    def _object(response: httpx.Response) -> JSONObject:
-        data = _decode(response)
+    def _object(answer: _Answer) -> JSONObject:
+        data = _decode(answer)
         if not isinstance(data, dict):
-            raise SquishError(
-                f"the daemon answered {response.url.path} with something not an object"
-            )
+            raise SquishError(f"the daemon answered {answer.path} with something not an object")
         return data
 
     @staticmethod
-    def _list(response: httpx.Response) -> list[JSONObject]:
-        data = _decode(response)
+    def _list(answer: _Answer) -> list[JSONObject]:
+        data = _decode(answer)
         if not isinstance(data, list):
-            raise SquishError(f"the daemon answered {response.url.path} with something not a list")
+            raise SquishError(f"the daemon answered {answer.path} with something not a list")
         return data
+
+
+class _Stream:
+    """The body of a streamed answer, as it arrives: raw chunks, or lines."""
+
+    def __init__(self, response: http.client.HTTPResponse) -> None:
+        self._response = response
+
+    def iter_bytes(self) -> Iterator[bytes]:
+        while chunk := self._response.read1(_CHUNK):
+            yield chunk
+
+    def iter_lines(self) -> Iterator[str]:
+        pending = b""
+        for chunk in self.iter_bytes():
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield line.decode("utf-8", errors="replace")
+        if pending:
+            yield pending.decode("utf-8", errors="replace")
 
 
 def _segment(value: str) -> str:
@@ -371,19 +427,17 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
-def _decode(response: httpx.Response) -> Any:
+def _decode(answer: _Answer) -> Any:
     try:
-        return response.json()
+        return json.loads(answer.body)
     except ValueError as exc:
-        raise SquishError(
-            f"the daemon answered {response.url.path} with invalid JSON: {exc}"
-        ) from exc
+        raise SquishError(f"the daemon answered {answer.path} with invalid JSON: {exc}") from exc
 
 
-def _api_error(response: httpx.Response) -> ApiError:
+def _api_error(answer: _Answer) -> ApiError:
     message = ""
     try:
-        data = response.json()
+        data = json.loads(answer.body)
     except ValueError:
         data = None
     candidates: list[str] = []
@@ -392,6 +446,6 @@ def _api_error(response: httpx.Response) -> ApiError:
         if isinstance(data.get("candidates"), list):
             candidates = [str(name) for name in data["candidates"]]
     if not message:
-        text = " ".join(response.text.split())[:200]
-        message = f"the daemon answered {response.status_code}" + (f": {text}" if text else "")
-    return ApiError(response.status_code, message, candidates)
+        text = " ".join(answer.body.decode("utf-8", errors="replace").split())[:200]
+        message = f"the daemon answered {answer.status}" + (f": {text}" if text else "")
+    return ApiError(answer.status, message, candidates)

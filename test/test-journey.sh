@@ -283,6 +283,14 @@ registry_pid=$!
 eventually "a local registry answers" curl -s -o /dev/null "http://127.0.0.1:$registry_port/"
 status_is "layer pull of a version the registry lacks exits 1" 1 squish layer pull python 9.99
 check "... says it was not found at the URL" eval "grep -q 'not found' '$work/err' && grep -q '9.99.tar.gz' '$work/err' && ! grep -q 'pins no sha256' '$work/err'"
+mkdir -p "$work/sdk/bin" && echo "tool" > "$work/sdk/bin/tool"
+tar -czf "$work/sdk.tar.gz" -C "$work/sdk" .
+status_is "layer import of an archive" 0 squish layer import python 3.12 "$work/sdk.tar.gz"
+status_is "layer ls --json" 0 squish layer ls --json
+check "... lists the imported layer" python3 -c "import json; assert any(l['name']=='python' and l['version']=='3.12' for l in json.load(open('$work/out')))"
+status_is "layer rm of an unused layer" 0 squish layer rm python 3.12
+status_is "layer rm of one that is not there exits 1" 1 squish layer rm python 3.12
+check "... in one line" one_line "$work/err"
 status_is "layer gc" 0 squish layer gc
 
 # -- metrics ----------------------------------------------------------------------

@@ -18,6 +18,7 @@ import pytest
 
 # Never imported by `import squish.cli`, nor by parsing a client verb's arguments.
 HEAVY = (
+    "httpx",  # the daemon downloads with it; the client speaks http.client
     "starlette",
     "uvicorn",
     "watchfiles",
