@@ -65,8 +65,7 @@ EXIT_UNREACHABLE = 3  # the daemon is not running (or not where we look)
 EXIT_INTERRUPTED = 130
 EXIT_CODES = {
     EXIT_OK: "ok",
-    EXIT_FAILURE: "an error: a bad squishfile, a container that cannot start, "
-    "no such container, ...",
+    EXIT_FAILURE: "an error: a bad squishfile, a failed start, no such container, ...",
     EXIT_USAGE: "a usage error (unknown option, missing argument)",
     EXIT_UNREACHABLE: "the daemon is unreachable (not running, or another socket)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",

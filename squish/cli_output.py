@@ -15,6 +15,7 @@ shapes of :mod:`squish.api_schema` into text, so it is tested with tables:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import string
 from collections.abc import Mapping, Sequence
@@ -138,15 +139,22 @@ def print_table(
     """``rows`` on stdout: plain when not a ``terminal``; else one line each, fitted to it.
 
     On a terminal, cells that do not fit end in ``…`` (``no_trunc`` keeps them
-    whole) and the status is coloured.
+    whole), a REASON column with nothing in it is left out, and the status
+    is coloured (unless ``$NO_COLOR`` is set).
     """
     if not terminal:
         print(plain_table(header, rows))
         return
+    if header and header[-1] == "REASON" and all(row[-1] == "-" for row in rows):
+        # Nothing to say: the room goes to the other columns.
+        header, rows = header[:-1], [row[:-1] for row in rows]
     if not no_trunc:
         rows = fit(header, rows, width or shutil.get_terminal_size().columns)
     text = plain_table(header, rows)
     lines = text.split("\n")
+    if os.environ.get("NO_COLOR"):  # https://no-color.org
+        print(text)
+        return
     if "STATUS" in header:
         lines = [
             _bold(lines[0]),
