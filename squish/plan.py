@@ -13,6 +13,9 @@ Rules, per name:
 - manifest invalid: keep whatever runs (the last good version), start nothing;
 - running, same spec: nothing; only ports changed: update the forwards in
   place; anything else changed: replace;
+- stopped by the user (``squish stop``) and still running: halt it (the
+  stop holds until its manifest changes or ``start``), so a stop given while
+  a start was in flight still wins;
 - not running: start it, unless the user stopped it (until its manifest
   changes or ``start``), its restart policy says it is done, or it is in
   back-off after crashing;
@@ -74,6 +77,7 @@ class Kind(enum.StrEnum):
     STOP = "stop"
     REPLACE = "replace"
     UPDATE_PORTS = "update-ports"
+    HALT = "halt"  # stop it, keep the record: the user stopped it
     CONFLICT = "conflict"  # not an action on the runtime: record the failure
     FORGET = "forget"  # manifest gone, nothing runs: drop the record
 
@@ -125,6 +129,13 @@ def _wants_start(record: Record | None, wanted: Squishfile, now: float) -> tuple
     return True, False
 
 
+def _halted(record: Record, wanted: Squishfile | None) -> bool:
+    """Whether the user's stop still holds for ``wanted`` (None: an invalid manifest)."""
+    if not record.stopped_by_user:
+        return False
+    return wanted is None or record.stopped_hash in (None, wanted.spec_hash())
+
+
 def plan(
     desired: Mapping[str, Manifest],
     records: Mapping[str, Record],
@@ -171,6 +182,11 @@ def plan(
                 actions.append(Action(Kind.FORGET, name))
             continue
         wanted = manifest.squishfile
+        if is_running and record is not None and _halted(record, wanted):
+            actions.append(
+                Action(Kind.HALT, name, container_id=record.container_id, reason="stopped")
+            )
+            continue
         if wanted is None:
             continue  # invalid: the last good version (if any) keeps running
         if is_running:

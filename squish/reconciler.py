@@ -292,6 +292,9 @@ class Reconciler:
                         assert action.container_id is not None
                         await self._stop(record, action.container_id, "manifest removed")
                         self._forget(action.name)
+                    case Kind.HALT:
+                        assert action.container_id is not None
+                        await self._stop(record, action.container_id, "stopped by the user")
                     case Kind.UPDATE_PORTS:
                         assert action.squishfile is not None and action.container_id is not None
                         await self._update_ports(record, action.squishfile, action.container_id)
@@ -331,6 +334,10 @@ class Reconciler:
                 self.metrics.container_start_failed(record.name)
             return
         self._start_errors.pop(record.name, None)
+        if record.stopped_by_user and record.stopped_hash != squishfile.spec_hash():
+            # Started because its squishfile changed: the edit ended the stop.
+            record.stopped_by_user = False
+            record.stopped_hash = None
         self._specs[record.name] = spec
         record.container_id = container.id
         record.applied = squishfile
@@ -689,26 +696,20 @@ class Reconciler:
         record.stopped_hash = source.spec_hash() if source is not None else None
         record.backoff_until = None
         self._save_stops()
-        # An action in flight (a start, a replace) finishes first, so that
-        # what it starts is stopped too; plan leaves the name alone meanwhile
-        # and, once it is marked stopped, starts nothing more for it.
+        if not was_stopped and not record.running and not record.in_flight:
+            self._emit("container.stopped", name, "stopped by the user (it was not running)")
+        # plan() halts it (level-triggered: also what a start in flight
+        # brings up once it is done); wait until it has.
+        self.trigger()
         try:
-            await self._wait_for(lambda: None if record.in_flight else True, _BUSY_WAIT)
+            await self._wait_for(
+                lambda: None if record.running or record.in_flight else True, _BUSY_WAIT
+            )
         except TimeoutError:
             raise RuntimeFailure(
                 f"{name}: still busy after {_BUSY_WAIT:g} s (starting or stopping); "
-                "it is marked stopped and will be stopped when that ends"
+                "it is marked stopped and stops when that ends"
             ) from None
-        if record.running and record.container_id is not None:
-            record.in_flight = True
-            try:
-                await self._stop(record, record.container_id, "stopped by the user")
-            finally:
-                record.in_flight = False
-                self.trigger()
-        elif not was_stopped:
-            self._emit("container.stopped", name, "stopped by the user (it was not running)")
-        self._notify()
         return self._row(name)
 
     async def start(self, ref: str, *, timeout: float) -> schema.Container:

@@ -109,7 +109,7 @@ async def real_plane(root: Path, **options: Any) -> AsyncIterator[Plane]:
             metrics=metrics,
             backoff=Backoff(initial=0.3, maximum=1.0, reset_after=600),
             resync=0.5,
-            resolve=resolve,
+            resolve=options.pop("resolve", resolve),
             state_dir=root / "state",
             **options,
         )

@@ -45,6 +45,34 @@ WEB = sf("web", "/bin/httpd", 8080)
 CASES = [
     pytest.param({"web": ok(WEB)}, {}, set(), [("start", "web")], id="new manifest -> start"),
     pytest.param(
+        {"web": ok(WEB)},
+        {"web": running("web", WEB, stopped_by_user=True, stopped_hash=WEB.spec_hash())},
+        {"id-web"},
+        [("halt", "web")],
+        id="stopped by the user, still running (a start was in flight) -> halt",
+    ),
+    pytest.param(
+        {"web": bad("web")},
+        {"web": running("web", WEB, stopped_by_user=True, stopped_hash=WEB.spec_hash())},
+        {"id-web"},
+        [("halt", "web")],
+        id="stopped by the user, manifest gone invalid, still running -> halt",
+    ),
+    pytest.param(
+        {"web": ok(sf("web", "/bin/edited", 8080))},
+        {"web": running("web", WEB, stopped_by_user=True, stopped_hash=WEB.spec_hash())},
+        {"id-web"},
+        [("replace", "web")],
+        id="stopped by the user, then edited -> the edit wins",
+    ),
+    pytest.param(
+        {"web": ok(WEB)},
+        {"web": Record("web", stopped_by_user=True, stopped_hash=WEB.spec_hash())},
+        set(),
+        [],
+        id="stopped by the user, not running -> nothing",
+    ),
+    pytest.param(
         {"web": ok(WEB)}, {"web": running("web", WEB)}, {"id-web"}, [], id="same spec -> nothing"
     ),
     pytest.param(

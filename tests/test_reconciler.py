@@ -466,3 +466,23 @@ async def test_a_removed_manifest_drops_its_container_series(world: World) -> No
     assert _state(world.metrics, "db") == "running"
     for name in ("squish_container_restarts_total", "squish_container_start_failures_total"):
         assert set(_by_container(world.metrics, name)) == {"db"}
+
+
+async def test_a_stop_during_a_start_in_flight_wins(tmp_path: Path) -> None:
+    from tests.control_plane import resolve as quick
+
+    def slow(squishfile: Squishfile, store: LayerStore) -> ContainerSpec:
+        time.sleep(0.5)  # resolving layers (a download, an unpack) takes a while
+        return quick(squishfile, store)
+
+    async with real_plane(tmp_path, resolve=slow) as plane:
+        plane.write("web", squishfile())
+        await until(lambda: plane.reconciler.records.get("web") is not None)
+        record = plane.reconciler.records["web"]
+        await until(lambda: record.in_flight)
+        stopped = await plane.reconciler.stop("web")  # while the start is in flight
+        assert stopped["phase"] == "stopped"
+        assert plane.ids() == {}
+        await anyio.sleep(1.2)  # two resyncs: nothing starts it again
+        assert plane.ids() == {}
+        assert plane.phase("web") == "stopped"
