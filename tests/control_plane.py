@@ -71,8 +71,18 @@ class Plane:
     def ids(self) -> dict[str, str]:
         return {c.name: c.id for c in self.runtime.list()}
 
-    def phase(self, name: str) -> str | None:
-        return next((s["phase"] for s in self.reconciler.containers() if s["name"] == name), None)
+    @property
+    def dir(self) -> Path:
+        return self.manifests
+
+    def phase(self, name: str) -> Phase | None:
+        """``name``'s phase in ``ps -a`` (a StrEnum: it equals its string too)."""
+        return next(
+            (Phase(s["phase"]) for s in self.reconciler.containers() if s["name"] == name), None
+        )
+
+    def starts(self) -> int:
+        return sum(1 for call, _ in self.runtime.calls if call == "start")
 
     def log(self, name: str) -> Path:
         self.logs.mkdir(parents=True, exist_ok=True)

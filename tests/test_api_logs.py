@@ -21,22 +21,14 @@ from starlette.applications import Starlette
 
 from squish.api import make_app
 from squish.control import Phase
-from squish.layers import LayerStore
-from squish.manifest import Squishfile
 from squish.reconciler import Reconciler
-from squish.runtime import ContainerSpec
-from squish.runtime.fake import FakeRuntime
 from squish.runtime.logs import RotatingLog
-from squish.sources.directory import DirectorySource
+from tests.control_plane import real_plane
 
 pytestmark = pytest.mark.anyio
 
 T0 = 1_796_119_200  # 2026-12-01T10:00:00Z
 MANIFEST = b'[run]\ncommand = "/bin/app"\n'
-
-
-def resolve(squishfile: Squishfile, _store: LayerStore) -> ContainerSpec:
-    return ContainerSpec(name=squishfile.name, rootfs=Path("/rootfs"), command=squishfile.command)
 
 
 @dataclass
@@ -80,28 +72,11 @@ class TimedLog:
 
 @pytest.fixture
 async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
-    manifests = tmp_path / "manifests"
-    manifests.mkdir()
-    async with FakeRuntime() as runtime:
-        reconciler = Reconciler(
-            source=DirectorySource(manifests, idle_wakeup=0.1),
-            runtime=runtime,
-            store=LayerStore(tmp_path / "state"),
-            manifests_dir=manifests,
-            log_dir=tmp_path / "logs",
-            resync=0.5,
-            resolve=resolve,
-        )
-        app = make_app(reconciler)
+    async with real_plane(tmp_path) as plane:
+        app = make_app(plane.reconciler)
         transport = httpx.ASGITransport(app=app)
-        async with (
-            anyio.create_task_group() as tg,
-            httpx.AsyncClient(transport=transport, base_url="http://squish") as api,
-        ):
-            await tg.start(reconciler.run)
-            yield Daemon(reconciler, app, api)
-            reconciler.close()
-            tg.cancel_scope.cancel()
+        async with httpx.AsyncClient(transport=transport, base_url="http://squish") as api:
+            yield Daemon(plane.reconciler, app, api)
 
 
 async def four_lines(daemon: Daemon) -> None:

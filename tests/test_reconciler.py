@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -17,27 +16,10 @@ from squish.errors import ContainerNotFound, ManifestError, RuntimeFailure
 from squish.layers import LayerStore
 from squish.manifest import Squishfile
 from squish.metrics import Metrics
-from squish.plan import Backoff
-from squish.reconciler import Reconciler
 from squish.runtime import ContainerSpec, PortForward
-from squish.runtime.fake import FakeRuntime
-from squish.sources.directory import DirectorySource
-from tests.control_plane import real_plane, running, squishfile
+from tests.control_plane import Plane, real_plane, resolve, running, squishfile
 
 pytestmark = pytest.mark.anyio
-
-
-def resolve(squishfile: Squishfile, _store: LayerStore) -> ContainerSpec:
-    return ContainerSpec(
-        name=squishfile.name,
-        rootfs=Path("/rootfs"),
-        command=squishfile.command,
-        args=squishfile.args,
-        env=dict(squishfile.env),
-        ports=tuple(
-            PortForward(p.host, p.container, p.protocol, p.host_ip) for p in squishfile.ports
-        ),
-    )
 
 
 def manifest(command: str = "/bin/app", port: int | None = None, restart: str = "always") -> str:
@@ -47,29 +29,7 @@ def manifest(command: str = "/bin/app", port: int | None = None, restart: str = 
     return text
 
 
-@dataclass
-class World:
-    dir: Path
-    runtime: FakeRuntime
-    reconciler: Reconciler
-    metrics: Metrics
-
-    def write(self, name: str, text: str) -> None:
-        # Into place by rename, as an editor or git would.
-        temporary = self.dir / f".{name}.tmp"
-        temporary.write_text(text)
-        temporary.rename(self.dir / f"{name}.toml")
-
-    def ids(self) -> dict[str, str]:
-        return {c.name: c.id for c in self.runtime.list()}
-
-    def phase(self, name: str) -> Phase | None:
-        return next(
-            (Phase(s["phase"]) for s in self.reconciler.containers() if s["name"] == name), None
-        )
-
-    def starts(self) -> int:
-        return sum(1 for call, _ in self.runtime.calls if call == "start")
+World = Plane
 
 
 async def until(check: Callable[[], object], timeout: float = 5.0) -> None:
@@ -80,26 +40,8 @@ async def until(check: Callable[[], object], timeout: float = 5.0) -> None:
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
-    manifests = tmp_path / "manifests"
-    manifests.mkdir()
-    metrics = Metrics(version="test")
-    async with FakeRuntime() as runtime:
-        reconciler = Reconciler(
-            source=DirectorySource(manifests, idle_wakeup=0.1),
-            runtime=runtime,
-            store=LayerStore(tmp_path / "state"),
-            manifests_dir=manifests,
-            log_dir=tmp_path / "logs",
-            metrics=metrics,
-            backoff=Backoff(initial=0.3, maximum=1.0, reset_after=600),
-            resync=0.5,
-            resolve=resolve,
-        )
-        async with anyio.create_task_group() as tg:
-            await tg.start(reconciler.run)
-            yield World(manifests, runtime, reconciler, metrics)
-            reconciler.close()
-            tg.cancel_scope.cancel()
+    async with real_plane(tmp_path) as plane:
+        yield plane
 
 
 async def test_a_dropped_manifest_runs(world: World) -> None:
@@ -469,11 +411,9 @@ async def test_a_removed_manifest_drops_its_container_series(world: World) -> No
 
 
 async def test_a_stop_during_a_start_in_flight_wins(tmp_path: Path) -> None:
-    from tests.control_plane import resolve as quick
-
     def slow(squishfile: Squishfile, store: LayerStore) -> ContainerSpec:
         time.sleep(0.5)  # resolving layers (a download, an unpack) takes a while
-        return quick(squishfile, store)
+        return resolve(squishfile, store)
 
     async with real_plane(tmp_path, resolve=slow) as plane:
         plane.write("web", squishfile())
