@@ -8,11 +8,8 @@
 # "N passed, M failed" and the exit status is non-zero if anything failed.
 set -uo pipefail
 
-if [ "$(id -u)" = 0 ]; then
-  echo "test-e2e.sh: run it as an ordinary user (scripts/test does)" >&2
-  exit 2
-fi
-command -v squish >/dev/null || { echo "test-e2e.sh: squish is not on PATH" >&2; exit 2; }
+# shellcheck source=checks.sh
+source "$(dirname "$0")/checks.sh"
 
 work=$(mktemp -d /tmp/squish-e2e.XXXXXX)
 export SQUISH_SOCKET="$work/squish.sock"
@@ -22,28 +19,9 @@ mkdir -p "$manifests" "$work/site" "$work/data"
 echo "hello from the e2e site" > "$work/site/index.html"
 echo "read-only config" > "$work/app.conf"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 web_port=$(free_port)
 metrics_port=$(free_port)
 
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); echo "ok - $1"; }
-not_ok() { failed=$((failed + 1)); echo "not ok - $1"; [ -n "${2:-}" ] && echo "#   $2"; }
-check() { # check "description" command...
-  local what=$1; shift
-  if "$@" >/dev/null 2>&1; then ok "$what"; else not_ok "$what" "failed: $*"; fi
-}
-# eventually "description" command...: retry for up to 10 s
-eventually() {
-  local what=$1; shift
-  for _ in $(seq 1 100); do
-    if "$@" >/dev/null 2>&1; then ok "$what"; return 0; fi
-    sleep 0.1
-  done
-  not_ok "$what" "never true: $*"
-}
-http() { curl -sf --max-time 2 "http://127.0.0.1:$1/${2:-}"; }
 body_is() { [ "$(http "$1" "${3:-}")" = "$2" ]; }
 ps_count() { squish ps | tail -n +2 | grep -c . ; }
 ps_field() { squish ps --json | python3 -c "import json,sys; print(next((c.get('$2') for c in json.load(sys.stdin) if c['name']=='$1'), ''))"; }
@@ -184,5 +162,4 @@ wait "$daemon_pid"
 check "SIGTERM: the daemon exits 0" test $? = 0
 daemon_pid=""
 
-echo "$passed passed, $failed failed"
-[ "$failed" = 0 ]
+summary

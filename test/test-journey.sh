@@ -9,11 +9,8 @@
 # "N passed, M failed" and the exit status is non-zero if anything failed.
 set -uo pipefail
 
-if [ "$(id -u)" = 0 ]; then
-  echo "test-journey.sh: run it as an ordinary user (scripts/test does)" >&2
-  exit 2
-fi
-command -v squish >/dev/null || { echo "test-journey.sh: squish is not on PATH" >&2; exit 2; }
+# shellcheck source=checks.sh
+source "$(dirname "$0")/checks.sh"
 
 work=$(mktemp -d /tmp/squish-journey.XXXXXX)
 export SQUISH_SOCKET="$work/squish.sock"
@@ -22,35 +19,11 @@ state="$work/state"
 mkdir -p "$manifests" "$work/site" "$work/app"
 echo "hello from the journey" > "$work/site/index.html"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 site_port=$(free_port)
 sdk_port=$(free_port)
 metrics_port=$(free_port)
 registry_port=$(free_port)
 
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); echo "ok - $1"; }
-not_ok() { failed=$((failed + 1)); echo "not ok - $1"; [ -n "${2:-}" ] && echo "#   $2"; }
-check() { # check "description" command...
-  local what=$1; shift
-  if "$@" >/dev/null 2>&1; then ok "$what"; else not_ok "$what" "failed: $*"; fi
-}
-eventually() { # eventually "description" command...: retry for up to 10 s
-  local what=$1; shift
-  for _ in $(seq 1 100); do
-    if "$@" >/dev/null 2>&1; then ok "$what"; return 0; fi
-    sleep 0.1
-  done
-  not_ok "$what" "never true: $*"
-}
-status_is() { # status_is "description" CODE command...: the command exits CODE
-  local what=$1 want=$2; shift 2
-  "$@" >"$work/out" 2>"$work/err"
-  local got=$?
-  if [ "$got" = "$want" ]; then ok "$what"; else not_ok "$what" "exit $got, not $want: $* ($(head -c 300 "$work/err"))"; fi
-}
-http() { curl -sf --max-time 2 "http://127.0.0.1:$1/${2:-}"; }
 field() { # field NAME KEY: a field of NAME's row in ps -a --json
   squish ps -a --json | python3 -c "import json,sys; print(next((c.get('$2') for c in json.load(sys.stdin) if c['name']=='$1'), ''))"
 }
@@ -309,5 +282,4 @@ stop_daemon
 check "SIGTERM: the daemon exits 0" test "$daemon_status" = 0
 status_is "with the daemon gone, exit 3 again" 3 squish status
 
-echo "$passed passed, $failed failed"
-[ "$failed" = 0 ]
+summary
