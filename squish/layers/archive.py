@@ -112,7 +112,7 @@ class ArchiveResolver:
                     return None
                 identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
                 known = self._known.get(identity)
-                if known is not None and known[1].is_dir():
+                if known is not None and self.cache.get(archive_key(known[0])) is not None:
                     return known[1]
                 return self.cache.get(archive_key(content_sha256(file)))
         except OSError:
@@ -131,7 +131,9 @@ class ArchiveResolver:
                 info = check_regular(archive, os.fstat(file.fileno()))
                 identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
                 known = self._known.get(identity)
-                if known is not None and known[1].is_dir():
+                # The cache checks the entry now and then: a damaged one is
+                # moved aside, and unpacked again below.
+                if known is not None and self.cache.get(archive_key(known[0])) is not None:
                     _check_pinned(archive, known[0], sha256)
                     return known[1]
                 self._check_refused(archive, identity)
