@@ -6,11 +6,14 @@ stopped after about 64 MiB written. The container's start is retried every
 half second; the daemon must remember the refusal of that archive and fail
 each retry at once with the same error, writing nothing more (counted in the
 daemon's ``/proc/PID/io`` and in the archive fetch metric), until the file
-is replaced by a good one, which then runs.
+is replaced by a good one, which then runs. The same bytes under another
+name are refused at once too; a failure of the host (a full disk) is no
+verdict on the archive and is not remembered.
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import re
@@ -19,11 +22,15 @@ import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
 
 from squish.client import Client, JSONObject
+from squish.errors import ArchiveRefused, LayerError
+from squish.layers import ArchiveResolver, LayerCache, Limits
+from squish.layers.unpack import unpack_file
 from tests.conftest import eventually
 from tests.test_daemon import daemon, wait_for_socket
 
@@ -140,3 +147,44 @@ def test_a_refused_bomb_is_not_unpacked_again_on_every_retry(
         return status if status is not None and status["phase"] == "running" else None
 
     eventually(runs, timeout=30)
+
+
+def test_a_failure_of_the_host_is_not_remembered(tmp_path: Path) -> None:
+    """A full disk is no verdict on the archive: the next try unpacks it again."""
+    archive = tmp_path / "app.tar.gz"
+    good(archive)
+    calls: list[str] = []
+
+    def disk_full_once(file: IO[bytes], into: Path, name: str, limits: Limits) -> None:
+        calls.append(name)
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        unpack_file(file, into, name=name, limits=limits)
+
+    resolver = ArchiveResolver(LayerCache(tmp_path / "layers"), unpacker=disk_full_once)
+    with pytest.raises(LayerError, match="No space left on device") as caught:
+        resolver.materialise(archive)
+    assert not isinstance(caught.value, ArchiveRefused)
+
+    assert (resolver.materialise(archive) / "hello.txt").read_bytes() == b"hello\n"
+    assert len(calls) == 2
+
+
+def test_the_same_refused_bytes_under_another_name_are_refused_at_once(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def counting(file: IO[bytes], into: Path, name: str, limits: Limits) -> None:
+        calls.append(name)
+        unpack_file(file, into, name=name, limits=limits)
+
+    resolver = ArchiveResolver(LayerCache(tmp_path / "layers"), unpacker=counting)
+    first = tmp_path / "bomb.tar.gz"
+    bomb(first)
+    with pytest.raises(ArchiveRefused):
+        resolver.materialise(first)
+    copy = tmp_path / "copy.tar.gz"
+    copy.write_bytes(first.read_bytes())
+
+    with pytest.raises(ArchiveRefused, match=r"copy\.tar\.gz: member 'zeros' takes the archive"):
+        resolver.materialise(copy)
+    assert calls == [str(first)]
