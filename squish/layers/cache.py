@@ -24,7 +24,7 @@ entry without one was made by an older squish, and it is adopted (its
 manifest written from what it holds) rather than fetched again, which could
 need a network an air-gapped host does not have. ``get`` and
 ``materialise`` check an entry against its manifest (an ``lstat`` a path:
-about 1 ms for the built-in base's 400) the first time a process uses it,
+0.5 ms for the built-in base's 300) the first time a process uses it,
 and again when it is used after ``verify_interval`` seconds, not at every
 container start, whose few milliseconds are benchmarked. A damaged entry is
 logged, moved aside (swept like an abandoned build once this process is
