@@ -123,6 +123,19 @@ def test_a_huge_squishfile_is_refused_at_once_and_the_daemon_stays_quick(
     assert f"{huge}: the file is {huge.stat().st_size} bytes" in str(rows["huge"]["reason"])
     assert f"{many}:5: env: has 2000 variables" in str(rows["many"]["reason"])
 
+    ps = subprocess.run(
+        [sys.executable, "-m", "squish", "--socket", str(sock), "ps", "-a", "--no-trunc"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    lines = {line.split()[1]: line for line in ps.stdout.splitlines()[1:]}
+    assert "invalid" in lines["huge"]
+    assert "a squishfile may be at most 1048576 bytes" in lines["huge"]
+    assert "env: has 2000 variables" in lines["many"]
+
     started = time.monotonic()
     validate = subprocess.run(
         [sys.executable, "-m", "squish", "validate", str(huge), str(many)],
