@@ -8,6 +8,7 @@ nothing above the adapters ever sees an ``OSError`` or a pydantic error.
     SquishError
     ├── ManifestError      a squishfile cannot be read, parsed or validated
     ├── LayerError         a layer cannot be resolved to a host path
+    │   └── ArchiveRefused an archive's content is refused: unsafe, corrupt, cut short, too big
     ├── AmbiguousName      an id prefix that several containers share
     ├── SourceError        a source cannot do what was asked (no git source to sync)
     │   └── NoSuchSource
@@ -87,6 +88,15 @@ class ManifestError(SquishError):
 
 class LayerError(SquishError):
     """A layer cannot be resolved (missing path, unbuildable base, ...)."""
+
+
+class ArchiveRefused(LayerError):
+    """An archive's own bytes are refused: an unsafe member, a corrupt or cut-short
+    stream, more than the limits allow.
+
+    Unlike a ``LayerError`` of the host (a full disk, an unreadable file), the
+    same bytes are refused again every time, so a resolver may remember it.
+    """
 
 
 class RuntimeFailure(SquishError):

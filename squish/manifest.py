@@ -27,6 +27,7 @@ import functools
 import hashlib
 import ipaddress
 import json
+import os
 import posixpath
 import re
 import tomllib
@@ -58,6 +59,9 @@ from squish.placement import (
 from squish.toml_lines import KeyLines
 
 __all__ = [
+    "MAX_ENV_BYTES",
+    "MAX_ENV_KEYS",
+    "MAX_SQUISHFILE_BYTES",
     "Change",
     "Layer",
     "Placement",
@@ -90,6 +94,18 @@ _CONTAINER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _PATH_PREFIXES = ("./", "../", "/")
 _KERNEL_DIRS = ("proc", "sys", "dev")
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+
+# Caps, checked before anything costly, like the kubelet's on a pod spec and
+# Flux's on an artifact: a squishfile of tens of megabytes took seconds and
+# hundreds of megabytes to parse, and its env could never have started.
+MAX_SQUISHFILE_BYTES = 1 << 20
+"""A squishfile is at most 1 MiB; a bigger one is refused before it is parsed."""
+MAX_ENV_KEYS = 1000
+"""At most this many [env] variables."""
+MAX_ENV_BYTES = 128 << 10
+"""At most this many bytes of [env] names and values (``NAME=value`` and a NUL
+each). bwrap gets every variable on its command line, so this keeps its argv
+far below the kernel's limits (ARG_MAX, usually 2 MiB, and 128 KiB a string)."""
 
 
 # --------------------------------------------------------------------------
@@ -237,10 +253,15 @@ def load_squishfile(path: Path | str) -> Squishfile:
     file = str(path)
     source = Path(path)
     try:
-        data = source.read_bytes()
+        with source.open("rb") as opened:
+            # One byte more than allowed is enough to refuse it.
+            data = opened.read(MAX_SQUISHFILE_BYTES + 1)
+            size = os.fstat(opened.fileno()).st_size
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ManifestError(file, f"cannot read the file: {reason}") from exc
+    if len(data) > MAX_SQUISHFILE_BYTES:
+        raise _too_big(file, max(size, len(data)))
     squishfile = parse_squishfile(data, file=file, base_dir=source.parent, name=source.stem)
     return replace(squishfile, file=source)
 
@@ -253,6 +274,8 @@ def parse_squishfile(data: bytes, *, file: str, base_dir: Path, name: str) -> Sq
     ``ManifestError`` lists every problem found, each with its field path
     and the line of the field, when it can be found.
     """
+    if len(data) > MAX_SQUISHFILE_BYTES:
+        raise _too_big(file, len(data))
     text, doc = _parse_toml(data, file)
     problems: list[_Problem] = []
     squishfile = _resolve(doc, base_dir=base_dir, name=name, problems=problems)
@@ -296,6 +319,14 @@ def _hash(spec: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------
 # Bytes -> TOML document
+
+
+def _too_big(file: str, size: int) -> ManifestError:
+    return ManifestError(
+        file,
+        f"the file is {size} bytes; a squishfile may be at most {MAX_SQUISHFILE_BYTES} "
+        "bytes (1 MiB): keep data in layers, not in the squishfile",
+    )
 
 
 def _parse_toml(data: bytes, file: str) -> tuple[str, dict[str, Any]]:
@@ -695,6 +726,7 @@ def _resolve(
                 "rename the file",
             )
         )
+    doc = _capped_env(doc, problems)
     try:
         raw = _RawSquishfile.model_validate(doc)
     except ValidationError as exc:
@@ -718,6 +750,36 @@ def _resolve(
         restart=raw.restart.policy,
         placement=Placement(tuple(raw.placement.nodes or ()), raw.placement.labels),
     )
+
+
+def _capped_env(doc: dict[str, Any], problems: list[_Problem]) -> dict[str, Any]:
+    """``doc``, its [env] left out (and the reason added) if it is over the caps.
+
+    Checked before validation: there is no point in validating a million
+    variables one by one only to refuse them together.
+    """
+    env = doc.get("env")
+    if not isinstance(env, dict):
+        return doc
+    size = sum(
+        len(key.encode()) + len(value.encode()) + 2
+        for key, value in env.items()
+        if isinstance(value, str)
+    )
+    if len(env) > MAX_ENV_KEYS:
+        message = (
+            f"has {len(env)} variables; at most {MAX_ENV_KEYS} are allowed "
+            "(put bulk configuration in a file layer)"
+        )
+    elif size > MAX_ENV_BYTES:
+        message = (
+            f"holds {size} bytes of names and values; at most {MAX_ENV_BYTES} (128 KiB) "
+            "are allowed (put bulk configuration in a file layer)"
+        )
+    else:
+        return doc
+    problems.append(_Problem(("env",), message))
+    return {**doc, "env": {}}
 
 
 def _valid_parts(

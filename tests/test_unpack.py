@@ -250,7 +250,7 @@ def test_compressed_non_tar_is_refused(tmp_path: Path, into: Path) -> None:
 def test_truncated_archive_is_refused(tmp_path: Path, into: Path) -> None:
     data = tar_bytes([file_("big", os.urandom(64 * 1024))], "gz")
 
-    with pytest.raises(LayerError, match=r"cannot unpack this gzip archive"):
+    with pytest.raises(LayerError, match=r"cut\.tgz: the gzip stream ends early"):
         unpack(write(tmp_path, "cut.tgz", data[: len(data) // 2]), into)
 
 

@@ -17,7 +17,11 @@ to it when a file's content is a tarball. How a layer ends up here:
 
 The archive is sha256'd (streamed) and unpacked by ``squish.layers.unpack``
 into ``LayerCache.materialise``, so a kill mid-unpack leaves only a temporary
-directory the next build sweeps away, never a half-filled entry. The entry
+directory the next build sweeps away, never a half-filled entry. An archive
+whose own bytes are refused (``ArchiveRefused``: an unsafe member, a bomb, a
+file cut short) is remembered by its identity and its sha256, so the
+retries of a container that needs it fail at once with the same error,
+rather than unpacking gigabytes again every back-off, until the file changes. The entry
 directory itself is what is mounted. Its key is the sha256 of a builder tag
 plus the archive's digest: a change to the unpacking rules bumps
 ``UNPACKER_VERSION`` and unpacks again, and no other resolver's entry can
@@ -33,7 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from squish.errors import LayerError
+from squish.errors import ArchiveRefused, LayerError
 from squish.layers.cache import KeyedLocks, LayerCache
 from squish.layers.download import FetchObserver
 from squish.layers.model import LayerRef
@@ -43,6 +47,10 @@ UNPACKER_VERSION = 1
 """Bump whenever what ``unpack`` writes for the same archive changes."""
 
 _CHUNK = 1 << 20
+_REFUSALS_KEPT = 256
+"""Refused archives remembered (the oldest forgotten first): plenty for a node."""
+
+_Identity = tuple[int, int, int, int]
 
 Unpacker = Callable[[IO[bytes], Path, str, Limits], None]
 """How an archive becomes a tree: ``(open archive, empty dir, label, limits)``."""
@@ -76,7 +84,9 @@ class ArchiveResolver:
         self._lock_for = KeyedLocks()
         # Identity of an archive last hashed -> its entry: skips re-reading
         # and hashing a big archive on every container start.
-        self._known: dict[tuple[int, int, int, int], tuple[str, Path]] = {}
+        self._known: dict[_Identity, tuple[str, Path]] = {}
+        # Identity or content sha256 of an archive refused -> (its path, the refusal).
+        self._refused: dict[_Identity | str, tuple[str, ArchiveRefused]] = {}
 
     def resolve(self, layer: LayerRef) -> Path:
         if layer.path is None:
@@ -102,7 +112,7 @@ class ArchiveResolver:
                     return None
                 identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
                 known = self._known.get(identity)
-                if known is not None and known[1].is_dir():
+                if known is not None and self.cache.get(archive_key(known[0])) is not None:
                     return known[1]
                 return self.cache.get(archive_key(content_sha256(file)))
         except OSError:
@@ -121,20 +131,50 @@ class ArchiveResolver:
                 info = check_regular(archive, os.fstat(file.fileno()))
                 identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
                 known = self._known.get(identity)
-                if known is not None and known[1].is_dir():
+                # The cache checks the entry now and then: a damaged one is
+                # moved aside, and unpacked again below.
+                if known is not None and self.cache.get(archive_key(known[0])) is not None:
                     _check_pinned(archive, known[0], sha256)
                     return known[1]
+                self._check_refused(archive, identity)
                 content = content_sha256(file)
                 _check_pinned(archive, content, sha256)
+                self._check_refused(archive, content, also=identity)
                 digest = archive_key(content)
                 with self._lock_for(digest):
-                    entry = self.cache.get(digest) or self._unpack(file, archive, digest)
+                    try:
+                        entry = self.cache.get(digest) or self._unpack(file, archive, digest)
+                    except ArchiveRefused as exc:
+                        self._remember(archive, exc, identity, content)
+                        raise
         except FileNotFoundError as exc:
             raise LayerError(f"{archive} does not exist") from exc
         except OSError as exc:
             raise LayerError(f"cannot read {archive}: {exc.strerror or exc}") from exc
         self._known[identity] = (content, entry)
         return entry
+
+    def _check_refused(
+        self, archive: Path, key: _Identity | str, *, also: _Identity | None = None
+    ) -> None:
+        """Raise the refusal remembered for ``key`` (recording it for ``also`` too)."""
+        remembered = self._refused.get(key)
+        if remembered is None:
+            return
+        if also is not None:
+            self._refused[also] = remembered
+        label, refused = remembered
+        # The same bytes at another path: the error names the path asked for.
+        raise ArchiveRefused(str(refused).replace(label, str(archive), 1))
+
+    def _remember(
+        self, archive: Path, refused: ArchiveRefused, identity: _Identity, content: str
+    ) -> None:
+        for key in (identity, content):
+            self._refused.pop(key, None)
+            self._refused[key] = (str(archive), refused)
+        while len(self._refused) > _REFUSALS_KEPT:
+            del self._refused[next(iter(self._refused))]
 
     def _unpack(self, file: IO[bytes], archive: Path, digest: str) -> Path:
         try:

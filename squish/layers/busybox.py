@@ -12,6 +12,12 @@ the few ``/etc`` files a libc-less userland and slirp4netns's DNS need, and
 empty directories the runtime mounts over (``/app`` and ``/sdk`` exist so
 layers land there without the runtime having to fake a parent directory).
 
+Every use checks the few files everything in the base depends on
+(``bin/busybox`` whole and executable, ``bin/sh`` a link to it): a few
+``lstat`` calls, beside the cache's check of the whole entry against its
+manifest now and then. A base that fails it is moved aside and built again,
+with a warning, rather than crash-looping every container on it.
+
 Only a statically linked busybox will do: the container has no dynamic loader
 or libc, so a dynamic one would fail with a baffling "not found" at start.
 That is checked by reading the ELF program headers, before anything runs.
@@ -115,16 +121,28 @@ class BusyboxBase:
             except OSError as exc:
                 raise LayerError(f"cannot read {source}: {exc.strerror}") from exc
             identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-            if self._known is not None and self._known[0] == identity and self._known[1].is_dir():
-                return self._known[1]
+            if self._known is not None and self._known[0] == identity:
+                rootfs = self._known[1]
+                problem = broken_base(rootfs, info.st_size)
+                if problem is None and self.cache.get(rootfs.name) is not None:
+                    return rootfs
+                if problem is not None:
+                    self.cache.discard(rootfs.name, problem)
             try:
                 binary = source.read_bytes()
             except OSError as exc:
                 raise LayerError(f"cannot read {source}: {exc.strerror}") from exc
             check_static(binary, source)
-            rootfs = self.cache.materialise(
-                base_digest(binary), lambda root: build_rootfs(root, binary, source)
-            )
+            digest = base_digest(binary)
+            rootfs = self.cache.materialise(digest, lambda root: build_rootfs(root, binary, source))
+            problem = broken_base(rootfs, len(binary))
+            if problem is not None:
+                # Damaged without its manifest noticing (one an older squish
+                # never wrote): once more, from scratch.
+                self.cache.discard(digest, problem)
+                rootfs = self.cache.materialise(
+                    digest, lambda root: build_rootfs(root, binary, source)
+                )
             self._known = (identity, rootfs)
             return rootfs
 
@@ -135,6 +153,26 @@ class BusyboxBase:
         if found is None:
             raise LayerError(f"no busybox found on PATH; {INSTALL_HINT}")
         return Path(found)
+
+
+def broken_base(rootfs: Path, size: int) -> str | None:
+    """What is wrong with the files everything in the base at ``rootfs`` needs, or None.
+
+    ``size`` is the size of the busybox it was built from.
+    """
+    try:
+        info = os.lstat(rootfs / "bin" / "busybox")
+    except FileNotFoundError:
+        return "bin/busybox is missing"
+    except OSError as exc:
+        return f"bin/busybox cannot be read: {exc.strerror}"
+    if not stat.S_ISREG(info.st_mode) or stat.S_IMODE(info.st_mode) != 0o755:
+        return f"bin/busybox has mode {info.st_mode:o} instead of 100755"
+    if info.st_size != size:
+        return f"bin/busybox has {info.st_size} bytes instead of {size}"
+    if not os.path.islink(rootfs / "bin" / "sh"):
+        return "bin/sh is missing"
+    return None
 
 
 def base_digest(binary: bytes) -> str:

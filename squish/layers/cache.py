@@ -13,6 +13,25 @@ so with several builders racing exactly one entry appears, complete, and the
 losers discard their copy and use the winner's. A builder that dies mid-way
 leaves its temporary directory behind; its name carries the builder's pid, and
 the next ``materialise`` removes it once that process is gone.
+
+An entry can still be damaged after it is complete: a file deleted by hand,
+a disk that lost a block, a clean-up script gone wrong. Used as it is, a base
+without ``bin/busybox`` crash-loops every container on it. So each entry has
+a manifest, ``root/manifests/<hex>.json``: every path in it with its type and
+mode, and the size of each file and symlink. It is written before the rename
+that publishes the entry, so every entry made by this squish has one; an
+entry without one was made by an older squish, and it is adopted (its
+manifest written from what it holds) rather than fetched again, which could
+need a network an air-gapped host does not have. ``get`` and
+``materialise`` check an entry against its manifest (an ``lstat`` a path:
+0.5 ms for the built-in base's 300) the first time a process uses it,
+and again when it is used after ``verify_interval`` seconds, not at every
+container start, whose few milliseconds are benchmarked. A damaged entry is
+logged, moved aside (swept like an abandoned build once this process is
+gone: running containers may still have it mounted) and built again. Content
+is not hashed: a changed byte of the same size goes unnoticed, as it would
+in any package manager's quick check. The built-in base adds its own
+cheaper check of ``bin/busybox`` at every use (``squish.layers.busybox``).
 """
 
 from __future__ import annotations
@@ -20,17 +39,21 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import re
 import shutil
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from pathlib import Path
 from typing import IO
 
 from squish.errors import LayerError
+
+log = logging.getLogger("squish.layers")
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 # ".<digest>.<pid>.<random>.tmp": the leading dot keeps work in progress out of
@@ -41,13 +64,26 @@ ENTRY_MODE = 0o755
 """Mode of every entry: readable by a container's unprivileged user, writable
 by nobody but the owner."""
 
+VERIFY_INTERVAL = 60.0
+"""Seconds after which a use of an entry checks it against its manifest again."""
+
+_MANIFEST_VERSION = 1
+
 
 class LayerCache:
-    """Directories keyed by sha256 under ``root/sha256/``."""
+    """Directories keyed by sha256 under ``root/sha256/``, each checked against its manifest.
 
-    def __init__(self, root: Path) -> None:
+    ``verify_interval``: see the module docstring (0: check at every use).
+    """
+
+    def __init__(self, root: Path, *, verify_interval: float = VERIFY_INTERVAL) -> None:
         self.root = root
+        self.verify_interval = verify_interval
         self._entries = root / "sha256"
+        self._manifests = root / "manifests"
+        # digest -> time.monotonic() of its last good check in this process.
+        self._verified: dict[str, float] = {}
+        self._check_lock = KeyedLocks()
 
     def path_for(self, digest: str) -> Path:
         """Where the entry for ``digest`` (64 lowercase hex digits) lives."""
@@ -56,9 +92,22 @@ class LayerCache:
         return self._entries / digest
 
     def get(self, digest: str) -> Path | None:
-        """The entry for ``digest`` if it has been materialised."""
+        """The entry for ``digest`` if it has been materialised and is whole.
+
+        A damaged entry is moved aside (and a warning logged): None then.
+        """
         path = self.path_for(digest)
-        return path if path.is_dir() else None
+        if not path.is_dir():
+            return None
+        return path if self._whole(digest, path) else None
+
+    def discard(self, digest: str, problem: str) -> None:
+        """Move the damaged entry for ``digest`` aside, logging ``problem``; it is built again.
+
+        For resolvers with checks of their own (the built-in base's busybox).
+        """
+        with self._check_lock(digest):
+            self._quarantine(digest, problem)
 
     def materialise(self, digest: str, build: Callable[[Path], None]) -> Path:
         """Return the entry for ``digest``, calling ``build`` to create it if missing.
@@ -69,7 +118,7 @@ class LayerCache:
         the same entry first, its entry is returned and this one discarded.
         """
         final = self.path_for(digest)
-        if final.is_dir():
+        if final.is_dir() and self._whole(digest, final):
             return final
         try:
             self._entries.mkdir(parents=True, exist_ok=True)
@@ -86,6 +135,8 @@ class LayerCache:
             # mkdtemp made it 0700; fix that before the rename so the entry
             # never exists with the wrong mode.
             work.chmod(ENTRY_MODE)
+            # The manifest first: an entry never exists without one.
+            self._write_manifest(digest, work)
             _rename_into_place(work, final)
         except OSError as exc:
             _remove_tree(work)
@@ -93,6 +144,7 @@ class LayerCache:
         except BaseException:
             _remove_tree(work)
             raise
+        self._verified[digest] = time.monotonic()
         return final
 
     def contains(self, path: Path) -> bool:
@@ -130,8 +182,92 @@ class LayerCache:
             return False
         except OSError as exc:
             raise LayerError(f"cannot remove {final}: {exc.strerror or exc}") from exc
+        self._verified.pop(digest, None)
+        with contextlib.suppress(OSError):
+            (self._manifests / f"{digest}.json").unlink()
         _remove_tree(doomed)
         return True
+
+    def _whole(self, digest: str, path: Path) -> bool:
+        """Whether the entry ``path`` matches its manifest (checked once per interval)."""
+        if self._fresh(digest):
+            return True
+        with self._check_lock(digest):
+            # Another thread may have checked it, or moved it aside, meanwhile.
+            if self._fresh(digest):
+                return True
+            if not path.is_dir():
+                return False
+            problem = self._problem(digest, path)
+            if problem is None:
+                self._verified[digest] = time.monotonic()
+                return True
+            self._quarantine(digest, problem)
+            return False
+
+    def _fresh(self, digest: str) -> bool:
+        checked = self._verified.get(digest)
+        return checked is not None and time.monotonic() - checked < self.verify_interval
+
+    def _problem(self, digest: str, path: Path) -> str | None:
+        """What is wrong with the entry ``path``, or None."""
+        manifest = self._manifests / f"{digest}.json"
+        try:
+            record = json.loads(manifest.read_bytes())
+            entries = record["entries"] if record.get("version") == _MANIFEST_VERSION else None
+        except FileNotFoundError:
+            entries = None
+        except (OSError, ValueError, AttributeError, KeyError, TypeError):
+            return f"its manifest {manifest} is unreadable"
+        if entries is None:
+            # Made before entries had manifests: adopted as it is. Should
+            # that fail (a read-only state directory), it is used unchecked.
+            with contextlib.suppress(OSError, LayerError):
+                self._write_manifest(digest, path)
+            return None
+        root = str(path)
+        try:
+            for relative, mode, size in entries:
+                try:
+                    info = os.lstat(f"{root}/{relative}")
+                except FileNotFoundError:
+                    return f"{relative} is missing"
+                if info.st_mode != mode:
+                    return f"{relative} has mode {info.st_mode:o} instead of {mode:o}"
+                if size is not None and info.st_size != size:
+                    return f"{relative} has {info.st_size} bytes instead of {size}"
+        except (OSError, ValueError, TypeError) as exc:
+            return f"it cannot be checked: {exc}"
+        return None
+
+    def _quarantine(self, digest: str, problem: str) -> None:
+        final = self.path_for(digest)
+        aside = self._entries / f".{digest}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+        try:
+            os.rename(final, aside)
+        except FileNotFoundError:
+            return  # moved aside already (another thread, or process)
+        except OSError as exc:
+            raise LayerError(
+                f"{final} is damaged ({problem}) and cannot be moved aside: {exc}"
+            ) from exc
+        self._verified.pop(digest, None)
+        with contextlib.suppress(OSError):
+            (self._manifests / f"{digest}.json").unlink()
+        log.warning(
+            "layer cache entry %s is damaged (%s): moved aside to %s, it is built again",
+            final,
+            problem,
+            aside.name,
+        )
+
+    def _write_manifest(self, digest: str, tree: Path) -> None:
+        """Record what ``tree`` (the entry for ``digest``, or its build) holds."""
+        write_record(
+            self._manifests / f"{digest}.json",
+            {"version": _MANIFEST_VERSION, "entries": _listing(tree)},
+            "a layer's manifest",
+        )
 
     @contextlib.contextmanager
     def download_file(self, *, prefix: str) -> Iterator[IO[bytes]]:
@@ -155,6 +291,25 @@ class LayerCache:
             match = _TEMP.fullmatch(child.name)
             if match and not _process_exists(int(match.group(2))):
                 _remove_tree(child)
+
+
+def _listing(tree: Path) -> list[tuple[str, int, int | None]]:
+    """Every path under ``tree``: (relative path, st_mode, size of a file or symlink)."""
+    found: list[tuple[str, int, int | None]] = []
+    pending = [""]
+    while pending:
+        relative = pending.pop()
+        with os.scandir(tree / relative if relative else tree) as children:
+            for child in children:
+                path = f"{relative}/{child.name}" if relative else child.name
+                info = child.stat(follow_symlinks=False)
+                if stat.S_ISDIR(info.st_mode):
+                    pending.append(path)
+                    found.append((path, info.st_mode, None))
+                else:
+                    found.append((path, info.st_mode, info.st_size))
+    found.sort()
+    return found
 
 
 def _rename_into_place(work: Path, final: Path) -> None:

@@ -41,6 +41,21 @@ The rules, and why they are enough:
   world-write bits are dropped (``mode & 0o755``); directories are 0755.
 - ``Limits`` are enforced on the bytes actually written, counted while
   copying, never on what headers claim.
+
+An archive must also be whole. ``tarfile`` ends quietly wherever the data
+stops at a member boundary, and its own decompression ignores a compressed
+stream that ends early, so a file cut short (an interrupted download or copy)
+would unpack to a partial layer. So the decompressing happens here, with
+readers that raise ``EOFError`` at an early end (zstd's frames are walked
+first, as its reader stops quietly too), the stream is read to its end after
+the last member, and the tar itself must end with its end-of-archive marker
+(a zero block). That is stricter than GNU tar for a plain, uncompressed tar
+cut exactly at a member boundary, which GNU tar lists without a word: nothing
+else tells such a file from a whole one.
+
+Every refusal of the archive's own bytes is an ``ArchiveRefused``, which a
+caller may remember (the same bytes are refused again); a failure of the host
+(a full disk) is a plain ``LayerError``.
 """
 
 from __future__ import annotations
@@ -60,9 +75,9 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Self, cast
 
-from squish.errors import LayerError
+from squish.errors import ArchiveRefused, LayerError
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -104,13 +119,6 @@ _MAGIC = (
     (b"PK\x03\x04", Format.ZIP),
     (b"PK\x05\x06", Format.ZIP),  # an empty zip is only its end record
 )
-_TarMode = Literal["r|", "r|gz", "r|xz", "r|bz2"]
-_TAR_MODES: dict[Format, _TarMode] = {
-    Format.TAR: "r|",
-    Format.GZIP: "r|gz",
-    Format.XZ: "r|xz",
-    Format.BZIP2: "r|bz2",
-}
 # Everything the decoders raise for a corrupt or unsupported archive; our own
 # LayerError is not among them, so refusals pass through untranslated.
 _READ_ERRORS = (
@@ -223,7 +231,7 @@ def unpack_file(
     found = sniff(file.read(_HEAD))
     file.seek(0)
     if found is None:
-        raise LayerError(
+        raise ArchiveRefused(
             f"{name} is not an archive (its content is not tar, gzip, xz, bzip2, zstd or zip)"
         )
     if any(into.iterdir()):
@@ -237,8 +245,17 @@ def unpack_file(
             _unpack_tar(file, found, tree)
     except LayerError:
         raise
+    except EOFError as exc:
+        raise ArchiveRefused(
+            f"{name}: the {found} stream ends early, so the file is cut short "
+            "(an interrupted download or copy?); fetch it again"
+        ) from exc
+    except OSError as exc:
+        if exc.errno is None:  # the decoders' own complaints (gzip.BadGzipFile)
+            raise ArchiveRefused(f"{name}: cannot unpack this {found} archive: {exc}") from exc
+        raise LayerError(f"cannot unpack {name}: {exc.strerror or exc}") from exc
     except _READ_ERRORS as exc:
-        raise LayerError(f"{name}: cannot unpack this {found} archive: {exc}") from exc
+        raise ArchiveRefused(f"{name}: cannot unpack this {found} archive: {exc}") from exc
 
 
 def _zstd_module() -> Any:
@@ -251,22 +268,16 @@ def _zstd_module() -> Any:
 
 def _unpack_tar(file: IO[bytes], found: Format, tree: _Tree) -> None:
     with contextlib.ExitStack() as stack:
-        if found is Format.ZSTD:
-            zstd = _zstd_module()
-            if zstd is None:
-                raise LayerError(
-                    f"{tree.archive} is zstd-compressed, which this squish cannot unpack "
-                    "(the Python module zstandard is not installed); "
-                    "recompress it with gzip or xz"
-                )
-            file = stack.enter_context(zstd.ZstdDecompressor().stream_reader(file))
-            mode: _TarMode = "r|"
-        else:
-            mode = _TAR_MODES[found]
+        stream = stack.enter_context(_decompressing(file, found, tree.archive))
+        ends: list[tarfile.HeaderError] = []
         # Stream mode reads the archive once, front to back: random access
         # into a compressed tar would decompress it again for every member.
-        archive = stack.enter_context(tarfile.open(fileobj=file, mode=mode))
+        archive = stack.enter_context(
+            tarfile.open(fileobj=stream, mode="r|", tarinfo=_header_type(ends))
+        )
+        last: str | None = None
         for member in _members(archive):
+            last = member.name
             tree.count(member.name)
             if member.isdir():
                 tree.directory(member.name)
@@ -287,6 +298,134 @@ def _unpack_tar(file: IO[bytes], found: Format, tree: _Tree) -> None:
                 raise tree.refuse(member.name, "is a fifo")
             else:
                 raise tree.refuse(member.name, f"has an unsupported type {member.type!r}")
+        _check_end(tree, ends[-1] if ends else None, last)
+        if stream is not file:
+            # The decoder checks its end-of-stream marker only when asked for
+            # more; what follows the tar (its padding) counts as written.
+            while chunk := stream.read(_CHUNK):
+                tree.bytes += len(chunk)
+                tree.check_bytes("(after the last member)")
+
+
+def _decompressing(file: IO[bytes], found: Format, archive: str) -> IO[bytes]:
+    """A reader of the tar inside ``file`` that raises ``EOFError`` if it is cut short."""
+    if found is Format.TAR:
+        return file
+    if found is Format.GZIP:
+        return cast(IO[bytes], gzip.GzipFile(fileobj=file, mode="rb"))
+    if found is Format.XZ:
+        return lzma.LZMAFile(file)
+    if found is Format.BZIP2:
+        return bz2.BZ2File(file)
+    zstd = _zstd_module()
+    if zstd is None:
+        raise LayerError(
+            f"{archive} is zstd-compressed, which this squish cannot unpack "
+            "(the Python module zstandard is not installed); "
+            "recompress it with gzip or xz"
+        )
+    _check_zstd_frames(file)
+    reader: IO[bytes] = zstd.ZstdDecompressor().stream_reader(
+        file, read_across_frames=True, closefd=False
+    )
+    return reader
+
+
+_HeaderError = tarfile.HeaderError
+# typeshed leaves these two out of tarfile's stubs; they are there at run time.
+_EOF_HEADER: type[Exception] = getattr(tarfile, "EOFHeaderError")  # noqa: B009
+_INVALID_HEADER: type[Exception] = getattr(tarfile, "InvalidHeaderError")  # noqa: B009
+
+
+def _header_type(ends: list[tarfile.HeaderError]) -> type[tarfile.TarInfo]:
+    """A ``TarInfo`` that records why reading a header failed, into ``ends``.
+
+    ``tarfile`` ends the member list quietly on any bad header after the
+    first one; only this tells its end-of-archive marker from data that
+    stops, or from garbage.
+    """
+
+    class _Header(tarfile.TarInfo):
+        @classmethod
+        def fromtarfile(cls, tarfile: tarfile.TarFile) -> Self:
+            try:
+                return super().fromtarfile(tarfile)
+            except _HeaderError as exc:
+                ends.append(exc)
+                raise
+
+    return _Header
+
+
+def _check_end(tree: _Tree, end: tarfile.HeaderError | None, last: str | None) -> None:
+    if isinstance(end, _EOF_HEADER):
+        return  # the zero block that ends a tar
+    after = "" if last is None else f" after member {last!r}"
+    if isinstance(end, _INVALID_HEADER):
+        raise ArchiveRefused(
+            f"{tree.archive}: what follows{after} is not a tar header: the archive is corrupt"
+        )
+    raise ArchiveRefused(
+        f"{tree.archive}: the tar archive stops{after}, without its end-of-archive "
+        "marker, so the file is cut short (an interrupted download or copy?); fetch it again"
+    )
+
+
+_ZSTD_MAGIC = 0xFD2FB528
+_ZSTD_SKIPPABLE = 0x184D2A50  # to 0x184D2A5F
+_FCS_SIZES = (0, 2, 4, 8)
+_DID_SIZES = (0, 1, 2, 4)
+
+
+def _check_zstd_frames(file: IO[bytes]) -> None:
+    """Raise ``EOFError`` unless ``file`` ends where a zstd frame does.
+
+    zstandard's stream reader stops quietly at an early end, so the frames'
+    block headers (RFC 8878) are walked first: a few bytes read per block.
+    Content that is no zstd frame is left to the decoder to refuse.
+    """
+    size = os.fstat(file.fileno()).st_size
+    position = 0
+    while position < size:
+        file.seek(position)
+        magic_bytes = file.read(4)
+        if len(magic_bytes) < 4:
+            raise EOFError("zstd frame magic cut short")
+        magic = int.from_bytes(magic_bytes, "little")
+        if magic & 0xFFFFFFF0 == _ZSTD_SKIPPABLE:
+            length = file.read(4)
+            if len(length) < 4:
+                raise EOFError("zstd skippable frame cut short")
+            position += 8 + int.from_bytes(length, "little")
+        elif magic == _ZSTD_MAGIC:
+            position = _zstd_frame_end(file, position + 4)
+        else:
+            break
+        if position > size:
+            raise EOFError("zstd frame cut short")
+    file.seek(0)
+
+
+def _zstd_frame_end(file: IO[bytes], position: int) -> int:
+    """Where the zstd frame whose header starts at ``position`` ends."""
+    descriptor = file.read(1)
+    if not descriptor:
+        raise EOFError("zstd frame header cut short")
+    flags = descriptor[0]
+    single_segment = bool(flags & 0x20)
+    content_size = _FCS_SIZES[flags >> 6] or (1 if single_segment else 0)
+    position += 1 + (0 if single_segment else 1) + _DID_SIZES[flags & 0x03] + content_size
+    while True:
+        file.seek(position)
+        header = file.read(3)
+        if len(header) < 3:
+            raise EOFError("zstd block header cut short")
+        value = int.from_bytes(header, "little")
+        block_type = (value >> 1) & 0x03
+        block_size = value >> 3
+        position += 3 + (1 if block_type == 1 else block_size)
+        if value & 0x01:
+            return position + (4 if flags & 0x04 else 0)
 
 
 def _members(archive: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
@@ -360,8 +499,8 @@ class _Tree:
         self.members = 0
         self.bytes = 0
 
-    def refuse(self, member: str, why: str) -> LayerError:
-        return LayerError(f"{self.archive}: member {member!r} {why}")
+    def refuse(self, member: str, why: str) -> ArchiveRefused:
+        return ArchiveRefused(f"{self.archive}: member {member!r} {why}")
 
     def count(self, member: str) -> None:
         self.members += 1
@@ -399,7 +538,7 @@ class _Tree:
         with os.fdopen(fd, "wb") as out:
             while chunk := source.read(_CHUNK):
                 self.bytes += len(chunk)
-                self._check_bytes(member)
+                self.check_bytes(member)
                 out.write(chunk)
             os.fchmod(out.fileno(), mode & 0o755)
 
@@ -484,7 +623,7 @@ class _Tree:
         os.chmod(path, 0o755)  # noqa: S103 (layers are world-readable by design)
         self.written[key] = _Kind.DIR
 
-    def _check_bytes(self, member: str) -> None:
+    def check_bytes(self, member: str) -> None:
         if self.bytes > self.limits.total_bytes:
             raise self._too_big(member)
         if (
@@ -498,7 +637,7 @@ class _Tree:
                 "compression bomb",
             )
 
-    def _too_big(self, member: str) -> LayerError:
+    def _too_big(self, member: str) -> ArchiveRefused:
         return self.refuse(
             member,
             f"takes the archive past {self.limits.total_bytes} bytes unpacked, the limit",
