@@ -51,6 +51,7 @@ import decimal
 import json
 import logging
 import math
+import os
 import re
 import socket
 import stat
@@ -91,7 +92,7 @@ from squish.openapi import NDJSON, OCTETS, TEXT, BadRequest, Operation, Param, d
 from squish.runtime.logs import LogFile, Stamper, kept_files
 from squish.source_admin import SourceAdmin
 
-__all__ = ["make_app", "serve", "serve_tcp"]
+__all__ = ["check_socket", "make_app", "serve", "serve_tcp"]
 
 logger = logging.getLogger(__name__)
 
@@ -798,6 +799,59 @@ class _Server(uvicorn.Server):
         yield
 
 
+# A unix socket's path is at most 108 bytes, its terminating NUL included.
+_MAX_SOCKET_PATH = 107
+# How long a connection to a socket found in the way may take before it is
+# taken for a live daemon too busy (or stopped) to accept.
+_PROBE_TIMEOUT = 2.0
+
+
+def check_socket(path: Path) -> None:
+    """Refuse a socket path no daemon can listen on, or one that a live daemon answers on.
+
+    The daemon calls it before it starts anything; :func:`serve` checks again
+    when it listens. Removes nothing: a leftover socket is replaced by ``serve``.
+    """
+    _stale_socket(path)
+
+
+def _stale_socket(path: Path) -> int | None:
+    """The inode of a dead daemon's socket at ``path``, to replace; None when there is none.
+
+    Only a socket that refuses connections is dead: one that accepts, times
+    out or cannot be tried (another user's) belongs to someone alive, and is
+    never removed.
+    """
+    size = len(os.fsencode(path))
+    if size > _MAX_SOCKET_PATH:
+        raise SquishError(
+            f"socket path {path} is {size} bytes, longer than the {_MAX_SOCKET_PATH} a unix "
+            "socket may have; choose a shorter --socket"
+        )
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISSOCK(info.st_mode):
+        raise SquishError(f"{path} exists and is not a socket; remove it or choose another")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(_PROBE_TIMEOUT)
+        try:
+            probe.connect(str(path))
+        except ConnectionRefusedError:
+            return info.st_ino  # bound, nobody listening: what a killed daemon leaves
+        except FileNotFoundError:
+            return None  # removed meanwhile
+        except TimeoutError:
+            raise SquishError(
+                f"a squish daemon on {path} does not accept connections (stopped or busy); "
+                "stop it or use another --socket"
+            ) from None
+        except OSError as exc:
+            raise SquishError(f"cannot use {path}: {exc.strerror or exc}") from exc
+    raise SquishError(f"another squish daemon already listens on {path}; use another --socket")
+
+
 def _listen(path: Path) -> tuple[socket.socket, int]:
     """A listening unix socket at ``path`` (and its inode), mode 0600 before anyone can connect.
 
@@ -806,20 +860,13 @@ def _listen(path: Path) -> tuple[socket.socket, int]:
     so no other user ever gets in through the default (umask) permissions.
     """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:
-        info = path.lstat()
-    except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISSOCK(info.st_mode):
-            raise SquishError(f"{path} exists and is not a socket; remove it or choose another")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            try:
-                probe.connect(str(path))
-            except OSError:
-                path.unlink(missing_ok=True)  # nobody listens: a dead daemon's socket
-            else:
-                raise SquishError(f"another squish daemon is already listening on {path}")
+    stale = _stale_socket(path)
+    if stale is not None:
+        # Only the very socket found dead: another daemon starting at the
+        # same moment may have replaced it with its live one since.
+        with contextlib.suppress(FileNotFoundError):
+            if path.lstat().st_ino == stale:
+                path.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(str(path))
