@@ -174,12 +174,26 @@ def processes(uid: int | None = None) -> dict[int, Proc]:
 
 
 def container_processes(work: Path, uid: int) -> list[Proc]:
-    """bwrap and slirp4netns processes of ``uid`` whose argv mentions ``work``."""
+    """bwrap and slirp4netns processes of ``uid`` started for ``work``.
+
+    That is, whose argv mentions it, or that run below a process whose argv
+    does (the daemon): bwrap keeps its options, host paths included, out of
+    its argv.
+    """
     marker = str(work)
+    procs = processes(uid)
+
+    def of_work(proc: Proc | None) -> bool:
+        seen: set[int] = set()
+        while proc is not None and proc.pid not in seen:
+            if any(marker in arg for arg in proc.argv):
+                return True
+            seen.add(proc.pid)
+            proc = procs.get(proc.ppid)
+        return False
+
     return [
-        proc
-        for proc in processes(uid).values()
-        if proc.comm in ("bwrap", "slirp4netns") and any(marker in arg for arg in proc.argv)
+        proc for proc in procs.values() if proc.comm in ("bwrap", "slirp4netns") and of_work(proc)
     ]
 
 

@@ -39,6 +39,11 @@ Routes (all under ``/v1``; the shapes are :mod:`squish.api_schema`'s, and
 ``{ref}`` is a container's name or a unique prefix of its id; an ambiguous
 prefix answers 409 with the ``candidates``.
 
+Only the daemon's own user may use the socket: its mode is 0600, and every
+connection's peer uid (``SO_PEERCRED``, the kernel's word on who connected)
+is checked too, so a mode loosened by hand lets no one else in. A connection
+from another uid gets 403 for each request, and one warning in the log.
+
 Streams (logs with follow, events) run until the client goes away or the
 server shuts down; :func:`serve` ends them itself on shutdown, because uvicorn
 would otherwise wait for them forever.
@@ -46,14 +51,17 @@ would otherwise wait for them forever.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import decimal
 import json
 import logging
 import math
+import os
 import re
 import socket
 import stat
+import struct
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -70,6 +78,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from squish import __version__
 from squish import api_schema as schema
@@ -91,7 +100,7 @@ from squish.openapi import NDJSON, OCTETS, TEXT, BadRequest, Operation, Param, d
 from squish.runtime.logs import LogFile, Stamper, kept_files
 from squish.source_admin import SourceAdmin
 
-__all__ = ["make_app", "serve", "serve_tcp"]
+__all__ = ["check_socket", "make_app", "serve", "serve_tcp"]
 
 logger = logging.getLogger(__name__)
 
@@ -798,6 +807,59 @@ class _Server(uvicorn.Server):
         yield
 
 
+# A unix socket's path is at most 108 bytes, its terminating NUL included.
+_MAX_SOCKET_PATH = 107
+# How long a connection to a socket found in the way may take before it is
+# taken for a live daemon too busy (or stopped) to accept.
+_PROBE_TIMEOUT = 2.0
+
+
+def check_socket(path: Path) -> None:
+    """Refuse a socket path no daemon can listen on, or one that a live daemon answers on.
+
+    The daemon calls it before it starts anything; :func:`serve` checks again
+    when it listens. Removes nothing: a leftover socket is replaced by ``serve``.
+    """
+    _stale_socket(path)
+
+
+def _stale_socket(path: Path) -> int | None:
+    """The inode of a dead daemon's socket at ``path``, to replace; None when there is none.
+
+    Only a socket that refuses connections is dead: one that accepts, times
+    out or cannot be tried (another user's) belongs to someone alive, and is
+    never removed.
+    """
+    size = len(os.fsencode(path))
+    if size > _MAX_SOCKET_PATH:
+        raise SquishError(
+            f"socket path {path} is {size} bytes, longer than the {_MAX_SOCKET_PATH} a unix "
+            "socket may have; choose a shorter --socket"
+        )
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISSOCK(info.st_mode):
+        raise SquishError(f"{path} exists and is not a socket; remove it or choose another")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(_PROBE_TIMEOUT)
+        try:
+            probe.connect(str(path))
+        except ConnectionRefusedError:
+            return info.st_ino  # bound, nobody listening: what a killed daemon leaves
+        except FileNotFoundError:
+            return None  # removed meanwhile
+        except TimeoutError:
+            raise SquishError(
+                f"a squish daemon on {path} does not accept connections (stopped or busy); "
+                "stop it or use another --socket"
+            ) from None
+        except OSError as exc:
+            raise SquishError(f"cannot use {path}: {exc.strerror or exc}") from exc
+    raise SquishError(f"another squish daemon already listens on {path}; use another --socket")
+
+
 def _listen(path: Path) -> tuple[socket.socket, int]:
     """A listening unix socket at ``path`` (and its inode), mode 0600 before anyone can connect.
 
@@ -806,20 +868,13 @@ def _listen(path: Path) -> tuple[socket.socket, int]:
     so no other user ever gets in through the default (umask) permissions.
     """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:
-        info = path.lstat()
-    except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISSOCK(info.st_mode):
-            raise SquishError(f"{path} exists and is not a socket; remove it or choose another")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            try:
-                probe.connect(str(path))
-            except OSError:
-                path.unlink(missing_ok=True)  # nobody listens: a dead daemon's socket
-            else:
-                raise SquishError(f"another squish daemon is already listening on {path}")
+    stale = _stale_socket(path)
+    if stale is not None:
+        # Only the very socket found dead: another daemon starting at the
+        # same moment may have replaced it with its live one since.
+        with contextlib.suppress(FileNotFoundError):
+            if path.lstat().st_ino == stale:
+                path.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(str(path))
@@ -833,10 +888,53 @@ def _listen(path: Path) -> tuple[socket.socket, int]:
     return sock, identity
 
 
+# struct ucred, what SO_PEERCRED gives: pid, uid, gid.
+_UCRED = struct.Struct("3i")
+
+
+def peer_refusal(peer_uid: int, owner: int) -> str | None:
+    """Why a client running as ``peer_uid`` may not use ``owner``'s daemon; None if it may."""
+    if peer_uid == owner:
+        return None
+    return (
+        f"uid {peer_uid} may not use this squish daemon: only the user running it (uid {owner}) may"
+    )
+
+
+def _owner_only(owner: int, where: str) -> type[H11Protocol]:
+    """uvicorn's HTTP/1.1 protocol, refusing every request of a connection from another uid.
+
+    The peer is checked once, when the connection is made; a refused one is
+    served by an app that answers 403 to everything, swapped in the way
+    uvicorn swaps in its own for a 503, so that reading the request and
+    framing the answer stay uvicorn's.
+    """
+
+    class OwnerOnly(H11Protocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            sock = transport.get_extra_info("socket")
+            pid, uid, _ = _UCRED.unpack(
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+            )
+            reason = peer_refusal(uid, owner)
+            if reason is not None:
+                logger.warning("refused a connection on %s from pid %d: %s", where, pid, reason)
+                refusal = _error(reason, 403)
+
+                async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
+                    await refusal(scope, receive, send)
+
+                self.app = refuse
+
+    return OwnerOnly
+
+
 async def serve(
     app: Starlette,
     socket_path: Path,
     *,
+    owner: int | None = None,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on the unix socket ``socket_path`` until cancelled.
@@ -844,11 +942,15 @@ async def serve(
     Call it with ``await task_group.start(serve, app, path)``: that returns
     once the socket accepts connections. Cancelling the task shuts uvicorn
     down gracefully (open streams are ended, requests in flight get a few
-    seconds) and removes the socket.
+    seconds) and removes the socket. Only clients running as ``owner``
+    (default: this process's uid) are served; others get 403.
     """
     sock, identity = _listen(socket_path)
+    protocol = _owner_only(os.getuid() if owner is None else owner, str(socket_path))
     try:
-        await _serve_on(app, sock, str(socket_path), task_status, uds=str(socket_path))
+        await _serve_on(
+            app, sock, str(socket_path), task_status, uds=str(socket_path), http=protocol
+        )
     finally:
         sock.close()
         _remove_socket(socket_path, identity)

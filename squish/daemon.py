@@ -9,7 +9,8 @@ container cleanly before the process exits 0.
 Rootless only: as uid 0 it refuses to start unless told ``--allow-root``.
 One daemon per state directory: an exclusive lock on ``daemon.lock`` there;
 a second daemon says who holds it and leaves the live one alone. A socket
-left behind by a killed daemon is replaced; one that answers is not.
+left behind by a killed daemon is replaced; one that answers is never
+touched, nor removed, whichever state directory the second daemon has.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import logging
 import os
 import resource
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -31,7 +31,7 @@ from typing import IO, Any
 import anyio
 
 from squish import __version__, paths, sdnotify
-from squish.api import make_app, serve, serve_tcp
+from squish.api import check_socket, make_app, serve, serve_tcp
 from squish.config import LayerSettings, guard_settings, layer_settings, read_config
 from squish.errors import SquishError
 from squish.layer_admin import LayerAdmin
@@ -254,8 +254,15 @@ def _setup_logging(fmt: str) -> None:
 
 def _lock(state_dir: Path) -> IO[str]:
     """Hold ``daemon.lock`` for the life of the process (the kernel drops it on death)."""
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    handle = (state_dir / "daemon.lock").open("a+")
+    path = state_dir / "daemon.lock"
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        handle = path.open("a+")
+    except OSError as exc:
+        raise SquishError(
+            f"cannot open the daemon's lock {path}: {exc.strerror or exc}; remove it or fix "
+            "its permissions, or use another --state-dir"
+        ) from exc
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -271,20 +278,6 @@ def _lock(state_dir: Path) -> IO[str]:
     handle.write(str(os.getpid()))
     handle.flush()
     return handle
-
-
-def _claim_socket(path: Path) -> None:
-    """Remove a stale socket; refuse if a live daemon answers on it."""
-    if not path.exists() and not path.is_symlink():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return
-    with socket.socket(socket.AF_UNIX) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            path.unlink()  # nobody listens: left by a daemon that was killed
-            return
-    raise SquishError(f"a squish daemon already listens on {path}; use another --socket")
 
 
 def _parse_addr(value: str, flag: str = "--metrics-addr") -> tuple[str, int] | None:
@@ -357,13 +350,24 @@ def run(args: argparse.Namespace) -> int:
     lock = _lock(args.state_dir)
     socket_path = Path(args.socket) if args.socket else paths.socket_path()
     try:
-        _claim_socket(socket_path)
+        # Before anything starts; a socket found in the way is never removed
+        # here: a live one is refused, a dead one replaced by serve(), which
+        # also removes its own, and only its own, when it stops.
+        check_socket(socket_path)
         args.manifests = args.manifests.absolute()
         args.manifests.mkdir(parents=True, exist_ok=True)
         return anyio.run(_serve, args, socket_path, metrics_addr)
+    except BaseExceptionGroup as group:
+        # An error of ours that stopped the task group (the socket, taken by
+        # another daemon between the check and the listen) is one line too.
+        ours, rest = group.split(SquishError)
+        if ours is None or rest is not None:
+            raise
+        first: BaseException = ours
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            socket_path.unlink()
         lock.close()
 
 

@@ -520,7 +520,7 @@ async def test_serve_replaces_a_stale_socket_and_refuses_a_live_one(
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
             await tg.start(serve, app, path)
-            with pytest.raises(SquishError, match="already listening"):
+            with pytest.raises(SquishError, match="already listens on"):
                 await serve(app, path)
             tg.cancel_scope.cancel()
 

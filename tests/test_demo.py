@@ -65,19 +65,40 @@ host = {port}
 
 
 def processes_mentioning(marker: str) -> list[tuple[int, str]]:
-    """(pid, comm) of every process of ours whose command line mentions ``marker``."""
+    """(pid, comm) of every process of ours started for ``marker``.
+
+    That is, whose command line mentions it, or that runs below one that does
+    (bwrap, whose options, host paths included, are kept out of its argv).
+    """
     found = []
+    parents: dict[int, int] = {}
+    mentions: set[int] = set()
+    comms: dict[int, str] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             argv = Path(f"/proc/{entry}/cmdline").read_bytes()
             comm = Path(f"/proc/{entry}/comm").read_text().strip()
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-        if marker.encode() in argv and state != "Z":
-            found.append((int(entry), comm))
+        if fields[0] == "Z":
+            continue
+        pid = int(entry)
+        parents[pid] = int(fields[1])
+        comms[pid] = comm
+        if marker.encode() in argv:
+            mentions.add(pid)
+    for pid, comm in comms.items():
+        ancestor: int | None = pid
+        seen = set()
+        while ancestor is not None and ancestor not in seen:
+            if ancestor in mentions:
+                found.append((pid, comm))
+                break
+            seen.add(ancestor)
+            ancestor = parents.get(ancestor)
     return found
 
 
@@ -170,8 +191,8 @@ def test_a_signal_to_the_started_process_stops_the_daemon_and_every_container(
     daemon_pid = start_three(demo)
     marker = str(demo.work)
     # bwrap for each container, slirp4netns for the networked one.
-    comms = {comm for _, comm in processes_mentioning(marker)}
-    assert {"bwrap", "slirp4netns"} <= comms
+    started = processes_mentioning(marker)
+    assert {"bwrap", "slirp4netns"} <= {comm for _, comm in started}
     # The daemon is the wrapper's child, in a process group of its own, so
     # that a Ctrl-C on a terminal reaches the wrapper alone.
     assert daemon_pid != demo.process.pid
@@ -190,6 +211,7 @@ def test_a_signal_to_the_started_process_stops_the_daemon_and_every_container(
     assert took >= 3
     assert gone(daemon_pid)
     assert processes_mentioning(marker) == []
+    assert all(gone(pid) for pid, _ in started)  # not even reparented elsewhere
 
 
 def test_a_second_signal_while_stopping_does_not_cut_the_stop_short(demo: Demo) -> None:

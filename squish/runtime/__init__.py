@@ -25,6 +25,10 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from squish.layers import Mount
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The whole environment of every process the runtime spawns (bwrap, which is
+# the container's pid 1, slirp4netns, the UDP relay): nothing of the daemon's
+# own environment (secrets, tokens, home) may be readable from a container.
+HELPER_ENV = {"PATH": DEFAULT_PATH}
 DEFAULT_HOST_IP = "127.0.0.1"
 DEFAULT_TMP_SIZE = 64 * 1024 * 1024
 DEFAULT_STOP_GRACE = 10.0

@@ -11,12 +11,27 @@ handshake with bwrap (see ``bwrap_runtime`` for the dance):
 - ``--block-fd`` (networked containers only): bwrap waits with the command
   until the network is up.
 
+The two blocks are one pipe, read twice, a byte each. bwrap's monitor reads
+the first byte from ``--userns-block-fd`` and closes it, but the sandbox was
+cloned before that and keeps its copy, which bwrap never closes there: a fd
+of its own, it would reach the command (runc's fd-leak check). The sandbox
+does close ``--block-fd`` after reading it, so giving both options the same
+fd closes it everywhere. The order is safe: the sandbox reads its byte only
+after the monitor has read its own and let the sandbox go on.
+
 A container without network needs neither: bwrap maps uid 0 to the user
 itself, exactly as the runtime would, and runs at full speed.
+
+bwrap gets its options through ``--args FD`` (see ``args_data``), not its
+argv: bwrap is the container's pid 1, and ``/proc/1/cmdline`` would show the
+host paths of every bind mount to the container. It shows ``bwrap --args N
+-- COMMAND ARGS...`` instead (bwrap reads only options from the file).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from squish.runtime import DEFAULT_PATH, ContainerSpec
@@ -25,7 +40,7 @@ from squish.runtime.mounts import HostView, Special, plan_mounts
 
 @dataclass(frozen=True)
 class HandshakeFds:
-    """The child's ends of the runtime <-> bwrap pipes."""
+    """The child's ends of the runtime <-> bwrap pipes (the two blocks may share one)."""
 
     info: int
     userns_block: int | None = None
@@ -87,3 +102,8 @@ def bwrap_argv(
         argv += ["--setenv", key, value]
     argv += ["--", spec.command, *spec.args]
     return argv
+
+
+def args_data(argv: Sequence[str]) -> bytes:
+    """bwrap options as ``bwrap --args FD`` reads them: each one NUL-terminated."""
+    return b"".join(os.fsencode(arg) + b"\0" for arg in argv)

@@ -58,6 +58,7 @@ from squish.errors import ContainerNotFound, PortInUse, RuntimeFailure
 from squish.runtime import (
     DEFAULT_HOST_IP,
     DEFAULT_STOP_GRACE,
+    HELPER_ENV,
     Container,
     ContainerSpec,
     ContainerState,
@@ -65,7 +66,7 @@ from squish.runtime import (
     PortForward,
     kernel,
 )
-from squish.runtime.bwrap import HandshakeFds, bwrap_argv
+from squish.runtime.bwrap import HandshakeFds, args_data, bwrap_argv
 from squish.runtime.logs import DEFAULT_KEEP, DEFAULT_MAX_BYTES, RotatingLog, drain
 from squish.runtime.slirp import Slirp
 
@@ -296,22 +297,32 @@ class BwrapRuntime:
             log_r, log_w = pipe()
             info_r, info_w = pipe()
             handshake = HandshakeFds(info_w)
+            child_fds = [info_w]
             if spec.network:
-                userns_r, userns_w = pipe()
-                block_r, block_w = pipe()
-                handshake = HandshakeFds(info_w, userns_r, block_r)
+                # One pipe for both blocks: see squish.runtime.bwrap.
+                release_r, release_w = pipe()
+                handshake = HandshakeFds(info_w, release_r, release_r)
+                child_fds.append(release_r)
             argv = bwrap_argv(spec, handshake, bwrap=self.bwrap)
-            child_fds = [fd for fd in (info_w, handshake.userns_block, handshake.block) if fd]
+            # The options go through a file, out of sight of the container's
+            # /proc/1/cmdline; bwrap takes only options there, the command
+            # stays on its argv.
+            end = argv.index("--")
+            args_fd = _args_file(argv[1:end])
+            fds.append(args_fd)
+            child_fds.append(args_fd)
             started_at = time.time()
             try:
                 # Spawned here, in the loop's thread, on purpose: see the
                 # module docstring (--die-with-parent follows the thread).
                 monitor = subprocess.Popen(  # noqa: ASYNC220
-                    argv,
+                    ["bwrap", "--args", str(args_fd), *argv[end:]],
+                    executable=shutil.which(self.bwrap) or self.bwrap,
                     stdin=subprocess.DEVNULL,
                     stdout=log_w,
                     stderr=log_w,
                     pass_fds=child_fds,
+                    env=HELPER_ENV,
                     start_new_session=True,
                 )
             except OSError as exc:
@@ -336,7 +347,7 @@ class BwrapRuntime:
                     monitor.wait()
                     raise RuntimeFailure(f"{spec.name}: bwrap failed: {_pending_complaint(log_r)}")
                 run_dir.mkdir(mode=0o700)
-                await self._connect(live, userns_w, block_w, fds)
+                await self._connect(live, release_w, fds)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 if live is not None:
@@ -359,34 +370,31 @@ class BwrapRuntime:
         self._tg.start_soon(self._watch, live, log_r, log)
         return self._snapshot(live)
 
-    async def _connect(
-        self, live: _Live, userns_w: int, block_w: int, fds: MutableSequence[int]
-    ) -> None:
+    async def _connect(self, live: _Live, release_w: int, fds: MutableSequence[int]) -> None:
         """Map the user namespace, bring up slirp4netns and forwards, release.
 
-        Every fd opened here goes into ``fds`` until it is handed over, so a
-        failure half-way leaks nothing.
+        ``release_w`` lets bwrap go on twice, a byte each time: past the user
+        namespace, then on to the command. Every fd opened here goes into
+        ``fds`` until it is handed over, so a failure half-way leaks nothing.
         """
         init_pid = live.container.init_pid
         assert init_pid is not None
         kernel.map_root_to(init_pid, os.getuid(), os.getgid())
-        os.write(userns_w, b"1")
-        fds.remove(userns_w)
-        os.close(userns_w)
+        os.write(release_w, b"1")
         await _wait_loopback(init_pid)
         live.slirp = await Slirp.start(
             pid=init_pid,
             api_socket=live.run_dir / "slirp.sock",
             log_path=live.run_dir / "slirp4netns.log",
-            slirp4netns=self.slirp4netns,
+            slirp4netns=shutil.which(self.slirp4netns) or self.slirp4netns,
         )
         # Release the command: its network is up. The forwards are set up
         # on the host side while it starts; a client that comes before its
         # forward is refused just as one that comes before the server
         # listens. A forward that fails aborts the whole start.
-        os.write(block_w, b"1")
-        fds.remove(block_w)
-        os.close(block_w)
+        os.write(release_w, b"1")
+        fds.remove(release_w)
+        os.close(release_w)
         for port in live.container.spec.ports:
             await self._add_forward(live, port)
 
@@ -544,6 +552,25 @@ class BwrapRuntime:
         return self._snapshot(live)
 
 
+def _args_file(args: Sequence[str]) -> int:
+    """A memfd holding bwrap's arguments, for ``--args FD`` (bwrap reads and closes it).
+
+    A file, not a pipe: a long command line would fill a pipe before bwrap
+    reads it.
+    """
+    fd = os.memfd_create("bwrap-args", os.MFD_CLOEXEC)
+    try:
+        data = args_data(args)
+        written = 0
+        while written < len(data):
+            written += os.write(fd, data[written:])
+        os.lseek(fd, 0, os.SEEK_SET)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 _UDP_RELAY = Path(__file__).with_name("udp_relay.py")
 
 
@@ -569,6 +596,7 @@ async def _start_udp_relay(init_pid: int, ip: str, port: PortForward) -> subproc
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             pass_fds=(userns_fd, netns_fd, host.fileno()),
+            env=HELPER_ENV,
             start_new_session=True,
         )
     assert relay.stdout is not None

@@ -5,7 +5,8 @@ joins the container's user and network namespaces, configures ``tap0`` with
 10.0.2.100/24, gateway 10.0.2.2 and DNS 10.0.2.3, and forwards host TCP ports
 into the container through its JSON API socket, which lets forwards be added
 and removed while the container runs. It runs with its seccomp filter and its
-sandbox (an empty mount namespace, no capabilities) enabled.
+sandbox (an empty mount namespace, no capabilities) enabled, and with none of
+the daemon's environment.
 
 Its lifetime is tied to the runtime's by ``--exit-fd``: slirp4netns exits as
 soon as the pipe's write end closes, which the kernel does when the daemon
@@ -24,6 +25,7 @@ from typing import Any
 import anyio
 
 from squish.errors import PortInUse, RuntimeFailure
+from squish.runtime import HELPER_ENV
 
 MTU = 65520
 GUEST_ADDR = "10.0.2.100"
@@ -79,6 +81,7 @@ class Slirp:
                     stdout=log,
                     stderr=log,
                     pass_fds=(ready_w, exit_r),
+                    env=HELPER_ENV,
                     start_new_session=True,
                 )
         except OSError as exc:
