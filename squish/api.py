@@ -46,6 +46,7 @@ would otherwise wait for them forever.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import decimal
 import json
@@ -63,6 +64,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.abc
 import anyio.to_thread
+import h11
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -70,6 +72,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from squish import __version__
 from squish import api_schema as schema
@@ -110,6 +113,11 @@ _LATEST = 95_617_584_000  # 5000-01-01, in Unix seconds
 # How long uvicorn lets plain requests (a create waiting for its container)
 # finish at shutdown before cancelling them; streams are ended at once.
 _GRACE = 5
+# How long a client may take to send a request's headers (from connecting,
+# or from the first byte of a next request on a kept-alive connection), and
+# how long an idle kept-alive connection stays open.
+HEADER_TIMEOUT = 5.0
+_KEEP_ALIVE = 5
 
 T = TypeVar("T")
 Write = Callable[[bytes], Awaitable[None]]
@@ -798,6 +806,50 @@ class _Server(uvicorn.Server):
         yield
 
 
+class _HeaderTimeoutProtocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request's headers.
+
+    uvicorn times out only an idle kept-alive connection: a client that
+    connects and sends nothing, or sends its headers a byte at a time, would
+    hold a connection (and its fd) forever. Here the clock starts when the
+    connection is made, or when the first bytes of a later request arrive,
+    and stops once h11 has the whole request head; the body is the app's.
+    """
+
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._arm_header_timer()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is h11.IDLE:
+            self._arm_header_timer()  # a request begun and not complete (no-op if armed)
+        else:
+            self._disarm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(HEADER_TIMEOUT, self._headers_too_slow)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            with contextlib.suppress(h11.LocalProtocolError):
+                self.conn.send(h11.ConnectionClosed())
+            self.transport.close()
+
+
 def _listen(path: Path) -> tuple[socket.socket, int]:
     """A listening unix socket at ``path`` (and its inode), mode 0600 before anyone can connect.
 
@@ -894,6 +946,8 @@ async def _serve_on(
         log_config=None,
         lifespan="off",
         timeout_graceful_shutdown=_GRACE,
+        http=_HeaderTimeoutProtocol,
+        timeout_keep_alive=_KEEP_ALIVE,
     )
     server = _Server(config)
     finished = False
