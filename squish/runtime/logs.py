@@ -70,6 +70,14 @@ def kept_files(path: Path) -> list[Path]:
     return [entry for _, entry in sorted(rotated, reverse=True)] + [path]
 
 
+def remove_log(path: Path) -> None:
+    """Remove the log ``path``: every kept file and its time index."""
+    for kept in kept_files(path):
+        for gone in (index_path(kept), kept):
+            with contextlib.suppress(OSError):
+                gone.unlink(missing_ok=True)
+
+
 class _IndexWriter:
     """The append side of a time index; every failure just ends the index."""
 
