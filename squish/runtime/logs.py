@@ -258,8 +258,20 @@ class RotatingLog:
         self.recent += data[-_RECENT:]
         del self.recent[:-_RECENT]
         kept = self._within_rate(data)
-        if not kept:
-            return
+        if kept:
+            self._put_saying_drops(kept)
+        if len(kept) < len(data):
+            # Counted after the kept part is written: its notice goes after it.
+            why = f"over the log rate limit of {_size(self.rate)}/s"
+            self._drop(len(data) - len(kept), "rate", why)
+
+    def finish(self) -> None:
+        """Say in the log what was dropped and not said yet (the writers are gone), and close."""
+        if self._unsaid:
+            self._put_saying_drops(b"")
+        self.close()
+
+    def _put_saying_drops(self, kept: bytes) -> None:
         if self._unsaid:
             why = self._unsaid_why
             notice = f"squish: {self._unsaid} bytes of output dropped: {why}\n".encode()
@@ -277,7 +289,7 @@ class RotatingLog:
             self._put(kept, len(kept))
 
     def _within_rate(self, data: bytes) -> bytes:
-        """What of ``data`` the rate limit lets through; the rest is dropped."""
+        """What of ``data`` the rate limit lets through (a prefix); the rest is to be dropped."""
         if self.rate <= 0:
             return data
         now = self._monotonic()
@@ -294,7 +306,6 @@ class RotatingLog:
         if newline >= 0:
             cut = newline + 1
         self._window_left = 0
-        self._drop(len(data) - cut, "rate", f"over the log rate limit of {_size(self.rate)}/s")
         if now - self._last_rate_drop >= _RATE_QUIET:
             log.warning(
                 "container %s writes more than %s/s: the rest of each second's output is "
@@ -437,7 +448,7 @@ async def drain(read_fd: int, log: RotatingLog) -> None:
             await anyio.sleep(_TICK)
     finally:
         os.close(read_fd)
-        log.close()
+        log.finish()
 
 
 # -- reading -------------------------------------------------------------------

@@ -5,7 +5,9 @@ busybox ``yes``. Over a few seconds the log takes about the rate and no
 more, the rest is counted in ``squish_log_bytes_dropped_total``, each second
 that dropped output says so in the log, ``squish logs`` (with ``-t`` and
 ``--since``) still works, and the daemon spends a fraction of a core
-(reading every line as it came cost it a whole one).
+(reading every line as it came cost it a whole one). The rate limit's
+own rules (whole lines, one notice where the output resumes, a last one
+when the container ends) are checked on a log with a clock of the test's.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from squish.client import Client
+from squish.runtime.logs import DropReason, RotatingLog
 from tests.conftest import eventually, free_port
 from tests.test_daemon import daemon, wait_for_socket
 
@@ -104,3 +107,35 @@ def test_a_chatty_container_costs_little_and_its_excess_is_counted(
         line for line in err.decode().splitlines() if "container yes writes more than" in line
     ]
     assert len(warnings) == 1
+
+
+class Counts:
+    def __init__(self) -> None:
+        self.written = 0
+        self.dropped: dict[str, int] = {}
+
+    def log_written(self, container: str, size: int) -> None:
+        self.written += size
+
+    def log_dropped(self, container: str, size: int, reason: DropReason) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + size
+
+
+def test_over_the_rate_whole_lines_are_dropped_and_said(tmp_path: Path) -> None:
+    now = [100.0]
+    counts = Counts()
+    log = RotatingLog(tmp_path / "c.log", rate=100, counter=counts, monotonic=lambda: now[0])
+    line = {c: c.encode() * 39 + b"\n" for c in "abc"}
+
+    log.write(line["a"] + line["b"] + line["c"])  # 120 bytes: a and b fit in 100
+    log.write(b"d\n")  # the same second: its budget is spent
+    now[0] += 1.0
+    log.write(b"e\n")
+    log.write(b"f" * 200)  # the next second's budget is 98 bytes: no line end in it
+    log.finish()
+
+    notice = b"squish: %d bytes of output dropped: over the log rate limit of 100 bytes/s\n"
+    expected = line["a"] + line["b"] + notice % 42 + b"e\n" + b"f" * 98 + b"\n" + notice % 102
+    assert (tmp_path / "c.log").read_bytes() == expected
+    assert counts.dropped == {"rate": 42 + 102}
+    assert counts.written == 80 + 2 + 98
