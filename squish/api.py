@@ -71,6 +71,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.abc
 import anyio.to_thread
+import h11
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -119,6 +120,11 @@ _LATEST = 95_617_584_000  # 5000-01-01, in Unix seconds
 # How long uvicorn lets plain requests (a create waiting for its container)
 # finish at shutdown before cancelling them; streams are ended at once.
 _GRACE = 5
+# How long a client may take to send a request's headers (from connecting,
+# or from the first byte of a next request on a kept-alive connection), and
+# how long an idle kept-alive connection stays open.
+HEADER_TIMEOUT = 5.0
+_KEEP_ALIVE = 5
 
 T = TypeVar("T")
 Write = Callable[[bytes], Awaitable[None]]
@@ -860,6 +866,50 @@ def _stale_socket(path: Path) -> int | None:
     raise SquishError(f"another squish daemon already listens on {path}; use another --socket")
 
 
+class _HeaderTimeoutProtocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request's headers.
+
+    uvicorn times out only an idle kept-alive connection: a client that
+    connects and sends nothing, or sends its headers a byte at a time, would
+    hold a connection (and its fd) forever. Here the clock starts when the
+    connection is made, or when the first bytes of a later request arrive,
+    and stops once h11 has the whole request head; the body is the app's.
+    """
+
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._arm_header_timer()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is h11.IDLE:
+            self._arm_header_timer()  # a request begun and not complete (no-op if armed)
+        else:
+            self._disarm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(HEADER_TIMEOUT, self._headers_too_slow)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            with contextlib.suppress(h11.LocalProtocolError):
+                self.conn.send(h11.ConnectionClosed())
+            self.transport.close()
+
+
 def _listen(path: Path) -> tuple[socket.socket, int]:
     """A listening unix socket at ``path`` (and its inode), mode 0600 before anyone can connect.
 
@@ -901,7 +951,7 @@ def peer_refusal(peer_uid: int, owner: int) -> str | None:
     )
 
 
-def _owner_only(owner: int, where: str) -> type[H11Protocol]:
+def _owner_only(owner: int, where: str) -> type[_HeaderTimeoutProtocol]:
     """uvicorn's HTTP/1.1 protocol, refusing every request of a connection from another uid.
 
     The peer is checked once, when the connection is made; a refused one is
@@ -910,7 +960,7 @@ def _owner_only(owner: int, where: str) -> type[H11Protocol]:
     framing the answer stay uvicorn's.
     """
 
-    class OwnerOnly(H11Protocol):
+    class OwnerOnly(_HeaderTimeoutProtocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             sock = transport.get_extra_info("socket")
@@ -949,7 +999,7 @@ async def serve(
     protocol = _owner_only(os.getuid() if owner is None else owner, str(socket_path))
     try:
         await _serve_on(
-            app, sock, str(socket_path), task_status, uds=str(socket_path), http=protocol
+            app, sock, str(socket_path), task_status, protocol=protocol, uds=str(socket_path)
         )
     finally:
         sock.close()
@@ -985,6 +1035,8 @@ async def _serve_on(
     sock: socket.socket,
     where: str,
     task_status: anyio.abc.TaskStatus[None],
+    *,
+    protocol: type[H11Protocol] = _HeaderTimeoutProtocol,
     **address: Any,
 ) -> None:
     config = uvicorn.Config(
@@ -996,6 +1048,8 @@ async def _serve_on(
         log_config=None,
         lifespan="off",
         timeout_graceful_shutdown=_GRACE,
+        http=protocol,
+        timeout_keep_alive=_KEEP_ALIVE,
     )
     server = _Server(config)
     finished = False

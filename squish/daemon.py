@@ -42,6 +42,7 @@ from squish.plan import Backoff
 from squish.reconciler import Reconciler
 from squish.runtime import DEFAULT_HOST_IP, DEFAULT_STOP_GRACE
 from squish.runtime.bwrap_runtime import BwrapRuntime
+from squish.runtime.logs import DEFAULT_RATE
 from squish.source_admin import SourceAdmin, webhook_app
 from squish.sources import StatusSource
 from squish.sources.directory import DirectorySource
@@ -83,6 +84,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=env("SQUISH_LOG_FORMAT", "text"),
         help="the log on stderr: text lines or JSON objects (default: %(default)s; "
         "$SQUISH_LOG_FORMAT)",
+    )
+    parser.add_argument(
+        "--log-rate",
+        type=int,
+        default=int(env("SQUISH_LOG_RATE", str(DEFAULT_RATE))),
+        metavar="BYTES",
+        help="bytes a second each container may write into its log; the rest is dropped, "
+        "counted and said in the log; 0: no limit (default: %(default)s; $SQUISH_LOG_RATE)",
     )
     parser.add_argument(
         "--resync",
@@ -403,6 +412,8 @@ async def _serve(
             log_dir=state / "logs",
             default_host_ip=args.host_ip,
             stop_grace=args.stop_timeout,
+            log_rate=args.log_rate,
+            log_counter=metrics,
         ) as runtime:
             settings: LayerSettings = args.layers
             store = settings.store(

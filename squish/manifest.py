@@ -391,9 +391,15 @@ def _host_ip(value: str) -> str:
         address = ipaddress.ip_address(value)
     except ValueError:
         raise ValueError(
-            f"must be an IPv4 or IPv6 address such as 127.0.0.1 or ::1, got {_describe(value)}"
+            f"must be an IPv4 address such as 127.0.0.1 or 0.0.0.0, got {_describe(value)}"
         ) from None
-    # The canonical spelling, so "::0001" and "::1" hash alike.
+    if address.version == 6:
+        # slirp4netns's port forwarding API takes IPv4 host addresses only:
+        # accepted here, such a port would fail at every start.
+        raise ValueError(
+            f"IPv6 addresses cannot be forwarded yet (slirp4netns binds IPv4 only), got "
+            f"{_describe(value)}; use an IPv4 address such as 127.0.0.1 or 0.0.0.0"
+        )
     return str(address)
 
 

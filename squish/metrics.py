@@ -53,6 +53,7 @@ from prometheus_client.registry import Collector
 
 from squish.control import Phase
 from squish.errors import SquishError
+from squish.runtime.logs import DROP_REASONS, DropReason
 
 CONTAINER_STATES = ("running", "stopped", "failed", "backoff")
 RECONCILE_RESULTS = ("success", "error", "requeue")
@@ -136,6 +137,20 @@ class Metrics:
             registry=self.registry,
         )
 
+        self._log_bytes = Counter(
+            "squish_log_bytes",
+            "Bytes of container output written into its log.",
+            ["container"],
+            registry=self.registry,
+        )
+        self._log_dropped = Counter(
+            "squish_log_bytes_dropped",
+            "Bytes of container output dropped instead of logged, by container and why: "
+            "rate (over the log rate limit) or error (the write failed, e.g. a full disk).",
+            ["container", "reason"],
+            registry=self.registry,
+        )
+
         self._layer_fetches = Counter(
             "squish_layer_fetches",
             "Layers downloaded, imported or unpacked into the cache, by kind and outcome.",
@@ -214,12 +229,24 @@ class Metrics:
         # labels() creates a child at 0 and leaves an existing one alone.
         self._restarts.labels(name)
         self._start_failures.labels(name)
+        self._log_bytes.labels(name)
+        for reason in DROP_REASONS:
+            self._log_dropped.labels(name, reason)
 
     def container_restarted(self, name: str) -> None:
         self._restarts.labels(name).inc()
 
     def container_start_failed(self, name: str) -> None:
         self._start_failures.labels(name).inc()
+
+    def log_written(self, container: str, size: int) -> None:
+        """Count ``size`` bytes of ``container``'s output written into its log."""
+        self._log_bytes.labels(container).inc(size)
+
+    def log_dropped(self, container: str, size: int, reason: DropReason) -> None:
+        """Count ``size`` bytes of ``container``'s output dropped (``reason`` in DROP_REASONS)."""
+        _check("log drop reason", reason, DROP_REASONS)
+        self._log_dropped.labels(container, reason).inc(size)
 
     def layer_fetched(self, kind: str, result: str, *, downloaded: int = 0) -> None:
         """Count one layer fetch (``kind`` in LAYER_KINDS) and the bytes it downloaded."""
@@ -261,6 +288,11 @@ class Metrics:
             self._restarts.remove(name)
         with contextlib.suppress(KeyError):
             self._start_failures.remove(name)
+        with contextlib.suppress(KeyError):
+            self._log_bytes.remove(name)
+        for reason in DROP_REASONS:
+            with contextlib.suppress(KeyError):
+                self._log_dropped.remove(name, reason)
 
     def exposition(self) -> bytes:
         """The current samples in Prometheus' text format (what a scrape gets)."""

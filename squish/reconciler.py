@@ -52,6 +52,7 @@ from squish.runtime import (
     ExitEvent,
     Runtime,
 )
+from squish.runtime.logs import remove_log
 from squish.sources import Manifest, Source
 from squish.spec import container_spec
 
@@ -64,6 +65,9 @@ T = TypeVar("T")
 _EARLY_EXIT = 0.3
 # How long a user's stop waits for an action already in flight on the name.
 _BUSY_WAIT = 60.0
+# How long the log of a deleted container is kept (``squish logs`` still
+# shows it meanwhile); a container of that name coming back keeps it.
+LOG_GRACE = 3600.0
 
 
 class Reconciler:
@@ -83,6 +87,7 @@ class Reconciler:
         resolve: Callable[[Squishfile, LayerStore], ContainerSpec] = container_spec,
         state_dir: Path | None = None,
         default_host_ip: str = DEFAULT_HOST_IP,
+        log_grace: float = LOG_GRACE,
     ) -> None:
         self.source = source
         self.runtime = runtime
@@ -115,6 +120,9 @@ class Reconciler:
         self._saved_stops: dict[str, str | None] = {}
         self._pending_stops: dict[str, str | None] = {}
         self._load_stops()
+        self.log_grace = log_grace
+        self._doomed_logs: dict[str, object] = {}
+        """Names whose log goes once ``log_grace`` has passed, each with its timer's token."""
 
     # -- the user's stops, kept across restarts ----------------------------
 
@@ -185,6 +193,7 @@ class Reconciler:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             self.reconcile_once()
+            self._doom_orphan_logs()
             tg.start_soon(self._watch_source)
             tg.start_soon(self._watch_exits)
             tg.start_soon(self._loop)
@@ -394,6 +403,33 @@ class Reconciler:
         self._specs.pop(name, None)
         if self.metrics is not None:
             self.metrics.forget_container(name)
+        self._doom_log(name)
+
+    # -- logs of containers that are gone ----------------------------------
+
+    def _doom_log(self, name: str) -> None:
+        """Remove ``name``'s log after the grace period, unless the name is back by then."""
+        token = self._doomed_logs[name] = object()
+        assert self._tg is not None
+        self._tg.start_soon(self._remove_log_later, name, token)
+
+    def _doom_orphan_logs(self) -> None:
+        # Logs of containers deleted while no daemon ran (or before it
+        # restarted) would otherwise be kept forever.
+        with contextlib.suppress(OSError):
+            for entry in self.log_dir.glob("*.log"):
+                name = entry.name.removesuffix(".log")
+                if name not in self._desired and name not in self.records:
+                    self._doom_log(name)
+
+    async def _remove_log_later(self, name: str, token: object) -> None:
+        await anyio.sleep(self.log_grace)
+        if self._doomed_logs.get(name) is not token:
+            return  # forgotten again since: that later timer decides
+        del self._doomed_logs[name]
+        if name in self._desired or name in self.records:
+            return  # back again: its log goes on
+        await anyio.to_thread.run_sync(remove_log, self.log_dir / f"{name}.log")
 
     def _on_exit(self, event: ExitEvent) -> None:
         record = next(
@@ -594,7 +630,13 @@ class Reconciler:
         }
 
     def log_path(self, ref: str) -> Path:
-        return self.log_dir / f"{self.resolve(ref)}.log"
+        try:
+            name = self.resolve(ref)
+        except ContainerNotFound:
+            if ref not in self._doomed_logs:
+                raise
+            name = ref  # deleted, its log still kept (see LOG_GRACE)
+        return self.log_dir / f"{name}.log"
 
     def _manifest_path(self, name: str) -> Path:
         return self.manifests_dir / f"{name}.toml"

@@ -224,7 +224,8 @@ def populated(daemon: Daemon) -> Daemon:
     daemon.write("web", squishfile(port=42069))
     daemon.write(
         "db",
-        '[run]\ncommand = "/bin/db"\n[[ports]]\ncontainer = 5432\nhost = 5432\nhost_ip = "::1"\n',
+        '[run]\ncommand = "/bin/db"\n'
+        '[[ports]]\ncontainer = 5432\nhost = 5432\nhost_ip = "127.0.0.2"\n',
     )
     daemon.write("old", squishfile("/bin/old"))
     daemon.write("broken", "[run]\n")
@@ -248,7 +249,7 @@ def test_ps_lists_running_containers(populated: Daemon, capsys: pytest.CaptureFi
     assert fields["web"][4].endswith("s")
     # The bind address is shown, as podman shows it.
     assert fields["web"][5:] == ["0", "127.0.0.1:42069->80/tcp"]
-    assert fields["db"][6] == "[::1]:5432->5432/tcp"
+    assert fields["db"][6] == "127.0.0.2:5432->5432/tcp"
 
 
 def test_ps_all_adds_the_rest(populated: Daemon, capsys: pytest.CaptureFixture[str]) -> None:

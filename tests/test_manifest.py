@@ -209,14 +209,14 @@ def test_ports_may_share_a_host_port_across_protocols_and_addresses() -> None:
         [[ports]]
         container = 54
         host = 5353
-        host_ip = "::0001"
+        host_ip = "127.0.0.2"
         """
     )
 
     assert squishfile.ports == (
         Port(53, 5353, "udp", None),
         Port(53, 5353, "tcp", None),
-        Port(54, 5353, "tcp", "::1"),
+        Port(54, 5353, "tcp", "127.0.0.2"),
     )
 
 
@@ -296,7 +296,14 @@ BAD = [
         "host-ip",
         ports('container = 1\nhost = 2\nhost_ip = "localhost"'),
         "ports[0].host_ip",
-        "IPv4 or IPv6",
+        "must be an IPv4 address such as 127.0.0.1",
+    ),
+    (
+        "host-ip-v6",
+        ports('container = 1\nhost = 2\nhost_ip = "::1"'),
+        "ports[0].host_ip",
+        "IPv6 addresses cannot be forwarded yet (slirp4netns binds IPv4 only), got string "
+        "'::1'; use an IPv4 address such as 127.0.0.1 or 0.0.0.0",
     ),
     (
         "duplicate-host-port",

@@ -67,7 +67,14 @@ from squish.runtime import (
     kernel,
 )
 from squish.runtime.bwrap import HandshakeFds, args_data, bwrap_argv
-from squish.runtime.logs import DEFAULT_KEEP, DEFAULT_MAX_BYTES, RotatingLog, drain
+from squish.runtime.logs import (
+    DEFAULT_KEEP,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_RATE,
+    LogCounter,
+    RotatingLog,
+    drain,
+)
 from squish.runtime.slirp import Slirp
 
 # How long stop() looks for pid 2 when called right after start(), before
@@ -178,6 +185,8 @@ class BwrapRuntime:
         slirp4netns: str = "slirp4netns",
         log_max_bytes: int = DEFAULT_MAX_BYTES,
         log_keep: int = DEFAULT_KEEP,
+        log_rate: int = DEFAULT_RATE,
+        log_counter: LogCounter | None = None,
         stop_grace: float = DEFAULT_STOP_GRACE,
     ) -> None:
         self.run_dir = run_dir
@@ -187,6 +196,8 @@ class BwrapRuntime:
         self.slirp4netns = slirp4netns
         self.log_max_bytes = log_max_bytes
         self.log_keep = log_keep
+        self.log_rate = log_rate
+        self.log_counter = log_counter
         self.stop_grace = stop_grace  # for the containers still running at exit
         self._live: dict[str, _Live] = {}
         self._exits = Broadcast[ExitEvent]()
@@ -278,7 +289,12 @@ class BwrapRuntime:
         container_id = secrets.token_hex(32)
         run_dir = self.run_dir / container_id[:16]
         log = RotatingLog(
-            self.log_dir / f"{spec.name}.log", max_bytes=self.log_max_bytes, keep=self.log_keep
+            self.log_dir / f"{spec.name}.log",
+            max_bytes=self.log_max_bytes,
+            keep=self.log_keep,
+            rate=self.log_rate,
+            counter=self.log_counter,
+            name=spec.name,
         )
         fds: list[int] = []
 

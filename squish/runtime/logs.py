@@ -19,12 +19,31 @@ chunk holding its first byte, so only chunks in which a line starts get a
 record, and none within a millisecond of the previous record: a chatty
 container costs at most one record per millisecond.
 
+A log must never stop a container, nor cost the daemon without bound:
+
+- Writes that fail (a full disk, a log directory gone or read-only) drop
+  that output and count it; the pipe keeps being drained, so the container
+  never blocks on it, and writing starts again by itself when it can (the
+  file reopened if need be). One warning per log and episode goes to the
+  daemon's log.
+- Each log takes at most ``rate`` bytes a second (whole lines where it can):
+  the rest of that second's output is dropped and counted.
+- The pipe is read at most once per ``_TICK``: output gathers in the pipe
+  meanwhile, so a container writing a line at a time costs the daemon one
+  wakeup per tick rather than one per line; one writing faster than a pipe
+  full per tick waits on the pipe, as it would on a slow terminal.
+
+Dropped output is said in the log itself, on a line of its own where the
+output resumes (``squish: 1234 bytes of output dropped: ...``), and counted
+through ``LogCounter`` (the daemon's metrics).
+
 The index is a help, never a requirement. A missing, truncated or garbled
 index, or one of another file, degrades to "time unknown", and such a line
 takes the nearest time known: that of the record before it (a line whose
 record was lost), of the first record (lines written before the index
 began), or, with no usable record, the log file's last modification. Writing
-the index never fails a write of the log.
+the index never fails a write of the log; an index that cannot be written
+(a full disk) misses records meanwhile and goes on once it can.
 """
 
 from __future__ import annotations
@@ -32,18 +51,45 @@ from __future__ import annotations
 import bisect
 import contextlib
 import itertools
+import logging
 import os
 import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal, Protocol
 
 import anyio
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_KEEP = 3
+DEFAULT_RATE = 1024 * 1024
+"""Bytes a second each container may write into its log; 0: no limit."""
 _CHUNK = 65536
 _RECENT = 4096
+# How often a busy pipe is read, and how much is taken each time at most.
+_TICK = 0.01
+_READS_PER_TICK = 16
+# A rate limit episode ends after this long without drops (for the warning).
+_RATE_QUIET = 60.0
+# How often a log that cannot be opened, or an index that cannot be
+# started, is tried again.
+_RETRY_NS = 1_000_000_000
+
+DropReason = Literal["rate", "error"]
+DROP_REASONS: tuple[DropReason, ...] = ("rate", "error")
+"""Why output was dropped: over the rate limit, or the write failed."""
+
+log = logging.getLogger("squish.runtime.logs")
+
+
+class LogCounter(Protocol):
+    """Who counts what each container's log took and dropped (the daemon's metrics)."""
+
+    def log_written(self, container: str, size: int) -> None: ...
+
+    def log_dropped(self, container: str, size: int, reason: DropReason) -> None: ...
+
 
 INDEX_SUFFIX = ".times"
 _MAGIC = b"squish.t"
@@ -70,11 +116,20 @@ def kept_files(path: Path) -> list[Path]:
     return [entry for _, entry in sorted(rotated, reverse=True)] + [path]
 
 
+def remove_log(path: Path) -> None:
+    """Remove the log ``path``: every kept file and its time index."""
+    for kept in kept_files(path):
+        for gone in (index_path(kept), kept):
+            with contextlib.suppress(OSError):
+                gone.unlink(missing_ok=True)
+
+
 class _IndexWriter:
     """The append side of a time index; every failure just ends the index."""
 
     def __init__(self, path: Path, inode: int) -> None:
         self._last_ns = 0
+        self._failed = False
         self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             size = os.fstat(self._fd).st_size
@@ -94,11 +149,20 @@ class _IndexWriter:
     def note(self, offset: int, now_ns: int) -> None:
         if self._fd < 0:
             return
+        self._last_ns = now_ns
         try:
+            if self._failed:
+                # The last record may have been cut short: back to a boundary.
+                size = os.fstat(self._fd).st_size
+                if size % _RECORD.size:
+                    os.ftruncate(self._fd, size - size % _RECORD.size)
             self._append(_RECORD.pack(offset, now_ns))
         except OSError:
-            self.close()  # the lines from here on take a later known time
-        self._last_ns = now_ns
+            # A full disk: this chunk's lines take the time of the record
+            # before; the next chunk tries again.
+            self._failed = True
+        else:
+            self._failed = False
 
     def due(self, now_ns: int) -> bool:
         """Whether a chunk arriving now needs a record of its own."""
@@ -116,7 +180,12 @@ class _IndexWriter:
 
 
 class RotatingLog:
-    """An append-only log file that rotates itself by size and dates its lines."""
+    """An append-only log file that rotates itself by size and dates its lines.
+
+    ``write`` never raises for the file's sake: what cannot be written is
+    dropped, counted (``counter``) and said in the log once it can be
+    written again (see the module docstring).
+    """
 
     def __init__(
         self,
@@ -124,46 +193,196 @@ class RotatingLog:
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         keep: int = DEFAULT_KEEP,
+        rate: int = DEFAULT_RATE,
+        counter: LogCounter | None = None,
+        name: str | None = None,
         clock: Callable[[], int] = time.time_ns,
+        monotonic: Callable[[], float] = time.monotonic,
     ):
         self.path = path
         self.max_bytes = max_bytes
         self.keep = keep
+        self.rate = rate
+        self.name = name if name is not None else path.name.removesuffix(".log")
+        self._counter = counter
         self._clock = clock
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._monotonic = monotonic
         self._fd = -1
         self._index: _IndexWriter | None = None
-        self._open(os.O_APPEND)
-        self._size = os.fstat(self._fd).st_size
+        self._size = 0
+        self._at_line_start = True
+        self._retry_ns = 0
+        # The rate limit: what is left of the current second's budget.
+        self._window_end = 0.0
+        self._window_left = 0
+        # Output dropped and not yet said in the log, and why.
+        self._unsaid = 0
+        self._unsaid_why = ""
+        self._failing = False
+        self._error = ""
+        self._last_rate_drop = -_RATE_QUIET
         # The last few KiB written, to explain an exit without rereading the file.
         self.recent = bytearray()
+        with contextlib.suppress(OSError):  # a full disk: the first write tries again
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._reopen(self._clock(), os.O_APPEND)
+
+    def _reopen(self, now_ns: int, flags: int) -> bool:
+        """Open the file (again); False when it cannot be, for now."""
+        self._retry_ns = now_ns + _RETRY_NS
+        try:
+            self._open(flags)
+            self._size = os.fstat(self._fd).st_size
+        except OSError as exc:
+            self.close()
+            self._failed(exc)
+            return False
+        return True
 
     def _open(self, flags: int) -> None:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | flags, 0o600)
         # Assume a line starts: one record too many costs 16 bytes, one too
         # few would give a line the time of an older chunk.
         self._at_line_start = True
+        self._open_index()
+
+    def _open_index(self) -> None:
         try:
             self._index = _IndexWriter(index_path(self.path), os.fstat(self._fd).st_ino)
         except OSError:
-            self._index = None
+            self._index = None  # tried again later (a full disk)
 
     def write(self, data: bytes) -> None:
+        if not data:
+            return
         self.recent += data[-_RECENT:]
         del self.recent[:-_RECENT]
-        if self._size and self._size + len(data) > self.max_bytes:
-            self._rotate()
-        if self._index is not None and data:
-            now = self._clock()
-            starts_line = self._at_line_start or data.find(b"\n", 0, len(data) - 1) >= 0
-            if starts_line and self._index.due(now):
-                # The record goes first: a crash between the two leaves a record
-                # of nothing rather than a chunk dated by an older one. The real
-                # end, not our count: the file may have been truncated under us.
-                self._index.note(os.lseek(self._fd, 0, os.SEEK_END), now)
-            self._at_line_start = data.endswith(b"\n")
-        os.write(self._fd, data)
-        self._size += len(data)
+        kept = self._within_rate(data)
+        if kept:
+            self._put_saying_drops(kept)
+        if len(kept) < len(data):
+            # Counted after the kept part is written: its notice goes after it.
+            why = f"over the log rate limit of {_size(self.rate)}/s"
+            self._drop(len(data) - len(kept), "rate", why)
+
+    def finish(self) -> None:
+        """Say in the log what was dropped and not said yet (the writers are gone), and close."""
+        if self._unsaid:
+            self._put_saying_drops(b"")
+        self.close()
+
+    def _put_saying_drops(self, kept: bytes) -> None:
+        if self._unsaid:
+            why = self._unsaid_why
+            notice = f"squish: {self._unsaid} bytes of output dropped: {why}\n".encode()
+            said = self._unsaid
+            if self._put((b"" if self._at_line_start else b"\n") + notice + kept, len(kept)):
+                self._unsaid -= said
+                if self._failing:
+                    self._failing = False
+                    log.info(
+                        "container %s: its log is written again (%s)",
+                        self.name,
+                        notice.decode().strip(),
+                    )
+        else:
+            self._put(kept, len(kept))
+
+    def _within_rate(self, data: bytes) -> bytes:
+        """What of ``data`` the rate limit lets through (a prefix); the rest is to be dropped."""
+        if self.rate <= 0:
+            return data
+        now = self._monotonic()
+        if now >= self._window_end:
+            self._window_end = now + 1.0
+            self._window_left = self.rate
+        if len(data) <= self._window_left:
+            self._window_left -= len(data)
+            return data
+        # Whole lines where there is a line end within the budget; the rest
+        # of this second's output goes, so the log resumes at a chunk start.
+        cut = self._window_left
+        newline = data.rfind(b"\n", 0, cut)
+        if newline >= 0:
+            cut = newline + 1
+        self._window_left = 0
+        if now - self._last_rate_drop >= _RATE_QUIET:
+            log.warning(
+                "container %s writes more than %s/s: the rest of each second's output is "
+                "dropped (counted in squish_log_bytes_dropped_total, said in its log)",
+                self.name,
+                _size(self.rate),
+            )
+        self._last_rate_drop = now
+        return data[:cut]
+
+    def _put(self, data: bytes, counted: int) -> bool:
+        """Append ``data`` (``counted`` bytes of it the container's); False if it failed.
+
+        What could not be written is dropped and counted; a short write
+        leaves the written part, and the rest is dropped.
+        """
+        written = 0
+        now = self._clock()
+        try:
+            if self._fd < 0 and (now < self._retry_ns or not self._reopen(now, os.O_APPEND)):
+                raise _NotOpen
+            if self._size and self._size + len(data) > self.max_bytes:
+                self._rotate()
+            self._date(data, now)
+            view = memoryview(data)
+            while written < len(data):
+                written += os.write(self._fd, view[written:])
+        except OSError as exc:
+            self._failed(exc)
+            self._drop(min(counted, len(data) - written), "error", self._error)
+            return False
+        except _NotOpen:
+            self._drop(counted, "error", self._error)
+            return False
+        finally:
+            self._size += written
+            if written:
+                self._at_line_start = data[written - 1] == 0x0A
+        if self._counter is not None:
+            self._counter.log_written(self.name, counted)
+        return True
+
+    def _date(self, data: bytes, now: int) -> None:
+        """Write the index record for a chunk about to be appended, if it needs one."""
+        if self._index is None:
+            if now < self._retry_ns:
+                return
+            self._retry_ns = now + _RETRY_NS
+            self._open_index()
+            if self._index is None:
+                return
+        starts_line = self._at_line_start or data.find(b"\n", 0, len(data) - 1) >= 0
+        if starts_line and self._index.due(now):
+            # The record goes first: a crash between the two leaves a record
+            # of nothing rather than a chunk dated by an older one. The real
+            # end, not our count: the file may have been truncated under us.
+            self._index.note(os.lseek(self._fd, 0, os.SEEK_END), now)
+
+    def _failed(self, exc: OSError) -> None:
+        self._error = exc.strerror or str(exc)
+        if not self._failing:
+            self._failing = True
+            log.warning(
+                "container %s: cannot write its log %s (%s): its output is dropped and counted "
+                "(squish_log_bytes_dropped_total) until it can; the container goes on",
+                self.name,
+                self.path,
+                exc.strerror or exc,
+            )
+
+    def _drop(self, size: int, reason: DropReason, why: str) -> None:
+        if size <= 0:
+            return
+        self._unsaid += size
+        self._unsaid_why = why
+        if self._counter is not None:
+            self._counter.log_dropped(self.name, size, reason)
 
     def _rotate(self) -> None:
         self.close()
@@ -193,22 +412,43 @@ class RotatingLog:
             self._index = None
 
 
+class _NotOpen(Exception):
+    """The log file is not open, and not due to be tried again yet."""
+
+
+def _size(size: int) -> str:
+    for unit, scale in (("MiB", 1024 * 1024), ("KiB", 1024)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale} {unit}"
+    return f"{size} bytes"
+
+
 async def drain(read_fd: int, log: RotatingLog) -> None:
-    """Copy everything from ``read_fd`` into ``log`` until every writer is gone."""
+    """Copy everything from ``read_fd`` into ``log`` until every writer is gone.
+
+    Never fails for the log's sake (``RotatingLog.write`` drops what it
+    cannot write), so the container's output never backs up on a full disk.
+    """
     os.set_blocking(read_fd, False)
     try:
         while True:
             await anyio.wait_readable(read_fd)
-            try:
-                chunk = os.read(read_fd, _CHUNK)
-            except BlockingIOError:
-                continue
-            if not chunk:
-                return
-            log.write(chunk)
+            for _ in range(_READS_PER_TICK):
+                try:
+                    chunk = os.read(read_fd, _CHUNK)
+                except BlockingIOError:
+                    break
+                if not chunk:
+                    return
+                log.write(chunk)
+                if len(chunk) < _CHUNK:
+                    break  # the pipe is empty
+            # Let output gather before looking again: a chatty container
+            # costs a wakeup per tick, not one per write.
+            await anyio.sleep(_TICK)
     finally:
         os.close(read_fd)
-        log.close()
+        log.finish()
 
 
 # -- reading -------------------------------------------------------------------
