@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,7 +39,12 @@ from squish import __version__
 from squish import api_schema as schema
 from squish.broadcast import Broadcast
 from squish.control import ContainerStatus, Event, Phase
-from squish.errors import AmbiguousName, ContainerNotFound, RuntimeFailure, SquishError
+from squish.errors import (
+    AmbiguousName,
+    ContainerNotFound,
+    RuntimeFailure,
+    SquishError,
+)
 from squish.layers import LayerStore
 from squish.manifest import Layer, Squishfile, parse_squishfile
 from squish.metrics import Metrics
@@ -52,7 +57,7 @@ from squish.runtime import (
     ExitEvent,
     Runtime,
 )
-from squish.sources import Manifest, Source
+from squish.sources import Manifest, Source, SourceStatus
 from squish.spec import container_spec
 
 log = logging.getLogger("squish.reconciler")
@@ -83,8 +88,11 @@ class Reconciler:
         resolve: Callable[[Squishfile, LayerStore], ContainerSpec] = container_spec,
         state_dir: Path | None = None,
         default_host_ip: str = DEFAULT_HOST_IP,
+        source_statuses: Callable[[], Sequence[SourceStatus]] = list,
     ) -> None:
         self.source = source
+        self.source_statuses = source_statuses
+        """Where each source stands (``squish sources``): reported as events and metrics."""
         self.runtime = runtime
         self.store = store
         self.manifests_dir = manifests_dir
@@ -107,6 +115,7 @@ class Reconciler:
         self.events = Broadcast[Event]()
         """Every event, to whoever subscribes (the API's event streams)."""
         self._reported_errors: dict[str, str] = {}
+        self._source_errors: dict[str, str] = {}
         self._tg: TaskGroup | None = None
         self._started = time.time()
         self.default_host_ip = default_host_ip
@@ -225,6 +234,7 @@ class Reconciler:
         result = "success"
         try:
             self._desired = self.source.snapshot()
+            self._note_sources()
             self._apply_pending_stops()
             self._note_manifests()
             live = {container.id: container for container in self.runtime.list()}
@@ -256,6 +266,18 @@ class Reconciler:
         for record in self.records.values():
             if record.running and not record.in_flight and record.container_id not in running:
                 record.running = False
+
+    def _note_sources(self) -> None:
+        """An event when a source starts or stops failing (it keeps its last good state)."""
+        for status in self.source_statuses():
+            if self.metrics is not None:
+                self.metrics.set_source_failing(status.name, status.error is not None)
+            if status.error is not None and self._source_errors.get(status.name) != status.error:
+                self._source_errors[status.name] = status.error
+                self._emit("source.failed", status.name, status.error, url=status.url)
+            elif status.error is None and status.name in self._source_errors:
+                del self._source_errors[status.name]
+                self._emit("source.recovered", status.name, "read again", url=status.url)
 
     def _note_manifests(self) -> None:
         for name, manifest in self._desired.items():
@@ -419,7 +441,9 @@ class Reconciler:
         # What needs a human (a container that cannot start, a bad manifest)
         # is a warning in the daemon log; the rest is information.
         level = (
-            logging.WARNING if kind in ("container.failed", "manifest.invalid") else logging.INFO
+            logging.WARNING
+            if kind in ("container.failed", "manifest.invalid", "source.failed")
+            else logging.INFO
         )
         log.log(level, "%s %s: %s", kind, name, message, extra={"event": event.to_json()})
         self.events.publish(event)

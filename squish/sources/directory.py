@@ -9,6 +9,10 @@ is seen once, complete.
 Parsing is cached by (inode, size, mtime), so a periodic resync of a
 directory of hundreds of squishfiles reads only what changed. Changes are
 watched with watchfiles (inotify) with a short debounce.
+
+A directory that cannot be read (its mode, a lost mount) is a
+``SourceError`` from ``snapshot()``: the caller keeps the last good state
+(see ``guard.GuardedSource``) rather than stopping everything.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 
 import watchfiles
 
-from squish.errors import ManifestError
+from squish.errors import ManifestError, SourceError
 from squish.layers.model import ARCHIVE_SUFFIXES
 from squish.layers.unpack import is_tarball
 from squish.manifest import Squishfile, load_squishfile
@@ -98,13 +102,17 @@ class DirectorySource:
             entries = list(os.scandir(self.path))
         except FileNotFoundError:
             entries = []
+        except OSError as exc:
+            raise self._unreadable(exc) from exc
         for entry in entries:
-            if not is_manifest(entry.name) or not entry.is_file():
-                continue
             try:
+                if not is_manifest(entry.name) or not entry.is_file():
+                    continue
                 info = entry.stat()
             except FileNotFoundError:
                 continue  # removed since the scan: as if never seen
+            except OSError as exc:  # a directory readable but not searchable
+                raise self._unreadable(exc) from exc
             seen.add(entry.name)
             key = (info.st_ino, info.st_size, info.st_mtime_ns)
             cached = self._cache.get(entry.name)
@@ -121,6 +129,12 @@ class DirectorySource:
         for gone in set(self._cache) - seen:
             del self._cache[gone]
         return found
+
+    def _unreadable(self, exc: OSError) -> SourceError:
+        return SourceError(
+            f"{self.path}: cannot read the directory: {exc.strerror or exc}; its last good "
+            "manifests stay in force until it can be read again"
+        )
 
     @staticmethod
     def _load(path: Path) -> Manifest:

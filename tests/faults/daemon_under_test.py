@@ -13,10 +13,12 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from squish.client import Client
+from squish.api_schema import ContainerDetail
+from squish.client import ApiError, Client
 from squish.errors import SquishError
 from tests.conftest import free_port
 
@@ -35,6 +37,7 @@ class Daemon:
         self.manifests = root / "manifests"
         self.socket = root / "d.sock"
         self.log = root / "daemon.log"
+        self.metrics_port = free_port()
         self.manifests.mkdir(parents=True, exist_ok=True)
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
@@ -51,7 +54,7 @@ class Daemon:
                     "--socket",
                     str(self.socket),
                     "--metrics-addr",
-                    f"127.0.0.1:{free_port()}",
+                    f"127.0.0.1:{self.metrics_port}",
                     *extra,
                 ],
                 stdin=subprocess.DEVNULL,
@@ -74,6 +77,20 @@ class Daemon:
     def client(self, timeout: float = 10.0) -> Client:
         return Client(self.socket, timeout=timeout)
 
+    def detail(self, name: str) -> ContainerDetail | None:
+        """``inspect`` of ``name``; None while the daemon knows no such container."""
+        with self.client() as client:
+            try:
+                return client.inspect(name)
+            except ApiError as exc:
+                if exc.status == 404:
+                    return None
+                raise
+
+    def phase(self, name: str) -> str | None:
+        detail = self.detail(name)
+        return None if detail is None else detail["phase"]
+
     def squish(self, *args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
         """The ``squish`` command against this daemon."""
         return subprocess.run(
@@ -84,6 +101,13 @@ class Daemon:
             check=False,
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )
+
+    def metrics(self) -> str:
+        """The text of ``/metrics``."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text: str = response.read().decode()
+            return text
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
