@@ -43,6 +43,7 @@ from squish.errors import (
     AmbiguousName,
     ContainerNotFound,
     RuntimeFailure,
+    SourceError,
     SquishError,
 )
 from squish.layers import LayerStore
@@ -116,6 +117,7 @@ class Reconciler:
         """Every event, to whoever subscribes (the API's event streams)."""
         self._reported_errors: dict[str, str] = {}
         self._source_errors: dict[str, str] = {}
+        self._rounds = 0
         self._tg: TaskGroup | None = None
         self._started = time.time()
         self.default_host_ip = default_host_ip
@@ -234,6 +236,7 @@ class Reconciler:
         result = "success"
         try:
             self._desired = self.source.snapshot()
+            self._rounds += 1
             self._note_sources()
             self._apply_pending_stops()
             self._note_manifests()
@@ -278,6 +281,13 @@ class Reconciler:
             elif status.error is None and status.name in self._source_errors:
                 del self._source_errors[status.name]
                 self._emit("source.recovered", status.name, "read again", url=status.url)
+
+    def _source_holding(self) -> str | None:
+        """Why a source keeps an older state in force (held, or unreadable), if one does."""
+        for status in self.source_statuses():
+            if status.held or status.error:
+                return f"source {status.name}: {status.held or status.error}"
+        return None
 
     def _note_manifests(self) -> None:
         for name, manifest in self._desired.items():
@@ -771,10 +781,35 @@ class Reconciler:
         name = self.resolve(ref)
         path = self._manifest_path(name)
         row = self._row(name)
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise SourceError(f"{name}: cannot remove {path}: {exc.strerror or exc}") from None
         self._pending_stops.pop(name, None)
+        rounds = self._rounds
         self.trigger()
-        await self._wait_for(lambda: True if name not in self.records else None, 60)
+
+        def outcome() -> str | None:
+            """'' once it is gone; why not, once a round still wants it; None meanwhile."""
+            if name not in self.records:
+                return ""
+            if self._rounds > rounds and name in self._desired:
+                # Its file is gone, yet the sources still want it: the prune
+                # guard holds the directory, or it cannot be read.
+                return self._source_holding() or None
+            return None
+
+        try:
+            reason = await self._wait_for(outcome, _BUSY_WAIT)
+        except TimeoutError:
+            raise RuntimeFailure(
+                f"{name}: {path} is removed, but it is still stopping after {_BUSY_WAIT:g} s; "
+                "it will be stopped when that ends"
+            ) from None
+        if reason:
+            raise SourceError(
+                f"{name}: {path} is removed, but the container keeps running: {reason}"
+            )
         return row
 
     # -- metrics -----------------------------------------------------------------
