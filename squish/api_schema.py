@@ -216,6 +216,7 @@ class SourceStatus(TypedDict):
     last_attempt: float | None
     error: str | None
     held: str | None
+    warning: str | None
 
 
 # -- requests ---------------------------------------------------------------

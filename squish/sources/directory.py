@@ -8,7 +8,10 @@ is seen once, complete.
 
 Parsing is cached by (inode, size, mtime), so a periodic resync of a
 directory of hundreds of squishfiles reads only what changed. Changes are
-watched with watchfiles (inotify) with a short debounce.
+watched with watchfiles (inotify) with a short debounce. Without inotify (no
+instance left: ``fs.inotify.max_user_instances`` reached by the user's other
+programs) the source says so in ``warning`` and the daemon's periodic resync,
+which reads the directory anyway, is how changes are seen.
 
 A directory that cannot be read (its mode, a lost mount) is a
 ``SourceError`` from ``snapshot()``: the caller keeps the last good state
@@ -18,6 +21,7 @@ A directory that cannot be read (its mode, a lost mount) is a
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import stat
 from collections.abc import AsyncIterator, Mapping
@@ -31,6 +35,8 @@ from squish.layers.model import ARCHIVE_SUFFIXES
 from squish.layers.unpack import is_tarball
 from squish.manifest import Squishfile, load_squishfile
 from squish.sources import Manifest
+
+log = logging.getLogger(__name__)
 
 # Milliseconds watchfiles waits for more changes before reporting a batch:
 # a rename-into-place or an editor's save-dance is one trigger, not several.
@@ -94,6 +100,8 @@ class DirectorySource:
         self.path = path
         self.idle_wakeup = idle_wakeup
         self._cache: dict[str, tuple[tuple[int, int, int], Manifest]] = {}
+        self.warning: str | None = None
+        """Why changes are seen only at the periodic resync (no inotify), or None."""
 
     def snapshot(self) -> Mapping[str, Manifest]:
         found: dict[str, Manifest] = {}
@@ -145,17 +153,33 @@ class DirectorySource:
         return Manifest(path.stem, str(path), squishfile)
 
     async def changes(self) -> AsyncIterator[None]:
+        """Yields when a manifest may have changed; ends if it cannot watch.
+
+        Ending is not fatal: the periodic resync reads the directory anyway,
+        only later. ``warning`` says why, and the log once.
+        """
         self.path.mkdir(parents=True, exist_ok=True)
-        async for batch in watchfiles.awatch(
-            self.path,
-            debounce=DEBOUNCE_MS,
-            # How often the watcher looks again while a batch is gathering:
-            # short for a quick drop-to-running, long enough to stay cheap
-            # (measured idle daemon: 0.9 % of a core at 10 ms, 1.5 % at 5 ms).
-            step=10,
-            recursive=False,
-            rust_timeout=round(self.idle_wakeup * 1000),
-            watch_filter=lambda _change, path: is_manifest(os.path.basename(path)),
-        ):
-            if batch:
-                yield
+        try:
+            async for batch in watchfiles.awatch(
+                self.path,
+                debounce=DEBOUNCE_MS,
+                # How often the watcher looks again while a batch is gathering:
+                # short for a quick drop-to-running, long enough to stay cheap
+                # (measured idle daemon: 0.9 % of a core at 10 ms, 1.5 % at 5 ms).
+                step=10,
+                recursive=False,
+                rust_timeout=round(self.idle_wakeup * 1000),
+                watch_filter=lambda _change, path: is_manifest(os.path.basename(path)),
+            ):
+                if batch:
+                    yield
+        # watchfiles reports a watcher it cannot create (no inotify instance
+        # or watch left, an unreadable directory) as an OSError or as its
+        # WatchfilesRustInternalError, a RuntimeError.
+        except (OSError, RuntimeError) as exc:
+            self.warning = (
+                f"cannot watch {self.path} for changes ({exc}); changes are seen at the "
+                "periodic resync only (raise fs.inotify.max_user_instances, or stop "
+                "programs holding inotify instances, and restart the daemon)"
+            )
+            log.warning("%s", self.warning)

@@ -26,6 +26,7 @@ from dataclasses import replace
 
 from squish.errors import SourceError
 from squish.sources import Manifest, Source, SourceStatus
+from squish.sources.directory import DirectorySource
 
 log = logging.getLogger(__name__)
 
@@ -126,4 +127,6 @@ class GuardedSource:
         return self.inner.changes()
 
     def status(self) -> SourceStatus:
+        if isinstance(self.inner, DirectorySource) and self.inner.warning != self._status.warning:
+            self._status = replace(self._status, warning=self.inner.warning)
         return self._status
