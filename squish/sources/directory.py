@@ -7,7 +7,11 @@ and temporary files are ignored: dotfiles (``.web.toml.swp``, an editor's
 is seen once, complete.
 
 Parsing is cached by (inode, size, mtime), so a periodic resync of a
-directory of hundreds of squishfiles reads only what changed. Changes are
+directory of hundreds of squishfiles reads only what changed. A file changed
+shortly before it was read is "racy" (git's word): in a save storm the next
+version may have the same size, a recycled inode and an mtime of the same
+coarse clock tick, so its content is compared again at each snapshot until
+it is older than ``RACY_SECONDS``. Changes are
 watched with watchfiles (inotify) with a short debounce. Without inotify (no
 instance left: ``fs.inotify.max_user_instances`` reached by the user's other
 programs) the source says so in ``warning`` and the daemon's periodic resync,
@@ -21,11 +25,13 @@ A directory that cannot be read (its mode, a lost mount) is a
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import stat
+import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import watchfiles
@@ -41,6 +47,11 @@ log = logging.getLogger(__name__)
 # Milliseconds watchfiles waits for more changes before reporting a batch:
 # a rename-into-place or an editor's save-dance is one trigger, not several.
 DEBOUNCE_MS = 20
+
+# How long after its mtime a file's (inode, size, mtime) may still be shared
+# by a later write: file times advance in clock ticks (milliseconds), on
+# some file systems in whole seconds.
+RACY_SECONDS = 2.0
 
 
 def layer_key(squishfile: Squishfile) -> str:
@@ -91,6 +102,16 @@ def is_manifest(name: str) -> bool:
     return name.endswith(".toml") and not name.startswith((".", "#")) and len(name) > len(".toml")
 
 
+@dataclass(frozen=True)
+class _Parsed:
+    key: tuple[int, int, int]
+    """(inode, size, mtime) when read."""
+    digest: bytes
+    racy: bool
+    """Read so soon after its mtime that a later write may have the same ``key``."""
+    manifest: Manifest
+
+
 class DirectorySource:
     """``idle_wakeup`` (seconds): how often the watcher thread returns with
     nothing to report. Each return costs a little CPU; cancelling the watch
@@ -99,7 +120,7 @@ class DirectorySource:
     def __init__(self, path: Path, *, idle_wakeup: float = 2.0) -> None:
         self.path = path
         self.idle_wakeup = idle_wakeup
-        self._cache: dict[str, tuple[tuple[int, int, int], Manifest]] = {}
+        self._cache: dict[str, _Parsed] = {}
         self.warning: str | None = None
         """Why changes are seen only at the periodic resync (no inotify), or None."""
 
@@ -124,15 +145,15 @@ class DirectorySource:
             seen.add(entry.name)
             key = (info.st_ino, info.st_size, info.st_mtime_ns)
             cached = self._cache.get(entry.name)
-            if cached is None or cached[0] != key:
-                cached = (key, self._load(Path(entry.path)))
+            if cached is None or cached.key != key or cached.racy:
+                cached = self._read(Path(entry.path), key, cached)
                 self._cache[entry.name] = cached
-            manifest = cached[1]
+            manifest = cached.manifest
             if manifest.squishfile is not None:
                 files = layer_key(manifest.squishfile)
                 if files != manifest.layer_key:
                     manifest = replace(manifest, layer_key=files)
-                    self._cache[entry.name] = (cached[0], manifest)
+                    self._cache[entry.name] = replace(cached, manifest=manifest)
             found[manifest.name] = manifest
         for gone in set(self._cache) - seen:
             del self._cache[gone]
@@ -143,6 +164,21 @@ class DirectorySource:
             f"{self.path}: cannot read the directory: {exc.strerror or exc}; its last good "
             "manifests stay in force until it can be read again"
         )
+
+    def _read(self, path: Path, key: tuple[int, int, int], cached: _Parsed | None) -> _Parsed:
+        """``path`` parsed, unless its content is ``cached``'s."""
+        read_at = time.time_ns()
+        try:
+            digest = hashlib.sha256(path.read_bytes()).digest()
+        except OSError:
+            digest = b""  # the parse says why
+        # Compared before parsing, and the parse reads the file again: a
+        # write in between is seen by the next snapshot (still racy), never
+        # hidden by a digest of the newer content.
+        racy = read_at - key[2] < RACY_SECONDS * 1e9 or not digest
+        if cached is not None and digest and cached.digest == digest:
+            return replace(cached, key=key, racy=racy)
+        return _Parsed(key, digest, racy, self._load(path))
 
     @staticmethod
     def _load(path: Path) -> Manifest:
