@@ -1,7 +1,8 @@
 """A save storm: ten squishfiles rewritten by rename as fast as a writer can.
 
 One of them flips its env between two values with every save, the others are
-rewritten unchanged; then each gets its final version. Level-triggered, the
+rewritten unchanged, while someone lists the containers (``squish ps``) over
+and over; then each gets its final version. Level-triggered, the
 final state must win: within a few seconds every container runs its final
 version, a later edit is applied, ``squish stop`` answers and SIGTERM stops
 the daemon within its stop timeout. A real daemon, rootless bwrap.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +24,7 @@ from tests.conftest import eventually
 from tests.faults.daemon_under_test import Daemon
 
 NAMES = [f"c{n}" for n in range(10)]
-STORM_SECONDS = 3.0
+STORM_SECONDS = 4.0
 STOP_TIMEOUT = 2.0
 
 
@@ -33,11 +35,16 @@ def squishfile(value: str) -> str:
     )
 
 
-def save(directory: Path, name: str, text: str) -> None:
+def save(directory: Path, name: str, text: str | bytes) -> None:
     """Write ``name.toml`` as editors and deploy tools do: a temporary file, renamed."""
-    temporary = directory / f".{name}.toml.tmp"
-    temporary.write_text(text)
-    os.replace(temporary, directory / f"{name}.toml")
+    data = text.encode() if isinstance(text, str) else text
+    temporary = os.path.join(directory, f".{name}.toml.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.rename(temporary, os.path.join(directory, f"{name}.toml"))
 
 
 @pytest.fixture
@@ -65,6 +72,12 @@ def applied(daemon: Daemon) -> dict[str, str | None]:
         return found
 
 
+def watch_ps(daemon: Daemon, until: float) -> None:
+    with daemon.client() as client:
+        while time.monotonic() < until:
+            client.containers()
+
+
 def test_the_final_version_wins_a_save_storm(daemon: Daemon) -> None:
     for name in NAMES:
         save(daemon.manifests, name, squishfile("1"))
@@ -72,12 +85,19 @@ def test_the_final_version_wins_a_save_storm(daemon: Daemon) -> None:
 
     saves = 0
     deadline = time.monotonic() + STORM_SECONDS
-    flips = itertools.cycle(["A", "B"])
+    # Someone watches `squish ps` meanwhile, as an operator does during a deploy.
+    watcher = threading.Thread(target=watch_ps, args=(daemon, deadline), daemon=True)
+    watcher.start()
+    flips = itertools.cycle([squishfile("A").encode(), squishfile("B").encode()])
+    same = squishfile("1").encode()
     while time.monotonic() < deadline:
         for name in NAMES:
-            save(daemon.manifests, name, squishfile(next(flips) if name == "c0" else "1"))
+            save(daemon.manifests, name, next(flips) if name == "c0" else same)
             saves += 1
-    assert saves / STORM_SECONDS > 1000, f"only {saves} saves in {STORM_SECONDS} s"
+    # Thousands a second on an idle machine; a loaded one (2 cores shared
+    # with the daemon and its containers) still makes hundreds.
+    assert saves / STORM_SECONDS > 500, f"only {saves} saves in {STORM_SECONDS} s"
+    watcher.join()
     for name in NAMES:
         save(daemon.manifests, name, squishfile("F"))
 
