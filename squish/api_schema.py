@@ -140,7 +140,8 @@ class Event(TypedDict):
 
     ``kind`` is dotted: ``container.started``, ``container.exited``,
     ``container.stopped``, ``container.failed``, ``container.ports``,
-    ``manifest.invalid``, ``manifest.valid``, ``manifest.removed``.
+    ``manifest.invalid``, ``manifest.valid``, ``manifest.removed``,
+    ``source.failed``, ``source.recovered`` (``name`` is then the source's).
     """
 
     kind: str
