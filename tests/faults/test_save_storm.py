@@ -117,3 +117,4 @@ def test_the_final_version_wins_a_save_storm(daemon: Daemon) -> None:
 
     code, took = daemon.terminate(timeout=STOP_TIMEOUT + 5)
     assert code == 0, f"exit {code} after {took:.1f} s\n{daemon.log_text()[-4000:]}"
+    assert "Traceback" not in daemon.log_text()
