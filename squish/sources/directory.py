@@ -11,11 +11,12 @@ directory of hundreds of squishfiles reads only what changed. A file changed
 shortly before it was read is "racy" (git's word): in a save storm the next
 version may have the same size, a recycled inode and an mtime of the same
 coarse clock tick, so its content is compared again at each snapshot until
-it is older than ``RACY_SECONDS``. Changes are
-watched with watchfiles (inotify) with a short debounce. Without inotify (no
-instance left: ``fs.inotify.max_user_instances`` reached by the user's other
-programs) the source says so in ``warning`` and the daemon's periodic resync,
-which reads the directory anyway, is how changes are seen.
+it is older than ``RACY_SECONDS``.
+
+Changes are watched with watchfiles (inotify) with a short debounce. Without
+inotify (no instance left: ``fs.inotify.max_user_instances`` reached by the
+user's other programs) the source says so in ``warning``, and the daemon's
+periodic resync, which reads the directory anyway, is how changes are seen.
 
 A directory that cannot be read (its mode, a lost mount) is a
 ``SourceError`` from ``snapshot()``: the caller keeps the last good state
