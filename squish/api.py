@@ -10,7 +10,8 @@ line>"}`` with a status saying whose fault it was:
     400  ManifestError, LayerError, a malformed request
     404  ContainerNotFound (a container the daemon does not know), NoSuchSource, no such route
     409  RuntimeFailure, PortInUse (the request was fine; the host said no),
-         AmbiguousName (with the candidates), SourceError (no git source to sync)
+         AmbiguousName (with the candidates), SourceError (no git source to sync,
+         a delete the prune guard holds)
     500  anything else (logged here with its traceback; the body has one line)
 
 Routes (all under ``/v1``; the shapes are :mod:`squish.api_schema`'s, and

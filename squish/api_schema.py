@@ -140,7 +140,8 @@ class Event(TypedDict):
 
     ``kind`` is dotted: ``container.started``, ``container.exited``,
     ``container.stopped``, ``container.failed``, ``container.ports``,
-    ``manifest.invalid``, ``manifest.valid``, ``manifest.removed``.
+    ``manifest.invalid``, ``manifest.valid``, ``manifest.removed``,
+    ``source.failed``, ``source.recovered`` (``name`` is then the source's).
     """
 
     kind: str
@@ -216,6 +217,7 @@ class SourceStatus(TypedDict):
     last_attempt: float | None
     error: str | None
     held: str | None
+    warning: str | None
 
 
 # -- requests ---------------------------------------------------------------

@@ -456,7 +456,9 @@ def _run_ps(args: argparse.Namespace) -> int:
             except ApiError:
                 sources = []  # a daemon without sources (an older one)
             for source in sources:
-                if source.get("kind") == "git" or source.get("held") or source.get("error"):
+                if source.get("kind") == "git" or any(
+                    source.get(key) for key in ("held", "error", "warning")
+                ):
                     print(_source_line(source), file=sys.stderr)
     return EXIT_OK
 
@@ -478,6 +480,8 @@ def _source_line(source: schema.SourceStatus) -> str:
         line += f"; HELD: {source['held']}"
     if source.get("error"):
         line += f"; ERROR: {source['error']}"
+    if source.get("warning"):
+        line += f"; WARNING: {source['warning']}"
     return line
 
 
@@ -491,7 +495,7 @@ def _run_sources(args: argparse.Namespace) -> int:
     rows = []
     for source in sources:
         synced = source.get("last_sync")
-        state = "held" if source.get("held") else "error" if source.get("error") else "ok"
+        state = next((key for key in ("held", "error", "warning") if source.get(key)), "ok")
         rows.append(
             [
                 str(source.get("name")),
@@ -508,7 +512,7 @@ def _run_sources(args: argparse.Namespace) -> int:
         ["NAME", "KIND", "URL", "REF", "APPLIED", "ATTEMPTED", "SYNCED", "STATE"], rows
     )
     for source in sources:
-        if source.get("held") or source.get("error"):
+        if any(source.get(key) for key in ("held", "error", "warning")):
             print(_source_line(source))
     return EXIT_OK
 

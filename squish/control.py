@@ -92,7 +92,8 @@ class Event:
     ``kind`` is dotted: ``container.started``, ``container.exited``,
     ``container.stopped``, ``container.failed``, ``container.backoff``,
     ``container.ports``, ``manifest.invalid``, ``manifest.removed``,
-    ``reconcile.error``.
+    ``reconcile.error``, ``source.failed``, ``source.recovered`` (``name`` is
+    then the source's).
     """
 
     kind: str

@@ -459,6 +459,7 @@ async def _serve(
                 stop_grace=args.stop_timeout,
                 state_dir=state,
                 default_host_ip=args.host_ip,
+                source_statuses=lambda: [source.status() for source in sources],
             )
             reconciler.about = {
                 "node": args.node.name,

@@ -178,6 +178,12 @@ class Metrics:
             ["source", "result"],
             registry=self.registry,
         )
+        self._source_failing = Gauge(
+            "squish_source_failing",
+            "1 while a source cannot be read (its last good state stays in force), else 0.",
+            ["source"],
+            registry=self.registry,
+        )
         self._source_last_sync = Gauge(
             "squish_source_last_sync_timestamp_seconds",
             "When each source last synced successfully (Unix time).",
@@ -270,6 +276,9 @@ class Metrics:
             self._source_revision.labels(source).info({"revision": revision})
         if result == "success":
             self._source_last_sync.labels(source).set(time.time() if at is None else at)
+
+    def set_source_failing(self, source: str, failing: bool) -> None:
+        self._source_failing.labels(source).set(1 if failing else 0)
 
     def track_process(self, name: str, pid: int) -> None:
         """Export CPU and memory of the process tree rooted at ``pid`` as ``name``.

@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,7 +39,13 @@ from squish import __version__
 from squish import api_schema as schema
 from squish.broadcast import Broadcast
 from squish.control import ContainerStatus, Event, Phase
-from squish.errors import AmbiguousName, ContainerNotFound, RuntimeFailure, SquishError
+from squish.errors import (
+    AmbiguousName,
+    ContainerNotFound,
+    RuntimeFailure,
+    SourceError,
+    SquishError,
+)
 from squish.layers import LayerStore
 from squish.manifest import Layer, Squishfile, parse_squishfile
 from squish.metrics import Metrics
@@ -53,7 +59,7 @@ from squish.runtime import (
     Runtime,
 )
 from squish.runtime.logs import remove_log
-from squish.sources import Manifest, Source
+from squish.sources import Manifest, Source, SourceStatus
 from squish.spec import container_spec
 
 log = logging.getLogger("squish.reconciler")
@@ -88,8 +94,11 @@ class Reconciler:
         state_dir: Path | None = None,
         default_host_ip: str = DEFAULT_HOST_IP,
         log_grace: float = LOG_GRACE,
+        source_statuses: Callable[[], Sequence[SourceStatus]] = list,
     ) -> None:
         self.source = source
+        self.source_statuses = source_statuses
+        """Where each source stands (``squish sources``): reported as events and metrics."""
         self.runtime = runtime
         self.store = store
         self.manifests_dir = manifests_dir
@@ -112,6 +121,8 @@ class Reconciler:
         self.events = Broadcast[Event]()
         """Every event, to whoever subscribes (the API's event streams)."""
         self._reported_errors: dict[str, str] = {}
+        self._source_errors: dict[str, str] = {}
+        self._rounds = 0
         self._tg: TaskGroup | None = None
         self._started = time.time()
         self.default_host_ip = default_host_ip
@@ -234,6 +245,8 @@ class Reconciler:
         result = "success"
         try:
             self._desired = self.source.snapshot()
+            self._rounds += 1
+            self._note_sources()
             self._apply_pending_stops()
             self._note_manifests()
             live = {container.id: container for container in self.runtime.list()}
@@ -265,6 +278,25 @@ class Reconciler:
         for record in self.records.values():
             if record.running and not record.in_flight and record.container_id not in running:
                 record.running = False
+
+    def _note_sources(self) -> None:
+        """An event when a source starts or stops failing (it keeps its last good state)."""
+        for status in self.source_statuses():
+            if self.metrics is not None:
+                self.metrics.set_source_failing(status.name, status.error is not None)
+            if status.error is not None and self._source_errors.get(status.name) != status.error:
+                self._source_errors[status.name] = status.error
+                self._emit("source.failed", status.name, status.error, url=status.url)
+            elif status.error is None and status.name in self._source_errors:
+                del self._source_errors[status.name]
+                self._emit("source.recovered", status.name, "read again", url=status.url)
+
+    def _source_holding(self) -> str | None:
+        """Why a source keeps an older state in force (held, or unreadable), if one does."""
+        for status in self.source_statuses():
+            if status.held or status.error:
+                return f"source {status.name}: {status.held or status.error}"
+        return None
 
     def _note_manifests(self) -> None:
         for name, manifest in self._desired.items():
@@ -462,7 +494,9 @@ class Reconciler:
         # What needs a human (a container that cannot start, a bad manifest)
         # is a warning in the daemon log; the rest is information.
         level = (
-            logging.WARNING if kind in ("container.failed", "manifest.invalid") else logging.INFO
+            logging.WARNING
+            if kind in ("container.failed", "manifest.invalid", "source.failed")
+            else logging.INFO
         )
         log.log(level, "%s %s: %s", kind, name, message, extra={"event": event.to_json()})
         self.events.publish(event)
@@ -790,10 +824,35 @@ class Reconciler:
         name = self.resolve(ref)
         path = self._manifest_path(name)
         row = self._row(name)
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise SourceError(f"{name}: cannot remove {path}: {exc.strerror or exc}") from None
         self._pending_stops.pop(name, None)
+        rounds = self._rounds
         self.trigger()
-        await self._wait_for(lambda: True if name not in self.records else None, 60)
+
+        def outcome() -> str | None:
+            """'' once it is gone; why not, once a round still wants it; None meanwhile."""
+            if name not in self.records:
+                return ""
+            if self._rounds > rounds and name in self._desired:
+                # Its file is gone, yet the sources still want it: the prune
+                # guard holds the directory, or it cannot be read.
+                return self._source_holding() or None
+            return None
+
+        try:
+            reason = await self._wait_for(outcome, _BUSY_WAIT)
+        except TimeoutError:
+            raise RuntimeFailure(
+                f"{name}: {path} is removed, but it is still stopping after {_BUSY_WAIT:g} s; "
+                "it will be stopped when that ends"
+            ) from None
+        if reason:
+            raise SourceError(
+                f"{name}: {path} is removed, but the container keeps running: {reason}"
+            )
         return row
 
     # -- metrics -----------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 from squish.manifest import parse_squishfile
 from squish.source_admin import verified
 from squish.sources import Manifest
+from squish.sources.directory import DirectorySource
 from squish.sources.guard import GuardedSource, PruneGuard
 
 
@@ -87,6 +88,25 @@ def test_a_guarded_source_keeps_its_last_snapshot_while_held() -> None:
     inner.current = manifests("a")
     assert set(source.snapshot()) == {"a"}
     assert source.status().held is None
+
+
+def test_a_guarded_source_keeps_its_last_snapshot_while_unreadable(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text('[run]\ncommand = "/bin/true"\n')
+    source = GuardedSource(
+        DirectorySource(tmp_path), guard(set()), name="manifests", url=str(tmp_path)
+    )
+    assert set(source.snapshot()) == {"a"}
+
+    tmp_path.chmod(0)
+    try:
+        assert set(source.snapshot()) == {"a"}
+        error = source.status().error
+        assert error is not None and "cannot read the directory: Permission denied" in error
+    finally:
+        tmp_path.chmod(0o755)
+    (tmp_path / "b.toml").write_text('[run]\ncommand = "/bin/true"\n')
+    assert set(source.snapshot()) == {"a", "b"}
+    assert source.status().error is None
 
 
 BODY = b'{"ref":"refs/heads/main"}'

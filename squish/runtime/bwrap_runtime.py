@@ -113,6 +113,12 @@ class _SandboxInfo:
     without network nothing needs it during start, so it is read only when
     first wanted: waking up while bwrap sets the sandbox up would steal a CPU
     from it (measured: ~1 ms of a ~5 ms start on two cores).
+
+    Any task may ``poll()`` (every ``list()`` does) while another ``wait()``s
+    for the fd to become readable. The fd is closed at end of file only when
+    no task waits on it: closed under a waiter, it would never wake that
+    waiter (a stop of a container started a moment ago would hang forever),
+    and its number could be reused by the next pipe.
     """
 
     def __init__(self, fd: int) -> None:
@@ -120,6 +126,8 @@ class _SandboxInfo:
         self.fd = fd
         self.data = b""
         self.complete = False
+        self._open = True
+        self._waiters = 0
 
     def poll(self) -> int | None:
         """Read what is there; the pid once bwrap has written all of it."""
@@ -131,7 +139,9 @@ class _SandboxInfo:
             if chunk:
                 self.data += chunk
             else:
-                self.close()
+                self.complete = True
+        if self._waiters == 0:
+            self.close()
         try:
             return int(json.loads(self.data)["child-pid"])
         except (ValueError, KeyError, TypeError):
@@ -140,14 +150,19 @@ class _SandboxInfo:
     async def wait(self) -> int | None:
         """The pid; None when bwrap died before writing it."""
         while not self.complete:
-            await anyio.wait_readable(self.fd)
+            self._waiters += 1
+            try:
+                await anyio.wait_readable(self.fd)
+            finally:
+                self._waiters -= 1
             self.poll()
         return self.poll()
 
     def close(self) -> None:
-        if not self.complete:
+        self.complete = True
+        if self._open:
             os.close(self.fd)
-            self.complete = True
+            self._open = False
 
 
 @dataclass(eq=False)
@@ -509,18 +524,21 @@ class BwrapRuntime:
             live.stop_requested = True
             container.state = ContainerState.STOPPING
             await self._terminate_command(live)
-            with anyio.move_on_after(grace):
-                await live.exited.wait()
-            if not live.exited.is_set():
-                # SIGKILL to pid 1 takes the whole pid namespace with it; if
-                # pid 1 is unknown, killing bwrap's monitor does the same
-                # through --die-with-parent.
-                init_pidfd = self._init(live)
-                with contextlib.suppress(ProcessLookupError):
-                    if init_pidfd is not None:
-                        signal.pidfd_send_signal(init_pidfd, signal.SIGKILL)
-                    else:
-                        live.monitor.kill()
+        # Also when another stop began first: it may have been cancelled
+        # (the daemon shutting down) before it could kill, and a stop must
+        # never wait on one that will not finish.
+        with anyio.move_on_after(grace):
+            await live.exited.wait()
+        if not live.exited.is_set():
+            # SIGKILL to pid 1 takes the whole pid namespace with it; if
+            # pid 1 is unknown, killing bwrap's monitor does the same
+            # through --die-with-parent.
+            init_pidfd = self._init(live)
+            with contextlib.suppress(ProcessLookupError):
+                if init_pidfd is not None:
+                    signal.pidfd_send_signal(init_pidfd, signal.SIGKILL)
+                else:
+                    live.monitor.kill()
         await live.exited.wait()
         return replace(container)
 

@@ -51,7 +51,9 @@ class SourceStatus:
     becomes the *applied* revision. A failed fetch leaves ``attempted_revision``
     as it was; ``error`` is the last sync's failure (``None`` once one
     succeeds), ``held`` why the attempted revision was built but not applied
-    (see ``Guard``). Times are Unix seconds.
+    (see ``Guard``). ``warning`` is something that works, worse than it
+    should (a directory seen only at the periodic resync). Times are Unix
+    seconds.
     """
 
     name: str
@@ -66,6 +68,7 @@ class SourceStatus:
     last_attempt: float | None = None
     error: str | None = None
     held: str | None = None
+    warning: str | None = None
 
     @property
     def ready(self) -> bool:

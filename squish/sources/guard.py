@@ -24,7 +24,9 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
 
+from squish.errors import SourceError
 from squish.sources import Manifest, Source, SourceStatus
+from squish.sources.directory import DirectorySource
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +80,11 @@ class PruneGuard:
 class GuardedSource:
     """``inner`` (a directory source), whose snapshots pass the prune guard.
 
-    While a snapshot is held, the last one let through stays in force.
-    ``status()`` reports like a git source's, without revisions.
+    While a snapshot is held, or the directory cannot be read (a
+    ``SourceError``), the last one let through stays in force, and the reason
+    is shown in ``status()`` (``held`` or ``error``) until it passes (the
+    reconciler reports an ``error`` once, as an event). ``status()`` reports
+    like a git source's, without revisions.
     """
 
     kind = "directory"
@@ -99,7 +104,13 @@ class GuardedSource:
         self._status = SourceStatus(name, self.kind, url, "", ".")
 
     def snapshot(self) -> Mapping[str, Manifest]:
-        proposed = self.inner.snapshot()
+        try:
+            proposed = self.inner.snapshot()
+        except SourceError as exc:
+            # Logged once by the reconciler, as the source.failed event.
+            self._status = replace(self._status, error=str(exc))
+            return self._applied
+        self._status = replace(self._status, error=None)
         reason = self.guard(self._applied, proposed)
         if reason is not None:
             if self._status.held != reason:
@@ -116,4 +127,6 @@ class GuardedSource:
         return self.inner.changes()
 
     def status(self) -> SourceStatus:
+        if isinstance(self.inner, DirectorySource) and self.inner.warning != self._status.warning:
+            self._status = replace(self._status, warning=self.inner.warning)
         return self._status

@@ -1,0 +1,129 @@
+"""A real squish daemon as a subprocess, for the fault tests of ``tests/faults/``.
+
+Its log goes to a file rather than a pipe: a fault that makes the daemon
+talk a lot must not wedge it on a pipe nobody reads. ``terminate()`` sends
+SIGTERM and says how long the daemon took to exit, and with what.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from squish.api_schema import ContainerDetail
+from squish.client import ApiError, Client
+from squish.errors import SquishError
+from tests.conftest import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Daemon:
+    """``squish daemon`` on ``root/manifests`` with its state, socket and log in ``root``.
+
+    ``prefix`` is put before the command (e.g. a program that changes the
+    daemon's surroundings and then execs it).
+    """
+
+    def __init__(self, root: Path, *extra: str, prefix: Sequence[str] = ()) -> None:
+        self.root = root
+        self.manifests = root / "manifests"
+        self.socket = root / "d.sock"
+        self.log = root / "daemon.log"
+        self.metrics_port = free_port()
+        self.manifests.mkdir(parents=True, exist_ok=True)
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    *prefix,
+                    sys.executable,
+                    "-m",
+                    "squish",
+                    "daemon",
+                    "--manifests",
+                    str(self.manifests),
+                    "--state-dir",
+                    str(root / "state"),
+                    "--socket",
+                    str(self.socket),
+                    "--metrics-addr",
+                    f"127.0.0.1:{self.metrics_port}",
+                    *extra,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"the daemon exited:\n{self.log_text()}"
+            if self.socket.exists():
+                with Client(self.socket) as client, contextlib.suppress(SquishError):
+                    client.status()
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"no daemon on {self.socket}:\n{self.log_text()}")
+
+    def client(self, timeout: float = 10.0) -> Client:
+        return Client(self.socket, timeout=timeout)
+
+    def detail(self, name: str) -> ContainerDetail | None:
+        """``inspect`` of ``name``; None while the daemon knows no such container."""
+        with self.client() as client:
+            try:
+                return client.inspect(name)
+            except ApiError as exc:
+                if exc.status == 404:
+                    return None
+                raise
+
+    def phase(self, name: str) -> str | None:
+        detail = self.detail(name)
+        return None if detail is None else detail["phase"]
+
+    def squish(self, *args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+        """The ``squish`` command against this daemon."""
+        return subprocess.run(
+            [sys.executable, "-m", "squish", "--socket", str(self.socket), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+
+    def metrics(self) -> str:
+        """The text of ``/metrics``."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text: str = response.read().decode()
+            return text
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def terminate(self, timeout: float) -> tuple[int | None, float]:
+        """SIGTERM; the exit status (None if still running after ``timeout``) and seconds taken."""
+        began = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None, time.monotonic() - began
+        return code, time.monotonic() - began
+
+    def kill(self) -> None:
+        """What is left of the daemon, for a test's clean-up: SIGKILL it and its group."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
