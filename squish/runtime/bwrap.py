@@ -8,11 +8,13 @@ handshake with bwrap (see ``bwrap_runtime`` for the dance):
   runtime has written the user namespace's uid/gid maps. The runtime writes
   them itself (instead of letting bwrap do it inside the child) so that they
   exist before slirp4netns joins the namespace.
-- ``--block-fd`` (networked containers only): bwrap waits with the command
-  until the network is up.
+- ``--block-fd``: bwrap waits with the command until the network is up; it
+  reads the fd once its mounts are done and closes it, which tells the
+  runtime the sandbox is set up. A container without network has it
+  released before bwrap starts.
 
-A container without network needs neither: bwrap maps uid 0 to the user
-itself, exactly as the runtime would, and runs at full speed.
+A container without network needs no ``--userns-block-fd``: bwrap maps uid
+0 to the user itself, exactly as the runtime would, and runs at full speed.
 """
 
 from __future__ import annotations

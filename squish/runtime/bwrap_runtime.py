@@ -21,9 +21,20 @@ Starting a networked container is a handshake with bwrap over pipes:
    network already up. Port forwards are added while it starts: TCP through
    slirp4netns's API, UDP through ``udp_relay`` (which needs the namespaces'
    fds, the user namespace found with NS_GET_USERNS).
+5. bwrap reads ``--block-fd`` once its mounts are done and closes it; that
+   close is how we learn the sandbox is set up (it then only forks the
+   command and execs it). ``start`` returns then, not before: a set-up that
+   hangs (a mount of a hung FUSE or NFS path) must be a start that does not
+   finish, which the caller can give a deadline, not a container that
+   "runs" with no command.
 
-A container without network skips all of it: bwrap maps the ids itself, and
-nothing of ours runs while it sets the sandbox up.
+A container without network skips steps 1 to 4: bwrap maps the ids itself,
+its ``--block-fd`` is released before it is even spawned, and nothing of
+ours runs while it sets the sandbox up.
+
+A cancelled ``start`` leaves nothing behind: the sandbox's pid 1 and bwrap's
+whole process group (bwrap and anything a wrapper of it started) are killed,
+slirp4netns is stopped, every fd is closed, each wait bounded.
 
 Stopping sends SIGTERM to the command (pid 2 inside, found through pid 1's
 children; a SIGTERM to a pid namespace's init without a handler would be
@@ -72,6 +83,9 @@ from squish.runtime.slirp import Slirp
 # How long stop() looks for pid 2 when called right after start(), before
 # bwrap's pid 1 has forked it.
 _PID2_WAIT = 0.5
+# How long a process may take to be gone after SIGKILL (or bwrap to say which
+# is the sandbox's pid 1) before we stop waiting for it.
+_KILL_WAIT = 5.0
 
 
 def check_ports_free(ports: Sequence[PortForward], default_ip: str) -> None:
@@ -191,11 +205,18 @@ class BwrapRuntime:
         self._exits = Broadcast[ExitEvent]()
         self._exit_stack = contextlib.AsyncExitStack()
         self._tg: TaskGroup | None = None
+        self._bwrap_path = bwrap
+        self._slirp_path = slirp4netns
 
     async def __aenter__(self) -> BwrapRuntime:
-        for tool in (self.bwrap, self.slirp4netns):
-            if shutil.which(tool) is None:
+        # Looked up once, on the daemon's PATH: what a container is started
+        # with never depends on the environment it is given.
+        found = {tool: shutil.which(tool) for tool in (self.bwrap, self.slirp4netns)}
+        for tool, path in found.items():
+            if path is None:
                 raise RuntimeFailure(f"{tool} is not installed (run scripts/setup as root)")
+        self._bwrap_path = found[self.bwrap] or self.bwrap
+        self._slirp_path = found[self.slirp4netns] or self.slirp4netns
         kernel.become_subreaper()
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -295,11 +316,17 @@ class BwrapRuntime:
         try:
             log_r, log_w = pipe()
             info_r, info_w = pipe()
-            handshake = HandshakeFds(info_w)
+            # The block fd is a socket, not a pipe: our end reads EOF once
+            # every copy of bwrap's end is closed, i.e. once bwrap has read
+            # it, after its mounts (step 5 of the module docstring).
+            block, block_child = (sock.detach() for sock in socket.socketpair())
+            fds += (block, block_child)
+            handshake = HandshakeFds(info_w, block=block_child)
             if spec.network:
                 userns_r, userns_w = pipe()
-                block_r, block_w = pipe()
-                handshake = HandshakeFds(info_w, userns_r, block_r)
+                handshake = HandshakeFds(info_w, userns_r, block_child)
+            else:
+                os.write(block, b"1")  # nothing to wait for: set up at full speed
             argv = bwrap_argv(spec, handshake, bwrap=self.bwrap)
             child_fds = [fd for fd in (info_w, handshake.userns_block, handshake.block) if fd]
             started_at = time.time()
@@ -308,6 +335,7 @@ class BwrapRuntime:
                 # module docstring (--die-with-parent follows the thread).
                 monitor = subprocess.Popen(  # noqa: ASYNC220
                     argv,
+                    executable=self._bwrap_path,
                     stdin=subprocess.DEVNULL,
                     stdout=log_w,
                     stderr=log_w,
@@ -333,10 +361,13 @@ class BwrapRuntime:
             live = _Live(container, monitor, monitor_pidfd, _SandboxInfo(info_r), run_dir)
             if spec.network:
                 if await self._wait_init(live) is None:
-                    monitor.wait()
+                    await self._wait_gone(live)
                     raise RuntimeFailure(f"{spec.name}: bwrap failed: {_pending_complaint(log_r)}")
                 run_dir.mkdir(mode=0o700)
-                await self._connect(live, userns_w, block_w, fds)
+                await self._connect(live, userns_w, block, fds)
+            # Set up (or dead, which its exit reports): EOF either way.
+            await anyio.wait_readable(block)
+            close(block)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 if live is not None:
@@ -360,7 +391,7 @@ class BwrapRuntime:
         return self._snapshot(live)
 
     async def _connect(
-        self, live: _Live, userns_w: int, block_w: int, fds: MutableSequence[int]
+        self, live: _Live, userns_w: int, block: int, fds: MutableSequence[int]
     ) -> None:
         """Map the user namespace, bring up slirp4netns and forwards, release.
 
@@ -378,15 +409,13 @@ class BwrapRuntime:
             pid=init_pid,
             api_socket=live.run_dir / "slirp.sock",
             log_path=live.run_dir / "slirp4netns.log",
-            slirp4netns=self.slirp4netns,
+            slirp4netns=self._slirp_path,
         )
         # Release the command: its network is up. The forwards are set up
         # on the host side while it starts; a client that comes before its
         # forward is refused just as one that comes before the server
         # listens. A forward that fails aborts the whole start.
-        os.write(block_w, b"1")
-        fds.remove(block_w)
-        os.close(block_w)
+        os.write(block, b"1")
         for port in live.container.spec.ports:
             await self._add_forward(live, port)
 
@@ -415,26 +444,46 @@ class BwrapRuntime:
 
     async def _abort(self, live: _Live) -> None:
         """Undo a half-done start: kill the sandbox, stop slirp4netns."""
+        self._kill(live)
+        await self._wait_gone(live)
+        await self._reap_init(live)
+        await _reap_group(live.monitor.pid)
+        self._close_network(live)
+        if live.slirp is not None:
+            await live.slirp.close()
+
+    def _kill(self, live: _Live) -> None:
+        """SIGKILL the sandbox's pid 1, which takes its pid namespace, and bwrap.
+
+        bwrap's whole process group, not only bwrap: a bwrap that is a
+        wrapper script, or anything else it started before the sandbox's
+        own session, goes too. The group is bwrap's pid (``start_new_session``),
+        which cannot be reused before we reap bwrap.
+        """
         init_pidfd = self._init(live)
         if init_pidfd is not None:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(init_pidfd, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            live.monitor.kill()
-        live.monitor.wait()
-        await self._reap_init(live)
-        self._close_network(live)
-        if live.slirp is not None:
-            await live.slirp.close()
+        if live.monitor.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(live.monitor.pid, signal.SIGKILL)
+
+    async def _wait_gone(self, live: _Live) -> None:
+        """Wait (a bounded time) until bwrap has exited, and reap it."""
+        with anyio.move_on_after(_KILL_WAIT):
+            await anyio.wait_readable(live.monitor_pidfd)
+        live.monitor.poll()
 
     async def _reap_init(self, live: _Live) -> None:
         # pid 1 dies by PDEATHSIG once the monitor is gone, and exits only
         # after every other process of its pid namespace has; as a subreaper
         # we may have inherited it and must reap it ourselves.
-        init_pidfd = await self._wait_init(live)
+        with anyio.move_on_after(_KILL_WAIT):
+            await live.info.wait()
+        init_pidfd = self._init(live)
         if init_pidfd is None:
             return  # it never existed, or is already gone and reaped
-        with anyio.move_on_after(5):
+        with anyio.move_on_after(_KILL_WAIT):
             await anyio.wait_readable(init_pidfd)
         with contextlib.suppress(ChildProcessError):
             os.waitid(os.P_PIDFD, init_pidfd, os.WEXITED | os.WNOHANG)  # noqa: ASYNC222
@@ -481,6 +530,7 @@ class BwrapRuntime:
     async def stop(self, container_id: str, *, grace: float = DEFAULT_STOP_GRACE) -> Container:
         live = self._get(container_id)
         container = live.container
+        patience = grace + 2 * _KILL_WAIT  # for a stop already under way
         if container.state.can_stop:
             live.stop_requested = True
             container.state = ContainerState.STOPPING
@@ -488,20 +538,22 @@ class BwrapRuntime:
             with anyio.move_on_after(grace):
                 await live.exited.wait()
             if not live.exited.is_set():
-                # SIGKILL to pid 1 takes the whole pid namespace with it; if
-                # pid 1 is unknown, killing bwrap's monitor does the same
-                # through --die-with-parent.
-                init_pidfd = self._init(live)
-                with contextlib.suppress(ProcessLookupError):
-                    if init_pidfd is not None:
-                        signal.pidfd_send_signal(init_pidfd, signal.SIGKILL)
-                    else:
-                        live.monitor.kill()
-        await live.exited.wait()
+                self._kill(live)
+            patience = 2 * _KILL_WAIT  # SIGKILLed; _watch's cleanup is bounded too
+        with anyio.move_on_after(patience):
+            await live.exited.wait()
+        if not live.exited.is_set():
+            raise RuntimeFailure(
+                f"{container.name}: still not gone {patience:g} s after SIGKILL "
+                "(a process stuck in the kernel?)"
+            )
         return replace(container)
 
     async def _terminate_command(self, live: _Live) -> None:
-        if await self._wait_init(live) is None:
+        init_pidfd = None
+        with anyio.move_on_after(_KILL_WAIT):
+            init_pidfd = await self._wait_init(live)
+        if init_pidfd is None:
             return
         init_pid = live.container.init_pid
         assert init_pid is not None
@@ -544,6 +596,23 @@ class BwrapRuntime:
         return self._snapshot(live)
 
 
+async def _reap_group(pgid: int) -> None:
+    """Reap what is left of a killed process group, for a bounded time.
+
+    Its processes are orphans once their parents in it are dead, and come to
+    us, the subreaper: as zombies nobody else would wait for. Done once none
+    of our children is in the group.
+    """
+    with anyio.move_on_after(_KILL_WAIT):
+        while True:
+            try:
+                pid, _ = os.waitpid(-pgid, os.WNOHANG)  # noqa: ASYNC222 (WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                await anyio.sleep(0.01)
+
+
 _UDP_RELAY = Path(__file__).with_name("udp_relay.py")
 
 
@@ -573,8 +642,15 @@ async def _start_udp_relay(init_pid: int, ip: str, port: PortForward) -> subproc
         )
     assert relay.stdout is not None
     ready = relay.stdout.fileno()
-    with anyio.move_on_after(10):
-        await anyio.wait_readable(ready)
+    try:
+        with anyio.move_on_after(10):
+            await anyio.wait_readable(ready)
+    except BaseException:
+        # Cancelled (the start's deadline): the relay is not ours to keep.
+        relay.kill()
+        relay.wait()
+        relay.stdout.close()
+        raise
     os.set_blocking(ready, False)
     try:
         said = os.read(ready, 64)

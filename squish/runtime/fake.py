@@ -4,7 +4,9 @@ The reconciler's tests drive this instead of bwrap: containers "run" until
 a test makes them exit (``crash``) or they are stopped, ports are checked for
 conflicts between containers, and every call is recorded in ``calls`` so a
 test can assert on what the reconciler asked for. Failures can be scripted
-per container name with ``fail_next_start``.
+per container name: ``fail_next_start`` (a start that fails) and
+``hang_next_start`` (one that never finishes until cancelled, as a start
+stuck in a hung mount).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class FakeRuntime:
         self._live: dict[str, Container] = {}
         self._exits = Broadcast[ExitEvent]()
         self._failures: dict[str, RuntimeFailure] = {}
+        self._hangs: set[str] = set()
         self._pids = itertools.count(1000)
 
     async def __aenter__(self) -> FakeRuntime:
@@ -54,6 +57,10 @@ class FakeRuntime:
 
     def fail_next_start(self, name: str, error: RuntimeFailure) -> None:
         self._failures[name] = error
+
+    def hang_next_start(self, name: str) -> None:
+        """The next start of ``name`` never returns; cancelled, it leaves nothing."""
+        self._hangs.add(name)
 
     def subscribe(self) -> MemoryObjectReceiveStream[ExitEvent]:
         return self._exits.subscribe()
@@ -80,6 +87,9 @@ class FakeRuntime:
         await anyio.lowlevel.checkpoint()
         if spec.name in self._failures:
             raise self._failures.pop(spec.name)
+        if spec.name in self._hangs:
+            self._hangs.discard(spec.name)
+            await anyio.sleep_forever()
         if spec.ports and not spec.network:
             raise RuntimeFailure(f"{spec.name}: ports need a network, but network is 'none'")
         self._check_ports(spec.ports)

@@ -9,7 +9,8 @@ sandbox (an empty mount namespace, no capabilities) enabled.
 
 Its lifetime is tied to the runtime's by ``--exit-fd``: slirp4netns exits as
 soon as the pipe's write end closes, which the kernel does when the daemon
-dies, however it dies.
+dies, however it dies. Every call to its API has a deadline: a slirp4netns
+that no longer answers is an error, not a port update that waits forever.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from squish.errors import PortInUse, RuntimeFailure
 
 MTU = 65520
 GUEST_ADDR = "10.0.2.100"
+# How long one API call may take; it answers in well under a millisecond.
+API_TIMEOUT = 5.0
 
 
 @dataclass
@@ -36,6 +39,7 @@ class Slirp:
     process: subprocess.Popen[bytes]
     api_socket: Path
     exit_w: int  # closing this makes slirp4netns exit
+    pidfd: int  # readable once it has exited
 
     @classmethod
     async def start(
@@ -87,10 +91,15 @@ class Slirp:
             raise RuntimeFailure(f"cannot run slirp4netns: {exc}") from exc
         os.close(ready_w)
         os.close(exit_r)
-        slirp = cls(process, api_socket, exit_w)
+        slirp = cls(process, api_socket, exit_w, os.pidfd_open(process.pid))
         try:
             await anyio.wait_readable(ready_r)
             ready = os.read(ready_r, 1)
+        except BaseException:
+            # Cancelled (the start's deadline) while it set the network up.
+            with anyio.CancelScope(shield=True):
+                await slirp.close()
+            raise
         finally:
             os.close(ready_r)
         if ready != b"1":
@@ -105,12 +114,15 @@ class Slirp:
 
     async def _call(self, request: dict[str, Any]) -> dict[str, Any]:
         try:
-            async with await anyio.connect_unix(str(self.api_socket)) as stream:
-                await stream.send(json.dumps(request).encode())
-                await stream.send_eof()
-                reply = b""
-                async for chunk in stream:
-                    reply += chunk
+            with anyio.fail_after(API_TIMEOUT):
+                async with await anyio.connect_unix(str(self.api_socket)) as stream:
+                    await stream.send(json.dumps(request).encode())
+                    await stream.send_eof()
+                    reply = b""
+                    async for chunk in stream:
+                        reply += chunk
+        except TimeoutError:
+            raise RuntimeFailure(f"slirp4netns API: no answer within {API_TIMEOUT:g} s") from None
         except (OSError, anyio.BrokenResourceError) as exc:
             raise RuntimeFailure(f"slirp4netns API: {exc}") from exc
         try:
@@ -157,17 +169,15 @@ class Slirp:
         if self.exit_w >= 0:
             os.close(self.exit_w)
             self.exit_w = -1
+        if self.pidfd < 0:
+            return
         try:
-            pidfd = os.pidfd_open(self.process.pid)
-        except ProcessLookupError:
-            pass
-        else:
-            try:
-                with anyio.move_on_after(2):
-                    await anyio.wait_readable(pidfd)
-                if self.process.poll() is None:
-                    self.process.kill()
-            finally:
-                os.close(pidfd)
-        self.process.wait()
+            with anyio.move_on_after(2):
+                await anyio.wait_readable(self.pidfd)
+            if self.process.poll() is None:
+                self.process.kill()
+            self.process.wait()
+        finally:
+            os.close(self.pidfd)
+            self.pidfd = -1
         self.api_socket.unlink(missing_ok=True)
