@@ -128,8 +128,9 @@ class Runtime(Protocol):
     raise ``RuntimeFailure`` and leave nothing behind, and so does
     cancelling it: a caller gives a start its deadline by cancelling it, and
     the runtime bounds every wait of its clean-up. Every container that was
-    started produces exactly one ``ExitEvent`` on every subscription.
-    ``stop`` gives up, with ``RuntimeFailure``, on a container
+    started produces exactly one ``ExitEvent`` on every subscription; one
+    the runtime ended by itself (its network helper died) says why in
+    ``reason``. ``stop`` gives up, with ``RuntimeFailure``, on a container
     still there a few seconds after SIGKILL.
     """
 

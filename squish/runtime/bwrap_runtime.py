@@ -40,7 +40,10 @@ Stopping sends SIGTERM to the command (pid 2 inside, found through pid 1's
 children; a SIGTERM to a pid namespace's init without a handler would be
 ignored), waits for the grace period, then SIGKILLs pid 1, which takes the
 whole pid namespace with it. Exits are noticed through pidfds, at once, not
-by polling.
+by polling; slirp4netns is watched the same way, and a container whose
+slirp4netns dies (killed, crashed) is stopped and reported as exited for
+that reason, so that it is restarted with a network, as the kubelet
+restarts the containers of a dead pod sandbox.
 """
 
 from __future__ import annotations
@@ -170,6 +173,7 @@ class _Live:
     forwards: dict[PortForward, int | subprocess.Popen[bytes]] = field(default_factory=dict)
     exited: anyio.Event = field(default_factory=anyio.Event)
     stop_requested: bool = False
+    lost: str = ""  # why the runtime ended it by itself (its network helper died)
 
 
 class BwrapRuntime:
@@ -501,7 +505,11 @@ class BwrapRuntime:
         container = live.container
         async with anyio.create_task_group() as tg:
             tg.start_soon(drain, log_r, log)
+            network = anyio.CancelScope()
+            if live.slirp is not None:
+                tg.start_soon(self._watch_network, live, live.slirp, network)
             await anyio.wait_readable(live.monitor_pidfd)
+            network.cancel()
             returncode = live.monitor.wait()
             await self._reap_init(live)
             self._close_network(live)
@@ -520,10 +528,29 @@ class BwrapRuntime:
             exit_code=exit_code,
             at=container.finished_at,
             stopped=live.stop_requested,
-            reason=_bwrap_complaint(log.recent),
+            reason=live.lost or _bwrap_complaint(log.recent),
         )
         live.exited.set()
         self._exits.publish(event)
+
+    async def _watch_network(self, live: _Live, slirp: Slirp, scope: anyio.CancelScope) -> None:
+        """End a container whose slirp4netns died: without it, it has no network.
+
+        Its forwards are gone and nothing can bring them back into the same
+        namespace with their sockets, so the container is stopped as a user's
+        stop would (SIGTERM, the grace, SIGKILL) and its exit says why; the
+        reconciler restarts it, with a network, as any crashed container.
+        ``scope`` is cancelled when the sandbox is gone.
+        """
+        with scope:
+            await slirp.wait_exited()
+            if live.stop_requested:
+                return
+            live.lost = f"its network helper slirp4netns {slirp.describe_exit()}"
+            live.container.state = ContainerState.STOPPING
+            await self._terminate_command(live)
+            await anyio.sleep(self.stop_grace)
+            self._kill(live)
 
     # -- stop ------------------------------------------------------------
 

@@ -9,14 +9,17 @@ sandbox (an empty mount namespace, no capabilities) enabled.
 
 Its lifetime is tied to the runtime's by ``--exit-fd``: slirp4netns exits as
 soon as the pipe's write end closes, which the kernel does when the daemon
-dies, however it dies. Every call to its API has a deadline: a slirp4netns
-that no longer answers is an error, not a port update that waits forever.
+dies, however it dies. The other way round, the runtime holds a pidfd of it
+and notices at once when it dies (``wait_exited``). Every call to its API
+has a deadline: a slirp4netns that no longer answers is an error, not a
+port update that waits forever.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,7 +115,24 @@ class Slirp:
             )
         return slirp
 
+    async def wait_exited(self) -> None:
+        """Return once slirp4netns has exited (for any reason), and reap it."""
+        await anyio.wait_readable(self.pidfd)
+        self.process.poll()
+
+    def describe_exit(self) -> str:
+        """How it ended, in words: "was killed by SIGKILL", "exited with code 1"."""
+        code = self.process.poll()
+        if code is None:
+            return "is running"
+        if code < 0:
+            with_name = signal.Signals(-code).name if -code in signal.valid_signals() else -code
+            return f"was killed by {with_name}"
+        return f"exited with code {code}"
+
     async def _call(self, request: dict[str, Any]) -> dict[str, Any]:
+        if self.process.poll() is not None:
+            raise RuntimeFailure(f"slirp4netns API: slirp4netns {self.describe_exit()}")
         try:
             with anyio.fail_after(API_TIMEOUT):
                 async with await anyio.connect_unix(str(self.api_socket)) as stream:
