@@ -18,7 +18,8 @@ import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +27,17 @@ import anyio
 import pytest
 
 from squish.client import Client
+from squish.control import Phase
 from squish.errors import SquishError
+from squish.layers import LayerStore
+from squish.manifest import Squishfile
+from squish.metrics import Metrics
+from squish.plan import Backoff
+from squish.reconciler import Reconciler
 from squish.runtime import ContainerSpec, PortForward
 from squish.runtime.bwrap_runtime import BwrapRuntime
+from squish.runtime.fake import FakeRuntime
+from squish.sources.directory import DirectorySource
 from tests.conftest import eventually, free_port
 from tests.test_daemon import daemon, wait_for_socket
 
@@ -288,3 +297,83 @@ async def test_a_start_cancelled_while_it_hangs_leaves_nothing_behind(
         assert slirps_of(os.getpid()) == []
         assert list((tmp_path / "run").iterdir()) == []
         assert sorted(os.listdir("/proc/self/fd")) == fds
+
+
+# -- the reconciler on the in-memory runtime: the same rules, quick to check ------
+
+
+def fake_spec(squishfile: Squishfile, _store: LayerStore) -> ContainerSpec:
+    return ContainerSpec(name=squishfile.name, rootfs=Path("/rootfs"), command=squishfile.command)
+
+
+@asynccontextmanager
+async def reconciling(tmp_path: Path, start_timeout: float) -> AsyncIterator[Reconciler]:
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    async with FakeRuntime() as runtime:
+        reconciler = Reconciler(
+            source=DirectorySource(manifests, idle_wakeup=0.1),
+            runtime=runtime,
+            store=LayerStore(tmp_path / "state"),
+            manifests_dir=manifests,
+            log_dir=tmp_path / "logs",
+            metrics=Metrics(version="test"),
+            backoff=Backoff(initial=60, maximum=60),
+            resync=0.5,
+            start_timeout=start_timeout,
+            resolve=fake_spec,
+        )
+        async with anyio.create_task_group() as tg:
+            await tg.start(reconciler.run)
+            yield reconciler
+            reconciler.close()
+            tg.cancel_scope.cancel()
+
+
+async def row_of(reconciler: Reconciler, name: str, wanted: Phase) -> dict[str, object]:
+    with anyio.fail_after(5):
+        while True:
+            rows = {row["name"]: row for row in reconciler.containers()}
+            if name in rows and rows[name]["phase"] == wanted:
+                return dict(rows[name])
+            await anyio.sleep(0.01)
+
+
+@pytest.mark.anyio
+async def test_the_reconciler_fails_a_start_past_its_deadline(tmp_path: Path) -> None:
+    async with reconciling(tmp_path, start_timeout=0.3) as reconciler:
+        fake = reconciler.runtime
+        assert isinstance(fake, FakeRuntime)
+        fake.hang_next_start("web")
+        with reconciler.subscribe() as events:
+            await reconciler.apply("web", b'[run]\ncommand = "/bin/app"\n')
+
+            failed = await row_of(reconciler, "web", Phase.BACKOFF)
+            event = await events.receive()
+            while event.kind != "container.failed":
+                event = await events.receive()
+        assert "did not start within 0.3 s" in str(failed["reason"])
+        assert event.message == failed["reason"]
+        assert fake.list() == []
+        assert reconciler.metrics is not None
+        assert 'squish_container_start_failures_total{container="web"} 1.0' in (
+            reconciler.metrics.exposition().decode()
+        )
+
+
+@pytest.mark.anyio
+async def test_an_edit_ends_a_stuck_start_and_the_new_version_runs(tmp_path: Path) -> None:
+    async with reconciling(tmp_path, start_timeout=600) as reconciler:
+        fake = reconciler.runtime
+        assert isinstance(fake, FakeRuntime)
+        fake.hang_next_start("web")
+        await reconciler.apply("web", b'[run]\ncommand = "/bin/old"\n')
+        with anyio.fail_after(5):
+            while ("start", "web") not in fake.calls:
+                await anyio.sleep(0.01)
+
+        await reconciler.apply("web", b'[run]\ncommand = "/bin/new"\n')
+
+        await row_of(reconciler, "web", Phase.RUNNING)
+        (container,) = fake.list()
+        assert container.spec.command == "/bin/new"
