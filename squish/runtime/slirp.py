@@ -117,7 +117,13 @@ class Slirp:
 
     async def wait_exited(self) -> None:
         """Return once slirp4netns has exited (for any reason), and reap it."""
-        await anyio.wait_readable(self.pidfd)
+        # On a copy of the pidfd: close() waits on the pidfd itself, maybe
+        # before a cancelled wait here has let go of it.
+        pidfd = os.dup(self.pidfd)
+        try:
+            await anyio.wait_readable(pidfd)
+        finally:
+            os.close(pidfd)
         self.process.poll()
 
     def describe_exit(self) -> str:
