@@ -1,9 +1,10 @@
 """Fault: a start that hangs. A real daemon, rootless, and a real hanging child.
 
 The daemon finds bwrap on its PATH; here that is a wrapper that runs the
-real bwrap, except for a container named ``stuck``: for it, bwrap is told to
-copy a file into the sandbox from a pipe whose writer (a ``sleep``) never
-writes, so the sandbox's set-up blocks half-way, as a mount of a hung FUSE or
+real bwrap, except once the test has armed it (a file; the wrapper looks at
+nothing of how it is called, which is the runtime's business): from then on
+bwrap is told to copy a file into the sandbox from a pipe whose writer (a
+``sleep``) never writes, so the sandbox's set-up blocks half-way, as a mount of a hung FUSE or
 NFS path does. bwrap has cloned the sandbox, written its pid, taken part in
 the network handshake; it never gets to the command. The wrapper, the
 ``sleep``, bwrap and the sandbox are one process group; "nothing left" is
@@ -58,8 +59,8 @@ args = ["-c", "trap '' TERM; while :; do sleep 1; done"]
 """
 
 
-def hanging_bwrap(directory: Path, pids: Path) -> Path:
-    """A ``bwrap`` whose sandbox set-up never finishes for a container named stuck."""
+def hanging_bwrap(directory: Path, pids: Path, armed: Path) -> Path:
+    """A ``bwrap`` whose sandbox set-up never finishes while ``armed`` exists."""
     real, sleep = shutil.which("bwrap"), shutil.which("sleep")
     assert real is not None and sleep is not None
     directory.mkdir()
@@ -68,13 +69,12 @@ def hanging_bwrap(directory: Path, pids: Path) -> Path:
     # environment.
     wrapper.write_text(
         "#!/bin/sh\n"
-        'case " $* " in\n'
-        '*" --hostname stuck "*)\n'
+        f"if [ -e {armed} ]; then\n"
         f"    echo $$ >> {pids}\n"
         f'    {sleep} 1000000 | {real} --file 0 /stuck "$@"\n'
-        "    ;;\n"
-        f'*) exec {real} "$@" ;;\n'
-        "esac\n"
+        "else\n"
+        f'    exec {real} "$@"\n'
+        "fi\n"
     )
     wrapper.chmod(0o755)
     return directory
@@ -118,7 +118,12 @@ class Daemon:
     socket: Path
     manifests: Path
     pids: Path
+    armed: Path
     metrics_url: str
+
+    def arm(self) -> None:
+        """From now on, every start hangs."""
+        self.armed.touch()
 
     def rows(self) -> dict[str, dict[str, object]]:
         with Client(self.socket) as client:
@@ -155,8 +160,8 @@ def start_daemon(tmp_path: Path, rootless: None) -> Iterator[StartDaemon]:
     started: list[subprocess.Popen[bytes]] = []
 
     def start(*options: str) -> Daemon:
-        pids = tmp_path / "hung.pids"
-        bin_dir = hanging_bwrap(tmp_path / "bin", pids)
+        pids, armed = tmp_path / "hung.pids", tmp_path / "armed"
+        bin_dir = hanging_bwrap(tmp_path / "bin", pids, armed)
         (tmp_path / "manifests").mkdir(exist_ok=True)
         process = daemon(
             tmp_path,
@@ -169,7 +174,7 @@ def start_daemon(tmp_path: Path, rootless: None) -> Iterator[StartDaemon]:
         args = list(process.args)  # type: ignore[arg-type]
         metrics = f"http://{args[args.index('--metrics-addr') + 1]}/metrics"
         wait_for_socket(tmp_path / "d.sock", process)
-        return Daemon(process, tmp_path / "d.sock", tmp_path / "manifests", pids, metrics)
+        return Daemon(process, tmp_path / "d.sock", tmp_path / "manifests", pids, armed, metrics)
 
     yield start
     for process in started:
@@ -196,6 +201,7 @@ def test_a_start_that_hangs_is_killed_reported_and_backed_off(
     d: Daemon = start_daemon("--start-timeout", "2", "--backoff-initial", "120")
     write(d, "bystander", BYSTANDER)
     bystander = eventually(lambda: phase(d, "bystander", "running"))
+    d.arm()
     write(d, "stuck", STUCK_WITH_A_PORT.format(port=free_port()) if networked else STUCK)
     pgid = eventually(d.hung)
     began = time.monotonic()
@@ -229,6 +235,7 @@ def test_a_start_that_hangs_is_killed_reported_and_backed_off(
 
 def test_deleting_the_manifest_of_a_stuck_start_ends_it(start_daemon: StartDaemon) -> None:
     d: Daemon = start_daemon("--start-timeout", "600")
+    d.arm()
     write(d, "stuck", STUCK)
     pgid = eventually(d.hung)
 
@@ -240,6 +247,7 @@ def test_deleting_the_manifest_of_a_stuck_start_ends_it(start_daemon: StartDaemo
 
 def test_stopping_a_stuck_start_answers_at_once(start_daemon: StartDaemon) -> None:
     d: Daemon = start_daemon("--start-timeout", "600")
+    d.arm()
     write(d, "stuck", STUCK_WITH_A_PORT.format(port=free_port()))
     pgid = eventually(d.hung)
 
@@ -259,6 +267,7 @@ def test_sigterm_ends_the_daemon_within_its_stop_timeout_despite_a_stuck_start(
     d: Daemon = start_daemon("--start-timeout", "600", "--stop-timeout", "2")
     write(d, "stubborn", STUBBORN)
     stubborn = eventually(lambda: phase(d, "stubborn", "running"))
+    d.arm()
     write(d, "stuck", STUCK_WITH_A_PORT.format(port=free_port()))
     pgid = eventually(d.hung)
 
@@ -277,8 +286,9 @@ async def test_a_start_cancelled_while_it_hangs_leaves_nothing_behind(
     tmp_path: Path, rootless: None, base_rootfs: Path, networked: bool
 ) -> None:
     # The runtime alone: its start is what the daemon's deadline cancels.
-    pids = tmp_path / "hung.pids"
-    wrapper = hanging_bwrap(tmp_path / "bin", pids) / "bwrap"
+    pids, armed = tmp_path / "hung.pids", tmp_path / "armed"
+    armed.touch()
+    wrapper = hanging_bwrap(tmp_path / "bin", pids, armed) / "bwrap"
     ports = (PortForward(free_port(), 8080),) if networked else ()
     spec = ContainerSpec(
         name="stuck", rootfs=base_rootfs, command="/bin/true", ports=ports, network=networked
