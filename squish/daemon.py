@@ -40,7 +40,7 @@ from squish.metrics import Metrics
 from squish.placement import Node, default_node_name
 from squish.plan import Backoff
 from squish.reconciler import Reconciler
-from squish.runtime import DEFAULT_HOST_IP, DEFAULT_STOP_GRACE
+from squish.runtime import DEFAULT_HOST_IP, DEFAULT_START_TIMEOUT, DEFAULT_STOP_GRACE
 from squish.runtime.bwrap_runtime import BwrapRuntime
 from squish.runtime.logs import DEFAULT_RATE
 from squish.source_admin import SourceAdmin, webhook_app
@@ -110,6 +110,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_STOP_GRACE,
         help="seconds between SIGTERM and SIGKILL when a container stops (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--start-timeout",
+        type=float,
+        default=DEFAULT_START_TIMEOUT,
+        help="seconds a container may take to start (its mounts, its network) before it is "
+        "killed and its start counted as failed (default: %(default)g)",
     )
     parser.add_argument(
         "--backoff-initial",
@@ -457,6 +464,7 @@ async def _serve(
                 resync=args.resync,
                 parallelism=args.parallelism,
                 stop_grace=args.stop_timeout,
+                start_timeout=args.start_timeout,
                 state_dir=state,
                 default_host_ip=args.host_ip,
                 source_statuses=lambda: [source.status() for source in sources],

@@ -52,6 +52,7 @@ from squish.metrics import Metrics
 from squish.plan import Action, Backoff, Kind, Record, plan
 from squish.runtime import (
     DEFAULT_HOST_IP,
+    DEFAULT_START_TIMEOUT,
     DEFAULT_STOP_GRACE,
     Container,
     ContainerSpec,
@@ -90,6 +91,7 @@ class Reconciler:
         resync: float = 5.0,
         parallelism: int = 8,
         stop_grace: float = DEFAULT_STOP_GRACE,
+        start_timeout: float = DEFAULT_START_TIMEOUT,
         resolve: Callable[[Squishfile, LayerStore], ContainerSpec] = container_spec,
         state_dir: Path | None = None,
         default_host_ip: str = DEFAULT_HOST_IP,
@@ -107,6 +109,7 @@ class Reconciler:
         self.backoff = backoff or Backoff()
         self.resync = resync
         self.stop_grace = stop_grace
+        self.start_timeout = start_timeout
         self._resolve = resolve
         self._limiter = anyio.CapacityLimiter(parallelism)
         self.records: dict[str, Record] = {}
@@ -367,13 +370,15 @@ class Reconciler:
                 spec = await anyio.to_thread.run_sync(self._resolve, squishfile, self.store)
             finally:
                 record.resolving = False
-            container = await self.runtime.start(spec)
+            container = await self._start_in_time(record, spec, squishfile.spec_hash())
         except SquishError as exc:
             self._start_errors[record.name] = exc
             self._fail(record, squishfile, str(exc), retry=True)
             if self.metrics is not None:
                 self.metrics.container_start_failed(record.name)
             return
+        if container is None:
+            return  # no longer wanted; the next round does what is wanted now
         self._start_errors.pop(record.name, None)
         if record.stopped_by_user and record.stopped_hash != squishfile.spec_hash():
             # Started because its squishfile changed: the edit ended the stop.
@@ -396,6 +401,57 @@ class Reconciler:
             self.metrics.container_started(time.perf_counter() - began)
         verb = "restarted" if restart else "started"
         self._emit("container.started", record.name, f"{verb} {container.id[:12]}", id=container.id)
+
+    async def _start_in_time(
+        self, record: Record, spec: ContainerSpec, spec_hash: str
+    ) -> Container | None:
+        """``runtime.start(spec)`` within the start deadline; None if no longer wanted.
+
+        A start that hangs (a mount that blocks, a bwrap that never gets to
+        its command) is cancelled at the deadline, which makes the runtime
+        kill whatever it had started, and fails as any start that cannot be
+        done: reported, counted, backed off. It is cancelled at once when
+        its manifest is removed or changed, or the user stops it: the final
+        state wins, even over a start stuck half-way.
+        """
+        container: Container | None = None
+        error: SquishError | None = None
+        with anyio.move_on_after(self.start_timeout) as deadline:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._cancel_unless_wanted, record, spec_hash, tg.cancel_scope)
+                try:
+                    container = await self.runtime.start(spec)
+                except SquishError as exc:
+                    error = exc
+                tg.cancel_scope.cancel()
+        if error is not None:
+            raise error
+        if container is None and deadline.cancelled_caught:
+            raise RuntimeFailure(
+                f"{spec.name}: did not start within {self.start_timeout:g} s "
+                "(--start-timeout); it was killed"
+            )
+        return container
+
+    async def _cancel_unless_wanted(
+        self, record: Record, spec_hash: str, start: anyio.CancelScope
+    ) -> None:
+        """Cancel ``start`` once ``spec_hash`` is no longer what ``record`` should run."""
+        while self._still_wanted(record, spec_hash):
+            # Rounds notify; a user's stop only marks the record, hence the
+            # timeout.
+            with anyio.move_on_after(0.5):
+                await self._changed.wait()
+        start.cancel()
+
+    def _still_wanted(self, record: Record, spec_hash: str) -> bool:
+        manifest = self._desired.get(record.name)
+        if manifest is None:
+            return False
+        if record.stopped_by_user and record.stopped_hash == spec_hash:
+            return False
+        # An invalid manifest keeps the last good version: this one.
+        return manifest.squishfile is None or manifest.squishfile.spec_hash() == spec_hash
 
     async def _stop(self, record: Record, container_id: str, why: str) -> None:
         with contextlib.suppress(ContainerNotFound):

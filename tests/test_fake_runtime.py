@@ -300,6 +300,31 @@ async def test_fail_next_start_fails_that_name_once(runtime: FakeRuntime) -> Non
     assert web.ports == (tcp(8080),)
 
 
+async def test_hang_next_start_never_returns_and_leaves_nothing_when_cancelled(
+    runtime: FakeRuntime,
+) -> None:
+    runtime.hang_next_start("web")
+
+    with anyio.move_on_after(0.2) as deadline:
+        await runtime.start(spec("web", tcp(8080)))
+    assert deadline.cancelled_caught
+    assert runtime.list() == []
+
+    # Once: the next start runs, and the port it wanted was never held.
+    web = await runtime.start(spec("web", tcp(8080)))
+    assert [c.id for c in runtime.list()] == [web.id]
+
+
+async def test_a_crash_the_runtime_caused_says_why(runtime: FakeRuntime) -> None:
+    # As the real runtime does when a container's slirp4netns dies.
+    why = "its network helper slirp4netns was killed by SIGKILL"
+    with runtime.subscribe() as events:
+        container = await runtime.start(spec())
+        runtime.crash(container.id, 143, reason=why)
+        event = events.receive_nowait()
+    assert (event.exit_code, event.stopped, event.reason) == (143, False, why)
+
+
 async def test_every_call_is_recorded_in_order(runtime: FakeRuntime) -> None:
     runtime.fail_next_start("web", RuntimeFailure("scripted"))
 

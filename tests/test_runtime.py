@@ -480,7 +480,7 @@ async def main():
             mounts=(Mount(www, "/app/www", False),), ports=(PortForward(port, 8080),)))
         while rt.get(c.id).pid is None:
             await anyio.sleep(0.01)
-        pids = [rt.get(c.id).pid, c.init_pid, *live_children()]
+        pids = [rt.get(c.id).pid, c.init_pid, *kernel.children(os.getpid())]
         print(json.dumps(pids), flush=True)
         await anyio.sleep(600)
 

@@ -32,6 +32,7 @@ HELPER_ENV = {"PATH": DEFAULT_PATH}
 DEFAULT_HOST_IP = "127.0.0.1"
 DEFAULT_TMP_SIZE = 64 * 1024 * 1024
 DEFAULT_STOP_GRACE = 10.0
+DEFAULT_START_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -126,10 +127,15 @@ class ExitEvent:
 class Runtime(Protocol):
     """What the reconciler needs from a container runtime.
 
-    ``start`` returns once the command has been released to run (after its
-    network and port forwards are up); failures before that raise
-    ``RuntimeFailure`` and leave nothing behind. Every container that was
-    started produces exactly one ``ExitEvent`` on every subscription.
+    ``start`` returns once the sandbox is set up and the command released to
+    run (after its network and port forwards are up); failures before that
+    raise ``RuntimeFailure`` and leave nothing behind, and so does
+    cancelling it: a caller gives a start its deadline by cancelling it, and
+    the runtime bounds every wait of its clean-up. Every container that was
+    started produces exactly one ``ExitEvent`` on every subscription; one
+    the runtime ended by itself (its network helper died) says why in
+    ``reason``. ``stop`` gives up, with ``RuntimeFailure``, on a container
+    still there a few seconds after SIGKILL.
     """
 
     async def start(self, spec: ContainerSpec) -> Container: ...

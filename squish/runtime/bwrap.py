@@ -8,19 +8,23 @@ handshake with bwrap (see ``bwrap_runtime`` for the dance):
   runtime has written the user namespace's uid/gid maps. The runtime writes
   them itself (instead of letting bwrap do it inside the child) so that they
   exist before slirp4netns joins the namespace.
-- ``--block-fd`` (networked containers only): bwrap waits with the command
-  until the network is up.
+- ``--block-fd``: bwrap waits with the command until the network is up; it
+  reads the fd once its mounts are done and closes it, which tells the
+  runtime the sandbox is set up (the runtime's end is a socket, which reads
+  EOF once every copy of bwrap's is closed). A container without network
+  has it released before bwrap starts, and no ``--userns-block-fd``.
 
-The two blocks are one pipe, read twice, a byte each. bwrap's monitor reads
-the first byte from ``--userns-block-fd`` and closes it, but the sandbox was
-cloned before that and keeps its copy, which bwrap never closes there: a fd
-of its own, it would reach the command (runc's fd-leak check). The sandbox
-does close ``--block-fd`` after reading it, so giving both options the same
-fd closes it everywhere. The order is safe: the sandbox reads its byte only
-after the monitor has read its own and let the sandbox go on.
+For a networked container the two blocks are one fd, read twice, a byte
+each. bwrap's monitor reads the first byte from ``--userns-block-fd`` and
+closes it, but the sandbox was cloned before that and keeps its copy, which
+bwrap never closes there: a fd of its own, it would reach the command (runc's
+fd-leak check). The sandbox does close ``--block-fd`` after reading it, so
+giving both options the same fd closes it everywhere. The order is safe: the
+sandbox reads its byte only after the monitor has read its own and let the
+sandbox go on.
 
-A container without network needs neither: bwrap maps uid 0 to the user
-itself, exactly as the runtime would, and runs at full speed.
+A container without network needs no ``--userns-block-fd``: bwrap maps uid
+0 to the user itself, exactly as the runtime would, and runs at full speed.
 
 bwrap gets its options through ``--args FD`` (see ``args_data``), not its
 argv: bwrap is the container's pid 1, and ``/proc/1/cmdline`` would show the

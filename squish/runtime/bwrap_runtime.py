@@ -21,15 +21,29 @@ Starting a networked container is a handshake with bwrap over pipes:
    network already up. Port forwards are added while it starts: TCP through
    slirp4netns's API, UDP through ``udp_relay`` (which needs the namespaces'
    fds, the user namespace found with NS_GET_USERNS).
+5. bwrap reads ``--block-fd`` once its mounts are done and closes it; that
+   close is how we learn the sandbox is set up (it then only forks the
+   command and execs it). ``start`` returns then, not before: a set-up that
+   hangs (a mount of a hung FUSE or NFS path) must be a start that does not
+   finish, which the caller can give a deadline, not a container that
+   "runs" with no command.
 
-A container without network skips all of it: bwrap maps the ids itself, and
-nothing of ours runs while it sets the sandbox up.
+A container without network skips steps 1 to 4: bwrap maps the ids itself,
+its ``--block-fd`` is released before it is even spawned, and nothing of
+ours runs while it sets the sandbox up.
+
+A cancelled ``start`` leaves nothing behind: the sandbox's pid 1 and bwrap's
+whole process group (bwrap and anything a wrapper of it started) are killed,
+slirp4netns is stopped, every fd is closed, each wait bounded.
 
 Stopping sends SIGTERM to the command (pid 2 inside, found through pid 1's
 children; a SIGTERM to a pid namespace's init without a handler would be
 ignored), waits for the grace period, then SIGKILLs pid 1, which takes the
 whole pid namespace with it. Exits are noticed through pidfds, at once, not
-by polling.
+by polling; slirp4netns is watched the same way, and a container whose
+slirp4netns dies (killed, crashed) is stopped and reported as exited for
+that reason, so that it is restarted with a network, as the kubelet
+restarts the containers of a dead pod sandbox.
 """
 
 from __future__ import annotations
@@ -44,7 +58,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import MutableSequence, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -80,6 +94,9 @@ from squish.runtime.slirp import Slirp
 # How long stop() looks for pid 2 when called right after start(), before
 # bwrap's pid 1 has forked it.
 _PID2_WAIT = 0.5
+# How long a process may take to be gone after SIGKILL (or bwrap to say which
+# is the sandbox's pid 1) before we stop waiting for it.
+_KILL_WAIT = 5.0
 
 
 def check_ports_free(ports: Sequence[PortForward], default_ip: str) -> None:
@@ -179,6 +196,7 @@ class _Live:
     forwards: dict[PortForward, int | subprocess.Popen[bytes]] = field(default_factory=dict)
     exited: anyio.Event = field(default_factory=anyio.Event)
     stop_requested: bool = False
+    lost: str = ""  # why the runtime ended it by itself (its network helper died)
 
 
 class BwrapRuntime:
@@ -218,11 +236,18 @@ class BwrapRuntime:
         self._exits = Broadcast[ExitEvent]()
         self._exit_stack = contextlib.AsyncExitStack()
         self._tg: TaskGroup | None = None
+        self._bwrap_path = bwrap
+        self._slirp_path = slirp4netns
 
     async def __aenter__(self) -> BwrapRuntime:
-        for tool in (self.bwrap, self.slirp4netns):
-            if shutil.which(tool) is None:
+        # Looked up once, on the daemon's PATH: what a container is started
+        # with never depends on the environment it is given.
+        found = {tool: shutil.which(tool) for tool in (self.bwrap, self.slirp4netns)}
+        for tool, path in found.items():
+            if path is None:
                 raise RuntimeFailure(f"{tool} is not installed (run scripts/setup as root)")
+        self._bwrap_path = found[self.bwrap] or self.bwrap
+        self._slirp_path = found[self.slirp4netns] or self.slirp4netns
         kernel.become_subreaper()
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -327,13 +352,18 @@ class BwrapRuntime:
         try:
             log_r, log_w = pipe()
             info_r, info_w = pipe()
-            handshake = HandshakeFds(info_w)
-            child_fds = [info_w]
+            # The release fd is a socket, not a pipe: our end reads EOF once
+            # every copy of bwrap's end is closed, i.e. once bwrap has read
+            # it, after its mounts (step 5 of the module docstring).
+            block, block_child = (sock.detach() for sock in socket.socketpair())
+            fds += (block, block_child)
+            child_fds = [info_w, block_child]
             if spec.network:
-                # One pipe for both blocks: see squish.runtime.bwrap.
-                release_r, release_w = pipe()
-                handshake = HandshakeFds(info_w, release_r, release_r)
-                child_fds.append(release_r)
+                # One fd for both blocks, a byte each: see squish.runtime.bwrap.
+                handshake = HandshakeFds(info_w, block_child, block_child)
+            else:
+                handshake = HandshakeFds(info_w, block=block_child)
+                os.write(block, b"1")  # nothing to wait for: set up at full speed
             argv = bwrap_argv(spec, handshake, bwrap=self.bwrap)
             # The options go through a file, out of sight of the container's
             # /proc/1/cmdline; bwrap takes only options there, the command
@@ -348,7 +378,7 @@ class BwrapRuntime:
                 # module docstring (--die-with-parent follows the thread).
                 monitor = subprocess.Popen(  # noqa: ASYNC220
                     ["bwrap", "--args", str(args_fd), *argv[end:]],
-                    executable=shutil.which(self.bwrap) or self.bwrap,
+                    executable=self._bwrap_path,
                     stdin=subprocess.DEVNULL,
                     stdout=log_w,
                     stderr=log_w,
@@ -375,10 +405,13 @@ class BwrapRuntime:
             live = _Live(container, monitor, monitor_pidfd, _SandboxInfo(info_r), run_dir)
             if spec.network:
                 if await self._wait_init(live) is None:
-                    monitor.wait()
+                    await self._wait_gone(live)
                     raise RuntimeFailure(f"{spec.name}: bwrap failed: {_pending_complaint(log_r)}")
                 run_dir.mkdir(mode=0o700)
-                await self._connect(live, release_w, fds)
+                await self._connect(live, block)
+            # Set up (or dead, which its exit reports): EOF either way.
+            await anyio.wait_readable(block)
+            close(block)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 if live is not None:
@@ -401,31 +434,28 @@ class BwrapRuntime:
         self._tg.start_soon(self._watch, live, log_r, log)
         return self._snapshot(live)
 
-    async def _connect(self, live: _Live, release_w: int, fds: MutableSequence[int]) -> None:
+    async def _connect(self, live: _Live, release: int) -> None:
         """Map the user namespace, bring up slirp4netns and forwards, release.
 
-        ``release_w`` lets bwrap go on twice, a byte each time: past the user
-        namespace, then on to the command. Every fd opened here goes into
-        ``fds`` until it is handed over, so a failure half-way leaks nothing.
+        ``release`` lets bwrap go on twice, a byte each time: past the user
+        namespace, then on to the command; the caller closes it.
         """
         init_pid = live.container.init_pid
         assert init_pid is not None
         kernel.map_root_to(init_pid, os.getuid(), os.getgid())
-        os.write(release_w, b"1")
+        os.write(release, b"1")
         await _wait_loopback(init_pid)
         live.slirp = await Slirp.start(
             pid=init_pid,
             api_socket=live.run_dir / "slirp.sock",
             log_path=live.run_dir / "slirp4netns.log",
-            slirp4netns=shutil.which(self.slirp4netns) or self.slirp4netns,
+            slirp4netns=self._slirp_path,
         )
         # Release the command: its network is up. The forwards are set up
         # on the host side while it starts; a client that comes before its
         # forward is refused just as one that comes before the server
         # listens. A forward that fails aborts the whole start.
-        os.write(release_w, b"1")
-        fds.remove(release_w)
-        os.close(release_w)
+        os.write(release, b"1")
         for port in live.container.spec.ports:
             await self._add_forward(live, port)
 
@@ -454,26 +484,46 @@ class BwrapRuntime:
 
     async def _abort(self, live: _Live) -> None:
         """Undo a half-done start: kill the sandbox, stop slirp4netns."""
+        self._kill(live)
+        await self._wait_gone(live)
+        await self._reap_init(live)
+        await _reap_group(live.monitor.pid)
+        self._close_network(live)
+        if live.slirp is not None:
+            await live.slirp.close()
+
+    def _kill(self, live: _Live) -> None:
+        """SIGKILL the sandbox's pid 1, which takes its pid namespace, and bwrap.
+
+        bwrap's whole process group, not only bwrap: a bwrap that is a
+        wrapper script, or anything else it started before the sandbox's
+        own session, goes too. The group is bwrap's pid (``start_new_session``),
+        which cannot be reused before we reap bwrap.
+        """
         init_pidfd = self._init(live)
         if init_pidfd is not None:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(init_pidfd, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            live.monitor.kill()
-        live.monitor.wait()
-        await self._reap_init(live)
-        self._close_network(live)
-        if live.slirp is not None:
-            await live.slirp.close()
+        if live.monitor.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(live.monitor.pid, signal.SIGKILL)
+
+    async def _wait_gone(self, live: _Live) -> None:
+        """Wait (a bounded time) until bwrap has exited, and reap it."""
+        with anyio.move_on_after(_KILL_WAIT):
+            await anyio.wait_readable(live.monitor_pidfd)
+        live.monitor.poll()
 
     async def _reap_init(self, live: _Live) -> None:
         # pid 1 dies by PDEATHSIG once the monitor is gone, and exits only
         # after every other process of its pid namespace has; as a subreaper
         # we may have inherited it and must reap it ourselves.
-        init_pidfd = await self._wait_init(live)
+        with anyio.move_on_after(_KILL_WAIT):
+            await live.info.wait()
+        init_pidfd = self._init(live)
         if init_pidfd is None:
             return  # it never existed, or is already gone and reaped
-        with anyio.move_on_after(5):
+        with anyio.move_on_after(_KILL_WAIT):
             await anyio.wait_readable(init_pidfd)
         with contextlib.suppress(ChildProcessError):
             os.waitid(os.P_PIDFD, init_pidfd, os.WEXITED | os.WNOHANG)  # noqa: ASYNC222
@@ -491,7 +541,11 @@ class BwrapRuntime:
         container = live.container
         async with anyio.create_task_group() as tg:
             tg.start_soon(drain, log_r, log)
+            network = anyio.CancelScope()
+            if live.slirp is not None:
+                tg.start_soon(self._watch_network, live, live.slirp, network)
             await anyio.wait_readable(live.monitor_pidfd)
+            network.cancel()
             returncode = live.monitor.wait()
             await self._reap_init(live)
             self._close_network(live)
@@ -510,10 +564,29 @@ class BwrapRuntime:
             exit_code=exit_code,
             at=container.finished_at,
             stopped=live.stop_requested,
-            reason=_bwrap_complaint(log.recent),
+            reason=live.lost or _bwrap_complaint(log.recent),
         )
         live.exited.set()
         self._exits.publish(event)
+
+    async def _watch_network(self, live: _Live, slirp: Slirp, scope: anyio.CancelScope) -> None:
+        """End a container whose slirp4netns died: without it, it has no network.
+
+        Its forwards are gone and nothing can bring them back into the same
+        namespace with their sockets, so the container is stopped as a user's
+        stop would (SIGTERM, the grace, SIGKILL) and its exit says why; the
+        reconciler restarts it, with a network, as any crashed container.
+        ``scope`` is cancelled when the sandbox is gone.
+        """
+        with scope:
+            await slirp.wait_exited()
+            if live.stop_requested:
+                return
+            live.lost = f"its network helper slirp4netns {slirp.describe_exit()}"
+            live.container.state = ContainerState.STOPPING
+            await self._terminate_command(live)
+            await anyio.sleep(self.stop_grace)
+            self._kill(live)
 
     # -- stop ------------------------------------------------------------
 
@@ -530,20 +603,22 @@ class BwrapRuntime:
         with anyio.move_on_after(grace):
             await live.exited.wait()
         if not live.exited.is_set():
-            # SIGKILL to pid 1 takes the whole pid namespace with it; if
-            # pid 1 is unknown, killing bwrap's monitor does the same
-            # through --die-with-parent.
-            init_pidfd = self._init(live)
-            with contextlib.suppress(ProcessLookupError):
-                if init_pidfd is not None:
-                    signal.pidfd_send_signal(init_pidfd, signal.SIGKILL)
-                else:
-                    live.monitor.kill()
-        await live.exited.wait()
+            self._kill(live)
+        patience = 2 * _KILL_WAIT  # SIGKILLed; _watch's cleanup is bounded too
+        with anyio.move_on_after(patience):
+            await live.exited.wait()
+        if not live.exited.is_set():
+            raise RuntimeFailure(
+                f"{container.name}: still not gone {patience:g} s after SIGKILL "
+                "(a process stuck in the kernel?)"
+            )
         return replace(container)
 
     async def _terminate_command(self, live: _Live) -> None:
-        if await self._wait_init(live) is None:
+        init_pidfd = None
+        with anyio.move_on_after(_KILL_WAIT):
+            init_pidfd = await self._wait_init(live)
+        if init_pidfd is None:
             return
         init_pid = live.container.init_pid
         assert init_pid is not None
@@ -605,6 +680,23 @@ def _args_file(args: Sequence[str]) -> int:
     return fd
 
 
+async def _reap_group(pgid: int) -> None:
+    """Reap what is left of a killed process group, for a bounded time.
+
+    Its processes are orphans once their parents in it are dead, and come to
+    us, the subreaper: as zombies nobody else would wait for. Done once none
+    of our children is in the group.
+    """
+    with anyio.move_on_after(_KILL_WAIT):
+        while True:
+            try:
+                pid, _ = os.waitpid(-pgid, os.WNOHANG)  # noqa: ASYNC222 (WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                await anyio.sleep(0.01)
+
+
 _UDP_RELAY = Path(__file__).with_name("udp_relay.py")
 
 
@@ -635,8 +727,15 @@ async def _start_udp_relay(init_pid: int, ip: str, port: PortForward) -> subproc
         )
     assert relay.stdout is not None
     ready = relay.stdout.fileno()
-    with anyio.move_on_after(10):
-        await anyio.wait_readable(ready)
+    try:
+        with anyio.move_on_after(10):
+            await anyio.wait_readable(ready)
+    except BaseException:
+        # Cancelled (the start's deadline): the relay is not ours to keep.
+        relay.kill()
+        relay.wait()
+        relay.stdout.close()
+        raise
     os.set_blocking(ready, False)
     try:
         said = os.read(ready, 64)

@@ -4,7 +4,10 @@ The reconciler's tests drive this instead of bwrap: containers "run" until
 a test makes them exit (``crash``) or they are stopped, ports are checked for
 conflicts between containers, and every call is recorded in ``calls`` so a
 test can assert on what the reconciler asked for. Failures can be scripted
-per container name with ``fail_next_start``.
+per container name: ``fail_next_start`` (a start that fails), ``hang_next_start``
+(one that never finishes until cancelled, as a start stuck in a hung mount)
+and ``crash`` with a ``reason`` (an exit the runtime caused, as the real one
+does when a container's slirp4netns dies).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class FakeRuntime:
         self._live: dict[str, Container] = {}
         self._exits = Broadcast[ExitEvent]()
         self._failures: dict[str, RuntimeFailure] = {}
+        self._hangs: set[str] = set()
         self._pids = itertools.count(1000)
 
     async def __aenter__(self) -> FakeRuntime:
@@ -54,6 +58,10 @@ class FakeRuntime:
 
     def fail_next_start(self, name: str, error: RuntimeFailure) -> None:
         self._failures[name] = error
+
+    def hang_next_start(self, name: str) -> None:
+        """The next start of ``name`` never returns; cancelled, it leaves nothing."""
+        self._hangs.add(name)
 
     def subscribe(self) -> MemoryObjectReceiveStream[ExitEvent]:
         return self._exits.subscribe()
@@ -80,6 +88,9 @@ class FakeRuntime:
         await anyio.lowlevel.checkpoint()
         if spec.name in self._failures:
             raise self._failures.pop(spec.name)
+        if spec.name in self._hangs:
+            self._hangs.discard(spec.name)
+            await anyio.sleep_forever()
         if spec.ports and not spec.network:
             raise RuntimeFailure(f"{spec.name}: ports need a network, but network is 'none'")
         self._check_ports(spec.ports)
@@ -101,17 +112,25 @@ class FakeRuntime:
         except KeyError:
             raise ContainerNotFound(f"no running container {container_id[:12]}") from None
 
-    def _exit(self, container: Container, exit_code: int, *, stopped: bool) -> None:
+    def _exit(
+        self, container: Container, exit_code: int, *, stopped: bool, reason: str = ""
+    ) -> None:
         container.state = ContainerState.EXITED
         container.exit_code = exit_code
         container.finished_at = time.time()
         del self._live[container.id]
-        event = ExitEvent(container.id, container.name, exit_code, container.finished_at, stopped)
+        event = ExitEvent(
+            container.id, container.name, exit_code, container.finished_at, stopped, reason
+        )
         self._exits.publish(event)
 
-    def crash(self, container_id: str, exit_code: int = 1) -> None:
-        """Make a container exit by itself, as if its command had died."""
-        self._exit(self._get(container_id), exit_code, stopped=False)
+    def crash(self, container_id: str, exit_code: int = 1, *, reason: str = "") -> None:
+        """Make a container exit by itself, as if its command had died.
+
+        ``reason`` is what the real runtime says when it ended the container
+        itself ("its network helper slirp4netns was killed by SIGKILL").
+        """
+        self._exit(self._get(container_id), exit_code, stopped=False, reason=reason)
 
     async def stop(self, container_id: str, *, grace: float = DEFAULT_STOP_GRACE) -> Container:
         self.calls.append(("stop", container_id))

@@ -10,13 +10,17 @@ the daemon's environment.
 
 Its lifetime is tied to the runtime's by ``--exit-fd``: slirp4netns exits as
 soon as the pipe's write end closes, which the kernel does when the daemon
-dies, however it dies.
+dies, however it dies. The other way round, the runtime holds a pidfd of it
+and notices at once when it dies (``wait_exited``). Every call to its API
+has a deadline: a slirp4netns that no longer answers is an error, not a
+port update that waits forever.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +33,8 @@ from squish.runtime import HELPER_ENV
 
 MTU = 65520
 GUEST_ADDR = "10.0.2.100"
+# How long one API call may take; it answers in well under a millisecond.
+API_TIMEOUT = 5.0
 
 
 @dataclass
@@ -38,6 +44,7 @@ class Slirp:
     process: subprocess.Popen[bytes]
     api_socket: Path
     exit_w: int  # closing this makes slirp4netns exit
+    pidfd: int  # readable once it has exited
 
     @classmethod
     async def start(
@@ -90,10 +97,15 @@ class Slirp:
             raise RuntimeFailure(f"cannot run slirp4netns: {exc}") from exc
         os.close(ready_w)
         os.close(exit_r)
-        slirp = cls(process, api_socket, exit_w)
+        slirp = cls(process, api_socket, exit_w, os.pidfd_open(process.pid))
         try:
             await anyio.wait_readable(ready_r)
             ready = os.read(ready_r, 1)
+        except BaseException:
+            # Cancelled (the start's deadline) while it set the network up.
+            with anyio.CancelScope(shield=True):
+                await slirp.close()
+            raise
         finally:
             os.close(ready_r)
         if ready != b"1":
@@ -106,14 +118,40 @@ class Slirp:
             )
         return slirp
 
-    async def _call(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def wait_exited(self) -> None:
+        """Return once slirp4netns has exited (for any reason), and reap it."""
+        # On a copy of the pidfd: close() waits on the pidfd itself, maybe
+        # before a cancelled wait here has let go of it.
+        pidfd = os.dup(self.pidfd)
         try:
-            async with await anyio.connect_unix(str(self.api_socket)) as stream:
-                await stream.send(json.dumps(request).encode())
-                await stream.send_eof()
-                reply = b""
-                async for chunk in stream:
-                    reply += chunk
+            await anyio.wait_readable(pidfd)
+        finally:
+            os.close(pidfd)
+        self.process.poll()
+
+    def describe_exit(self) -> str:
+        """How it ended, in words: "was killed by SIGKILL", "exited with code 1"."""
+        code = self.process.poll()
+        if code is None:
+            return "is running"
+        if code < 0:
+            with_name = signal.Signals(-code).name if -code in signal.valid_signals() else -code
+            return f"was killed by {with_name}"
+        return f"exited with code {code}"
+
+    async def _call(self, request: dict[str, Any]) -> dict[str, Any]:
+        if self.process.poll() is not None:
+            raise RuntimeFailure(f"slirp4netns API: slirp4netns {self.describe_exit()}")
+        try:
+            with anyio.fail_after(API_TIMEOUT):
+                async with await anyio.connect_unix(str(self.api_socket)) as stream:
+                    await stream.send(json.dumps(request).encode())
+                    await stream.send_eof()
+                    reply = b""
+                    async for chunk in stream:
+                        reply += chunk
+        except TimeoutError:
+            raise RuntimeFailure(f"slirp4netns API: no answer within {API_TIMEOUT:g} s") from None
         except (OSError, anyio.BrokenResourceError) as exc:
             raise RuntimeFailure(f"slirp4netns API: {exc}") from exc
         try:
@@ -160,17 +198,15 @@ class Slirp:
         if self.exit_w >= 0:
             os.close(self.exit_w)
             self.exit_w = -1
+        if self.pidfd < 0:
+            return
         try:
-            pidfd = os.pidfd_open(self.process.pid)
-        except ProcessLookupError:
-            pass
-        else:
-            try:
-                with anyio.move_on_after(2):
-                    await anyio.wait_readable(pidfd)
-                if self.process.poll() is None:
-                    self.process.kill()
-            finally:
-                os.close(pidfd)
-        self.process.wait()
+            with anyio.move_on_after(2):
+                await anyio.wait_readable(self.pidfd)
+            if self.process.poll() is None:
+                self.process.kill()
+            self.process.wait()
+        finally:
+            os.close(self.pidfd)
+            self.pidfd = -1
         self.api_socket.unlink(missing_ok=True)

@@ -1,0 +1,121 @@
+"""Fault: a container's slirp4netns dies. A real daemon, rootless, and kill -9.
+
+slirp4netns is the container's network: its host ports are slirp4netns's
+sockets. Killed (or crashed), the container runs on without a network, so
+the daemon must notice at once, as it notices the container's own exit,
+end the container and start it again with a new slirp4netns: the port
+answers again, the exit and the restart are recorded, and a port edit works.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from squish.client import Client
+from tests.conftest import eventually, free_port
+from tests.test_daemon import daemon, wait_for_socket
+
+WEB = """\
+[layers]
+www = {{ path = "{www}", target = "/www" }}
+
+[run]
+command = "httpd"
+args = ["-f", "-p", "8080", "-h", "/www"]
+
+[[ports]]
+container = 8080
+host = {port}
+"""
+
+
+def answers(port: int) -> bool | None:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+            conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            reply = b""
+            while chunk := conn.recv(4096):
+                reply += chunk
+    except OSError:
+        return None
+    return True if reply.startswith(b"HTTP/1.") and b"still here" in reply else None
+
+
+def slirps_of(pid: int) -> list[int]:
+    """The live slirp4netns processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        ours = fields.get("PPid", "").strip() == str(pid)
+        dead = fields.get("State", "").startswith("Z")
+        if fields.get("Name") == "slirp4netns" and ours and not dead:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def web(tmp_path: Path, rootless: None) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    (tmp_path / "manifests").mkdir()
+    process = daemon(tmp_path, "d", state=tmp_path / "state")
+    try:
+        wait_for_socket(tmp_path / "d.sock", process)
+        yield process, tmp_path / "d.sock"
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+
+
+def test_a_killed_slirp4netns_restarts_its_container_with_a_network(
+    tmp_path: Path, web: tuple[subprocess.Popen[bytes], Path]
+) -> None:
+    process, sock = web
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("still here\n")
+    www.chmod(0o755)
+    port = free_port()
+    (tmp_path / "manifests" / "web.toml").write_text(WEB.format(www=www, port=port))
+    eventually(lambda: answers(port))
+    with Client(sock) as client:
+        (before,) = client.containers()
+    (slirp,) = slirps_of(process.pid)
+
+    os.kill(slirp, signal.SIGKILL)
+
+    eventually(lambda: answers(port), timeout=15)
+    with Client(sock) as client:
+        (after,) = client.containers()
+    assert after["phase"] == "running"
+    assert after["id"] != before["id"]
+    assert after["restarts"] == 1
+    assert len(slirps_of(process.pid)) == 1
+    metrics_addr = process.args[process.args.index("--metrics-addr") + 1]  # type: ignore[index, union-attr]
+    with urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=5) as answer:
+        assert b'squish_container_restarts_total{container="web"} 1.0' in answer.read()
+
+    # The new network takes port edits.
+    moved = free_port()
+    (tmp_path / "manifests" / "web.toml").write_text(WEB.format(www=www, port=moved))
+    eventually(lambda: answers(moved))
+    assert answers(port) is None
+
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=30)
+    exits = [line for line in err.decode().splitlines() if "container.exited web:" in line]
+    assert len(exits) == 1, err.decode()
+    assert "its network helper slirp4netns was killed by SIGKILL" in exits[0]
