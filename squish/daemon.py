@@ -414,67 +414,69 @@ async def _serve(
     metrics = Metrics(version=__version__)
     stop_metrics = metrics.serve(*metrics_addr) if metrics_addr else None
     try:
-        async with BwrapRuntime(
-            run_dir=state / "run",
-            log_dir=state / "logs",
-            default_host_ip=args.host_ip,
-            stop_grace=args.stop_timeout,
-            log_rate=args.log_rate,
-            log_counter=metrics,
-        ) as runtime:
-            settings: LayerSettings = args.layers
-            store = settings.store(
-                state,
-                observer=lambda kind, result, size: metrics.layer_fetched(
-                    kind, result, downloaded=size
-                ),
-            )
-            guard = PruneGuard(
-                lambda: reconciler.running_names,
-                threshold=args.guard.percent / 100,
-                enabled=args.guard.enabled,
-                wanted=wanted_on(args.node),
-            )
-            sources: list[StatusSource] = [
-                GuardedSource(
-                    DirectorySource(manifests), guard, name="manifests", url=str(manifests)
-                )
-            ]
-            if args.git:
-                sources.append(
-                    GitSource(
-                        args.git,
-                        ref=args.git_ref,
-                        path=args.git_path,
-                        work_dir=state / "sources" / "git",
-                        cache=store.cache,
-                        interval=args.sync_interval,
-                        metrics=metrics,
-                        guard=guard,
-                    )
-                )
-            reconciler = Reconciler(
-                source=PlacedSource(MultiSource(sources), args.node),
-                runtime=runtime,
-                store=store,
-                manifests_dir=manifests,
+        # Open before the runtime and closed after it: a second SIGTERM or Ctrl-C
+        # while it stops the containers is caught (and ignored), never fatal.
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with BwrapRuntime(
+                run_dir=state / "run",
                 log_dir=state / "logs",
-                metrics=metrics,
-                backoff=Backoff(args.backoff_initial, args.backoff_max, args.backoff_reset),
-                resync=args.resync,
-                parallelism=args.parallelism,
-                stop_grace=args.stop_timeout,
-                start_timeout=args.start_timeout,
-                state_dir=state,
                 default_host_ip=args.host_ip,
-                source_statuses=lambda: [source.status() for source in sources],
-            )
-            reconciler.about = {
-                "node": args.node.name,
-                "labels": dict(args.node.labels),
-                "default_base": settings.default_base,
-            }
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                stop_grace=args.stop_timeout,
+                log_rate=args.log_rate,
+                log_counter=metrics,
+            ) as runtime:
+                settings: LayerSettings = args.layers
+                store = settings.store(
+                    state,
+                    observer=lambda kind, result, size: metrics.layer_fetched(
+                        kind, result, downloaded=size
+                    ),
+                )
+                guard = PruneGuard(
+                    lambda: reconciler.running_names,
+                    threshold=args.guard.percent / 100,
+                    enabled=args.guard.enabled,
+                    wanted=wanted_on(args.node),
+                )
+                sources: list[StatusSource] = [
+                    GuardedSource(
+                        DirectorySource(manifests), guard, name="manifests", url=str(manifests)
+                    )
+                ]
+                if args.git:
+                    sources.append(
+                        GitSource(
+                            args.git,
+                            ref=args.git_ref,
+                            path=args.git_path,
+                            work_dir=state / "sources" / "git",
+                            cache=store.cache,
+                            interval=args.sync_interval,
+                            metrics=metrics,
+                            guard=guard,
+                        )
+                    )
+                reconciler = Reconciler(
+                    source=PlacedSource(MultiSource(sources), args.node),
+                    runtime=runtime,
+                    store=store,
+                    manifests_dir=manifests,
+                    log_dir=state / "logs",
+                    metrics=metrics,
+                    backoff=Backoff(args.backoff_initial, args.backoff_max, args.backoff_reset),
+                    resync=args.resync,
+                    parallelism=args.parallelism,
+                    stop_grace=args.stop_timeout,
+                    start_timeout=args.start_timeout,
+                    state_dir=state,
+                    default_host_ip=args.host_ip,
+                    source_statuses=lambda: [source.status() for source in sources],
+                )
+                reconciler.about = {
+                    "node": args.node.name,
+                    "labels": dict(args.node.labels),
+                    "default_base": settings.default_base,
+                }
                 async with anyio.create_task_group() as tg:
                     await tg.start(reconciler.run)
                     layers = LayerAdmin(store, reconciler.layer_users)
@@ -501,6 +503,10 @@ async def _serve(
                         tg.cancel_scope.cancel()
                         break
             # Leaving the runtime stops every container (SIGTERM, grace, SIGKILL).
+        # Everything is stopped: one more SIGTERM or Ctrl-C has nothing left
+        # to do, and must not turn the exit status 0 into a death by signal.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     finally:
         if stop_metrics is not None:
             stop_metrics()
