@@ -3,7 +3,8 @@
 Called by the CLI and the daemon. State (the layer cache, the built-in base,
 logs) lives under ``$XDG_STATE_HOME/squish`` (``~/.local/state/squish``);
 runtime files (sockets, per-container scratch) under
-``$XDG_RUNTIME_DIR/squish``, or, where there is no such directory, a private
+``$XDG_RUNTIME_DIR/squish``, or, where there is no such directory (or it is
+another user's, as ``su`` and ``runuser`` pass on), a private
 ``/tmp/squish-<uid>`` that must be ours and mode 0700.
 """
 
@@ -23,16 +24,30 @@ def state_dir() -> Path:
 
 def runtime_dir() -> Path:
     xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and Path(xdg).is_dir():
+    if xdg and _ours(Path(xdg)):
         path = Path(xdg) / "squish"
-        path.mkdir(mode=0o700, exist_ok=True)
+        try:
+            path.mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise SquishError(f"cannot make {path}: {exc.strerror or exc}") from exc
         return path
     path = Path(f"/tmp/squish-{os.getuid()}")  # noqa: S108 (checked below: ours, 0700)
-    path.mkdir(mode=0o700, exist_ok=True)
-    info = path.lstat()
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        info = path.lstat()
+    except OSError as exc:
+        raise SquishError(f"cannot make {path}: {exc.strerror or exc}") from exc
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
         raise SquishError(f"{path} is not a private directory of this user; remove it")
     return path
+
+
+def _ours(directory: Path) -> bool:
+    try:
+        info = directory.stat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
 
 
 def socket_path() -> Path:
