@@ -10,10 +10,11 @@ written through it, a hard link to the canary's file, a device node and a
 fifo; each archive starts with a good member, so a half-unpacked layer
 would not be empty.
 
-What must hold: the container is reported failed with one line naming the
-archive and the member; the canary and the home are as they were; the
-layer cache holds no entry (nor a temporary directory) for the archive; the
-other container runs on, untouched. A setuid (and a setgid) member is no
+What must hold: the container never starts (failed, or in back-off with
+each retry refused from memory, the archive unpacked once) and its reason is
+one line naming the archive and the member; the canary and the home are as
+they were; the layer cache holds no entry (nor a temporary directory) for
+the archive; the other container runs on, untouched. A setuid (and a setgid) member is no
 escape: that container runs, and from inside the file has lost the bit.
 """
 
