@@ -2,7 +2,9 @@
 
 Its log goes to a file rather than a pipe: a fault that makes the daemon
 talk a lot must not wedge it on a pipe nobody reads. ``terminate()`` sends
-SIGTERM and says how long the daemon took to exit, and with what.
+SIGTERM and says how long the daemon took to exit, and with what. Beside it,
+what the fault tests read off the host: processes below a pid, the live
+slirp4netns of a parent, an HTTP answer through a forward.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -127,3 +130,65 @@ class Daemon:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not exited (a zombie has)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid``, read from /proc (children of every thread)."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except FileNotFoundError:
+            continue
+        for task in tasks:
+            try:
+                children = Path(f"/proc/{parent}/task/{task}/children").read_text().split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            for child in map(int, children):
+                if child not in found:
+                    found.add(child)
+                    todo.append(child)
+    return found
+
+
+def slirps_of(pid: int) -> list[int]:
+    """The live slirp4netns processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        ours = fields.get("PPid", "").strip() == str(pid)
+        dead = fields.get("State", "").startswith("Z")
+        if fields.get("Name") == "slirp4netns" and ours and not dead:
+            found.append(int(entry.name))
+    return found
+
+
+def http_answers(port: int, needle: bytes) -> bool | None:
+    """True once 127.0.0.1:``port`` answers HTTP with ``needle`` in it; None before."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+            conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            reply = b""
+            while chunk := conn.recv(4096):
+                reply += chunk
+    except OSError:
+        return None
+    return True if reply.startswith(b"HTTP/1.") and needle in reply else None

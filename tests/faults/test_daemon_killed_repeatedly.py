@@ -13,7 +13,6 @@ left behind.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -22,43 +21,13 @@ from typing import TypeVar
 
 import pytest
 
-from tests.faults.daemon_under_test import Daemon
+from tests.faults.daemon_under_test import Daemon, alive, descendants
 
 T = TypeVar("T")
 
 COUNT = 100
 NETWORKED = 20
 RESTARTS = 6
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below ``pid``, read from /proc (children of every thread)."""
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        parent = todo.pop()
-        try:
-            tasks = os.listdir(f"/proc/{parent}/task")
-        except FileNotFoundError:
-            continue
-        for task in tasks:
-            try:
-                children = Path(f"/proc/{parent}/task/{task}/children").read_text().split()
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            for child in map(int, children):
-                if child not in found:
-                    found.add(child)
-                    todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
 
 
 def bwraps(daemon: Daemon) -> list[int]:

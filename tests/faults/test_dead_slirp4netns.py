@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import pytest
 
 from squish.client import Client
 from tests.conftest import eventually, free_port
+from tests.faults.daemon_under_test import http_answers, slirps_of
 from tests.test_daemon import daemon, wait_for_socket
 
 WEB = """\
@@ -35,36 +35,6 @@ args = ["-f", "-p", "8080", "-h", "/www"]
 container = 8080
 host = {port}
 """
-
-
-def answers(port: int) -> bool | None:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
-            conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
-            reply = b""
-            while chunk := conn.recv(4096):
-                reply += chunk
-    except OSError:
-        return None
-    return True if reply.startswith(b"HTTP/1.") and b"still here" in reply else None
-
-
-def slirps_of(pid: int) -> list[int]:
-    """The live slirp4netns processes whose parent is ``pid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = (entry / "status").read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
-        ours = fields.get("PPid", "").strip() == str(pid)
-        dead = fields.get("State", "").startswith("Z")
-        if fields.get("Name") == "slirp4netns" and ours and not dead:
-            found.append(int(entry.name))
-    return found
 
 
 @pytest.fixture
@@ -90,14 +60,14 @@ def test_a_killed_slirp4netns_restarts_its_container_with_a_network(
     www.chmod(0o755)
     port = free_port()
     (tmp_path / "manifests" / "web.toml").write_text(WEB.format(www=www, port=port))
-    eventually(lambda: answers(port))
+    eventually(lambda: http_answers(port, b"still here"))
     with Client(sock) as client:
         (before,) = client.containers()
     (slirp,) = slirps_of(process.pid)
 
     os.kill(slirp, signal.SIGKILL)
 
-    eventually(lambda: answers(port), timeout=15)
+    eventually(lambda: http_answers(port, b"still here"), timeout=15)
     with Client(sock) as client:
         (after,) = client.containers()
     assert after["phase"] == "running"
@@ -111,8 +81,8 @@ def test_a_killed_slirp4netns_restarts_its_container_with_a_network(
     # The new network takes port edits.
     moved = free_port()
     (tmp_path / "manifests" / "web.toml").write_text(WEB.format(www=www, port=moved))
-    eventually(lambda: answers(moved))
-    assert answers(port) is None
+    eventually(lambda: http_answers(moved, b"still here"))
+    assert http_answers(port, b"still here") is None
 
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=30)

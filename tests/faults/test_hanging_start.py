@@ -40,6 +40,7 @@ from squish.runtime.bwrap_runtime import BwrapRuntime
 from squish.runtime.fake import FakeRuntime
 from squish.sources.directory import DirectorySource
 from tests.conftest import eventually, free_port
+from tests.faults.daemon_under_test import slirps_of
 from tests.test_daemon import daemon, wait_for_socket
 
 STUCK = """\
@@ -92,24 +93,6 @@ def group_alive(pgid: int) -> bool:
         if int(fields[2]) == pgid:
             return True
     return False
-
-
-def slirps_of(pid: int) -> list[int]:
-    """The slirp4netns processes whose parent is ``pid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = (entry / "status").read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
-        ours = fields.get("PPid", "").strip() == str(pid)
-        dead = fields.get("State", "").startswith("Z")
-        if fields.get("Name") == "slirp4netns" and ours and not dead:
-            found.append(int(entry.name))
-    return found
 
 
 @dataclass

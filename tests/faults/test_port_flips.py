@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import eventually, free_port
-from tests.faults.daemon_under_test import Daemon
+from tests.faults.daemon_under_test import Daemon, http_answers
 
 FLIP_SECONDS = 3.0
 
@@ -54,18 +54,6 @@ def save(directory: Path, text: str) -> None:
     finally:
         os.close(fd)
     os.rename(temporary, directory / "web.toml")
-
-
-def answers(port: int) -> bool | None:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
-            conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
-            reply = b""
-            while chunk := conn.recv(4096):
-                reply += chunk
-    except OSError:
-        return None
-    return True if reply.startswith(b"HTTP/1.") and b"flipped" in reply else None
 
 
 def free(port: int, kind: socket.SocketKind) -> bool:
@@ -105,7 +93,7 @@ def test_flipped_ports_change_in_place_and_only_the_last_ones_are_held(
     pool = sorted({free_port() for _ in range(12)})
     first, *hosts, final_tcp, final_udp = pool
     save(daemon.manifests, web + ports((first, 8080, "tcp")))
-    eventually(lambda: answers(first))
+    eventually(lambda: http_answers(first, b"flipped"))
     before = daemon.detail("web")
     assert before is not None
     seen = {(before["id"], before["pid"])}
@@ -143,7 +131,7 @@ def test_flipped_ports_change_in_place_and_only_the_last_ones_are_held(
     save(daemon.manifests, web + ports((final_tcp, 8080, "tcp"), (final_udp, 9000, "udp")))
 
     try:
-        eventually(lambda: answers(final_tcp), timeout=10)
+        eventually(lambda: http_answers(final_tcp, b"flipped"), timeout=10)
 
         def held() -> bool | None:
             detail = daemon.detail("web")

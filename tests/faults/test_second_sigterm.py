@@ -15,8 +15,7 @@ import signal
 import time
 from pathlib import Path
 
-from tests.faults.daemon_under_test import Daemon
-from tests.faults.test_daemon_killed_repeatedly import alive, descendants
+from tests.faults.daemon_under_test import Daemon, alive, descendants
 
 STUBBORN = """\
 network = "none"
