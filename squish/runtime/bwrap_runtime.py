@@ -252,8 +252,12 @@ class BwrapRuntime:
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         # Whatever a previous owner of this run directory left behind belongs
-        # to containers that died with it (they cannot outlive their owner).
+        # to containers that died with it, but for one case: a sandbox that
+        # was waiting for its network when its owner was SIGKILLed is not
+        # taken along (bwrap sets its death signal too late for that) and
+        # goes on by itself. Its process group was recorded: it ends here.
         for stale in self.run_dir.iterdir():
+            _kill_leftover_group(stale / _GROUP)
             shutil.rmtree(stale, ignore_errors=True)
         self._tg = await self._exit_stack.enter_async_context(anyio.create_task_group())
         return self
@@ -393,6 +397,9 @@ class BwrapRuntime:
             close(log_w)
             monitor_pidfd = os.pidfd_open(monitor.pid)
             fds.append(monitor_pidfd)
+            if spec.network:
+                run_dir.mkdir(mode=0o700)
+                _record_group(run_dir / _GROUP, monitor.pid)
             container = Container(
                 id=container_id,
                 spec=spec,
@@ -407,7 +414,6 @@ class BwrapRuntime:
                 if await self._wait_init(live) is None:
                     await self._wait_gone(live)
                     raise RuntimeFailure(f"{spec.name}: bwrap failed: {_pending_complaint(log_r)}")
-                run_dir.mkdir(mode=0o700)
                 await self._connect(live, block)
             # Set up (or dead, which its exit reports): EOF either way.
             await anyio.wait_readable(block)
@@ -695,6 +701,45 @@ async def _reap_group(pgid: int) -> None:
                 return
             if pid == 0:
                 await anyio.sleep(0.01)
+
+
+# In a networked container's run directory: bwrap's process group (its pid)
+# and bwrap's start time, for a next owner to end what is left of it.
+_GROUP = "group"
+
+
+def _record_group(path: Path, pid: int) -> None:
+    started = kernel.start_time(pid)
+    if started is not None:
+        path.write_text(f"{pid} {started}\n")
+
+
+def _kill_leftover_group(path: Path) -> None:
+    """SIGKILL what runs of the process group recorded in ``path``.
+
+    bwrap itself is gone (it dies with its owner); its sandbox may not be.
+    Only bwrap processes of that group started no earlier than bwrap are
+    killed. While any of the group lives, the kernel gives its id to no new
+    process; once none does, the id could name a new group, and only a
+    sandbox of another squish started since with that very id could match.
+    """
+    try:
+        pgid, started = (int(part) for part in path.read_text().split())
+    except (OSError, ValueError):
+        return
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            head, tail = (entry / "stat").read_text().rsplit(")", 1)
+        except (OSError, ValueError):
+            continue
+        fields = tail.split()
+        # "pid (comm" before the ")"; after it: state, ppid, pgrp, ... starttime (field 22).
+        if head.endswith("(bwrap") and int(fields[2]) == pgid and int(fields[19]) >= started:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                # The sandbox is pid 1 of its pid namespace: the rest goes too.
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 _UDP_RELAY = Path(__file__).with_name("udp_relay.py")
