@@ -117,7 +117,7 @@ async def real_plane(root: Path, **options: Any) -> AsyncIterator[Plane]:
             manifests_dir=manifests,
             log_dir=root / "logs",
             metrics=metrics,
-            backoff=Backoff(initial=0.3, maximum=1.0, reset_after=600),
+            backoff=options.pop("backoff", Backoff(initial=0.3, maximum=1.0, reset_after=600)),
             resync=0.5,
             resolve=options.pop("resolve", resolve),
             state_dir=root / "state",

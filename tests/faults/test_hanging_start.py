@@ -32,14 +32,13 @@ from squish.control import Phase
 from squish.errors import SquishError
 from squish.layers import LayerStore
 from squish.manifest import Squishfile
-from squish.metrics import Metrics
 from squish.plan import Backoff
 from squish.reconciler import Reconciler
 from squish.runtime import ContainerSpec, PortForward
 from squish.runtime.bwrap_runtime import BwrapRuntime
 from squish.runtime.fake import FakeRuntime
-from squish.sources.directory import DirectorySource
 from tests.conftest import eventually, free_port
+from tests.control_plane import real_plane
 from tests.faults.daemon_under_test import slirps_of
 from tests.test_daemon import daemon, wait_for_socket
 
@@ -301,26 +300,12 @@ def fake_spec(squishfile: Squishfile, _store: LayerStore) -> ContainerSpec:
 
 @asynccontextmanager
 async def reconciling(tmp_path: Path, start_timeout: float) -> AsyncIterator[Reconciler]:
-    manifests = tmp_path / "manifests"
-    manifests.mkdir()
-    async with FakeRuntime() as runtime:
-        reconciler = Reconciler(
-            source=DirectorySource(manifests, idle_wakeup=0.1),
-            runtime=runtime,
-            store=LayerStore(tmp_path / "state"),
-            manifests_dir=manifests,
-            log_dir=tmp_path / "logs",
-            metrics=Metrics(version="test"),
-            backoff=Backoff(initial=60, maximum=60),
-            resync=0.5,
-            start_timeout=start_timeout,
-            resolve=fake_spec,
-        )
-        async with anyio.create_task_group() as tg:
-            await tg.start(reconciler.run)
-            yield reconciler
-            reconciler.close()
-            tg.cancel_scope.cancel()
+    # A long back-off: the test sees the one failed start, not its retries.
+    backoff = Backoff(initial=60, maximum=60)
+    async with real_plane(
+        tmp_path, start_timeout=start_timeout, backoff=backoff, resolve=fake_spec
+    ) as plane:
+        yield plane.reconciler
 
 
 async def row_of(reconciler: Reconciler, name: str, wanted: Phase) -> dict[str, object]:
