@@ -475,6 +475,8 @@ class Reconciler:
         self._emit("container.ports", record.name, f"ports now {shown}")
 
     def _fail(self, record: Record, squishfile: Squishfile, reason: str, *, retry: bool) -> None:
+        # The runtime names the container in its errors; the record is that name.
+        reason = reason.removeprefix(f"{record.name}: ")
         first = record.failure != reason
         record.failure = reason
         record.failed_hash = squishfile.spec_hash()

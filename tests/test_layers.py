@@ -33,6 +33,7 @@ from squish.layers import (
     ResolvedLayers,
 )
 from squish.layers.busybox import ETC_FILES, MOUNT_POINTS, applet_path
+from squish.manifest import parse_squishfile
 from tests.layer_ref import Ref
 
 
@@ -100,15 +101,68 @@ def test_path_layers_resolve_to_mounts_in_order(tmp_path: Path) -> None:
 
 
 def test_path_layer_through_a_symlink_mounts_the_real_path(tmp_path: Path) -> None:
+    # The squishfile's reader follows the symlink the user wrote (a
+    # "current" link to a release, say); the store is handed the release.
     real = tmp_path / "real"
     real.mkdir()
-    link = tmp_path / "link"
-    link.symlink_to(real)
+    (tmp_path / "link").symlink_to(real)
+    squishfile = parse_squishfile(
+        b'[layers]\napp = "./link"\n[run]\ncommand = "/app/x"\n',
+        file="app.toml",
+        base_dir=tmp_path,
+        name="app",
+    )
     store = LayerStore(tmp_path / "state")
 
-    (mount,) = store.resolve(None, [Ref("app", path=link, target="/app/x")]).mounts
+    (mount,) = store.resolve(None, squishfile.layers).mounts
 
     assert mount.source == real
+
+
+@pytest.mark.parametrize("where", ["the-path", "a-parent"])
+def test_a_symlink_that_appeared_since_the_squishfile_was_read_is_refused(
+    tmp_path: Path, where: str
+) -> None:
+    # The store is handed resolved paths; a symlink on one now was put there
+    # since, and following it would mount what nobody checked.
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "app").mkdir(parents=True)
+    layer = tmp_path / "layers" / "app"
+    if where == "the-path":
+        layer.parent.mkdir()
+        layer.symlink_to(elsewhere / "app")
+    else:
+        layer.parent.symlink_to(elsewhere)
+    store = LayerStore(tmp_path / "state")
+
+    with pytest.raises(
+        LayerError,
+        match=rf"^layer 'app': {re.escape(str(layer))} leads through a symlink now "
+        rf"\(to {re.escape(str(elsewhere / 'app'))}\); a layer's path is resolved once",
+    ):
+        store.resolve(None, [Ref("app", path=layer, target="/app/x")])
+
+
+def test_a_state_directory_reached_through_a_symlink_gives_resolved_layer_paths(
+    tmp_path: Path,
+) -> None:
+    # Cached layers (the built-in base, a git source's trees) are handed to
+    # the runtime as they are, and it refuses a path that leads through a
+    # symlink: the store resolves its state directory once.
+    (tmp_path / "disk" / "state").mkdir(parents=True)
+    (tmp_path / "state").symlink_to(tmp_path / "disk" / "state")
+    store = LayerStore(tmp_path / "state")
+    archive = tmp_path / "app.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tmp_path / "disk", arcname="x")
+
+    resolved = store.resolve(None, [Ref("app", path=archive, target="/app/x")])
+
+    assert resolved.rootfs.is_relative_to(tmp_path / "disk" / "state")
+    assert resolved.rootfs == resolved.rootfs.resolve()
+    (mount,) = resolved.mounts
+    assert mount.source.is_relative_to(tmp_path / "disk" / "state")
+    assert mount.source == mount.source.resolve()
 
 
 @pytest.mark.parametrize(

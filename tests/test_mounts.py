@@ -9,6 +9,7 @@ for every plan.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
@@ -17,7 +18,7 @@ import pytest
 
 from squish.errors import RuntimeFailure
 from squish.layers import Mount
-from squish.runtime.mounts import Kind, Special, plan_mounts
+from squish.runtime.mounts import Kind, Pinned, Special, pin, plan_mounts
 
 DIR, FILE, SPECIAL_FILE = Kind.DIR, Kind.FILE, Kind.OTHER
 
@@ -497,9 +498,81 @@ def test_a_symlink_on_the_way_to_a_target_is_refused_on_a_real_host(tmp_path: Pa
         plan_mounts(base, [Mount(layer, "/lib64/libc.so", rw=False)])
 
 
+# -- sources bound from the fd they were checked through ----------------------
+
+
+def test_pinned_sources_are_bound_from_their_fds() -> None:
+    # The rootfs is exploded (nothing binds it as a whole), so its fd is not
+    # bound and must not be handed to bwrap; the two layers are.
+    pinned = Pinned(fds={"/": 10, "/etc/hosts": 11, "/sdk/cache": 12})
+
+    argv = plan_mounts(
+        BASE,
+        [ro("/layers/hosts", "/etc/hosts"), rw("/layers/cache", "/sdk/cache")],
+        (),
+        HOST,
+        pinned,
+    )
+
+    assert argv[-8:] == [
+        "--ro-bind-fd", "11", "/etc/hosts",
+        "--bind-fd", "12", "/sdk/cache",
+        "--remount-ro", "/",
+    ]  # fmt: skip
+    assert "--ro-bind" in argv  # the rootfs's entries, bound back by path
+    assert "10" not in argv and "/layers/hosts" not in argv and "/layers/cache" not in argv
+    assert sorted(pinned.bound) == [11, 12]
+
+
+def test_a_pinned_rootfs_bound_as_a_whole_is_bound_from_its_fd() -> None:
+    pinned = Pinned(fds={"/": 10, "/app": 11})
+
+    argv = plan_mounts(BASE, [ro("/layers/app", "/app")], (), HOST, pinned)
+
+    assert argv == ["--ro-bind-fd", "10", "/", "--ro-bind-fd", "11", "/app"]
+    assert pinned.bound == [10, 11]
+
+
+@pytest.mark.parametrize("where", ["the-source", "a-parent"])
+def test_pinning_refuses_a_source_that_leads_through_a_symlink(tmp_path: Path, where: str) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "data").mkdir(parents=True)
+    source = tmp_path / "layers" / "data"
+    if where == "the-source":
+        source.parent.mkdir()
+        source.symlink_to(elsewhere / "data")
+    else:
+        source.parent.symlink_to(elsewhere)
+    pinned = Pinned()
+
+    with pytest.raises(RuntimeFailure, match=rf"^layer /data: {re.escape(str(source))} "):
+        pin([("/data", source, "layer /data")], pinned)
+
+    # What was opened is left for the caller to close.
+    assert len(pinned.fds) == 1
+    os.close(pinned.fds["/data"])
+
+
+def test_pinning_opens_a_real_source_and_knows_its_kind(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("x")
+    pinned = Pinned()
+    try:
+        pin([("/d", tmp_path / "dir", "d"), ("/f", tmp_path / "file", "f")], pinned)
+        assert pinned.kinds == {tmp_path / "dir": DIR, tmp_path / "file": FILE}
+        assert os.readlink(f"/proc/self/fd/{pinned.fds['/d']}") == str(tmp_path / "dir")
+        with pytest.raises(RuntimeFailure, match="does not exist"):
+            pin([("/m", tmp_path / "missing", "m")], pinned)
+    finally:
+        for fd in pinned.fds.values():
+            os.close(fd)
+
+
 # -- ordering: true of every plan ----------------------------------------------
 
 ARITY = {
+    "--ro-bind-fd": 2,
+    "--bind-fd": 2,
     "--ro-bind": 2,
     "--bind": 2,
     "--symlink": 2,

@@ -5,6 +5,13 @@ directory bind-mounted at the layer's target) and ``LayerKind.ROOTFS_PATH`` (a
 directory used as the base rootfs). Nothing is copied: the runtime binds the
 host path read-only (or read-write when the manifest says ``rw``).
 
+Paths arrive resolved: the squishfile's reader follows the symlinks the user
+wrote (``app = "./current"`` is the release it points to when the file is
+read), the built-in and cached layers live under the daemon's resolved state
+directory. A path that leads through a symlink at a start is one that
+appeared since, and is refused rather than followed; the runtime then opens
+the path itself the same way and binds what it opened.
+
 ``classify`` only sees names, so a tarball named ``app-1.2`` arrives here as
 a plain path. A regular file whose content is a tar archive (plain or
 compressed, see ``squish.layers.unpack.is_tarball``) is handed to the
@@ -43,15 +50,24 @@ class PathResolver:
             # a relative one here would depend on the daemon's cwd.
             raise LayerError(f"{path} is not an absolute host path")
         try:
-            # Resolve symlinks now so the runtime binds what was checked here.
             real = path.resolve(strict=True)
-            mode = real.stat().st_mode
+            mode = path.lstat().st_mode
         except FileNotFoundError as exc:
             if path.is_symlink():
                 raise LayerError(f"{path} is a symlink to something that does not exist") from exc
             raise LayerError(f"{path} does not exist") from exc
         except OSError as exc:
             raise LayerError(f"cannot access {path}: {exc.strerror}") from exc
+        except RuntimeError as exc:  # a symlink loop (Python < 3.13)
+            raise LayerError(f"cannot access {path}: {exc}") from exc
+        if real != path or stat.S_ISLNK(mode):
+            # The squishfile's reader resolved the path (following the
+            # symlinks the user meant); one found now has appeared since,
+            # and following it would mount what nobody checked.
+            raise LayerError(
+                f"{path} leads through a symlink now (to {real}); a layer's path is resolved "
+                "once, when its squishfile is read, and not followed again"
+            )
         if self.archives is not None and stat.S_ISREG(mode) and is_tarball(real):
             return self.archives.resolve(layer)
         if self.directory_only and not stat.S_ISDIR(mode):

@@ -67,7 +67,8 @@ class _DefaultBase:
         # be absolute (there is no squishfile to be relative to), and
         # `alpine:3.20` stands for a squishfile's `alpine = "3.20"`.
         if default_base.startswith("/"):
-            return cls(version=None, path=Path(default_base))
+            # Resolved once, as a squishfile's path is when it is read.
+            return cls(version=None, path=Path(default_base).resolve())
         if default_base.startswith("alpine:"):
             return cls(version=default_base.removeprefix("alpine:"), path=None, name="alpine")
         return cls(version=default_base, path=None)
@@ -102,9 +103,12 @@ class LayerStore:
         deadline: float = 3600.0,
         observer: FetchObserver | None = None,
     ) -> None:
-        self.state_dir = state_dir
+        # Resolved: the paths of cached layers must lead through no symlink
+        # (see squish.layers.path).
+        self.state_dir = state_dir.resolve()
         self.default_base = default_base
-        self.cache = LayerCache(state_dir / "layers")
+        self._default_base = _DefaultBase.configured(default_base)
+        self.cache = LayerCache(self.state_dir / "layers")
         self._busybox_base = BusyboxBase(self.cache, busybox=busybox)
         given = dict(resolvers or {})
         # Path layers whose content is a tarball go to the archive resolver,
@@ -145,13 +149,13 @@ class LayerStore:
     def resolve_base(self, base: LayerRef | None) -> Path:
         """Return the host directory of the base rootfs; None means the default."""
         if base is None:
-            default = _DefaultBase.configured(self.default_base)
+            default = self._default_base
             return self._resolve(default, f"default base {self.default_base!r}", as_base=True)
         return self._resolve(base, describe(base, as_base=True), as_base=True)
 
     def default_base_ref(self) -> LayerRef:
         """The configured default base, shaped like a squishfile's base layer."""
-        return _DefaultBase.configured(self.default_base)
+        return self._default_base
 
     def cached_entries(self, base: LayerRef | None, layers: Iterable[LayerRef]) -> set[Path]:
         """The cache entries a squishfile with these layers uses, without fetching any.

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from squish.runtime import DEFAULT_PATH, ContainerSpec
-from squish.runtime.mounts import HostView, Special, plan_mounts
+from squish.runtime.mounts import HostView, Pinned, Special, plan_mounts
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,9 @@ def bwrap_argv(
     *,
     bwrap: str = "bwrap",
     host: HostView | None = None,
+    pinned: Pinned | None = None,
 ) -> list[str]:
-    """Build the full argv that runs ``spec`` under bwrap."""
+    """Build the full argv that runs ``spec`` under bwrap (``pinned``: see ``plan_mounts``)."""
     argv = [
         bwrap,
         # Every namespace; the net namespace too when the container has no
@@ -100,7 +101,7 @@ def bwrap_argv(
         Special("/dev", "dev"),
         Special("/tmp", "tmpfs", size=spec.tmp_size),  # noqa: S108 (inside the container)
     ]
-    argv += plan_mounts(spec.rootfs, spec.mounts, specials, host)
+    argv += plan_mounts(spec.rootfs, spec.mounts, specials, host, pinned)
     argv += ["--chdir", "/", "--clearenv"]
     for key, value in container_env(spec).items():
         argv += ["--setenv", key, value]

@@ -89,6 +89,7 @@ from squish.runtime.logs import (
     RotatingLog,
     drain,
 )
+from squish.runtime.mounts import Pinned, pin
 from squish.runtime.slirp import Slirp
 
 # How long stop() looks for pid 2 when called right after start(), before
@@ -368,7 +369,17 @@ class BwrapRuntime:
             else:
                 handshake = HandshakeFds(info_w, block=block_child)
                 os.write(block, b"1")  # nothing to wait for: set up at full speed
-            argv = bwrap_argv(spec, handshake, bwrap=self.bwrap)
+            # Each source opened once, as checked, and bound from that fd.
+            pinned = Pinned()
+            try:
+                pin([("/", spec.rootfs, "rootfs")], pinned)
+                pin(((m.target, m.source, f"layer for {m.target}") for m in spec.mounts), pinned)
+            finally:
+                fds.extend(pinned.fds.values())
+            argv = bwrap_argv(spec, handshake, bwrap=self.bwrap, pinned=pinned)
+            for fd in set(pinned.fds.values()) - set(pinned.bound):
+                close(fd)
+            child_fds += pinned.bound
             # The options go through a file, out of sight of the container's
             # /proc/1/cmdline; bwrap takes only options there, the command
             # stays on its argv.
@@ -414,7 +425,15 @@ class BwrapRuntime:
                 if await self._wait_init(live) is None:
                     await self._wait_gone(live)
                     raise RuntimeFailure(f"{spec.name}: bwrap failed: {_pending_complaint(log_r)}")
-                await self._connect(live, block)
+                try:
+                    await self._connect(live, block)
+                except RuntimeFailure as exc:
+                    # slirp4netns fails to join a sandbox that died under it:
+                    # then bwrap's words say why.
+                    complaint = _pending_complaint(log_r)
+                    if monitor.poll() is None or complaint == _NO_MESSAGE:
+                        raise
+                    raise RuntimeFailure(f"{spec.name}: bwrap failed: {complaint}") from exc
             # Set up (or dead, which its exit reports): EOF either way.
             await anyio.wait_readable(block)
             close(block)

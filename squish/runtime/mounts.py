@@ -21,6 +21,13 @@ exploding them binds no entries at all.
 Mount points are ordered by depth so that a parent is always mounted before
 anything inside it; a symlink on the way to a target is refused, because the
 kernel would resolve it against the wrong root while bwrap sets up mounts.
+
+What is checked is what is mounted: ``pin`` opens each source once, without
+following a symlink anywhere on its path, and bwrap binds that open file
+(``--bind-fd``), not whatever the path names by the time it gets there. A
+source swapped for a symlink (``renameat2(RENAME_EXCHANGE)``) between the
+check and the mount is refused, here or by bwrap, which compares the inode
+it mounted with the fd's.
 """
 
 from __future__ import annotations
@@ -28,8 +35,8 @@ from __future__ import annotations
 import enum
 import os
 import stat
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal, Protocol
 
@@ -80,6 +87,68 @@ class RealHost:
         return os.readlink(path)
 
 
+@dataclass
+class Pinned:
+    """Host paths opened once, ``O_PATH`` and no symlink followed, to be bound by fd.
+
+    ``fds`` is keyed by container target (a source may be mounted twice, and
+    bwrap closes each fd it binds); the caller owns and closes them.
+    """
+
+    fds: dict[str, int] = field(default_factory=dict)
+    kinds: dict[Path, Kind] = field(default_factory=dict)
+    bound: list[int] = field(default_factory=list)
+    """The fds the planned arguments bind, filled by ``plan_mounts``.
+
+    Exactly these may be passed to bwrap, which closes each once bound: any
+    other fd would reach the container's command, and an open directory of
+    the host is a way out of it.
+    """
+
+
+def pin(sources: Iterable[tuple[str, Path, str]], into: Pinned) -> None:
+    """Open each ``(target, source, label)`` into ``into``, refusing symlinks.
+
+    Sources are canonical paths (the squishfile's reader resolved them), so
+    the path the kernel gives the open file must be the source itself: any
+    difference is a symlink that appeared since. Fds opened before a refusal
+    stay in ``into`` for the caller to close.
+    """
+    for target, source, why in sources:
+        try:
+            fd = os.open(source, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            raise RuntimeFailure(f"{why}: {source} does not exist") from exc
+        except OSError as exc:
+            raise RuntimeFailure(f"{why}: cannot open {source}: {exc.strerror}") from exc
+        into.fds[target] = fd
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISLNK(mode):
+            raise RuntimeFailure(
+                f"{why}: {source} is a symlink now; it was not when it was checked, "
+                "and a layer's path is not followed again"
+            )
+        actual = os.readlink(f"/proc/self/fd/{fd}")
+        if actual != os.fspath(source):
+            raise RuntimeFailure(
+                f"{why}: {source} leads through a symlink now (to {actual}); "
+                "it did not when it was checked, and a layer's path is not followed again"
+            )
+        kind = Kind.DIR if stat.S_ISDIR(mode) else Kind.FILE if stat.S_ISREG(mode) else Kind.OTHER
+        into.kinds[source] = kind
+
+
+class PinnedHost(RealHost):
+    """The host, but a pinned source is what its open file is."""
+
+    def __init__(self, pinned: Pinned) -> None:
+        self.pinned = pinned
+
+    def kind(self, path: Path) -> Kind:
+        known = self.pinned.kinds.get(path)
+        return known if known is not None else super().kind(path)
+
+
 @dataclass(frozen=True)
 class Special:
     """A kernel filesystem mounted fresh in the container."""
@@ -121,8 +190,9 @@ def _join(parent: str, name: str) -> str:
 
 
 class _Planner:
-    def __init__(self, rootfs: Path, host: HostView) -> None:
+    def __init__(self, rootfs: Path, host: HostView, pinned: Pinned | None) -> None:
         self.host = host
+        self.pinned = pinned
         self.owners: dict[str, _Owner] = {"/": _Bind(rootfs, rw=False)}
         # Mount points bwrap will create inside tmpfs owners: path -> kind.
         self.created: dict[str, Kind] = {}
@@ -216,6 +286,10 @@ class _Planner:
             if isinstance(owner, _Bind):
                 if owner.symlink is not None:
                     args += ["--symlink", owner.symlink, target]
+                elif self.pinned is not None and target in self.pinned.fds:
+                    fd = self.pinned.fds[target]
+                    self.pinned.bound.append(fd)
+                    args += ["--bind-fd" if owner.rw else "--ro-bind-fd", str(fd), target]
                 else:
                     args += ["--bind" if owner.rw else "--ro-bind", str(owner.source), target]
             elif isinstance(owner, _Tmpfs):
@@ -239,16 +313,19 @@ def plan_mounts(
     mounts: Sequence[Mount],
     specials: Sequence[Special] = (),
     host: HostView | None = None,
+    pinned: Pinned | None = None,
 ) -> list[str]:
     """Return the bwrap arguments that build the container's filesystem.
 
+    A target pinned in ``pinned`` whose source is bound as a whole is bound
+    from its fd (see ``pin``), which is added to ``pinned.bound``.
     Raises ``RuntimeFailure`` when a layer cannot be placed (its target is a
     symlink, or a file where the layer is a directory, or the reverse).
     """
-    view = host or RealHost()
+    view = host or (RealHost() if pinned is None else PinnedHost(pinned))
     if view.kind(rootfs) is not Kind.DIR:
         raise RuntimeFailure(f"rootfs {rootfs} is not a directory")
-    planner = _Planner(rootfs, view)
+    planner = _Planner(rootfs, view, pinned)
     placed: list[tuple[str, _Owner, Kind, str]] = []
     for special in specials:
         placed.append((special.target, special, Kind.DIR, special.target))

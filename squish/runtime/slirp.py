@@ -112,9 +112,12 @@ class Slirp:
             await slirp.close()
             # A few lines, on the failure path only: not worth a thread.
             said = log_path.read_text(errors="replace").strip().splitlines()  # noqa: ASYNC240
+            # Its warnings (seccomp is "experimental") are not why it failed.
+            said = [line for line in said if not line.startswith("WARNING: ")] or said
+            hint = "" if _tun_open_to_all() else "; is /dev/net/tun mode 0666?"
             raise RuntimeFailure(
-                "slirp4netns failed to set up the network "
-                f"({said[-1] if said else 'no message'}; is /dev/net/tun mode 0666?)"
+                f"slirp4netns failed to set up the network ({said[-1] if said else 'no message'}"
+                f"{hint})"
             )
         return slirp
 
@@ -210,3 +213,11 @@ class Slirp:
             os.close(self.pidfd)
             self.pidfd = -1
         self.api_socket.unlink(missing_ok=True)
+
+
+def _tun_open_to_all() -> bool:
+    """Whether /dev/net/tun is read-write for everyone, as rootless slirp4netns needs."""
+    try:
+        return os.stat("/dev/net/tun").st_mode & 0o006 == 0o006
+    except OSError:
+        return False
