@@ -17,7 +17,7 @@ from typing import TypeVar
 import pytest
 
 from squish.layers import LayerStore
-from squish.runtime.bwrap_runtime import BwrapRuntime
+from squish.runtime.bwrap_runtime import MARK_FILE, BwrapRuntime
 from tests.fake_http import Mirror, Registry
 from tests.git_repo import Remote, git
 
@@ -54,6 +54,11 @@ def rootless() -> None:
 async def runtime(tmp_path: Path, rootless: None) -> AsyncIterator[BwrapRuntime]:
     async with BwrapRuntime(run_dir=tmp_path / "run", log_dir=tmp_path / "logs") as rt:
         yield rt
+
+
+def container_dirs(run_dir: Path) -> list[Path]:
+    """What a runtime keeps per container in its run directory (not its own mark)."""
+    return [entry for entry in run_dir.iterdir() if entry.name != MARK_FILE]
 
 
 def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:

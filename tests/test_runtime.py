@@ -30,7 +30,7 @@ from squish.manifest import parse_squishfile
 from squish.runtime import ContainerSpec, ExitEvent, PortForward, kernel
 from squish.runtime.bwrap_runtime import BwrapRuntime
 from squish.spec import container_spec
-from tests.conftest import free_port
+from tests.conftest import container_dirs, free_port
 from tests.fake_http import Mirror
 
 pytestmark = pytest.mark.anyio
@@ -363,7 +363,7 @@ async def test_port_in_use_fails_before_anything_starts(
             await runtime.start(web_spec(base_rootfs, www, PortForward(port, 8080)))
     assert runtime.list() == []
     assert live_children() == []
-    assert list(runtime.run_dir.iterdir()) == []
+    assert container_dirs(runtime.run_dir) == []
 
 
 async def test_ports_need_a_network(runtime: BwrapRuntime, base_rootfs: Path) -> None:
@@ -454,7 +454,7 @@ async def test_nothing_is_left_after_stop(
     for pid in (*ours, running.pid, running.init_pid):
         assert not alive(pid), pid
     assert live_children() == []
-    assert list(runtime.run_dir.iterdir()) == []
+    assert container_dirs(runtime.run_dir) == []
     assert runtime.list() == []
     with socket.socket() as probe:  # the host port is free again
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

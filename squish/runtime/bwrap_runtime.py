@@ -239,6 +239,9 @@ class BwrapRuntime:
         self._tg: TaskGroup | None = None
         self._bwrap_path = bwrap
         self._slirp_path = slirp4netns
+        # bwrap's argv[0], which its sandbox keeps until it runs the command
+        # (and then as its pid 1): how a later owner of run_dir finds them.
+        self._mark = f"bwrap-{secrets.token_hex(8)}"
 
     async def __aenter__(self) -> BwrapRuntime:
         # Looked up once, on the daemon's PATH: what a container is started
@@ -253,13 +256,18 @@ class BwrapRuntime:
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         # Whatever a previous owner of this run directory left behind belongs
-        # to containers that died with it, but for one case: a sandbox that
-        # was waiting for its network when its owner was SIGKILLed is not
-        # taken along (bwrap sets its death signal too late for that) and
-        # goes on by itself. Its process group was recorded: it ends here.
+        # to containers that died with it, but for one case: a sandbox caught
+        # setting up (building its mounts, waiting for its network) when its
+        # owner was SIGKILLed is not taken along (bwrap asks for its death
+        # signal only once set up) and goes on by itself. Every bwrap of that
+        # owner carried its mark: they end here, before anything starts.
+        mark_file = self.run_dir / MARK_FILE
+        with contextlib.suppress(OSError):
+            _kill_marked(mark_file.read_text().strip())
         for stale in self.run_dir.iterdir():
-            _kill_leftover_group(stale / _GROUP)
-            shutil.rmtree(stale, ignore_errors=True)
+            if stale != mark_file:
+                shutil.rmtree(stale, ignore_errors=True)
+        mark_file.write_text(self._mark + "\n")
         self._tg = await self._exit_stack.enter_async_context(anyio.create_task_group())
         return self
 
@@ -392,7 +400,7 @@ class BwrapRuntime:
                 # Spawned here, in the loop's thread, on purpose: see the
                 # module docstring (--die-with-parent follows the thread).
                 monitor = subprocess.Popen(  # noqa: ASYNC220
-                    ["bwrap", "--args", str(args_fd), *argv[end:]],
+                    [self._mark, "--args", str(args_fd), *argv[end:]],
                     executable=self._bwrap_path,
                     stdin=subprocess.DEVNULL,
                     stdout=log_w,
@@ -410,7 +418,6 @@ class BwrapRuntime:
             fds.append(monitor_pidfd)
             if spec.network:
                 run_dir.mkdir(mode=0o700)
-                _record_group(run_dir / _GROUP, monitor.pid)
             container = Container(
                 id=container_id,
                 spec=spec,
@@ -724,41 +731,31 @@ async def _reap_group(pgid: int) -> None:
 
 # In a networked container's run directory: bwrap's process group (its pid)
 # and bwrap's start time, for a next owner to end what is left of it.
-_GROUP = "group"
+MARK_FILE = "sandboxes"
 
 
-def _record_group(path: Path, pid: int) -> None:
-    started = kernel.start_time(pid)
-    if started is not None:
-        path.write_text(f"{pid} {started}\n")
+def _kill_marked(mark: str) -> None:
+    """SIGKILL every bwrap of ours whose argv[0] is ``mark`` (a runtime's, see ``_mark``).
 
-
-def _kill_leftover_group(path: Path) -> None:
-    """SIGKILL what runs of the process group recorded in ``path``.
-
-    bwrap itself is gone (it dies with its owner); its sandbox may not be.
-    Only bwrap processes of that group started no earlier than bwrap are
-    killed. While any of the group lives, the kernel gives its id to no new
-    process; once none does, the id could name a new group, and only a
-    sandbox of another squish started since with that very id could match.
+    The mark is random per runtime, so nothing else has it: a later
+    runtime's sandboxes and other programs' bwraps (flatpak's) are never
+    touched. A sandbox is its pid namespace's pid 1: its command goes with it.
     """
-    try:
-        pgid, started = (int(part) for part in path.read_text().split())
-    except (OSError, ValueError):
+    if not mark.startswith("bwrap-"):
         return
+    wanted = os.fsencode(mark) + b"\0"
+    uid = os.getuid()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            head, tail = (entry / "stat").read_text().rsplit(")", 1)
+            if entry.stat().st_uid != uid or (entry / "comm").read_bytes() != b"bwrap\n":
+                continue
+            if not (entry / "cmdline").read_bytes().startswith(wanted):
+                continue
+            os.kill(int(entry.name), signal.SIGKILL)
         except (OSError, ValueError):
-            continue
-        fields = tail.split()
-        # "pid (comm" before the ")"; after it: state, ppid, pgrp, ... starttime (field 22).
-        if head.endswith("(bwrap") and int(fields[2]) == pgid and int(fields[19]) >= started:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                # The sandbox is pid 1 of its pid namespace: the rest goes too.
-                os.kill(int(entry.name), signal.SIGKILL)
+            continue  # gone meanwhile
 
 
 _UDP_RELAY = Path(__file__).with_name("udp_relay.py")

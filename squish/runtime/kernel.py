@@ -63,17 +63,3 @@ def children(pid: int) -> list[int]:
     except (FileNotFoundError, ProcessLookupError):
         return []
     return [int(part) for part in text.split()]
-
-
-def start_time(pid: int) -> int | None:
-    """When ``pid`` started (clock ticks since boot), None if there is no such process.
-
-    With the pid, it names one process for good: a pid reused later has
-    another start time.
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # Field 22; the fields after the command's ")" start at field 3.
-    return int(stat.rsplit(")", 1)[1].split()[19])

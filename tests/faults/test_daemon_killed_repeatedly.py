@@ -19,6 +19,7 @@ from typing import TypeVar
 
 import pytest
 
+from squish.runtime.bwrap_runtime import MARK_FILE
 from tests.faults.daemon_under_test import Daemon, alive, descendants
 
 T = TypeVar("T")
@@ -86,9 +87,13 @@ def assert_tree_gone(tree: set[int]) -> None:
 
 
 def assert_runtime_dir_holds_only(root: Path, ids: dict[str, str]) -> None:
-    """The runtime directory: a directory (slirp4netns's socket) per networked container."""
+    """The runtime directory: a directory (slirp4netns's socket) per networked container.
+
+    And the mark of the daemon's sandboxes, which the next daemon reads.
+    """
     networked = {ids[f"c{index:03}"][:16] for index in range(NETWORKED)}
-    assert {entry.name for entry in (root / "state" / "run").iterdir()} == networked
+    entries = {entry.name for entry in (root / "state" / "run").iterdir()}
+    assert entries == networked | {MARK_FILE}
 
 
 @pytest.mark.timeout(600)
