@@ -14,7 +14,7 @@ whatever one start leaves behind hit both alike):
   layer cache by a warm-up resolve before any sample is taken.
 
 Each sample is what a real start of an unchanged squishfile costs:
-resolving its layers with ``squish.spec.container_spec`` in a worker thread,
+resolving its layers with ``squish.reconcile.spec.container_spec`` in a worker thread,
 as the reconciler does (for the archive, the resolver's identity cache: an
 open and an fstat, no re-hash), then ``BwrapRuntime.start`` with
 ``network = "none"`` until the command has run, which it signals through a
@@ -41,9 +41,9 @@ from start_latency import READY, Fifo
 from stats import median_p90
 
 from squish.layers import LayerStore
-from squish.manifest import Squishfile, parse_squishfile
+from squish.model.squishfile import Squishfile, parse_squishfile
+from squish.reconcile.spec import container_spec
 from squish.runtime.bwrap_runtime import BwrapRuntime
-from squish.spec import container_spec
 
 APP = "/app"
 MARKER = "bin/hello"

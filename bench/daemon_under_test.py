@@ -32,7 +32,7 @@ from typing import Any, Self
 import httpx
 from stats import percentile
 
-from squish.client import Client
+from squish.cli.client import Client
 from squish.errors import SquishError
 
 LOCALHOST = "127.0.0.1"

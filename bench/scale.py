@@ -71,7 +71,7 @@ from daemon_under_test import (
 )
 from stats import percentile
 
-from squish.client import Client
+from squish.cli.client import Client
 from squish.errors import SquishError
 
 TARGET_ALL_RUNNING_S = 10.0

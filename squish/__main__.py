@@ -1,5 +1,5 @@
 """``python -m squish``: the same as the ``squish`` command."""
 
-from squish.cli import main
+from squish.main import main
 
 raise SystemExit(main())

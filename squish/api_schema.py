@@ -1,8 +1,8 @@
 """Every shape the daemon's API sends or accepts: the one definition of each.
 
-The server (:mod:`squish.api`, through :mod:`squish.reconciler` and the
+The server (:mod:`squish.daemon.api`, through :mod:`squish.reconcile.reconciler` and the
 admin modules) builds its answers as these dictionaries, the client
-(:mod:`squish.client`, and so the ``squish`` command) reads them as these
+(:mod:`squish.cli.client`, and so the ``squish`` command) reads them as these
 types, and the tests check real answers against them. The server also turns
 them into the JSON Schemas of its OpenAPI document (``GET /v1/openapi.json``)
 with pydantic, which validates request bodies against the same types.

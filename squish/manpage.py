@@ -20,7 +20,8 @@ from pathlib import Path
 from argparse_manpage.manpage import Manpage
 
 from squish import __version__
-from squish.cli import SUBCOMMANDS, build_parser
+from squish.cli.commands import EXIT_CODES
+from squish.main import VERBS, build_parser
 
 SHORT_DESCRIPTION = "a rootless container runtime shaped as a declarative reconciler"
 
@@ -38,19 +39,8 @@ def roff() -> str:
     return str(page)
 
 
-_EXIT_STATUS = """\
-.TP
-.B 0
-success
-.TP
-.B 1
-the user's error: a bad squishfile, no such container, a layer that cannot be had
-.TP
-.B 2
-the daemon is unreachable, or the command line is not understood
-.TP
-.B 130
-interrupted (Ctrl-C)"""
+# The same table as --help's epilog: the codes the command returns.
+_EXIT_STATUS = "\n".join(f".TP\n.B {code}\n{meaning}" for code, meaning in EXIT_CODES.items())
 
 _SEE_ALSO = ".BR bwrap (1),\n.BR slirp4netns (1)"
 
@@ -64,7 +54,7 @@ def _escape(text: str) -> str:
 def _examples() -> str:
     """Every verb's examples (the end of its --help), one verb to a paragraph."""
     lines: list[str] = []
-    for name, subcommand in SUBCOMMANDS.items():
+    for name, subcommand in VERBS.items():
         lines += [".TP", f".B squish {name}", ".nf"]
         lines += [_escape(example) for example in subcommand.examples]
         lines.append(".fi")

@@ -1,6 +1,6 @@
 """The real control plane for the API and CLI tests: a Reconciler on the fake runtime.
 
-The API (squish.api) and the commands that talk to it are tested against
+The API (squish.daemon.api) and the commands that talk to it are tested against
 this, the reconciler the daemon runs, with a real directory source on a
 temp dir; only the runtime is the in-package fake (squish.runtime.fake),
 and layers are not resolved (``resolve`` below). So every answer a test
@@ -19,12 +19,12 @@ from typing import Any
 
 import anyio
 
-from squish.control import Phase
+from squish.daemon.metrics import Metrics
 from squish.layers import LayerStore
-from squish.manifest import Squishfile
-from squish.metrics import Metrics
-from squish.plan import Backoff
-from squish.reconciler import Reconciler
+from squish.model.squishfile import Squishfile
+from squish.reconcile.plan import Backoff
+from squish.reconcile.reconciler import Reconciler
+from squish.reconcile.status import Phase
 from squish.runtime import ContainerSpec, PortForward
 from squish.runtime.fake import FakeRuntime
 from squish.sources.directory import DirectorySource

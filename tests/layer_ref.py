@@ -1,4 +1,4 @@
-"""``Ref``: a stand-in for ``squish.manifest.Layer`` in layer store tests."""
+"""``Ref``: a stand-in for ``squish.model.squishfile.Layer`` in layer store tests."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The JSON API (squish.api) against the real control plane: the Reconciler on the fake runtime.
+"""The JSON API (squish.daemon.api) against the real Reconciler on the fake runtime.
 
 Most routes are driven in-process through httpx's ASGI transport. That
 transport only returns once the app has finished a response, so the
@@ -25,10 +25,10 @@ import pytest
 from starlette.applications import Starlette
 
 from squish import api_schema as schema
-from squish.api import make_app, serve
-from squish.client import Client
+from squish.cli.client import Client
+from squish.daemon.api import make_app, serve
+from squish.daemon.openapi import adapter
 from squish.errors import LayerError, PortInUse, RuntimeFailure, SquishError
-from squish.openapi import adapter
 from tests.control_plane import Plane, real_plane, running, squishfile, until
 
 pytestmark = pytest.mark.anyio

@@ -36,7 +36,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from squish.client import Client
+from squish.cli.client import Client
 from tests.test_daemon import REPO, wait_for_socket
 
 CHECKS = [

@@ -1,4 +1,4 @@
-"""The logs route of the API (squish.api) over the real reconciler on the fake runtime.
+"""The logs route of the API (squish.daemon.api) over the real reconciler on the fake runtime.
 
 Containers "run" in ``FakeRuntime``; their logs are written by the real
 ``RotatingLog`` (with its time index) at the path the reconciler names, with
@@ -19,9 +19,9 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from squish.api import make_app
-from squish.control import Phase
-from squish.reconciler import Reconciler
+from squish.daemon.api import make_app
+from squish.reconcile.reconciler import Reconciler
+from squish.reconcile.status import Phase
 from squish.runtime.logs import RotatingLog
 from tests.control_plane import real_plane
 

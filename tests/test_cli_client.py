@@ -25,10 +25,10 @@ import anyio.from_thread
 import pytest
 
 from squish import __version__
-from squish.api import make_app, serve
-from squish.cli import main
+from squish.daemon.api import make_app, serve
 from squish.errors import PortInUse
-from squish.manifest import parse_squishfile
+from squish.main import main
+from squish.model.squishfile import parse_squishfile
 from tests.control_plane import Plane, real_plane, squishfile, wait_sync
 
 T = TypeVar("T")

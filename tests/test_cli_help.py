@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from squish.cli import COMPLETION_SHELLS, SUBCOMMANDS, build_parser, main
+from squish.cli.commands import COMPLETION_SHELLS
+from squish.main import VERBS as SUBCOMMANDS
+from squish.main import build_parser, main
 
 SQUISH = [sys.executable, "-m", "squish"]
 

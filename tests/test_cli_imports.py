@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-# Never imported by `import squish.cli`, nor by parsing a client verb's arguments.
+# Never imported by `import squish.main`, nor by parsing a client verb's arguments.
 HEAVY = (
     "httpx",  # the daemon downloads with it; the client speaks http.client
     "starlette",
@@ -28,8 +28,10 @@ HEAVY = (
     "rich.console",
     "click",
     "squish.daemon",
-    "squish.api",
-    "squish.manifest",
+    "squish.daemon.main",
+    "squish.daemon.api",
+    "squish.reconcile",
+    "squish.model.squishfile",
     "squish.layers",
     "squish.runtime",
     "squish.runtime.bwrap_runtime",
@@ -48,12 +50,12 @@ def loaded_after(code: str) -> set[str]:
 @pytest.mark.parametrize(
     "code",
     [
-        "import squish.cli",
-        "import squish.client, squish.errors, squish.paths",
+        "import squish.main",
+        "import squish.cli.client, squish.errors, squish.paths",
         # Parsing runs each verb's own argument setup; the verb itself does not run.
-        "from squish.cli import build_parser; build_parser().parse_args(['ps', '-a'])",
-        "from squish.cli import build_parser; build_parser().parse_args(['layer', 'ls'])",
-        "from squish.cli import build_parser; build_parser().parse_args(['stop', 'x'])",
+        "from squish.main import build_parser; build_parser().parse_args(['ps', '-a'])",
+        "from squish.main import build_parser; build_parser().parse_args(['layer', 'ls'])",
+        "from squish.main import build_parser; build_parser().parse_args(['stop', 'x'])",
     ],
 )
 def test_nothing_heavy_is_imported(code: str) -> None:
@@ -61,17 +63,17 @@ def test_nothing_heavy_is_imported(code: str) -> None:
 
 
 def test_version_imports_nothing_heavy() -> None:
-    code = "from squish.cli import main\nassert main(['--version']) == 0"
+    code = "from squish.main import main\nassert main(['--version']) == 0"
     assert sorted(loaded_after(code) & set(HEAVY)) == []
 
 
 def test_the_verbs_that_need_more_still_get_it() -> None:
-    # The daemon's options are defined by squish.daemon: asking for them loads it.
+    # The daemon's options are defined by squish.daemon.main: asking for them loads it.
     daemon = loaded_after(
-        "from squish.cli import build_parser; build_parser().parse_args(['daemon'])"
+        "from squish.main import build_parser; build_parser().parse_args(['daemon'])"
     )
-    assert "squish.daemon" in daemon
-    validate = loaded_after("from squish.cli import main; main(['validate', '/nonexistent.toml'])")
-    assert "squish.manifest" in validate
-    assert "squish.daemon" not in validate
+    assert "squish.daemon.main" in daemon
+    validate = loaded_after("from squish.main import main; main(['validate', '/nonexistent.toml'])")
+    assert "squish.model.squishfile" in validate
+    assert "squish.daemon.main" not in validate
     assert "squish.runtime.bwrap_runtime" not in validate

@@ -1,11 +1,11 @@
-"""How the CLI shows answers (squish.cli_output): pure, so tested with tables."""
+"""How the CLI shows answers (squish.cli.output): pure, so tested with tables."""
 
 from __future__ import annotations
 
 import pytest
 
 from squish import api_schema as schema
-from squish.cli_output import PS_COLUMNS, fit, print_table, ps_row, reason, render, status_summary
+from squish.cli.output import PS_COLUMNS, fit, print_table, ps_row, reason, render, status_summary
 from squish.errors import SquishError
 
 HEADER = [*PS_COLUMNS, "REASON"]

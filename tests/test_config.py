@@ -1,4 +1,4 @@
-"""The daemon's layer settings (``squish.config``): flags > environment > file."""
+"""The daemon's layer settings (``squish.daemon.config``): flags > environment > file."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from squish.config import (
+from squish.daemon.config import (
     GuardSettings,
     LayerSettings,
     config_path,

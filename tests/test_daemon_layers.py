@@ -21,7 +21,7 @@ from test_daemon import daemon, wait_for_socket
 from test_registry import sdk
 from test_runtime import real_minirootfs
 
-from squish.client import Client, JSONObject
+from squish.cli.client import Client, JSONObject
 from tests.conftest import eventually, free_port
 from tests.fake_http import Mirror, Registry
 

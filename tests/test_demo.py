@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from squish.client import Client
+from squish.cli.client import Client
 from squish.errors import SquishError
 from tests.conftest import eventually, free_port
 

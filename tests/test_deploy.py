@@ -29,9 +29,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from squish import cli
-from squish.control import Phase
-from squish.metrics import (
+from squish import main as cli
+from squish.daemon.metrics import (
     CONTAINER_PHASES,
     CONTAINER_STATES,
     LAYER_KINDS,
@@ -40,6 +39,7 @@ from squish.metrics import (
     SYNC_RESULTS,
     Metrics,
 )
+from squish.reconcile.status import Phase
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -233,7 +233,7 @@ def test_every_alert_explains_itself_and_names_what_it_is_about(
 def test_container_down_alert_covers_every_phase_but_running_stopped_and_exited() -> None:
     # stopped (squish stop) and exited (done, by its restart policy) are what
     # the manifest asked for; any other phase is a container that should run
-    # and does not. A phase added to squish.control.Phase must be placed here.
+    # and does not. A phase added to squish.reconcile.status.Phase must be placed here.
     [down] = [alert for alert in alerts() if alert["alert"] == "SquishContainerDown"]
     matchers = {
         key: (op, value)

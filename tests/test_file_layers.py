@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from test_daemon import daemon, wait_for_socket
 
-from squish.client import Client, JSONObject
-from squish.manifest import parse_squishfile
+from squish.cli.client import Client, JSONObject
+from squish.model.squishfile import parse_squishfile
 from squish.sources.directory import layer_key
 from tests.conftest import eventually
 from tests.fake_http import digest

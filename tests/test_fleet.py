@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from test_gitops import SLEEPER, Squish, start
 
-from squish.client import Client
+from squish.cli.client import Client
 from tests.conftest import eventually
 from tests.git_repo import Remote
 

@@ -23,10 +23,11 @@ import anyio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from squish.daemon.metrics import Metrics
 from squish.errors import SquishError
 from squish.layers import LayerCache
-from squish.metrics import Metrics
-from squish.sources import Manifest, Source
+from squish.model.manifest import Manifest
+from squish.sources import Source
 from squish.sources.directory import DirectorySource
 from squish.sources.git import GitLimits, GitSource, redact_url
 from tests.git_repo import Remote, git

@@ -22,7 +22,7 @@ import httpx
 import pytest
 from test_daemon import daemon, wait_for_socket
 
-from squish.client import Client, JSONObject
+from squish.cli.client import Client, JSONObject
 from tests.conftest import eventually, free_port
 from tests.git_repo import Remote, git
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from squish.manifest import parse_squishfile
-from squish.source_admin import verified
-from squish.sources import Manifest
+from squish.daemon.source_admin import verified
+from squish.model.manifest import Manifest
+from squish.model.squishfile import parse_squishfile
 from squish.sources.directory import DirectorySource
 from squish.sources.guard import GuardedSource, PruneGuard
 

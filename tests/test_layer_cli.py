@@ -22,12 +22,12 @@ from rich.filesize import decimal
 from test_alpine import minirootfs
 from test_registry import sdk
 
-from squish.api import make_app, serve
-from squish.cli import main
-from squish.client import Client
-from squish.layer_admin import LayerAdmin
+from squish.cli.client import Client
+from squish.daemon.api import make_app, serve
+from squish.daemon.layer_admin import LayerAdmin
 from squish.layers import LayerStore
-from squish.manifest import Squishfile, parse_squishfile
+from squish.main import main
+from squish.model.squishfile import Squishfile, parse_squishfile
 from tests.control_plane import real_plane
 from tests.fake_http import ARCH, Mirror, Registry, digest
 from tests.layer_ref import Ref

@@ -33,7 +33,7 @@ from squish.layers import (
     ResolvedLayers,
 )
 from squish.layers.busybox import ETC_FILES, MOUNT_POINTS, applet_path
-from squish.manifest import parse_squishfile
+from squish.model.squishfile import parse_squishfile
 from tests.layer_ref import Ref
 
 

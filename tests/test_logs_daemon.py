@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from test_daemon import daemon, wait_for_socket
 
-from squish.cli import main
+from squish.main import main
 from tests.conftest import eventually
 
 REPO = Path(__file__).resolve().parent.parent

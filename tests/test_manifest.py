@@ -1,4 +1,4 @@
-"""Tests of the squishfile model (squish.manifest) and ``squish validate``.
+"""Tests of the squishfile model (squish.model.squishfile) and ``squish validate``.
 
 Table-driven: each bad squishfile must give a ManifestError naming the file
 and the field, listing every problem with the line of its field; the spec
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from squish.cli import main
 from squish.errors import ManifestError
-from squish.manifest import (
+from squish.main import main
+from squish.model.squishfile import (
     Change,
     Layer,
     Placement,
@@ -29,7 +29,7 @@ from squish.manifest import (
     load_squishfile,
     parse_squishfile,
 )
-from squish.toml_lines import KeyLines
+from squish.model.toml_lines import KeyLines
 
 EXAMPLE = """\
 network = "none"

@@ -1,4 +1,4 @@
-"""Tests of the Prometheus exporter (squish.metrics).
+"""Tests of the Prometheus exporter (squish.daemon.metrics).
 
 Every check reads the exposition the way Prometheus would, through
 prometheus_client's own text parser, rather than peeking at metric objects.
@@ -23,9 +23,9 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from squish.control import Phase
+from squish.daemon.metrics import CONTAINER_PHASES, Metrics
 from squish.errors import SquishError
-from squish.metrics import CONTAINER_PHASES, Metrics
+from squish.reconcile.status import Phase
 from tests.conftest import free_port
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

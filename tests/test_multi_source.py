@@ -10,8 +10,8 @@ import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from squish.errors import ManifestError
-from squish.manifest import Squishfile
-from squish.sources import Manifest
+from squish.model.manifest import Manifest
+from squish.model.squishfile import Squishfile
 from squish.sources.directory import DirectorySource
 from squish.sources.multi import MultiSource
 

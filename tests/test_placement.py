@@ -13,11 +13,12 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from squish.daemon.main import default_node_name
 from squish.errors import ManifestError, SquishError
-from squish.manifest import Squishfile, parse_squishfile
-from squish.placement import Node, Placement, default_node_name
-from squish.sources import Manifest
-from squish.sources.placement import PlacedSource, wanted_on
+from squish.model.manifest import Manifest
+from squish.model.placement import Node, Placement
+from squish.model.squishfile import Squishfile, parse_squishfile
+from squish.sources.placed import PlacedSource, wanted_on
 
 # -- Node.parse ------------------------------------------------------------------
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from squish.errors import ManifestError
-from squish.manifest import Port, Squishfile
-from squish.plan import Action, Backoff, Kind, Record, plan
-from squish.sources import Manifest
+from squish.model.manifest import Manifest
+from squish.model.squishfile import Port, Squishfile
+from squish.reconcile.plan import Action, Backoff, Kind, Record, plan
 
 NOW = 1000.0
 

@@ -11,11 +11,11 @@ import anyio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from squish.control import Phase
+from squish.daemon.metrics import Metrics
 from squish.errors import ContainerNotFound, ManifestError, RuntimeFailure
 from squish.layers import LayerStore
-from squish.manifest import Squishfile
-from squish.metrics import Metrics
+from squish.model.squishfile import Squishfile
+from squish.reconcile.status import Phase
 from squish.runtime import ContainerSpec, PortForward
 from tests.control_plane import Plane, real_plane, resolve, running, squishfile
 

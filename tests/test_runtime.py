@@ -26,10 +26,10 @@ import pytest
 
 from squish.errors import PortInUse, RuntimeFailure
 from squish.layers import LayerStore, Mount
-from squish.manifest import parse_squishfile
+from squish.model.squishfile import parse_squishfile
+from squish.reconcile.spec import container_spec
 from squish.runtime import ContainerSpec, ExitEvent, PortForward, kernel
 from squish.runtime.bwrap_runtime import BwrapRuntime
-from squish.spec import container_spec
 from tests.conftest import container_dirs, free_port
 from tests.fake_http import Mirror
 

@@ -1,4 +1,4 @@
-"""systemd readiness notification (squish.sdnotify), against real sockets.
+"""systemd readiness notification (squish.daemon.sdnotify), against real sockets.
 
 Each test binds an AF_UNIX datagram socket the way systemd does for a
 ``Type=notify`` unit, points ``$NOTIFY_SOCKET`` at it and reads exactly what
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from squish import sdnotify
-from squish.client import Client
+from squish.cli.client import Client
+from squish.daemon import sdnotify
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parent.parent

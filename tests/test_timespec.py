@@ -1,4 +1,4 @@
-"""Tests of squish.timespec: the moments ``squish logs --since/--until`` take. Pure, tables."""
+"""Tests of squish.cli.timespec: the moments ``squish logs --since/--until`` take. Pure, tables."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from datetime import datetime
 
 import pytest
 
+from squish.cli.timespec import parse_moment
 from squish.errors import SquishError
-from squish.timespec import parse_moment
 
 NOW = 1_796_119_200.0  # 2026-12-01T10:00:00Z
 

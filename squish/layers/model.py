@@ -56,7 +56,7 @@ def machine_arch(given: str | None = None) -> str:
 class LayerRef(Protocol):
     """The parts of a manifest ``Layer`` the store reads.
 
-    ``squish.manifest.Layer`` satisfies this structurally; the store never
+    ``squish.model.squishfile.Layer`` satisfies this structurally; the store never
     imports the manifest, so it can be used (and tested) without it.
     """
 
@@ -122,9 +122,9 @@ class LayerKind(enum.StrEnum):
 def classify(layer: LayerRef, *, as_base: bool) -> LayerKind:
     """Decide which resolver handles ``layer``.
 
-    A path wins over a version, so a future ``{ path = ..., sha256 = ... }``
-    stays a local layer. Raises ``LayerError`` (without the layer label) for a
-    layer no resolver could ever handle.
+    A path wins over a version, so ``{ path = ..., sha256 = ... }`` stays a
+    local layer (whose file must have that digest). Raises ``LayerError``
+    (without the layer label) for a layer no resolver could ever handle.
     """
     if layer.path is not None:
         if layer.path.name.lower().endswith(ARCHIVE_SUFFIXES):

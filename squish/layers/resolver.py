@@ -1,11 +1,11 @@
 """The one-method interface every kind of layer is resolved through.
 
 ``squish.layers.store.LayerStore`` keeps one ``Resolver`` per ``LayerKind``
-and picks it per layer. Shipping now: ``PathResolver`` (local files and
-directories), ``ArchiveResolver`` (archives unpacked into ``LayerCache``) and
-``BusyboxBase`` (the built-in base). Later ones (Alpine mirror, layer
-registry) implement the same method and are handed to the store, usually
-materialising into ``LayerCache``.
+and picks it per layer: ``PathResolver`` (local files and directories),
+``ArchiveResolver`` (archives unpacked into ``LayerCache``), ``BusyboxBase``
+(the built-in base), ``AlpineResolver`` (an Alpine mirror) and
+``RegistryResolver`` (a layer registry), the last three materialising into
+``LayerCache``.
 ``RecordingResolver`` is the in-package fake for tests of code above the store.
 """
 

@@ -1,17 +1,19 @@
 """The layer store: every layer of a squishfile resolved to a host path.
 
 Called by whatever turns a parsed ``Squishfile`` into a runtime
-``ContainerSpec`` (the daemon and the CLI): ``resolve(sf.base, sf.layers)``
-gives the rootfs and the mounts. The store itself only decides *which*
-resolver handles a layer (``classify``) and labels errors; the resolvers do
-the work. ``alpine = "3.14"`` is downloaded from an Alpine mirror
-(``squish.layers.alpine``); kinds without a resolver yet (registries) fail
-with a message saying so, and start working when one is passed in
-``resolvers``.
+``ContainerSpec`` (``squish.reconcile.spec``, for the daemon and ``squish
+run``): ``resolve(sf.base, sf.layers)`` gives the rootfs and the mounts. The
+store itself only decides *which* resolver handles a layer (``classify``)
+and labels errors; the resolvers do the work: local paths
+(``squish.layers.path``), archives unpacked into the cache
+(``squish.layers.archive``), the built-in base (``squish.layers.busybox``),
+``alpine = "3.14"`` from an Alpine mirror (``squish.layers.alpine``) and
+versioned layers from a layer registry (``squish.layers.registry``). A
+resolver passed in ``resolvers`` replaces the store's own for its kind.
 
 Resolving may build the built-in base (a few hundred milliseconds, once),
-unpack an archive (once per content) and, later, download; it blocks, so
-async callers run it in a worker thread.
+unpack an archive (once per content) and download; it blocks, so async
+callers run it in a worker thread.
 """
 
 from __future__ import annotations

@@ -18,22 +18,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from squish.errors import ManifestError
-from squish.manifest import Squishfile
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """One squishfile as a source sees it: parsed, or why it is not."""
-
-    name: str
-    file: str
-    squishfile: Squishfile | None
-    error: ManifestError | None = None
-    # Identity of the files its path layers name (inode, size, mtime): an
-    # archive or a file replaced on the host changes what the container
-    # would get, without changing the squishfile itself.
-    layer_key: str = ""
+from squish.model.manifest import Manifest
 
 
 class Source(Protocol):

@@ -40,8 +40,8 @@ import watchfiles
 from squish.errors import ManifestError, SourceError
 from squish.layers.model import ARCHIVE_SUFFIXES
 from squish.layers.unpack import is_tarball
-from squish.manifest import Squishfile, load_squishfile
-from squish.sources import Manifest
+from squish.model.manifest import Manifest
+from squish.model.squishfile import Squishfile, load_squishfile
 
 log = logging.getLogger(__name__)
 

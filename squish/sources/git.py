@@ -64,7 +64,7 @@ from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import IO
+from typing import IO, Protocol
 from urllib.parse import unquote
 
 import anyio
@@ -74,9 +74,9 @@ from squish.errors import LayerError, ManifestError, SquishError
 from squish.layers.archive import UNPACKER_VERSION
 from squish.layers.cache import LayerCache
 from squish.layers.unpack import GiB, Limits, MiB, unpack_file
-from squish.manifest import Layer, Squishfile, parse_squishfile
-from squish.metrics import Metrics
-from squish.sources import Manifest, SourceStatus
+from squish.model.manifest import Manifest
+from squish.model.squishfile import Layer, Squishfile, parse_squishfile
+from squish.sources import SourceStatus
 from squish.sources.directory import is_manifest
 
 __all__ = ["GitLimits", "GitSource", "Guard", "SourceStatus", "redact_url"]
@@ -406,6 +406,14 @@ class _Git:
         return message if len(message) <= _LINE else message[: _LINE - 3] + "..."
 
 
+class SyncMetrics(Protocol):
+    """What a git source tells its metrics (``squish.daemon.metrics.Metrics`` does it)."""
+
+    def source_synced(
+        self, source: str, result: str, *, revision: str | None = None, at: float | None = None
+    ) -> None: ...
+
+
 class GitSource:
     """Squishfiles from ``path`` in ``ref`` of the repository at ``url``.
 
@@ -428,7 +436,7 @@ class GitSource:
         cache: LayerCache,
         name: str = "git",
         interval: float = DEFAULT_INTERVAL,
-        metrics: Metrics | None = None,
+        metrics: SyncMetrics | None = None,
         limits: GitLimits = GitLimits(),
         guard: Guard | None = None,
     ) -> None:
@@ -1052,7 +1060,7 @@ def _path_layers(data: bytes) -> dict[str, tuple[str, str]]:
 
 
 def _field(*parts: str) -> str:
-    # Spelled as squish.manifest spells field paths: odd keys are quoted.
+    # Spelled as squish.model.squishfile spells field paths: odd keys are quoted.
     return ".".join(p if re.fullmatch(r"[A-Za-z0-9_-]+", p) else json.dumps(p) for p in parts)
 
 

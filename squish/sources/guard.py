@@ -25,7 +25,8 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
 
 from squish.errors import SourceError
-from squish.sources import Manifest, Source, SourceStatus
+from squish.model.manifest import Manifest
+from squish.sources import Source, SourceStatus
 from squish.sources.directory import DirectorySource
 
 log = logging.getLogger(__name__)

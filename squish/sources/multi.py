@@ -20,7 +20,8 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from squish.errors import ManifestError
-from squish.sources import Manifest, Source
+from squish.model.manifest import Manifest
+from squish.sources import Source
 
 
 class MultiSource:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from squish.api_schema import ContainerDetail
-from squish.client import ApiError, Client
+from squish.cli.client import ApiError, Client
 from squish.errors import SquishError
 from tests.conftest import free_port
 

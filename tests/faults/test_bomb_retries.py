@@ -27,7 +27,7 @@ from typing import IO
 import httpx
 import pytest
 
-from squish.client import Client, JSONObject
+from squish.cli.client import Client, JSONObject
 from squish.errors import ArchiveRefused, LayerError
 from squish.layers import ArchiveResolver, LayerCache, Limits
 from squish.layers.unpack import unpack_file

@@ -24,7 +24,7 @@ from typing import IO
 
 import pytest
 
-from squish.client import Client, JSONObject
+from squish.cli.client import Client, JSONObject
 from squish.layers import ArchiveResolver, LayerCache, LayerStore, Limits
 from squish.layers.unpack import unpack_file
 from tests.conftest import eventually

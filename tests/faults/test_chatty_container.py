@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from squish.client import Client
+from squish.cli.client import Client
 from squish.runtime.logs import DropReason, RotatingLog
 from tests.conftest import eventually, free_port
 from tests.test_daemon import daemon, wait_for_socket

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from squish.client import Client
+from squish.cli.client import Client
 from tests.conftest import eventually, free_port
 from tests.faults.daemon_under_test import http_answers, slirps_of
 from tests.test_daemon import daemon, wait_for_socket

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from squish.client import ApiError
+from squish.cli.client import ApiError
 from tests.conftest import eventually
 from tests.faults.daemon_under_test import Daemon
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from squish.cli_output import SHORT_ID
+from squish.cli.output import SHORT_ID
 from tests.conftest import eventually
 from tests.faults.daemon_under_test import Daemon
 

@@ -33,8 +33,8 @@ import anyio
 import httpx
 import pytest
 
-from squish.api import make_app, peer_refusal, serve
-from squish.client import Client
+from squish.cli.client import Client
+from squish.daemon.api import make_app, peer_refusal, serve
 from tests.conftest import free_port
 from tests.control_plane import real_plane
 from tests.test_daemon import REPO, wait_for_socket

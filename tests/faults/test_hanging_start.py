@@ -27,13 +27,13 @@ from pathlib import Path
 import anyio
 import pytest
 
-from squish.client import Client
-from squish.control import Phase
+from squish.cli.client import Client
 from squish.errors import SquishError
 from squish.layers import LayerStore
-from squish.manifest import Squishfile
-from squish.plan import Backoff
-from squish.reconciler import Reconciler
+from squish.model.squishfile import Squishfile
+from squish.reconcile.plan import Backoff
+from squish.reconcile.reconciler import Reconciler
+from squish.reconcile.status import Phase
 from squish.runtime import ContainerSpec, PortForward
 from squish.runtime.bwrap_runtime import BwrapRuntime
 from squish.runtime.fake import FakeRuntime

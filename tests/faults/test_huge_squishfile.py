@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from squish.client import Client
+from squish.cli.client import Client
 from squish.errors import ManifestError
-from squish.manifest import (
+from squish.model.squishfile import (
     MAX_ENV_BYTES,
     MAX_ENV_KEYS,
     MAX_SQUISHFILE_BYTES,

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from squish.client import Client
+from squish.cli.client import Client
 from tests.conftest import eventually, free_port
 from tests.test_daemon import daemon, wait_for_socket
 

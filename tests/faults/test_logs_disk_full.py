@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from squish.client import Client
+from squish.cli.client import Client
 from tests.conftest import eventually, free_port
 from tests.test_daemon import wait_for_socket
 

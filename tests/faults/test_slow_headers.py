@@ -14,8 +14,8 @@ import threading
 import time
 from pathlib import Path
 
-from squish.api import HEADER_TIMEOUT
-from squish.client import Client
+from squish.cli.client import Client
+from squish.daemon.api import HEADER_TIMEOUT
 from tests.test_daemon import daemon, wait_for_socket
 
 CUT_OFF_WITHIN = HEADER_TIMEOUT + 3

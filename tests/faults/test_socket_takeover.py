@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from squish.client import Client
+from squish.cli.client import Client
 from tests.test_daemon import REPO, daemon, wait_for_socket
 
 

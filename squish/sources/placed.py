@@ -1,7 +1,7 @@
 """A source filtered to what is meant for this node (``[placement]``).
 
 With one repository driving a fleet, every daemon reads every squishfile and
-runs only those whose placement matches its :class:`~squish.placement.Node`.
+runs only those whose placement matches its :class:`~squish.model.placement.Node`.
 The daemon wraps the source it hands the reconciler in a ``PlacedSource``;
 wrapping the union (``MultiSource``) rather than each source keeps a name
 defined twice a conflict on every node, wherever either file is placed.
@@ -25,8 +25,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 
-from squish.placement import Node
-from squish.sources import Manifest, Source
+from squish.model.manifest import Manifest
+from squish.model.placement import Node
+from squish.sources import Source
 
 
 def wanted_on(node: Node) -> Callable[[Manifest], bool]:

@@ -14,7 +14,7 @@ table or array at that value's line, provided the value is on one line.
 When it cannot be sure (a place inside a value spanning lines, a source it
 does not follow) it answers None: no line is better than a wrong one.
 
-Used by ``squish.manifest`` for its error messages, only on sources tomllib
+Used by ``squish.model.squishfile`` for its error messages, only on sources tomllib
 has accepted. Pure.
 """
 

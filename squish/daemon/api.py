@@ -1,9 +1,9 @@
 """The daemon's JSON API: HTTP on a unix socket, in front of a ``ControlPlane``.
 
 The daemon builds the app with :func:`make_app` around its reconciler and runs
-it with :func:`serve` inside its own task group; :mod:`squish.client` (and so
+it with :func:`serve` inside its own task group; :mod:`squish.cli.client` (and so
 the ``squish`` command) is the other end. The API only translates: a request
-becomes one call on :class:`~squish.control.ControlPlane`, its result becomes
+becomes one call on :class:`~squish.daemon.control.ControlPlane`, its result becomes
 JSON, and a :class:`~squish.errors.SquishError` becomes ``{"error": "<one
 line>"}`` with a status saying whose fault it was:
 
@@ -84,7 +84,19 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from squish import __version__
 from squish import api_schema as schema
-from squish.control import ControlPlane
+from squish.daemon.control import ControlPlane
+from squish.daemon.layer_admin import LayerAdmin
+from squish.daemon.openapi import (
+    NDJSON,
+    OCTETS,
+    TEXT,
+    BadRequest,
+    Operation,
+    Param,
+    document,
+    validate,
+)
+from squish.daemon.source_admin import SourceAdmin
 from squish.errors import (
     AmbiguousName,
     ContainerNotFound,
@@ -95,12 +107,9 @@ from squish.errors import (
     SourceError,
     SquishError,
 )
-from squish.layer_admin import LayerAdmin
 from squish.layers import Limits
 from squish.layers.download import write
-from squish.openapi import NDJSON, OCTETS, TEXT, BadRequest, Operation, Param, document, validate
 from squish.runtime.logs import LogFile, Stamper, kept_files
-from squish.source_admin import SourceAdmin
 
 __all__ = ["check_socket", "make_app", "serve", "serve_tcp"]
 

@@ -29,8 +29,8 @@ import enum
 from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 
-from squish.manifest import Change, Squishfile, diff_specs
-from squish.sources import Manifest
+from squish.model.manifest import Manifest
+from squish.model.squishfile import Change, Squishfile, diff_specs
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,9 @@
 
 One git repository can drive many hosts, each running its own squish daemon.
 Every daemon is a :class:`Node`: a name (``--node``, by default the host's
-short hostname, :func:`default_node_name`) and labels (``--label role=web``,
+short hostname, ``squish.daemon.main.default_node_name``) and labels (``--label role=web``,
 parsed by :meth:`Node.parse`). A squishfile says where it may run in an
-optional ``[placement]`` table, read by :mod:`squish.manifest` into a
+optional ``[placement]`` table, read by :mod:`squish.model.squishfile` into a
 :class:`Placement`::
 
     [placement]
@@ -12,7 +12,7 @@ optional ``[placement]`` table, read by :mod:`squish.manifest` into a
     labels = { role = "web", zone = "eu-1" }  # every label equals the node's
 
 A node takes a container when both hold; a missing key (or a missing table)
-holds everywhere. ``squish.sources.placement.PlacedSource`` applies this to a
+holds everywhere. ``squish.sources.placed.PlacedSource`` applies this to a
 source's snapshot.
 
 The rules for names and labels (Kubernetes' label syntax, minus empty
@@ -33,13 +33,12 @@ same spellings:
   mistake, and a label whose value is empty would be one nobody can tell
   apart from a missing label.
 
-Pure apart from :func:`default_node_name`, which asks the host its name.
+Pure: the daemon asks the host its name (``squish.daemon.main.default_node_name``).
 """
 
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -50,7 +49,6 @@ from squish.errors import SquishError
 __all__ = [
     "Node",
     "Placement",
-    "default_node_name",
     "label_key_problem",
     "label_value_problem",
     "node_name_problem",
@@ -207,8 +205,3 @@ class Placement:
         if self.labels:
             parts.append(f"labels {_describe_labels(self.labels)}")
         return "; ".join(parts) or "every node"
-
-
-def default_node_name() -> str:
-    """The host's short name: ``socket.gethostname()`` up to the first ``.``."""
-    return socket.gethostname().partition(".")[0]

@@ -1,6 +1,6 @@
 """Shell completion scripts for ``squish``, generated from its parser by shtab.
 
-Called by ``squish completion SHELL`` (:mod:`squish.cli`), with the whole
+Called by ``squish completion SHELL`` (:mod:`squish.cli.commands`), with the whole
 parser (every verb's arguments added). The scripts are static: they complete
 verbs, options and their choices, files for file arguments and directories
 for directory ones, without running ``squish`` at each key press. shtab

@@ -21,7 +21,7 @@ the container's first start: Prometheus' ``increase()`` only counts what
 happens after the first sample it sees, so a series born at 1 would hide the
 first restart. ``squish_container_state{container,state}`` is exported as
 kube-state-metrics does its phases: one series per phase of
-``squish.control.Phase``, 1 for the current phase and 0 for the others, so
+``squish.reconcile.status.Phase``, 1 for the current phase and 0 for the others, so
 "not running" is a plain comparison in an alert.
 
 The only label beyond those fixed sets is ``container``, whose value is a
@@ -51,8 +51,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from squish.control import Phase
 from squish.errors import SquishError
+from squish.reconcile.status import Phase
 from squish.runtime.logs import DROP_REASONS, DropReason
 
 CONTAINER_STATES = ("running", "stopped", "failed", "backoff")

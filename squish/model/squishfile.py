@@ -2,10 +2,10 @@
 
 A squishfile is the TOML manifest describing one container (its base rootfs,
 layers, command, env and ports, and where in a fleet it may run; see DESIGN.md
-and :mod:`squish.placement`). This module turns its bytes into an immutable
+and :mod:`squish.model.placement`). This module turns its bytes into an immutable
 :class:`Squishfile`, or raises a :class:`~squish.errors.ManifestError`
 listing every problem, each naming the file, the field path
-(``ports[0].host``), the line it is on (found by :mod:`squish.toml_lines`,
+(``ports[0].host``), the line it is on (found by :mod:`squish.model.toml_lines`,
 as tomllib keeps no positions) and what to fix. It also computes the spec
 hash the reconciler compares to decide between leaving a container alone,
 updating its ports in place, and replacing it (:func:`diff_specs`).
@@ -50,13 +50,13 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from squish.errors import ManifestError, ManifestProblem
-from squish.placement import (
+from squish.model.placement import (
     Placement,
     label_key_problem,
     label_value_problem,
     node_pattern_problem,
 )
-from squish.toml_lines import KeyLines
+from squish.model.toml_lines import KeyLines
 
 __all__ = [
     "MAX_ENV_BYTES",
@@ -461,7 +461,7 @@ def _sha256(value: str) -> str:
     return value.lower()
 
 
-# The placement rules are squish.placement's, shared with the daemon's
+# The placement rules are squish.model.placement's, shared with the daemon's
 # --node and --label flags so both accept the same spellings.
 
 

@@ -1,6 +1,6 @@
 """The API's OpenAPI document and its request validation, made from :mod:`squish.api_schema`.
 
-Used by the server (:mod:`squish.api`) only: the client reads the same
+Used by the server (:mod:`squish.daemon.api`) only: the client reads the same
 ``TypedDict`` shapes without loading pydantic. Each route of the API is an
 :class:`Operation` (method, path, the shapes it takes and answers, its query
 parameters); the server builds its Starlette routes from that list and
@@ -200,7 +200,7 @@ def document(operations: list[Operation], *, version: str) -> dict[str, Any]:
         "info": {
             "title": "squish daemon API",
             "version": version,
-            "description": "The API of squishd on its unix socket; see squish.api.",
+            "description": "The API of squishd on its unix socket; see squish.daemon.api.",
         },
         "paths": paths,
         "components": {"schemas": components},

@@ -1,8 +1,9 @@
-"""The ``squish`` command line.
+"""The ``squish`` command line: the verbs that talk to the daemon, and ``validate``.
 
-``main`` is the console-script entry point (``squish = squish.cli:main``) and
-what ``python -m squish`` runs. Each subcommand is one :class:`Subcommand` in
-:data:`SUBCOMMANDS`: a function adding its arguments to its parser (called
+The installed command (``squish.main``) adds to :data:`SUBCOMMANDS` the verbs
+that run things on this host (``daemon``, ``run``), which live in the
+daemon's package: this package imports nothing of it. Each subcommand is one
+:class:`Subcommand`: a function adding its arguments to its parser (called
 only when the verb is used, see :class:`_VerbParser`), a function running it,
 returning the exit status, and the examples that end its ``--help``. Adding a
 subcommand means writing those two functions and one registry entry; ``main``
@@ -15,8 +16,8 @@ user caused (:class:`~squish.errors.SquishError`) are printed as their one
 line, never as a traceback. Containers are named as podman names them: an
 exact name or a unique id prefix, several at once.
 
-``validate``, ``run`` and ``completion`` work alone; every other verb talks to the daemon
-through :class:`~squish.client.Client` on its unix socket (``--socket``,
+``validate`` and ``completion`` work alone; every other verb here talks to the daemon
+through :class:`~squish.cli.client.Client` on its unix socket (``--socket``,
 ``$SQUISH_SOCKET``, or the default in the runtime directory). Their output
 keeps the original squish contract that scripts rely on: ``create`` prints
 only the container id, ``ps`` prints plain whitespace-separated columns
@@ -36,21 +37,22 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from squish import __version__, cli_layers, cli_output, paths
+from squish import __version__, paths
 from squish import api_schema as schema
-from squish.client import ApiError, Client, DaemonUnreachable
+from squish.cli import layers as cli_layers
+from squish.cli import output as cli_output
+from squish.cli.client import ApiError, Client, DaemonUnreachable
+from squish.cli.timespec import parse_moment
 from squish.errors import ManifestError, SquishError
-from squish.timespec import parse_moment
 
 if TYPE_CHECKING:
-    from squish.manifest import Squishfile
-    from squish.runtime import ContainerSpec
+    from squish.model.squishfile import Squishfile
 
 # What a verb needs beyond talking to the daemon is imported inside that verb:
 # imported up front, the daemon, the runtime, the layer store and the manifest
@@ -93,7 +95,7 @@ def _configure_validate(parser: argparse.ArgumentParser) -> None:
 
 def _run_validate(args: argparse.Namespace) -> int:
     """Check every file, reporting each, a line per problem; fail if any is bad."""
-    from squish.manifest import load_squishfile
+    from squish.model.squishfile import load_squishfile
 
     results: list[dict[str, Any]] = []
     failed = False
@@ -132,133 +134,6 @@ def _run_validate(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if failed else EXIT_OK
 
 
-# -- run --------------------------------------------------------------------
-
-
-def _configure_run(parser: argparse.ArgumentParser) -> None:
-    from squish.runtime import DEFAULT_HOST_IP, DEFAULT_STOP_GRACE
-
-    parser.add_argument("file", metavar="FILE", help="the squishfile to run")
-    parser.add_argument(
-        "--state-dir",
-        type=Path,
-        default=None,
-        help="layer cache, built-in base and logs (default: $XDG_STATE_HOME/squish)",
-    )
-    parser.add_argument(
-        "--host-ip",
-        default=os.environ.get("SQUISH_HOST_IP", DEFAULT_HOST_IP),
-        help="address port forwards bind to unless a port says otherwise (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--stop-timeout",
-        type=float,
-        default=DEFAULT_STOP_GRACE,
-        help="seconds between SIGTERM and SIGKILL on Ctrl-C (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="layer settings, as for the daemon (default: $SQUISH_CONFIG, else "
-        "$XDG_CONFIG_HOME/squish/config.toml if it exists)",
-    )
-
-
-def _refuse_root() -> None:
-    if os.getuid() == 0:
-        raise SquishError(
-            "squish is rootless-only and will not run containers as root; "
-            "run it as an ordinary user (e.g. runuser -u USER -- squish ...)"
-        )
-
-
-def _run_run(args: argparse.Namespace) -> int:
-    """Run one squishfile in the foreground until it exits or Ctrl-C."""
-    import anyio
-
-    from squish.config import layer_settings, read_config
-    from squish.manifest import load_squishfile
-    from squish.spec import container_spec
-
-    _refuse_root()
-    squishfile = load_squishfile(args.file)
-    state = args.state_dir or paths.state_dir()
-    # The same layer settings as the daemon: its config file and environment.
-    store = layer_settings(read_config(args.config)).store(state)
-    spec = container_spec(squishfile, store)
-    return anyio.run(_run_foreground, spec, state, args)
-
-
-async def _run_foreground(spec: ContainerSpec, state: Path, args: argparse.Namespace) -> int:
-    import shutil
-    import signal
-
-    import anyio
-
-    from squish.runtime.bwrap_runtime import BwrapRuntime
-
-    run_dir = paths.runtime_dir() / f"run-{os.getpid()}"
-    log_path = state / "logs" / f"{spec.name}.log"
-    offset = log_path.stat().st_size if log_path.exists() else 0
-    try:
-        async with BwrapRuntime(
-            run_dir=run_dir, log_dir=state / "logs", default_host_ip=args.host_ip
-        ) as runtime:
-            with (
-                runtime.subscribe() as exits,
-                anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
-            ):
-                container = await runtime.start(spec)
-                ports = ", ".join(p.describe(args.host_ip) for p in container.ports)
-                if args.json:
-                    print(json.dumps({"id": container.id, "name": container.name}), flush=True)
-                else:
-                    print(container.id, flush=True)
-                    print(
-                        f"squish: {container.name} running"
-                        + (f", ports {ports}" if ports else "")
-                        + f"; log {log_path}; Ctrl-C stops it",
-                        file=sys.stderr,
-                    )
-                async with anyio.create_task_group() as tg:
-                    if not args.json:
-                        tg.start_soon(_follow, log_path, offset)
-
-                    async def stop_on_signal() -> None:
-                        async for _ in signals:
-                            await runtime.stop(container.id, grace=args.stop_timeout)
-                            return
-
-                    tg.start_soon(stop_on_signal)
-                    async for event in exits:
-                        if event.container_id == container.id:
-                            break
-                    await anyio.sleep(0.05)  # let the follower print the last lines
-                    tg.cancel_scope.cancel()
-                if event.reason:
-                    print(f"squish: {event.reason}", file=sys.stderr)
-                return event.exit_code
-    finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
-async def _follow(path: Path, offset: int) -> None:
-    """Copy what the container logs to our stdout (like an attached podman run)."""
-    import anyio
-
-    async with await anyio.open_file(path, "rb") as log:
-        await log.seek(offset)
-        while True:
-            chunk = await log.read(65536)
-            if chunk:
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.buffer.flush()
-            else:
-                await anyio.sleep(0.05)
-
-
 # -- talking to the daemon ----------------------------------------------------
 
 
@@ -284,7 +159,7 @@ def _prepare(file: str) -> tuple[str, str]:
 
     import tomli_w
 
-    from squish.manifest import parse_squishfile
+    from squish.model.squishfile import parse_squishfile
 
     source = Path(file)
     try:
@@ -839,26 +714,14 @@ def _configure_completion(parser: argparse.ArgumentParser) -> None:
 
 def _run_completion(args: argparse.Namespace) -> int:
     """Print the completion script of ``args.shell`` for the whole command line."""
-    from squish import completion
+    from squish.cli import completion
 
-    script = completion.script(build_parser(complete=True), args.shell)
+    script = completion.script(build_parser(args.verbs, complete=True), args.shell)
     if args.json:
         _print_json({"shell": args.shell, "script": script})
     else:
         sys.stdout.write(script)
     return EXIT_OK
-
-
-def _configure_daemon(parser: argparse.ArgumentParser) -> None:
-    from squish import daemon
-
-    daemon.add_arguments(parser)
-
-
-def _run_daemon(args: argparse.Namespace) -> int:
-    from squish import daemon
-
-    return daemon.run(args)
 
 
 # -- registry and entry point -----------------------------------------------
@@ -952,21 +815,6 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         run=_run_validate,
         examples=("squish validate manifests/*.toml",),
     ),
-    "daemon": Subcommand(
-        help="keep the containers of a directory of squishfiles running (the reconciler)",
-        configure=_configure_daemon,
-        run=_run_daemon,
-        examples=(
-            "squish daemon --manifests ~/manifests",
-            "squish daemon --git https://git.example.com/ops/fleet.git --git-path apps",
-        ),
-    ),
-    "run": Subcommand(
-        help="run one squishfile in the foreground until it exits or Ctrl-C",
-        configure=_configure_run,
-        run=_run_run,
-        examples=("squish run web.toml",),
-    ),
     "completion": Subcommand(
         help="print a shell completion script: bash, zsh, fish or tcsh",
         configure=_configure_completion,
@@ -989,7 +837,7 @@ class _VerbParser(argparse.ArgumentParser):
     """A verb's parser that adds the verb's own arguments when first needed.
 
     Some verbs' arguments are defined beside what runs them (``squish daemon``'s
-    in :mod:`squish.daemon`, which imports the whole daemon), and adding them
+    in :mod:`squish.daemon.main`, which imports the whole daemon), and adding them
     all up front would make every ``squish ps`` import every verb. argparse
     reaches a verb's parser only to parse that verb's arguments or to show its
     usage or help, so those three methods add the arguments first; whatever
@@ -1017,8 +865,14 @@ class _VerbParser(argparse.ArgumentParser):
         return super().format_help()
 
 
-def build_parser(*, complete: bool = False) -> argparse.ArgumentParser:
-    """The ``squish`` parser; ``complete``: every verb's arguments added now, not when used."""
+def build_parser(
+    verbs: Mapping[str, Subcommand] = SUBCOMMANDS, *, complete: bool = False
+) -> argparse.ArgumentParser:
+    """The ``squish`` parser of ``verbs``; ``complete``: their arguments added now, not when used.
+
+    Every verb's handler finds ``verbs`` in its arguments (``args.verbs``),
+    for what needs the whole command line (completion scripts).
+    """
     codes = "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items())
     parser = argparse.ArgumentParser(
         prog="squish",
@@ -1033,10 +887,11 @@ def build_parser(*, complete: bool = False) -> argparse.ArgumentParser:
         "$XDG_RUNTIME_DIR/squish)"
     )
     parser.add_argument("--socket", type=Path, default=None, metavar="PATH", help=socket_help)
+    parser.set_defaults(verbs=verbs)
     commands = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=_VerbParser
     )
-    for name, subcommand in SUBCOMMANDS.items():
+    for name, subcommand in verbs.items():
         sub = commands.add_parser(
             name,
             help=subcommand.help,
@@ -1059,9 +914,13 @@ def build_parser(*, complete: bool = False) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``squish`` with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, verbs: Mapping[str, Subcommand] = SUBCOMMANDS) -> int:
+    """Run ``squish`` with ``argv`` (default: ``sys.argv[1:]``); return the exit status.
+
+    ``verbs``: the client verbs of this module by default; the installed
+    command (``squish.main``) adds those that run things on this host.
+    """
+    parser = build_parser(verbs)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
@@ -1071,7 +930,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
-        return SUBCOMMANDS[args.command].run(args)
+        return verbs[args.command].run(args)
     except DaemonUnreachable as exc:
         print(f"squish: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
@@ -1093,8 +952,3 @@ def _silence_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError):
         pass
-
-
-def daemon_main() -> int:
-    """``squishd``: the same as ``squish daemon``."""
-    return main(["daemon", *sys.argv[1:]])

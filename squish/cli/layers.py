@@ -1,7 +1,7 @@
 """``squish layer pull|import|ls|rm|gc``: the layer cache, through the daemon.
 
-Registered by ``squish.cli`` as the ``layer`` subcommand. The daemon owns
-the cache and knows which containers use what (``squish.layer_admin``), so
+Registered by ``squish.cli.commands`` as the ``layer`` subcommand. The daemon owns
+the cache and knows which containers use what (``squish.daemon.layer_admin``), so
 every action is an API call. Downloads and uploads show a progress bar when
 stderr is a terminal; ``--json`` prints the daemon's answer instead.
 """
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from rich.filesize import decimal
 
 from squish import api_schema as schema
-from squish.client import Client
+from squish.cli.client import Client
 from squish.errors import SquishError
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ layers it joins: the manifest model, the layer store and the runtime types.
 from __future__ import annotations
 
 from squish.layers import LayerStore
-from squish.manifest import Squishfile
+from squish.model.squishfile import Squishfile
 from squish.runtime import ContainerSpec, PortForward
 
 

@@ -1,6 +1,6 @@
 """How the ``squish`` command shows what the daemon answers: tables, templates, summaries.
 
-Called by :mod:`squish.cli`. Everything here is pure formatting of the
+Called by :mod:`squish.cli.commands`. Everything here is pure formatting of the
 shapes of :mod:`squish.api_schema` into text, so it is tested with tables:
 
 - ``ps`` rows, as a table that fits the terminal (long cells end in ``…``;

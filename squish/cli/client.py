@@ -1,6 +1,6 @@
-"""The client side of the daemon's API (:mod:`squish.api`) over its unix socket.
+"""The client side of the daemon's API (:mod:`squish.daemon.api`) over its unix socket.
 
-Called by the ``squish`` command (:mod:`squish.cli`) for everything that
+Called by the ``squish`` command (:mod:`squish.cli.commands`) for everything that
 needs the daemon. Synchronous, over the standard library's http.client: a
 command makes one or two calls and the streaming ones (logs, events) simply
 iterate. Answers are the shapes

@@ -23,6 +23,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -30,26 +31,27 @@ from typing import IO, Any
 
 import anyio
 
-from squish import __version__, paths, sdnotify
-from squish.api import check_socket, make_app, serve, serve_tcp
-from squish.config import LayerSettings, guard_settings, layer_settings, read_config
+from squish import __version__, paths
+from squish.daemon import sdnotify
+from squish.daemon.api import check_socket, make_app, serve, serve_tcp
+from squish.daemon.config import LayerSettings, guard_settings, layer_settings, read_config
+from squish.daemon.layer_admin import LayerAdmin
+from squish.daemon.metrics import Metrics
+from squish.daemon.source_admin import SourceAdmin, webhook_app
 from squish.errors import SquishError
-from squish.layer_admin import LayerAdmin
 from squish.layers import LayerStore
-from squish.metrics import Metrics
-from squish.placement import Node, default_node_name
-from squish.plan import Backoff
-from squish.reconciler import Reconciler
+from squish.model.placement import Node
+from squish.reconcile.plan import Backoff
+from squish.reconcile.reconciler import Reconciler
 from squish.runtime import DEFAULT_HOST_IP, DEFAULT_START_TIMEOUT, DEFAULT_STOP_GRACE
 from squish.runtime.bwrap_runtime import BwrapRuntime
 from squish.runtime.logs import DEFAULT_RATE
-from squish.source_admin import SourceAdmin, webhook_app
 from squish.sources import StatusSource
 from squish.sources.directory import DirectorySource
 from squish.sources.git import GitSource
 from squish.sources.guard import GuardedSource, PruneGuard
 from squish.sources.multi import MultiSource
-from squish.sources.placement import PlacedSource, wanted_on
+from squish.sources.placed import PlacedSource, wanted_on
 
 log = logging.getLogger("squish.daemon")
 
@@ -512,3 +514,8 @@ async def _serve(
             stop_metrics()
     log.info("stopped")
     return 0
+
+
+def default_node_name() -> str:
+    """The host's short name: ``socket.gethostname()`` up to the first ``.``."""
+    return socket.gethostname().partition(".")[0]

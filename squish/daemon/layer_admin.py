@@ -1,7 +1,7 @@
 """What ``squish layer ...`` does, on the daemon's side: pull, import, list, remove, gc.
 
 The daemon owns its state directory, so layer commands go through its API
-(``squish.api``) to a ``LayerAdmin`` around its ``LayerStore``. Only the
+(``squish.daemon.api``) to a ``LayerAdmin`` around its ``LayerStore``. Only the
 daemon knows which containers use which layers: ``users`` is called on the
 event loop and returns every squishfile the daemon wants running (by
 container name) and the host paths each live container has mounted. A layer
@@ -34,7 +34,7 @@ from squish.layers import LayerStore
 from squish.layers.cache import tree_size
 from squish.layers.download import Progress
 from squish.layers.registry import check_name
-from squish.manifest import Squishfile
+from squish.model.squishfile import Squishfile
 
 ALPINE = "alpine"
 

@@ -29,7 +29,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -38,7 +38,6 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from squish import __version__
 from squish import api_schema as schema
 from squish.broadcast import Broadcast
-from squish.control import ContainerStatus, Event, Phase
 from squish.errors import (
     AmbiguousName,
     ContainerNotFound,
@@ -47,9 +46,11 @@ from squish.errors import (
     SquishError,
 )
 from squish.layers import LayerStore
-from squish.manifest import Layer, Squishfile, parse_squishfile
-from squish.metrics import Metrics
-from squish.plan import Action, Backoff, Kind, Record, plan
+from squish.model.manifest import Manifest
+from squish.model.squishfile import Layer, Squishfile, parse_squishfile
+from squish.reconcile.plan import Action, Backoff, Kind, Record, plan
+from squish.reconcile.spec import container_spec
+from squish.reconcile.status import ContainerStatus, Event, Phase
 from squish.runtime import (
     DEFAULT_HOST_IP,
     DEFAULT_START_TIMEOUT,
@@ -60,8 +61,7 @@ from squish.runtime import (
     Runtime,
 )
 from squish.runtime.logs import remove_log
-from squish.sources import Manifest, Source, SourceStatus
-from squish.spec import container_spec
+from squish.sources import Source, SourceStatus
 
 log = logging.getLogger("squish.reconciler")
 
@@ -77,6 +77,32 @@ _BUSY_WAIT = 60.0
 LOG_GRACE = 3600.0
 
 
+class ReconcileMetrics(Protocol):
+    """What the reconciler tells its metrics (``squish.daemon.metrics.Metrics`` does it)."""
+
+    def observe_reconcile(self, seconds: float, result: str) -> None: ...
+
+    def set_source_failing(self, source: str, failing: bool) -> None: ...
+
+    def container_seen(self, name: str) -> None: ...
+
+    def container_started(self, seconds: float) -> None: ...
+
+    def container_restarted(self, name: str) -> None: ...
+
+    def container_start_failed(self, name: str) -> None: ...
+
+    def forget_container(self, name: str) -> None: ...
+
+    def set_manifests(self, *, valid: int, invalid: int) -> None: ...
+
+    def set_containers(self, counts: Mapping[str, int]) -> None: ...
+
+    def set_container_phases(self, phases: Mapping[str, Phase]) -> None: ...
+
+    def track_process(self, name: str, pid: int) -> None: ...
+
+
 class Reconciler:
     def __init__(
         self,
@@ -86,7 +112,7 @@ class Reconciler:
         store: LayerStore,
         manifests_dir: Path,
         log_dir: Path,
-        metrics: Metrics | None = None,
+        metrics: ReconcileMetrics | None = None,
         backoff: Backoff | None = None,
         resync: float = 5.0,
         parallelism: int = 8,
@@ -630,7 +656,7 @@ class Reconciler:
     def layer_users(self) -> tuple[dict[str, Squishfile], dict[str, list[Path]]]:
         """Squishfiles wanted by name (last good ones included), and live mounts by name.
 
-        What ``squish layer gc`` must keep; see ``squish.layer_admin``.
+        What ``squish layer gc`` must keep; see ``squish.daemon.layer_admin``.
         """
         wanted: dict[str, Squishfile] = {}
         for name, manifest in self._desired.items():
