@@ -41,6 +41,7 @@ from start_latency import READY, Fifo
 from stats import median_p90
 
 from squish.layers import LayerStore
+from squish.model.host import host_paths
 from squish.model.squishfile import Squishfile, parse_squishfile
 from squish.reconcile.spec import container_spec
 from squish.runtime.bwrap_runtime import BwrapRuntime
@@ -90,7 +91,7 @@ command = "/bin/sh"
 args = ["-c", "[ -x {APP}/{MARKER} ] && echo > {READY}; exec sleep 1000"]
 """
     return parse_squishfile(
-        text.encode(), file=f"{name}.toml", base_dir=bench_dir.parent, name=name
+        text.encode(), file=f"{name}.toml", paths=host_paths(bench_dir.parent), name=name
     )
 
 

@@ -28,6 +28,7 @@ from squish import __version__
 from squish.daemon.api import make_app, serve
 from squish.errors import PortInUse
 from squish.main import main
+from squish.model.host import host_paths
 from squish.model.squishfile import parse_squishfile
 from tests.control_plane import Plane, real_plane, squishfile, wait_sync
 
@@ -143,9 +144,12 @@ def test_create_prints_only_the_id_and_sends_absolute_paths(
     assert layers["abs"] == {"path": "/tmp", "target": "/mnt/tmp", "rw": True}
     # The daemon builds exactly the container validated here.
     local = parse_squishfile(
-        (project / "deploy" / "web.toml").read_bytes(), file="x", base_dir=project, name="web"
+        (project / "deploy" / "web.toml").read_bytes(),
+        file="x",
+        paths=host_paths(project),
+        name="web",
     )
-    sent = parse_squishfile(manifest, file="x", base_dir=Path("/nonexistent"), name="web")
+    sent = parse_squishfile(manifest, file="x", paths=host_paths(Path("/nonexistent")), name="web")
     assert sent.spec_hash() == local.spec_hash()
     assert daemon.call(daemon.plane.reconciler.containers)[0]["spec_hash"] == local.spec_hash()
 

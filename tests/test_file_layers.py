@@ -22,6 +22,7 @@ import pytest
 from test_daemon import daemon, wait_for_socket
 
 from squish.cli.client import Client, JSONObject
+from squish.model.host import host_paths
 from squish.model.squishfile import parse_squishfile
 from squish.sources.directory import layer_key
 from tests.conftest import eventually
@@ -100,7 +101,9 @@ def test_what_a_change_to_a_file_layer_does(
     extra = f", {options}" if options else ""
     text = f'[layers]\nx = {{ path = "./{file}", target = "/data/x"{extra} }}\n'
     text += '[run]\ncommand = "/bin/true"\n'
-    squishfile = parse_squishfile(text.encode(), file="w.toml", base_dir=tmp_path, name="w")
+    squishfile = parse_squishfile(
+        text.encode(), file="w.toml", paths=host_paths(tmp_path), name="w"
+    )
     before = layer_key(squishfile)
 
     CHANGES[change](layer)
@@ -115,7 +118,9 @@ def test_a_pinned_file_counts_any_change(tmp_path: Path) -> None:
         f'[layers]\nx = {{ path = "./app.conf", target = "/x", sha256 = "{digest(content)}" }}\n'
         '[run]\ncommand = "/bin/true"\n'
     )
-    squishfile = parse_squishfile(text.encode(), file="w.toml", base_dir=tmp_path, name="w")
+    squishfile = parse_squishfile(
+        text.encode(), file="w.toml", paths=host_paths(tmp_path), name="w"
+    )
     before = layer_key(squishfile)
 
     touch(layer)
@@ -126,7 +131,9 @@ def test_a_pinned_file_counts_any_change(tmp_path: Path) -> None:
 def test_directories_count_for_nothing(tmp_path: Path) -> None:
     (tmp_path / "site").mkdir()
     text = '[layers]\nsite = "./site"\n[run]\ncommand = "/bin/true"\n'
-    squishfile = parse_squishfile(text.encode(), file="w.toml", base_dir=tmp_path, name="w")
+    squishfile = parse_squishfile(
+        text.encode(), file="w.toml", paths=host_paths(tmp_path), name="w"
+    )
     assert layer_key(squishfile) == ""
 
 

@@ -15,7 +15,6 @@ import stat
 import subprocess
 import time
 from collections.abc import Mapping
-from contextlib import aclosing
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,6 +30,7 @@ from squish.sources import Source
 from squish.sources.directory import DirectorySource
 from squish.sources.git import GitLimits, GitSource, redact_url
 from tests.git_repo import Remote, git
+from tests.source_changes import watching
 
 pytestmark = pytest.mark.usefixtures("git_env")
 
@@ -347,6 +347,27 @@ def test_paths_leaving_the_repository_are_refused(remote: Remote, make_source: M
         error = source.snapshot()[name].error
         assert error is not None, name
         assert error.field == field and words in error.message, str(error)
+
+
+def test_a_bad_layer_path_is_reported_with_the_other_problems_and_their_lines(
+    remote: Remote, make_source: MakeSource
+) -> None:
+    # The one parser reads git's squishfiles too: a path the repository
+    # does not have is one problem among the file's others, each on its line.
+    remote.write(
+        "web.toml", RUN + '[layers]\napp = "./nope"\n[[ports]]\ncontainer = 80\nhost = 0\n'
+    )
+    remote.push()
+    source = make_source(remote.url)
+    source.sync_now()
+
+    error = source.snapshot()["web"].error
+    assert error is not None
+    found = {problem.field: problem for problem in error.errors}
+    assert set(found) == {"layers.app", "ports[0].host"}
+    assert "does not exist" in found["layers.app"].message
+    assert found["layers.app"].line == RUN.count("\n") + 2
+    assert found["ports[0].host"].line == RUN.count("\n") + 5
 
 
 def test_symlinks_in_the_repository_are_never_followed(
@@ -683,16 +704,16 @@ async def test_changes_yields_after_the_first_sync_and_after_a_push(
     remote.write("web.toml", RUN)
     remote.push()
     source = make_source(remote.url, interval=0.2)
-    async with aclosing(source.changes()) as changes:
+    async with watching(source) as changes:
         with anyio.fail_after(10):
-            await anext(changes)
+            await changes.next()
         assert set(source.snapshot()) == {"web"}
 
         remote.write("db.toml", RUN)
         remote.push()
         pushed = time.monotonic()
         with anyio.fail_after(10):
-            await anext(changes)
+            await changes.next()
         assert time.monotonic() - pushed < 2.0
         assert set(source.snapshot()) == {"web", "db"}
 
@@ -702,15 +723,15 @@ async def test_request_sync_wakes_changes_at_once(remote: Remote, make_source: M
     remote.write("web.toml", RUN)
     remote.push()
     source = make_source(remote.url, interval=60)
-    async with aclosing(source.changes()) as changes:
+    async with watching(source) as changes:
         with anyio.fail_after(10):
-            await anext(changes)
+            await changes.next()
         remote.write("db.toml", RUN)
         commit = remote.push()
 
         source.request_sync()
         with anyio.fail_after(5):
-            await anext(changes)
+            await changes.next()
         assert source.status().applied_revision == commit
 
 
@@ -721,11 +742,11 @@ async def test_changes_is_quiet_when_nothing_changes(
     remote.write("web.toml", RUN)
     remote.push()
     source = make_source(remote.url, interval=0.05)
-    async with aclosing(source.changes()) as changes:
+    async with watching(source) as changes:
         with anyio.fail_after(10):
-            await anext(changes)
+            await changes.next()
         with anyio.move_on_after(0.5) as quiet:
-            await anext(changes)
+            await changes.next()
         assert quiet.cancelled_caught
     assert syncs(metrics, "success") >= 2  # it kept fetching
 
@@ -770,9 +791,9 @@ async def test_a_failed_sync_is_retried_well_before_the_interval(
         await anyio.sleep(0.5)
         away.rename(remote.bare)
 
-    async with aclosing(source.changes()) as changes, anyio.create_task_group() as tg:
+    async with watching(source) as changes, anyio.create_task_group() as tg:
         tg.start_soon(come_back)
         with anyio.fail_after(10):
-            await anext(changes)
+            await changes.next()
     assert set(source.snapshot()) == {"web"}
     assert source.status().error is None

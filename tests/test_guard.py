@@ -4,30 +4,34 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import pytest
 
 from squish.daemon.source_admin import verified
+from squish.model.host import host_paths
 from squish.model.manifest import Manifest
 from squish.model.squishfile import parse_squishfile
 from squish.sources.directory import DirectorySource
-from squish.sources.guard import GuardedSource, PruneGuard
+from squish.sources.fake import FakeSource
+from squish.sources.guard import GuardedSource, PruneGuard, Running
 
 
 def manifests(*names: str) -> dict[str, Manifest]:
     found = {}
     for name in names:
         squishfile = parse_squishfile(
-            b'[run]\ncommand = "/bin/true"\n', file=f"{name}.toml", base_dir=Path("/"), name=name
+            b'[run]\ncommand = "/bin/true"\n',
+            file=f"{name}.toml",
+            paths=host_paths(Path("/")),
+            name=name,
         )
         found[name] = Manifest(name, f"{name}.toml", squishfile)
     return found
 
 
 def guard(running: set[str], **options: object) -> PruneGuard:
-    return PruneGuard(lambda: frozenset(running), **options)  # type: ignore[arg-type]
+    return PruneGuard(Running(frozenset(running)), **options)  # type: ignore[arg-type]
 
 
 def test_stopping_every_running_container_is_held() -> None:
@@ -64,28 +68,17 @@ def test_placed_elsewhere_counts_as_stopping() -> None:
     assert guard({"a", "b"})(manifests("a", "b"), manifests()) is not None
 
 
-class Fixed:
-    def __init__(self, snapshot: Mapping[str, Manifest]) -> None:
-        self.current = snapshot
-
-    def snapshot(self) -> Mapping[str, Manifest]:
-        return self.current
-
-    async def changes(self) -> AsyncIterator[None]:
-        yield
-
-
 def test_a_guarded_source_keeps_its_last_snapshot_while_held() -> None:
-    inner = Fixed(manifests("a", "b"))
+    inner = FakeSource(*manifests("a", "b").values())
     source = GuardedSource(inner, guard({"a", "b"}), name="manifests", url="/srv/manifests")
     assert set(source.snapshot()) == {"a", "b"}
 
-    inner.current = {}
+    inner.set()
     assert set(source.snapshot()) == {"a", "b"}
     held = source.status().held
     assert held is not None and "would stop 2 of the 2" in held
 
-    inner.current = manifests("a")
+    inner.set(*manifests("a").values())
     assert set(source.snapshot()) == {"a"}
     assert source.status().held is None
 

@@ -27,6 +27,7 @@ from squish.daemon.api import make_app, serve
 from squish.daemon.layer_admin import LayerAdmin
 from squish.layers import LayerStore
 from squish.main import main
+from squish.model.host import host_paths
 from squish.model.squishfile import Squishfile, parse_squishfile
 from tests.control_plane import real_plane
 from tests.fake_http import ARCH, Mirror, Registry, digest
@@ -46,7 +47,7 @@ class Daemon:
     def want(self, name: str, layers: str) -> None:
         text = f'[layers]\n{layers}\n[run]\ncommand = "/bin/true"\n'
         self.wanted[name] = parse_squishfile(
-            text.encode(), file=f"{name}.toml", base_dir=self.socket.parent, name=name
+            text.encode(), file=f"{name}.toml", paths=host_paths(self.socket.parent), name=name
         )
 
 

@@ -33,6 +33,7 @@ from squish.layers import (
     ResolvedLayers,
 )
 from squish.layers.busybox import ETC_FILES, MOUNT_POINTS, applet_path
+from squish.model.host import host_paths
 from squish.model.squishfile import parse_squishfile
 from tests.layer_ref import Ref
 
@@ -109,7 +110,7 @@ def test_path_layer_through_a_symlink_mounts_the_real_path(tmp_path: Path) -> No
     squishfile = parse_squishfile(
         b'[layers]\napp = "./link"\n[run]\ncommand = "/app/x"\n',
         file="app.toml",
-        base_dir=tmp_path,
+        paths=host_paths(tmp_path),
         name="app",
     )
     store = LayerStore(tmp_path / "state")

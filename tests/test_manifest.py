@@ -19,14 +19,16 @@ import pytest
 
 from squish.errors import ManifestError
 from squish.main import main
+from squish.model.host import host_paths, load_squishfile
 from squish.model.squishfile import (
     Change,
+    HostPath,
     Layer,
+    LayerPathError,
     Placement,
     Port,
     Squishfile,
     diff_specs,
-    load_squishfile,
     parse_squishfile,
 )
 from squish.model.toml_lines import KeyLines
@@ -104,7 +106,7 @@ def write(directory: Path, text: str | bytes, name: str = "web.toml") -> Path:
 
 def parse(text: str, *, name: str = "web", base_dir: Path = Path("/")) -> Squishfile:
     return parse_squishfile(
-        textwrap.dedent(text).encode(), file=f"{name}.toml", base_dir=base_dir, name=name
+        textwrap.dedent(text).encode(), file=f"{name}.toml", paths=host_paths(base_dir), name=name
     )
 
 
@@ -1103,3 +1105,63 @@ def test_bad_restart_policy_is_named(table: str, field: str, message: str) -> No
         parse('[run]\ncommand = "/bin/true"\n' + table)
     assert caught.value.field == field
     assert message in str(caught.value)
+
+
+# -- the parser is pure: paths are asked of the lookup it is given ---------------
+
+
+class Lookup:
+    """A ``PathLookup`` over a dictionary; remembers what it was asked."""
+
+    def __init__(self, known: dict[str, str]) -> None:
+        self.known = known
+        self.asked: list[tuple[str, str]] = []
+
+    def __call__(self, raw: str, field: str) -> HostPath:
+        self.asked.append((raw, field))
+        if raw not in self.known:
+            raise LayerPathError(f"{raw!r} is not known here")
+        path = Path(self.known[raw])
+        return HostPath(path, path.name)
+
+
+def test_layer_paths_are_asked_of_the_lookup_with_their_field() -> None:
+    lookup = Lookup({"./web": "/srv/releases/web-42", "./app.toml": "/srv/conf/app.toml"})
+    text = (
+        '[layers]\napp = "./web"\nconf = { path = "./app.toml", target = "/etc/app.toml" }\n'
+        'python = "3.11"\n[run]\ncommand = "/app/web/server"\n'
+    )
+
+    squishfile = parse_squishfile(text.encode(), file="web.toml", name="web", paths=lookup)
+
+    assert lookup.asked == [("./web", "layers.app"), ("./app.toml", "layers.conf.path")]
+    assert {layer.name: (layer.path, layer.target) for layer in squishfile.layers} == {
+        "app": (Path("/srv/releases/web-42"), "/app/web"),
+        "conf": (Path("/srv/conf/app.toml"), "/etc/app.toml"),
+        "python": (None, "/sdk/python"),
+    }
+
+
+def test_the_default_target_of_a_dot_path_is_the_name_the_lookup_gives() -> None:
+    lookup = Lookup({"./": "/srv/checkout/site"})
+    text = '[layers]\napp = "./"\n[run]\ncommand = "/app/site/run"\n'
+
+    squishfile = parse_squishfile(text.encode(), file="web.toml", name="web", paths=lookup)
+
+    (layer,) = squishfile.layers
+    assert layer.target == "/app/site"
+
+
+def test_a_path_the_lookup_refuses_is_a_problem_of_its_field_among_the_others() -> None:
+    lookup = Lookup({})
+    text = (
+        '[layers]\nconf = { path = "./gone.toml", target = "/etc/x" }\n'
+        '[run]\ncommand = "/x"\n[[ports]]\ncontainer = 0\nhost = 8080\n'
+    )
+
+    with pytest.raises(ManifestError) as caught:
+        parse_squishfile(text.encode(), file="web.toml", name="web", paths=lookup)
+
+    problems = {(p.field, p.line): p.message for p in caught.value.errors}
+    assert problems[("layers.conf.path", 2)] == "'./gone.toml' is not known here"
+    assert ("ports[0].container", 6) in problems

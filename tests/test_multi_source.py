@@ -1,45 +1,23 @@
-"""MultiSource: the union of several sources' snapshots and change streams."""
+"""MultiSource: the union of several sources' snapshots, run as one service."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import anyio
 import pytest
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from squish.errors import ManifestError
 from squish.model.manifest import Manifest
 from squish.model.squishfile import Squishfile
 from squish.sources.directory import DirectorySource
+from squish.sources.fake import FakeSource
 from squish.sources.multi import MultiSource
+from tests.source_changes import watching
 
 
 def manifest(name: str, file: str, command: str = "/app/server") -> Manifest:
     return Manifest(name, file, Squishfile(name=name, command=command))
-
-
-class FakeSource:
-    """A source whose snapshot is a dict and whose changes are pushed by the test."""
-
-    def __init__(self, *manifests: Manifest) -> None:
-        self.manifests = {m.name: m for m in manifests}
-        self._send: MemoryObjectSendStream[None] | None = None
-        self._receive: MemoryObjectReceiveStream[None] | None = None
-
-    def snapshot(self) -> Mapping[str, Manifest]:
-        return self.manifests
-
-    def stream(self) -> MemoryObjectSendStream[None]:
-        self._send, self._receive = anyio.create_memory_object_stream[None](10)
-        return self._send
-
-    async def changes(self) -> AsyncIterator[None]:
-        assert self._receive is not None, "call stream() first"
-        async with self._receive:
-            async for _ in self._receive:
-                yield
 
 
 def test_the_snapshot_is_the_union_of_the_sources() -> None:
@@ -83,51 +61,26 @@ def test_a_directory_source_takes_part(tmp_path: Path) -> None:
     assert set(multi.snapshot()) == {"web", "db"}
 
 
-class Consumer:
-    """Iterates ``changes()`` the way the reconciler does: ``async for`` in a task
-    of its own with no scopes around it; the test waits on what it saw."""
+@pytest.mark.anyio
+async def test_run_passes_on_every_sources_changes() -> None:
+    one, two = FakeSource(), FakeSource()
 
-    def __init__(self, multi: MultiSource) -> None:
-        self.multi = multi
-        self.ended = anyio.Event()
-        self._send, self._seen = anyio.create_memory_object_stream[None](100)
-
-    async def run(self) -> None:
-        with self._send, self._seen:
-            async for _ in self.multi.changes():
-                self._send.send_nowait(None)
-            self.ended.set()
-
-    async def wait_change(self) -> None:
-        with anyio.fail_after(5):
-            await self._seen.receive()
+    async with watching(MultiSource([one, two])) as changes:
+        assert (one.running, two.running) == (1, 1)  # started once both are
+        for source in (one, two, one):
+            source.touch()
+            await changes.next()
 
 
 @pytest.mark.anyio
-async def test_changes_merges_every_sources_stream() -> None:
+async def test_run_ends_when_every_source_has_ended() -> None:
     one, two = FakeSource(), FakeSource()
-    first, second = one.stream(), two.stream()
-    consumer = Consumer(MultiSource([one, two]))
 
-    async with first, second, anyio.create_task_group() as tg:
-        tg.start_soon(consumer.run)
-        for send in (first, second, first):
-            await send.send(None)
-            await consumer.wait_change()
-        tg.cancel_scope.cancel()
-
-
-@pytest.mark.anyio
-async def test_changes_ends_when_every_source_has_ended() -> None:
-    one, two = FakeSource(), FakeSource()
-    first, second = one.stream(), two.stream()
-    consumer = Consumer(MultiSource([one, two]))
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(consumer.run)
-        await first.aclose()
-        await second.send(None)
-        await consumer.wait_change()
-        await second.aclose()
+    async with watching(MultiSource([one, two])) as changes:
+        one.finish()
+        two.touch()
+        await changes.next()
+        assert not changes.ended.is_set()
+        two.finish()
         with anyio.fail_after(5):
-            await consumer.ended.wait()
+            await changes.ended.wait()

@@ -6,19 +6,20 @@ checked over a fake source whose snapshot the test sets.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import anyio
-import anyio.lowlevel
 import pytest
 
 from squish.daemon.main import default_node_name
 from squish.errors import ManifestError, SquishError
+from squish.model.host import host_paths
 from squish.model.manifest import Manifest
 from squish.model.placement import Node, Placement
 from squish.model.squishfile import Squishfile, parse_squishfile
+from squish.sources.fake import FakeSource
 from squish.sources.placed import PlacedSource, wanted_on
+from tests.source_changes import watching
 
 # -- Node.parse ------------------------------------------------------------------
 
@@ -138,7 +139,9 @@ def test_placement_from_a_squishfile_matches() -> None:
 
 def parse(name: str, placement: str = "") -> Squishfile:
     text = '[run]\ncommand = "/app/server"\n' + placement
-    return parse_squishfile(text.encode(), file=f"{name}.toml", base_dir=Path("/"), name=name)
+    return parse_squishfile(
+        text.encode(), file=f"{name}.toml", paths=host_paths(Path("/")), name=name
+    )
 
 
 def manifest(name: str, placement: str = "") -> Manifest:
@@ -148,24 +151,6 @@ def manifest(name: str, placement: str = "") -> Manifest:
 def invalid(name: str) -> Manifest:
     error = ManifestError(f"apps/{name}.toml@1a2b3c4d", "is bad", field="run.command")
     return Manifest(name, error.file, None, error)
-
-
-class FakeSource:
-    """A source whose snapshot the test sets; ``changes()`` yields ``pending``
-    times, then ends."""
-
-    def __init__(self, *manifests: Manifest) -> None:
-        self.manifests = {m.name: m for m in manifests}
-        self.pending = 0
-
-    def snapshot(self) -> Mapping[str, Manifest]:
-        return self.manifests
-
-    async def changes(self) -> AsyncIterator[None]:
-        while self.pending:
-            self.pending -= 1
-            await anyio.lowlevel.checkpoint()
-            yield
 
 
 FLEET = [
@@ -245,12 +230,15 @@ def test_wanted_on_agrees_with_the_source() -> None:
 @pytest.mark.anyio
 async def test_changes_pass_through() -> None:
     inner = FakeSource(manifest("db", '[placement]\nnodes = ["db-*"]\n'))
-    inner.pending = 2
     placed = PlacedSource(inner, WEB_EU)
 
     # Every change is passed on, also one that only touches manifests placed
     # elsewhere: the reconciler re-reads the snapshot and finds nothing to do.
-    with anyio.fail_after(5):
-        seen = [change async for change in placed.changes()]
-
-    assert len(seen) == 2
+    async with watching(placed) as changes:
+        inner.touch()
+        inner.touch()
+        await changes.next()
+        await changes.next()
+        inner.finish()
+        with anyio.fail_after(5):
+            await changes.ended.wait()

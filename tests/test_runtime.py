@@ -26,6 +26,7 @@ import pytest
 
 from squish.errors import PortInUse, RuntimeFailure
 from squish.layers import LayerStore, Mount
+from squish.model.host import host_paths
 from squish.model.squishfile import parse_squishfile
 from squish.reconcile.spec import container_spec
 from squish.runtime import ContainerSpec, ExitEvent, PortForward, kernel
@@ -558,7 +559,9 @@ tool = { path = "./tool.tar.gz", target = "/sdk/tool" }
 command = "/bin/sh"
 args = ["-c", "/sdk/tool/bin/hello; touch /sdk/tool/x || echo read-only"]
 """
-    squishfile = parse_squishfile(manifest, file="tool.toml", base_dir=tmp_path, name="tool")
+    squishfile = parse_squishfile(
+        manifest, file="tool.toml", paths=host_paths(tmp_path), name="tool"
+    )
     spec = container_spec(squishfile, LayerStore(tmp_path / "state"))
     event, log = await run_to_exit(runtime, spec)
     assert event.exit_code == 0
@@ -597,7 +600,9 @@ async def test_two_alpine_versions_side_by_side(
             f'network = "none"\n[layers]\nalpine = "{branch}"\n'
             '[run]\ncommand = "/bin/cat"\nargs = ["/etc/alpine-release"]\n'
         ).encode()
-        squishfile = parse_squishfile(manifest, file="a.toml", base_dir=tmp_path, name=f"a{branch}")
+        squishfile = parse_squishfile(
+            manifest, file="a.toml", paths=host_paths(tmp_path), name=f"a{branch}"
+        )
         spec = await anyio.to_thread.run_sync(container_spec, squishfile, store)
         event, log = await run_to_exit(runtime, spec)
         assert event.exit_code == 0, log

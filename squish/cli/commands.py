@@ -52,7 +52,7 @@ from squish.cli.timespec import parse_moment
 from squish.errors import ManifestError, SquishError
 
 if TYPE_CHECKING:
-    from squish.model.squishfile import Squishfile
+    pass
 
 # What a verb needs beyond talking to the daemon is imported inside that verb:
 # imported up front, the daemon, the runtime, the layer store and the manifest
@@ -95,7 +95,7 @@ def _configure_validate(parser: argparse.ArgumentParser) -> None:
 
 def _run_validate(args: argparse.Namespace) -> int:
     """Check every file, reporting each, a line per problem; fail if any is bad."""
-    from squish.model.squishfile import load_squishfile
+    from squish.model.host import load_squishfile
 
     results: list[dict[str, Any]] = []
     failed = False
@@ -159,48 +159,19 @@ def _prepare(file: str) -> tuple[str, str]:
 
     import tomli_w
 
-    from squish.model.squishfile import parse_squishfile
+    from squish.model.host import host_paths
+    from squish.model.squishfile import parse_squishfile, write_resolved_paths
 
     source = Path(file)
     try:
         data = source.read_bytes()
     except OSError as exc:
         raise ManifestError(file, f"cannot read the file: {exc.strerror or exc}") from exc
-    squishfile = parse_squishfile(data, file=file, base_dir=Path.cwd(), name=source.stem)
+    squishfile = parse_squishfile(data, file=file, name=source.stem, paths=host_paths(Path.cwd()))
     # parse_squishfile accepted these bytes, so they decode and parse.
     doc = tomllib.loads(data.decode("utf-8-sig"))
-    _absolute_layer_paths(doc, squishfile)
+    write_resolved_paths(doc, squishfile)
     return squishfile.name, tomli_w.dumps(doc)
-
-
-def _absolute_layer_paths(doc: dict[str, Any], squishfile: Squishfile) -> None:
-    """Rewrite the relative path layers of ``doc`` to the paths ``squishfile`` resolved.
-
-    A path layer without a ``target`` is mounted at a place derived from the
-    path as written (``lib = "./x/y"`` -> ``/app/x/y``), so the target the
-    local parse derived is written out too: the container the daemon builds
-    is the one validated here, with the same spec hash.
-    """
-    layers = doc.get("layers")
-    if not isinstance(layers, dict):
-        return
-    resolved = {layer.name: layer for layer in squishfile.layers}
-    if squishfile.base is not None:
-        resolved[squishfile.base.name] = squishfile.base
-    for name, value in layers.items():
-        layer = resolved.get(name)
-        if layer is None or layer.path is None:
-            continue
-        path = str(layer.path)
-        if isinstance(value, str):
-            if value.startswith(("./", "../")):
-                layers[name] = path if layer.is_base else {"path": path, "target": layer.target}
-        elif isinstance(value, dict):
-            written = value.get("path")
-            if isinstance(written, str) and not written.startswith("/"):
-                value["path"] = path
-                if not layer.is_base:
-                    value.setdefault("target", layer.target)
 
 
 def _started_id(status: schema.Container) -> str:

@@ -22,7 +22,7 @@ import anyio
 from squish import paths
 from squish.daemon.config import layer_settings, read_config
 from squish.errors import SquishError
-from squish.model.squishfile import load_squishfile
+from squish.model.host import load_squishfile
 from squish.reconcile.spec import container_spec
 from squish.runtime import DEFAULT_HOST_IP, DEFAULT_STOP_GRACE, ContainerSpec
 from squish.runtime.bwrap_runtime import BwrapRuntime

@@ -49,7 +49,7 @@ from squish.runtime.logs import DEFAULT_RATE
 from squish.sources import StatusSource
 from squish.sources.directory import DirectorySource
 from squish.sources.git import GitSource
-from squish.sources.guard import GuardedSource, PruneGuard
+from squish.sources.guard import GuardedSource, PruneGuard, Running
 from squish.sources.multi import MultiSource
 from squish.sources.placed import PlacedSource, wanted_on
 
@@ -434,8 +434,9 @@ async def _serve(
                         kind, result, downloaded=size
                     ),
                 )
+                running = Running()
                 guard = PruneGuard(
-                    lambda: reconciler.running_names,
+                    running,
                     threshold=args.guard.percent / 100,
                     enabled=args.guard.enabled,
                     wanted=wanted_on(args.node),
@@ -473,6 +474,7 @@ async def _serve(
                     state_dir=state,
                     default_host_ip=args.host_ip,
                     source_statuses=lambda: [source.status() for source in sources],
+                    on_running=running.update,
                 )
                 reconciler.about = {
                     "node": args.node.name,

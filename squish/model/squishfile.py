@@ -10,15 +10,20 @@ as tomllib keeps no positions) and what to fix. It also computes the spec
 hash the reconciler compares to decide between leaving a container alone,
 updating its ports in place, and replacing it (:func:`diff_specs`).
 
-Callers: the CLI (``squish validate``), the sources (directory and git) that
-feed desired state to the reconciler, and the layer store, which resolves the
-:class:`Layer` values produced here to host paths.
+Callers: the CLI (``squish validate``, ``create``), the sources (directory
+and git) that feed desired state to the reconciler, and the layer store,
+which resolves the :class:`Layer` values produced here to host paths.
 
-The module is part of the pure core: besides reading the one file in
-:func:`load_squishfile` and checking that path layers exist, it does no I/O.
-pydantic is used internally for the shape of the document (unknown keys, types)
-and never leaks out: the public types are frozen dataclasses and every pydantic
-error is translated to a ``ManifestError`` here.
+The module is part of the pure core: it does no I/O. Where a path layer's
+path leads is asked of a :data:`PathLookup` the caller passes in: on this
+host, ``squish.model.host.host_paths`` (symlinks followed, the path must
+exist), which ``squish.model.host.load_squishfile`` uses to read a file; in
+a git repository, the git source's own (the path checked against the
+repository's tree, the layer exported into the cache). Every source shares
+this one parser. pydantic is used internally for the shape of the document
+(unknown keys, types) and never leaks out: the public types are frozen
+dataclasses and every pydantic error is translated to a ``ManifestError``
+here.
 """
 
 from __future__ import annotations
@@ -27,12 +32,11 @@ import functools
 import hashlib
 import ipaddress
 import json
-import os
 import posixpath
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
@@ -63,13 +67,17 @@ __all__ = [
     "MAX_ENV_KEYS",
     "MAX_SQUISHFILE_BYTES",
     "Change",
+    "HostPath",
     "Layer",
+    "LayerPathError",
+    "PathLookup",
     "Placement",
     "Port",
     "Squishfile",
     "diff_specs",
-    "load_squishfile",
     "parse_squishfile",
+    "too_big",
+    "write_resolved_paths",
 ]
 
 PortProtocol = Literal["tcp", "udp"]
@@ -244,41 +252,50 @@ def diff_specs(old: Squishfile, new: Squishfile) -> Change:
     return Change.REPLACE
 
 
-def load_squishfile(path: Path | str) -> Squishfile:
-    """Read, parse and validate the squishfile at ``path``.
+class LayerPathError(Exception):
+    """Raised by a :data:`PathLookup`: why a layer's path cannot be used.
 
-    The container is named after the file's stem; relative layer paths resolve
-    against the file's directory.
+    The message says what is wrong with the path as written; the parser adds
+    the file, the field and its line.
     """
-    file = str(path)
-    source = Path(path)
-    try:
-        with source.open("rb") as opened:
-            # One byte more than allowed is enough to refuse it.
-            data = opened.read(MAX_SQUISHFILE_BYTES + 1)
-            size = os.fstat(opened.fileno()).st_size
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise ManifestError(file, f"cannot read the file: {reason}") from exc
-    if len(data) > MAX_SQUISHFILE_BYTES:
-        raise _too_big(file, max(size, len(data)))
-    squishfile = parse_squishfile(data, file=file, base_dir=source.parent, name=source.stem)
-    return replace(squishfile, file=source)
 
 
-def parse_squishfile(data: bytes, *, file: str, base_dir: Path, name: str) -> Squishfile:
+@dataclass(frozen=True)
+class HostPath:
+    """Where a path layer's path leads: the host path to mount, and its name.
+
+    ``name`` is the last part of the path as the user would see it (the
+    directory's own name for ``"./"``), for the default target of
+    ``app = "./"`` (``/app/<name>``).
+    """
+
+    path: Path
+    name: str
+
+
+PathLookup = Callable[[str, str], HostPath]
+"""``lookup(path as written, field) -> HostPath``, or ``LayerPathError``.
+
+``field`` is the field path the parser would name (``layers.app.path``), for
+errors a lookup raises that are not about the path (a git source's layer too
+big to export fails the whole sync, saying where).
+"""
+
+
+def parse_squishfile(data: bytes, *, file: str, name: str, paths: PathLookup) -> Squishfile:
     """Parse and validate squishfile bytes.
 
-    ``file`` only labels errors; ``base_dir`` anchors relative layer paths;
-    ``name`` is the container name. The result has ``file=None``. A
+    ``file`` only labels errors; ``paths`` says where each path layer leads
+    (see :data:`PathLookup`); ``name`` is the container name. The result has
+    ``file=None``. A
     ``ManifestError`` lists every problem found, each with its field path
     and the line of the field, when it can be found.
     """
     if len(data) > MAX_SQUISHFILE_BYTES:
-        raise _too_big(file, len(data))
+        raise too_big(file, len(data))
     text, doc = _parse_toml(data, file)
     problems: list[_Problem] = []
-    squishfile = _resolve(doc, base_dir=base_dir, name=name, problems=problems)
+    squishfile = _resolve(doc, paths=paths, name=name, problems=problems)
     if squishfile is not None and not problems:
         return squishfile
     lines = KeyLines(text)
@@ -289,6 +306,37 @@ def parse_squishfile(data: bytes, *, file: str, base_dir: Path, name: str) -> Sq
     # In file order; those with no line (the whole file, a missing table) first.
     found.sort(key=lambda problem: problem.line or 0)
     raise ManifestError.of(file, found)
+
+
+def write_resolved_paths(doc: dict[str, Any], squishfile: Squishfile) -> None:
+    """Rewrite the relative path layers of ``doc`` to the paths ``squishfile`` resolved.
+
+    For a squishfile that is stored where its relative paths would mean
+    something else (``squish create`` sends it to the daemon). A path layer
+    without a ``target`` is mounted at a place derived from the path as
+    written (``lib = "./x/y"`` -> ``/app/x/y``), so the derived target is
+    written out too: the squishfile read back has the same spec hash.
+    """
+    layers = doc.get("layers")
+    if not isinstance(layers, dict):
+        return
+    resolved = {layer.name: layer for layer in squishfile.layers}
+    if squishfile.base is not None:
+        resolved[squishfile.base.name] = squishfile.base
+    for name, value in layers.items():
+        layer = resolved.get(name)
+        if layer is None or layer.path is None:
+            continue
+        path = str(layer.path)
+        if isinstance(value, str):
+            if value.startswith(("./", "../")):
+                layers[name] = path if layer.is_base else {"path": path, "target": layer.target}
+        elif isinstance(value, dict):
+            written = value.get("path")
+            if isinstance(written, str) and not written.startswith("/"):
+                value["path"] = path
+                if not layer.is_base:
+                    value.setdefault("target", layer.target)
 
 
 # --------------------------------------------------------------------------
@@ -321,7 +369,8 @@ def _hash(spec: dict[str, Any]) -> str:
 # Bytes -> TOML document
 
 
-def _too_big(file: str, size: int) -> ManifestError:
+def too_big(file: str, size: int) -> ManifestError:
+    """The error of a squishfile of ``size`` bytes, more than ``MAX_SQUISHFILE_BYTES``."""
     return ManifestError(
         file,
         f"the file is {size} bytes; a squishfile may be at most {MAX_SQUISHFILE_BYTES} "
@@ -715,7 +764,7 @@ def _describe(value: object) -> str:
 
 
 def _resolve(
-    doc: dict[str, Any], *, base_dir: Path, name: str, problems: list[_Problem]
+    doc: dict[str, Any], *, paths: PathLookup, name: str, problems: list[_Problem]
 ) -> Squishfile | None:
     """The squishfile of ``doc``, adding every problem found to ``problems``.
 
@@ -739,10 +788,10 @@ def _resolve(
         errors = exc.errors()
         problems.extend(_translate(error) for error in errors)
         layers, ports = _valid_parts(doc, [tuple(error["loc"]) for error in errors])
-        _resolve_layers(layers, doc, base_dir, problems)
+        _resolve_layers(layers, doc, paths, problems)
         _resolve_ports(ports, problems)
         return None
-    base, layers_found = _resolve_layers(raw.layers, doc, base_dir, problems)
+    base, layers_found = _resolve_layers(raw.layers, doc, paths, problems)
     ports_found = _resolve_ports(list(enumerate(raw.ports)), problems)
     return Squishfile(
         name=name,
@@ -823,7 +872,7 @@ def _alone(model: type[_RawT], value: Any) -> _RawT | None:
 def _resolve_layers(
     raw_layers: Mapping[str, _RawLayer],
     doc: dict[str, Any],
-    base_dir: Path,
+    paths: PathLookup,
     problems: list[_Problem],
 ) -> tuple[Layer | None, tuple[Layer, ...]]:
     """The base and the other layers; a layer with a problem is left out."""
@@ -834,7 +883,7 @@ def _resolve_layers(
     for layer_name, raw_layer in raw_layers.items():
         shorthand = isinstance(written.get(layer_name), str)
         try:
-            layer = _resolve_layer(layer_name, raw_layer, shorthand=shorthand, base_dir=base_dir)
+            layer = _resolve_layer(layer_name, raw_layer, shorthand=shorthand, paths=paths)
         except _Invalid as exc:
             problems.append(exc.problem)
             continue
@@ -866,10 +915,16 @@ def _resolve_layers(
     return base, tuple(layers)
 
 
-def _resolve_layer(name: str, raw: _RawLayer, *, shorthand: bool, base_dir: Path) -> Layer:
+def _resolve_layer(name: str, raw: _RawLayer, *, shorthand: bool, paths: PathLookup) -> Layer:
     path: Path | None = None
+    located: HostPath | None = None
     if raw.path is not None:
-        path = _host_path(raw.path, base_dir, _layer_loc(name, None if shorthand else "path"))
+        loc = _layer_loc(name, None if shorthand else "path")
+        try:
+            located = paths(raw.path, _field_path(loc) or "layers")
+        except LayerPathError as exc:
+            raise _Invalid(loc, str(exc)) from exc
+        path = located.path
     if name in BASE_LAYER_NAMES:
         if name == "alpine" and raw.version is None:
             raise _Invalid(
@@ -892,30 +947,14 @@ def _resolve_layer(name: str, raw: _RawLayer, *, shorthand: bool, base_dir: Path
         )
     if raw.target is not None:
         target = raw.target
-    elif raw.path is None or path is None:
+    elif raw.path is None or located is None:
         target = f"/sdk/{name}"
     else:
-        target = _default_path_target(name, raw.path, path)
+        target = _default_path_target(name, raw.path, located.name)
     return Layer(name, raw.version, path, target, rw=raw.rw, sha256=raw.sha256)
 
 
-def _host_path(raw_path: str, base_dir: Path, loc: _Loc) -> Path:
-    try:
-        resolved = (base_dir / raw_path).resolve()
-        exists = resolved.exists()
-    except (OSError, RuntimeError) as exc:
-        # RuntimeError: a symlink loop (Python < 3.13).
-        raise _Invalid(loc, f"cannot access {raw_path!r}: {exc}") from exc
-    if not exists:
-        raise _Invalid(
-            loc,
-            f"{raw_path!r} does not exist (resolved to {resolved}; relative paths start "
-            "at the squishfile's directory)",
-        )
-    return resolved
-
-
-def _default_path_target(name: str, raw_path: str, resolved: Path) -> str:
+def _default_path_target(name: str, raw_path: str, resolved_name: str) -> str:
     """Where a path layer without ``target`` is mounted.
 
     ``app = "./test/http-asm"`` -> ``/app/http-asm``; any other name keeps the
@@ -925,7 +964,7 @@ def _default_path_target(name: str, raw_path: str, resolved: Path) -> str:
     if name == "app":
         basename = PurePosixPath(normal).name
         if basename in ("", ".", ".."):
-            basename = resolved.name
+            basename = resolved_name
         parts: tuple[str, ...] = (basename,) if basename else ()
     else:
         # After normpath, ".." can only lead the path; "." only stands alone.

@@ -46,6 +46,7 @@ from squish.errors import (
     SquishError,
 )
 from squish.layers import LayerStore
+from squish.model.host import host_paths
 from squish.model.manifest import Manifest
 from squish.model.squishfile import Layer, Squishfile, parse_squishfile
 from squish.reconcile.plan import Action, Backoff, Kind, Record, plan
@@ -123,6 +124,7 @@ class Reconciler:
         default_host_ip: str = DEFAULT_HOST_IP,
         log_grace: float = LOG_GRACE,
         source_statuses: Callable[[], Sequence[SourceStatus]] = list,
+        on_running: Callable[[frozenset[str]], None] | None = None,
     ) -> None:
         self.source = source
         self.source_statuses = source_statuses
@@ -144,6 +146,8 @@ class Reconciler:
         self.about: dict[str, Any] = {}
         """More for ``status()``, set by whoever runs the reconciler (the node)."""
         self.running_names: frozenset[str] = frozenset()
+        # Told the running names after each round (the prune guard's Running).
+        self.on_running = on_running
         """Names running as of the last round; replaced whole, so any thread may read it."""
         self._dirty = anyio.Event()
         self._changed = anyio.Event()
@@ -234,7 +238,8 @@ class Reconciler:
             self._tg = tg
             self.reconcile_once()
             self._doom_orphan_logs()
-            tg.start_soon(self._watch_source)
+            # The source is a service of this loop: its changes trigger rounds.
+            await tg.start(self.source.run, self.trigger)
             tg.start_soon(self._watch_exits)
             tg.start_soon(self._loop)
             task_status.started()
@@ -258,10 +263,6 @@ class Reconciler:
                 wake = min(wake, record.backoff_until - now + 0.001)
         return wake
 
-    async def _watch_source(self) -> None:
-        async for _ in self.source.changes():
-            self.trigger()
-
     async def _watch_exits(self) -> None:
         with self.runtime.subscribe() as exits:
             async for event in exits:
@@ -282,6 +283,8 @@ class Reconciler:
             running = set(live)
             self._notice_lost(running)
             self.running_names = frozenset(r.name for r in self.records.values() if r.running)
+            if self.on_running is not None:
+                self.on_running(self.running_names)
             now = time.time()
             for action in plan(self._desired, self.records, running, now):
                 record = self.records.setdefault(action.name, Record(action.name))
@@ -762,7 +765,9 @@ class Reconciler:
     def _store(self, name: str, data: bytes) -> tuple[Squishfile, bytes | None]:
         """Validate and atomically write ``<name>.toml``; returns the old bytes."""
         path = self._manifest_path(name)
-        squishfile = parse_squishfile(data, file=str(path), base_dir=self.manifests_dir, name=name)
+        squishfile = parse_squishfile(
+            data, file=str(path), name=name, paths=host_paths(self.manifests_dir)
+        )
         previous = path.read_bytes() if path.exists() else None
         self.manifests_dir.mkdir(parents=True, exist_ok=True)
         # Written under a dot-name the source ignores, then renamed into

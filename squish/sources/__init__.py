@@ -1,30 +1,48 @@
 """Where desired state comes from.
 
-A source knows a set of squishfiles. The reconciler asks it for a
-``snapshot()`` (every manifest it has now, each parsed or with its error)
-whenever it reconciles, and waits on ``changes()`` as one of its triggers.
-Snapshots, not diffs: a missed change notification costs a little latency,
-never correctness, because the next periodic resync reads everything again.
+A source knows a set of squishfiles. It is a service: the reconciler runs
+it in its own task group (``await tg.start(source.run, changed)``) and it
+watches (a directory) or syncs (a git repository) until cancelled, calling
+``changed()`` whenever its snapshot may differ. The reconciler asks it for
+a ``snapshot()`` (every manifest it has now, each parsed or with its error)
+whenever it reconciles. Snapshots, not diffs: a missed change notification
+costs a little latency, never correctness, because the next periodic resync
+reads everything again.
 
 Shipping: ``directory.DirectorySource``, ``git.GitSource``,
 ``multi.MultiSource`` (the union the daemon hands the reconciler),
-``guard.GuardedSource`` (the prune guard around a directory) and
-``placement.PlacedSource`` (only what is meant for this node).
+``guard.GuardedSource`` (the prune guard around a directory),
+``placed.PlacedSource`` (only what is meant for this node) and
+``fake.FakeSource`` (a snapshot a test sets, for tests above the sources).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
+
+from anyio import TASK_STATUS_IGNORED
+from anyio.abc import TaskStatus
 
 from squish.model.manifest import Manifest
 
 
 class Source(Protocol):
-    def snapshot(self) -> Mapping[str, Manifest]: ...
+    def snapshot(self) -> Mapping[str, Manifest]:
+        """Every manifest the source has now (read at once, never waiting on I/O)."""
+        ...
 
-    def changes(self) -> AsyncIterator[None]: ...
+    async def run(
+        self, changed: Callable[[], None], *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
+    ) -> None:
+        """Watch for changes until cancelled, calling ``changed()`` after each.
+
+        ``task_status.started()`` once watching. Returns only if the source
+        has nothing (left) to watch; a source that cannot watch says so in
+        its status and leaves the periodic resync to see its changes.
+        """
+        ...
 
 
 @dataclass(frozen=True)

@@ -31,17 +31,20 @@ import logging
 import os
 import stat
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import watchfiles
+from anyio import TASK_STATUS_IGNORED
+from anyio.abc import TaskStatus
 
 from squish.errors import ManifestError, SourceError
 from squish.layers.model import ARCHIVE_SUFFIXES
 from squish.layers.unpack import is_tarball
+from squish.model.host import load_squishfile
 from squish.model.manifest import Manifest
-from squish.model.squishfile import Squishfile, load_squishfile
+from squish.model.squishfile import Squishfile
 
 log = logging.getLogger(__name__)
 
@@ -189,13 +192,16 @@ class DirectorySource:
             return Manifest(path.stem, str(path), None, exc)
         return Manifest(path.stem, str(path), squishfile)
 
-    async def changes(self) -> AsyncIterator[None]:
-        """Yields when a manifest may have changed; ends if it cannot watch.
+    async def run(
+        self, changed: Callable[[], None], *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
+    ) -> None:
+        """Call ``changed()`` when a manifest may have changed; return if it cannot watch.
 
-        Ending is not fatal: the periodic resync reads the directory anyway,
-        only later. ``warning`` says why, and the log once.
+        Returning is not fatal: the periodic resync reads the directory
+        anyway, only later. ``warning`` says why, and the log once.
         """
         self.path.mkdir(parents=True, exist_ok=True)
+        task_status.started()
         try:
             async for batch in watchfiles.awatch(
                 self.path,
@@ -209,7 +215,7 @@ class DirectorySource:
                 watch_filter=lambda _change, path: is_manifest(os.path.basename(path)),
             ):
                 if batch:
-                    yield
+                    changed()
         # watchfiles reports a watcher it cannot create (no inotify instance
         # or watch left, an unreadable directory) as an OSError or as its
         # WatchfilesRustInternalError, a RuntimeError.

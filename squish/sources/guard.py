@@ -21,8 +21,11 @@ disable.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
+
+from anyio import TASK_STATUS_IGNORED
+from anyio.abc import TaskStatus
 
 from squish.errors import SourceError
 from squish.model.manifest import Manifest
@@ -35,16 +38,31 @@ Wanted = Callable[[Manifest], bool]
 """Whether a manifest is wanted on this node (placement); stopping is what counts."""
 
 
+class Running:
+    r"""The names of the containers running now, as the reconciler last counted them.
+
+    Made before the sources and the reconciler: the reconciler ``update``\ s
+    it after each round, the guard reads it (from any thread: ``names`` is
+    replaced whole, never changed in place).
+    """
+
+    def __init__(self, names: frozenset[str] = frozenset()) -> None:
+        self.names = names
+
+    def update(self, names: frozenset[str]) -> None:
+        self.names = names
+
+
 class PruneGuard:
     """``guard(current, proposed)``: why ``proposed`` must not be applied, or None.
 
-    ``running`` returns the names of the containers running now (read from
-    any thread); ``wanted`` filters manifests meant for other nodes.
+    ``running``: the containers running now; ``wanted`` filters manifests
+    meant for other nodes.
     """
 
     def __init__(
         self,
-        running: Callable[[], frozenset[str]],
+        running: Running,
         *,
         threshold: float = 1.0,
         enabled: bool = True,
@@ -62,7 +80,7 @@ class PruneGuard:
     ) -> str | None:
         if not self.enabled:
             return None
-        running = self.running()
+        running = self.running.names
         if not running:
             return None
         before = {name for name, manifest in current.items() if self.wanted(manifest)}
@@ -124,8 +142,10 @@ class GuardedSource:
         self._applied = proposed
         return proposed
 
-    def changes(self) -> AsyncIterator[None]:
-        return self.inner.changes()
+    async def run(
+        self, changed: Callable[[], None], *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
+    ) -> None:
+        await self.inner.run(changed, task_status=task_status)
 
     def status(self) -> SourceStatus:
         if isinstance(self.inner, DirectorySource) and self.inner.warning != self._status.warning:

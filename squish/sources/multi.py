@@ -13,11 +13,11 @@ two definitions resolves it.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio import TASK_STATUS_IGNORED
+from anyio.abc import TaskStatus
 
 from squish.errors import ManifestError
 from squish.model.manifest import Manifest
@@ -40,37 +40,17 @@ class MultiSource:
             for name, manifests in found.items()
         }
 
-    async def changes(self) -> AsyncGenerator[None, None]:
-        """Yields whenever any source's ``changes()`` does; ends when all have ended.
+    async def run(
+        self, changed: Callable[[], None], *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
+    ) -> None:
+        """Run every source, each calling ``changed()``; return once all have returned.
 
-        Notifications arriving while one is pending are merged into it: the
-        reconciler re-reads everything anyway. Consume it to the end or until
-        cancelled (as the reconciler does), or close it with ``aclosing``.
+        Started once every source has started.
         """
-        send, receive = anyio.create_memory_object_stream[None](1)
-        async with receive, anyio.create_task_group() as tg:
-            async with send:
-                for source in self.sources:
-                    tg.start_soon(_forward, source, send.clone())
-            async for _ in receive:
-                try:
-                    yield
-                except GeneratorExit:
-                    # Closed by the consumer (``aclose``, or collected while
-                    # suspended here). Stop the forwarders now, in this task,
-                    # so the task group ends normally rather than with a
-                    # GeneratorExit inside an exception group.
-                    tg.cancel_scope.cancel()
-                    return
-
-
-async def _forward(source: Source, send: MemoryObjectSendStream[None]) -> None:
-    async with send:
-        async for _ in source.changes():
-            # One pending notification is enough; never block a source on a
-            # busy reconciler.
-            with contextlib.suppress(anyio.WouldBlock):
-                send.send_nowait(None)
+        async with anyio.create_task_group() as tg:
+            for source in self.sources:
+                await tg.start(source.run, changed)
+            task_status.started()
 
 
 def _conflict(name: str, manifests: list[Manifest]) -> Manifest:

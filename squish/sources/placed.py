@@ -23,7 +23,10 @@ none.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
+
+from anyio import TASK_STATUS_IGNORED
+from anyio.abc import TaskStatus
 
 from squish.model.manifest import Manifest
 from squish.model.placement import Node
@@ -63,8 +66,10 @@ class PlacedSource:
         dropped = set(excluded)
         return {name: m for name, m in found.items() if name not in dropped}
 
-    def changes(self) -> AsyncIterator[None]:
-        return self.inner.changes()
+    async def run(
+        self, changed: Callable[[], None], *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
+    ) -> None:
+        await self.inner.run(changed, task_status=task_status)
 
     def excluded(self) -> list[str]:
         """Names the last ``snapshot()`` left out: placed on other nodes."""

@@ -23,6 +23,7 @@ import pytest
 
 from squish.cli.client import Client
 from squish.errors import ManifestError
+from squish.model.host import host_paths
 from squish.model.squishfile import (
     MAX_ENV_BYTES,
     MAX_ENV_KEYS,
@@ -48,7 +49,7 @@ def drop(directory: Path, name: str, text: str) -> Path:
 
 
 def parse(text: str) -> None:
-    parse_squishfile(text.encode(), file="x.toml", base_dir=Path("/"), name="x")
+    parse_squishfile(text.encode(), file="x.toml", paths=host_paths(Path("/")), name="x")
 
 
 def problems(text: str) -> list[str]:

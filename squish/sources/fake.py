@@ -1,0 +1,60 @@
+"""``FakeSource``: a source whose snapshot a test sets, for tests above the sources.
+
+It satisfies ``squish.sources.Source`` as the real ones do: ``snapshot()``
+answers at once, ``run(changed)`` is a service that calls ``changed()``
+whenever the test changes the snapshot (``set``) or says it changed
+(``touch``), until cancelled; ``finish()`` makes it return, as a source with
+nothing left to watch does. The reconciler's, the multi-source's and the
+placement's tests drive it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import anyio
+from anyio import TASK_STATUS_IGNORED
+from anyio.abc import TaskStatus
+
+from squish.model.manifest import Manifest
+
+
+class FakeSource:
+    """A snapshot that a test sets; every ``run`` is told of each change."""
+
+    def __init__(self, *manifests: Manifest) -> None:
+        self.manifests: Mapping[str, Manifest] = {m.name: m for m in manifests}
+        self._watchers: list[Callable[[], None]] = []
+        self._finished = anyio.Event()
+
+    def snapshot(self) -> Mapping[str, Manifest]:
+        return self.manifests
+
+    def set(self, *manifests: Manifest) -> None:
+        """Replace the snapshot and tell whoever runs the source."""
+        self.manifests = {m.name: m for m in manifests}
+        self.touch()
+
+    def touch(self) -> None:
+        """Tell whoever runs the source that it changed (the snapshot as it is)."""
+        for changed in list(self._watchers):
+            changed()
+
+    def finish(self) -> None:
+        """Make ``run`` return: nothing left to watch."""
+        self._finished.set()
+
+    @property
+    def running(self) -> int:
+        """How many ``run``\\ s are watching it now."""
+        return len(self._watchers)
+
+    async def run(
+        self, changed: Callable[[], None], *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
+    ) -> None:
+        self._watchers.append(changed)
+        try:
+            task_status.started()
+            await self._finished.wait()
+        finally:
+            self._watchers.remove(changed)
