@@ -44,7 +44,11 @@ def test_the_tree_keeps_every_contract() -> None:
         ("squish/cli/output.py", "import squish.daemon.metrics", "The CLI loads nothing"),
         ("squish/layers/cache.py", "import squish.runtime", "The parts, from the top down"),
         ("squish/runtime/kernel.py", "import squish.sources", "The parts, from the top down"),
-        ("squish/sources/git/source.py", "import squish.daemon.metrics", "The parts, from the top down"),
+        (
+            "squish/sources/git/source.py",
+            "import squish.daemon.metrics",
+            "The parts, from the top down",
+        ),
         ("squish/runtime/slirp.py", "import squish.daemon", "The parts, from the top down"),
     ],
 )

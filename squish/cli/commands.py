@@ -159,14 +159,11 @@ def _prepare(file: str) -> tuple[str, str]:
 
     import tomli_w
 
-    from squish.model.host import host_paths
+    from squish.model.host import host_paths, read_squishfile
     from squish.model.squishfile import parse_squishfile, write_resolved_paths
 
     source = Path(file)
-    try:
-        data = source.read_bytes()
-    except OSError as exc:
-        raise ManifestError(file, f"cannot read the file: {exc.strerror or exc}") from exc
+    data = read_squishfile(file)
     squishfile = parse_squishfile(data, file=file, name=source.stem, paths=host_paths(Path.cwd()))
     # parse_squishfile accepted these bytes, so they decode and parse.
     doc = tomllib.loads(data.decode("utf-8-sig"))

@@ -4,8 +4,9 @@ The parser (``squish.model.squishfile``) touches no filesystem; this module
 is the host's side of it, for the directory source, ``squish validate``,
 ``squish create`` and ``squish run``: :func:`host_paths` is the path lookup
 of a directory (relative paths from it, symlinks followed, the path must
-exist), :func:`load_squishfile` reads a file (at most ``MAX_SQUISHFILE_BYTES``)
-and parses it with the lookup of the file's directory.
+exist), :func:`read_squishfile` reads a file (at most
+``MAX_SQUISHFILE_BYTES``, never more), :func:`load_squishfile` reads one and
+parses it with the lookup of the file's directory.
 """
 
 from __future__ import annotations
@@ -52,17 +53,14 @@ def host_paths(base_dir: Path) -> PathLookup:
     return lookup
 
 
-def load_squishfile(path: Path | str) -> Squishfile:
-    """Read, parse and validate the squishfile at ``path``.
+def read_squishfile(path: Path | str) -> bytes:
+    """The bytes of the squishfile at ``path``; a file over ``MAX_SQUISHFILE_BYTES`` is refused.
 
-    The container is named after the file's stem; relative layer paths resolve
-    against the file's directory.
+    Reads one byte more than allowed, never the whole of a huge file.
     """
     file = str(path)
-    source = Path(path)
     try:
-        with source.open("rb") as opened:
-            # One byte more than allowed is enough to refuse it.
+        with Path(path).open("rb") as opened:
             data = opened.read(MAX_SQUISHFILE_BYTES + 1)
             size = os.fstat(opened.fileno()).st_size
     except OSError as exc:
@@ -70,7 +68,18 @@ def load_squishfile(path: Path | str) -> Squishfile:
         raise ManifestError(file, f"cannot read the file: {reason}") from exc
     if len(data) > MAX_SQUISHFILE_BYTES:
         raise too_big(file, max(size, len(data)))
+    return data
+
+
+def load_squishfile(path: Path | str) -> Squishfile:
+    """Read, parse and validate the squishfile at ``path``.
+
+    The container is named after the file's stem; relative layer paths resolve
+    against the file's directory.
+    """
+    source = Path(path)
+    data = read_squishfile(path)
     squishfile = parse_squishfile(
-        data, file=file, name=source.stem, paths=host_paths(source.parent)
+        data, file=str(path), name=source.stem, paths=host_paths(source.parent)
     )
     return replace(squishfile, file=source)

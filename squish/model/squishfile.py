@@ -63,6 +63,8 @@ from squish.model.placement import (
 from squish.model.toml_lines import KeyLines
 
 __all__ = [
+    "MAX_ARGS",
+    "MAX_ARGS_BYTES",
     "MAX_ENV_BYTES",
     "MAX_ENV_KEYS",
     "MAX_SQUISHFILE_BYTES",
@@ -75,6 +77,7 @@ __all__ = [
     "Port",
     "Squishfile",
     "diff_specs",
+    "host_ip",
     "parse_squishfile",
     "too_big",
     "write_resolved_paths",
@@ -114,6 +117,10 @@ MAX_ENV_BYTES = 128 << 10
 """At most this many bytes of [env] names and values (``NAME=value`` and a NUL
 each). bwrap gets every variable on its command line, so this keeps its argv
 far below the kernel's limits (ARG_MAX, usually 2 MiB, and 128 KiB a string)."""
+MAX_ARGS = 1000
+"""At most this many ``[run] args``."""
+MAX_ARGS_BYTES = 128 << 10
+"""At most this many bytes of ``[run] args`` (each with its NUL), for the same reason."""
 
 
 # --------------------------------------------------------------------------
@@ -435,7 +442,11 @@ def _port_number(value: object) -> int:
     return value
 
 
-def _host_ip(value: str) -> str:
+def host_ip(value: str) -> str:
+    """``value`` as a host address ports can be forwarded on, or ``ValueError`` saying why.
+
+    The rule of a port's ``host_ip``, and of the daemon's ``--host-ip``.
+    """
     try:
         address = ipaddress.ip_address(value)
     except ValueError:
@@ -450,6 +461,9 @@ def _host_ip(value: str) -> str:
             f"{_describe(value)}; use an IPv4 address such as 127.0.0.1 or 0.0.0.0"
         )
     return str(address)
+
+
+_host_ip = host_ip
 
 
 def _layer_name(value: str) -> str:
@@ -782,6 +796,7 @@ def _resolve(
             )
         )
     doc = _capped_env(doc, problems)
+    doc = _capped_args(doc, problems)
     try:
         raw = _RawSquishfile.model_validate(doc)
     except ValidationError as exc:
@@ -835,6 +850,27 @@ def _capped_env(doc: dict[str, Any], problems: list[_Problem]) -> dict[str, Any]
         return doc
     problems.append(_Problem(("env",), message))
     return {**doc, "env": {}}
+
+
+def _capped_args(doc: dict[str, Any], problems: list[_Problem]) -> dict[str, Any]:
+    """``doc``, its ``[run] args`` left out (and the reason added) if over the caps."""
+    run = doc.get("run")
+    args = run.get("args") if isinstance(run, dict) else None
+    if not isinstance(args, list):
+        return doc
+    size = sum(len(arg.encode()) + 1 for arg in args if isinstance(arg, str))
+    if len(args) > MAX_ARGS:
+        message = f"has {len(args)} arguments; at most {MAX_ARGS} are allowed"
+    elif size > MAX_ARGS_BYTES:
+        message = (
+            f"holds {size} bytes; at most {MAX_ARGS_BYTES} (128 KiB) are allowed "
+            "(pass bulk input in a file layer)"
+        )
+    else:
+        return doc
+    problems.append(_Problem(("run", "args"), message))
+    assert isinstance(run, dict)
+    return {**doc, "run": {**run, "args": []}}
 
 
 def _valid_parts(

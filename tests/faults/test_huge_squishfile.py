@@ -25,6 +25,8 @@ from squish.cli.client import Client
 from squish.errors import ManifestError
 from squish.model.host import host_paths
 from squish.model.squishfile import (
+    MAX_ARGS,
+    MAX_ARGS_BYTES,
     MAX_ENV_BYTES,
     MAX_ENV_KEYS,
     MAX_SQUISHFILE_BYTES,
@@ -79,6 +81,53 @@ def test_the_caps_and_their_errors() -> None:
         f"x.toml: the file is {MAX_SQUISHFILE_BYTES + 1} bytes; a squishfile may be at most "
         f"{MAX_SQUISHFILE_BYTES} bytes (1 MiB): keep data in layers, not in the squishfile"
     ]
+
+
+def with_args(count: int, value: str = "x") -> str:
+    args = ", ".join(repr(value) for _ in range(count))
+    return f'network = "none"\n[run]\ncommand = "/bin/echo"\nargs = [{args}]\n'
+
+
+def test_the_caps_on_args() -> None:
+    # bwrap gets the command's arguments on its command line too: 250,000
+    # of them would fail every start with "Argument list too long".
+    parse(with_args(MAX_ARGS))
+    assert problems(with_args(MAX_ARGS + 1)) == [
+        f"x.toml:4: run.args: has {MAX_ARGS + 1} arguments; at most {MAX_ARGS} are allowed"
+    ]
+    (message,) = problems(with_args(9, "a" * (16 << 10)))
+    assert message.startswith("x.toml:4: run.args: holds 147")
+    assert f"at most {MAX_ARGS_BYTES} (128 KiB)" in message
+
+
+def test_create_refuses_a_huge_file_as_the_daemon_does(tmp_path: Path) -> None:
+    # squish create reads the file before it talks to the daemon: a file of
+    # 64 MiB (sparse) is refused with the daemon's words, having read 1 MiB
+    # and a byte of it (squish.model.host.read_squishfile).
+    huge = tmp_path / "huge.toml"
+    with huge.open("wb") as out:
+        out.truncate(64 << 20)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "squish",
+            "--socket",
+            str(tmp_path / "none.sock"),
+            "create",
+            str(huge),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip() == (
+        f"squish: {huge}: the file is {64 << 20} bytes; a squishfile may be at most "
+        f"{MAX_SQUISHFILE_BYTES} bytes (1 MiB): keep data in layers, not in the squishfile"
+    )
 
 
 @pytest.fixture

@@ -77,3 +77,35 @@ def test_the_daemon_reports_it_invalid_and_runs_the_ipv4_one(
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=30)
     assert b"bad arguments" not in err
+
+
+def test_the_daemon_and_run_refuse_an_ipv6_host_ip_of_their_own(
+    tmp_path: Path, rootless: None
+) -> None:
+    # Their --host-ip is every port's default address: an IPv6 one would fail
+    # every start of every container with a port. Refused at once, in one line.
+    (tmp_path / "web.toml").write_text(squishfile("127.0.0.1"))
+    state = ["--state-dir", str(tmp_path / "state"), "--host-ip", "::1"]
+    for argv in (
+        [
+            "daemon",
+            *state,
+            "--manifests",
+            str(tmp_path / "m"),
+            "--socket",
+            str(tmp_path / "d.sock"),
+        ],
+        ["run", *state, str(tmp_path / "web.toml")],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "squish", *argv],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        assert done.returncode == 1, (argv[0], done.stderr)
+        assert done.stderr.startswith("squish: --host-ip (or $SQUISH_HOST_IP): IPv6 addresses")
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / "d.sock").exists()
