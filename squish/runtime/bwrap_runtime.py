@@ -44,6 +44,11 @@ by polling; slirp4netns is watched the same way, and a container whose
 slirp4netns dies (killed, crashed) is stopped and reported as exited for
 that reason, so that it is restarted with a network, as the kubelet
 restarts the containers of a dead pod sandbox.
+
+Every call into the kernel but spawning (signals, pidfds, reaping, the id
+maps, what ``/proc`` says) goes through the runtime's ``Kernel``
+(``squish.runtime.kernel``): given the recording fake, the stop, abort and
+clean-up decisions are tested without bwrap (tests/test_kernel.py).
 """
 
 from __future__ import annotations
