@@ -732,11 +732,10 @@ def _args_file(args: Sequence[str]) -> int:
 def release_userns(kernel: Kernel, init_pid: int, release: int) -> None:
     """Map root in the sandbox's user namespace to us, then let bwrap go on.
 
-    Step 2 of the module docstring. In this order: released first, bwrap
-    would go on in a namespace without maps, and write them itself from
-    inside, racing slirp4netns's ``setegid(0)``. A failed mapping raises
-    before the release, so bwrap never goes on unmapped; the start is
-    aborted.
+    Step 2 of the module docstring, in this order: once released, bwrap goes
+    on as root of its user namespace, which it is only once the map exists.
+    A failed mapping raises before the release, so bwrap never goes on
+    unmapped; the start is aborted.
     """
     kernel.map_root_to(init_pid, os.getuid(), os.getgid())
     os.write(release, b"1")
