@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -286,6 +287,36 @@ def test_process_tree_cpu_and_rss_include_descendants(
     rss = value(metrics, "squish_container_memory_rss_bytes", container="busy")
     assert rss is not None
     assert rss > own_rss(busy_tree.pid) > 0
+
+
+def test_a_child_forked_by_a_thread_is_part_of_the_tree(metrics: Metrics) -> None:
+    """A child forked by a thread other than the main one is listed only under that
+    thread's children file; the tree still counts it.
+
+    root: python (sleeps; a thread of it forks and waits)  ->  sh (busy loop)
+    """
+    script = (
+        "import subprocess, threading, time\n"
+        "def fork():\n"
+        "    subprocess.Popen(['sh', '-c', 'while :; do :; done'])\n"
+        "    time.sleep(30)\n"
+        "threading.Thread(target=fork).start()\n"
+        "time.sleep(30)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    try:
+        metrics.track_process("threaded", proc.pid)
+        deadline = time.monotonic() + 10
+        cpu = 0.0
+        while time.monotonic() < deadline:
+            cpu = value(metrics, "squish_container_cpu_seconds_total", container="threaded") or 0
+            if cpu >= 0.1:
+                break
+            time.sleep(0.05)
+        assert cpu >= 0.1, "the busy child of a non-main thread is not in the container's total"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def test_process_cpu_is_monotonic_while_running(

@@ -95,7 +95,7 @@ def live_children() -> list[int]:
     tests' subprocesses (git's helpers, daemons' children) are adopted by it
     and linger as zombies nobody waits for; they are not this test's.
     """
-    return [pid for pid in kernel.children(os.getpid()) if alive(pid)]
+    return [pid for pid in kernel.LinuxKernel().children(os.getpid()) if alive(pid)]
 
 
 def web_spec(rootfs: Path, www: Path, *ports: PortForward, name: str = "web") -> ContainerSpec:
@@ -481,7 +481,7 @@ async def main():
             mounts=(Mount(www, "/app/www", False),), ports=(PortForward(port, 8080),)))
         while rt.get(c.id).pid is None:
             await anyio.sleep(0.01)
-        pids = [rt.get(c.id).pid, c.init_pid, *kernel.children(os.getpid())]
+        pids = [rt.get(c.id).pid, c.init_pid, *kernel.LinuxKernel().children(os.getpid())]
         print(json.dumps(pids), flush=True)
         await anyio.sleep(600)
 

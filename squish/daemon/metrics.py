@@ -53,6 +53,7 @@ from prometheus_client.registry import Collector
 
 from squish.errors import SquishError
 from squish.reconcile.status import Phase
+from squish.runtime.kernel import Kernel, LinuxKernel
 from squish.runtime.logs import DROP_REASONS, DropReason
 
 CONTAINER_STATES = ("running", "stopped", "failed", "backoff")
@@ -400,12 +401,15 @@ class _ContainerProcessCollector(Collector):
     """CPU and RSS of each tracked container, read from ``/proc`` at scrape time.
 
     A container is a tree (bwrap, the sandbox's pid 1, the command and its
-    children), so both are sums over the tracked pid and every descendant.
+    children), so both are sums over the tracked pid and every descendant,
+    found through the runtime's reader of children (``Kernel.children``).
     Reading at scrape time rather than on a timer means the numbers are as
     fresh as the scrape and cost nothing when nobody scrapes.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, kernel: Kernel | None = None) -> None:
+        # The runtime's reader of a process's children (every thread's).
+        self._kernel: Kernel = kernel if kernel is not None else LinuxKernel()
         # track()/forget() run on the daemon's thread, collect() on the HTTP
         # server's; collect() works on a copy taken under the lock.
         self._lock = threading.Lock()
@@ -477,7 +481,7 @@ class _ContainerProcessCollector(Collector):
         ticks = stat.ticks
         rss = _read_rss(root.pid)
         seen = {root.pid}
-        pending = _children(root.pid)
+        pending = self._kernel.children(root.pid)
         while pending:
             pid = pending.pop()
             if pid in seen:
@@ -488,7 +492,7 @@ class _ContainerProcessCollector(Collector):
                 continue  # exited between listing and reading
             ticks += child.ticks
             rss += _read_rss(pid)
-            pending.extend(_children(pid))
+            pending.extend(self._kernel.children(pid))
         return ticks, rss
 
 
@@ -523,23 +527,3 @@ def _read_rss(pid: int) -> int:
     except (FileNotFoundError, ProcessLookupError):
         pass
     return 0  # gone, or a zombie, which has no memory left
-
-
-def _children(pid: int) -> list[int]:
-    """Direct children of every thread of ``pid`` (needs CONFIG_PROC_CHILDREN).
-
-    The children file is per thread: a child forked by a thread other than
-    the main one is listed only under that thread.
-    """
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except (FileNotFoundError, ProcessLookupError):
-        return []
-    found: list[int] = []
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                found.extend(int(part) for part in f.read().split())
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return found

@@ -9,6 +9,10 @@ Two implementations ship in the package:
 - ``squish.runtime.fake.FakeRuntime``: in memory, with the same contract, for
   the reconciler's tests.
 
+Below the real one, every call into the kernel but spawning goes through
+``squish.runtime.kernel.Kernel`` (``LinuxKernel``; the recording fake
+``squish.runtime.fake_kernel.RecordingKernel`` for its own tests).
+
 Only this package touches subprocesses and namespaces.
 """
 

@@ -44,6 +44,11 @@ by polling; slirp4netns is watched the same way, and a container whose
 slirp4netns dies (killed, crashed) is stopped and reported as exited for
 that reason, so that it is restarted with a network, as the kubelet
 restarts the containers of a dead pod sandbox.
+
+Every call into the kernel but spawning (signals, pidfds, reaping, the id
+maps, what ``/proc`` says) goes through the runtime's ``Kernel``
+(``squish.runtime.kernel``): given the recording fake, the stop, abort and
+clean-up decisions are tested without bwrap (tests/test_kernel.py).
 """
 
 from __future__ import annotations
@@ -78,9 +83,9 @@ from squish.runtime import (
     ContainerState,
     ExitEvent,
     PortForward,
-    kernel,
 )
 from squish.runtime.bwrap import HandshakeFds, args_data, bwrap_argv
+from squish.runtime.kernel import Kernel, LinuxKernel
 from squish.runtime.logs import (
     DEFAULT_KEEP,
     DEFAULT_MAX_BYTES,
@@ -222,6 +227,7 @@ class BwrapRuntime:
         log_rate: int = DEFAULT_RATE,
         log_counter: LogCounter | None = None,
         stop_grace: float = DEFAULT_STOP_GRACE,
+        kernel: Kernel | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.log_dir = log_dir
@@ -233,6 +239,9 @@ class BwrapRuntime:
         self.log_rate = log_rate
         self.log_counter = log_counter
         self.stop_grace = stop_grace  # for the containers still running at exit
+        # Every call into the kernel but spawning goes through it: a test
+        # passes squish.runtime.fake_kernel.RecordingKernel.
+        self._kernel: Kernel = kernel if kernel is not None else LinuxKernel()
         self._live: dict[str, _Live] = {}
         self._exits = Broadcast[ExitEvent]()
         self._exit_stack = contextlib.AsyncExitStack()
@@ -252,7 +261,7 @@ class BwrapRuntime:
                 raise RuntimeFailure(f"{tool} is not installed (run scripts/setup as root)")
         self._bwrap_path = found[self.bwrap] or self.bwrap
         self._slirp_path = found[self.slirp4netns] or self.slirp4netns
-        kernel.become_subreaper()
+        self._kernel.become_subreaper()
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         # Whatever a previous owner of this run directory left behind belongs
@@ -263,7 +272,7 @@ class BwrapRuntime:
         # owner carried its mark: they end here, before anything starts.
         mark_file = self.run_dir / MARK_FILE
         with contextlib.suppress(OSError):
-            _kill_marked(mark_file.read_text().strip())
+            _kill_marked(self._kernel, mark_file.read_text().strip())
         for stale in self.run_dir.iterdir():
             if stale != mark_file:
                 shutil.rmtree(stale, ignore_errors=True)
@@ -297,7 +306,7 @@ class BwrapRuntime:
         container = live.container
         if container.pid is None and not live.exited.is_set() and self._init(live) is not None:
             assert container.init_pid is not None
-            found = kernel.children(container.init_pid)
+            found = self._kernel.children(container.init_pid)
             if found:
                 container.pid = found[0]
         return replace(container)
@@ -309,7 +318,7 @@ class BwrapRuntime:
             if pid is not None:
                 live.container.init_pid = pid
                 with contextlib.suppress(ProcessLookupError):
-                    live.init_pidfd = os.pidfd_open(pid)
+                    live.init_pidfd = self._kernel.pidfd_open(pid)
         return live.init_pidfd
 
     async def _wait_init(self, live: _Live) -> int | None:
@@ -414,7 +423,7 @@ class BwrapRuntime:
             for fd in child_fds:
                 close(fd)
             close(log_w)
-            monitor_pidfd = os.pidfd_open(monitor.pid)
+            monitor_pidfd = self._kernel.pidfd_open(monitor.pid)
             fds.append(monitor_pidfd)
             if spec.network:
                 run_dir.mkdir(mode=0o700)
@@ -460,9 +469,15 @@ class BwrapRuntime:
                 reason = complaint if complaint != _NO_MESSAGE else str(exc)
                 raise RuntimeFailure(f"{spec.name}: cannot start: {reason}") from exc
             raise
+        return self._adopt(live, log_r, log)
+
+    def _adopt(self, live: _Live, log_r: int, log: RotatingLog) -> Container:
+        """Make a sandbox that is set up a running container, watched until it exits."""
+        assert self._tg is not None
+        container = live.container
         container.state = ContainerState.RUNNING
         container.ports = tuple(live.forwards)
-        self._live[container_id] = live
+        self._live[container.id] = live
         self._tg.start_soon(self._watch, live, log_r, log)
         return self._snapshot(live)
 
@@ -474,14 +489,14 @@ class BwrapRuntime:
         """
         init_pid = live.container.init_pid
         assert init_pid is not None
-        kernel.map_root_to(init_pid, os.getuid(), os.getgid())
-        os.write(release, b"1")
+        release_userns(self._kernel, init_pid, release)
         await _wait_loopback(init_pid)
         live.slirp = await Slirp.start(
             pid=init_pid,
             api_socket=live.run_dir / "slirp.sock",
             log_path=live.run_dir / "slirp4netns.log",
             slirp4netns=self._slirp_path,
+            kernel=self._kernel,
         )
         # Release the command: its network is up. The forwards are set up
         # on the host side while it starts; a client that comes before its
@@ -497,7 +512,9 @@ class BwrapRuntime:
         if port.protocol == "tcp":
             live.forwards[port] = await live.slirp.add_forward("tcp", ip, port.host, port.container)
         else:
-            live.forwards[port] = await _start_udp_relay(live.container.init_pid, ip, port)
+            live.forwards[port] = await _start_udp_relay(
+                self._kernel, live.container.init_pid, ip, port
+            )
 
     async def _remove_forward(self, live: _Live, port: PortForward) -> None:
         forward = live.forwards.pop(port)
@@ -519,7 +536,7 @@ class BwrapRuntime:
         self._kill(live)
         await self._wait_gone(live)
         await self._reap_init(live)
-        await _reap_group(live.monitor.pid)
+        await _reap_group(self._kernel, live.monitor.pid)
         self._close_network(live)
         if live.slirp is not None:
             await live.slirp.close()
@@ -535,10 +552,10 @@ class BwrapRuntime:
         init_pidfd = self._init(live)
         if init_pidfd is not None:
             with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(init_pidfd, signal.SIGKILL)
+                self._kernel.signal_pidfd(init_pidfd, signal.SIGKILL)
         if live.monitor.returncode is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(live.monitor.pid, signal.SIGKILL)
+                self._kernel.kill_group(live.monitor.pid, signal.SIGKILL)
 
     async def _wait_gone(self, live: _Live) -> None:
         """Wait (a bounded time) until bwrap has exited, and reap it."""
@@ -558,7 +575,7 @@ class BwrapRuntime:
         with anyio.move_on_after(_KILL_WAIT):
             await anyio.wait_readable(init_pidfd)
         with contextlib.suppress(ChildProcessError):
-            os.waitid(os.P_PIDFD, init_pidfd, os.WEXITED | os.WNOHANG)  # noqa: ASYNC222
+            self._kernel.reap_pidfd(init_pidfd)
 
     def _release(self, live: _Live) -> None:
         """Close the fds a container held, once it is gone."""
@@ -656,13 +673,13 @@ class BwrapRuntime:
         assert init_pid is not None
         deadline = time.monotonic() + _PID2_WAIT
         while not live.exited.is_set():
-            found = kernel.children(init_pid)
+            found = self._kernel.children(init_pid)
             if found:
                 for pid in found:
                     with contextlib.suppress(ProcessLookupError):
-                        pidfd = os.pidfd_open(pid)
+                        pidfd = self._kernel.pidfd_open(pid)
                         try:
-                            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+                            self._kernel.signal_pidfd(pidfd, signal.SIGTERM)
                         finally:
                             os.close(pidfd)
                 return
@@ -712,7 +729,19 @@ def _args_file(args: Sequence[str]) -> int:
     return fd
 
 
-async def _reap_group(pgid: int) -> None:
+def release_userns(kernel: Kernel, init_pid: int, release: int) -> None:
+    """Map root in the sandbox's user namespace to us, then let bwrap go on.
+
+    Step 2 of the module docstring, in this order: once released, bwrap goes
+    on as root of its user namespace, which it is only once the map exists.
+    A failed mapping raises before the release, so bwrap never goes on
+    unmapped; the start is aborted.
+    """
+    kernel.map_root_to(init_pid, os.getuid(), os.getgid())
+    os.write(release, b"1")
+
+
+async def _reap_group(kernel: Kernel, pgid: int) -> None:
     """Reap what is left of a killed process group, for a bounded time.
 
     Its processes are orphans once their parents in it are dead, and come to
@@ -722,7 +751,7 @@ async def _reap_group(pgid: int) -> None:
     with anyio.move_on_after(_KILL_WAIT):
         while True:
             try:
-                pid, _ = os.waitpid(-pgid, os.WNOHANG)  # noqa: ASYNC222 (WNOHANG)
+                pid = kernel.reap_group(pgid)  # never blocks
             except ChildProcessError:
                 return
             if pid == 0:
@@ -734,7 +763,7 @@ async def _reap_group(pgid: int) -> None:
 MARK_FILE = "sandboxes"
 
 
-def _kill_marked(mark: str) -> None:
+def _kill_marked(kernel: Kernel, mark: str) -> None:
     """SIGKILL every bwrap of ours whose argv[0] is ``mark`` (a runtime's, see ``_mark``).
 
     The mark is random per runtime, so nothing else has it: a later
@@ -744,24 +773,21 @@ def _kill_marked(mark: str) -> None:
     if not mark.startswith("bwrap-"):
         return
     wanted = os.fsencode(mark) + b"\0"
-    uid = os.getuid()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    for process in kernel.processes_of(os.getuid()):
+        if process.comm != b"bwrap\n" or not process.cmdline.startswith(wanted):
             continue
         try:
-            if entry.stat().st_uid != uid or (entry / "comm").read_bytes() != b"bwrap\n":
-                continue
-            if not (entry / "cmdline").read_bytes().startswith(wanted):
-                continue
-            os.kill(int(entry.name), signal.SIGKILL)
-        except (OSError, ValueError):
+            kernel.kill(process.pid, signal.SIGKILL)
+        except OSError:
             continue  # gone meanwhile
 
 
 _UDP_RELAY = Path(__file__).with_name("udp_relay.py")
 
 
-async def _start_udp_relay(init_pid: int, ip: str, port: PortForward) -> subprocess.Popen[bytes]:
+async def _start_udp_relay(
+    kernel: Kernel, init_pid: int, ip: str, port: PortForward
+) -> subprocess.Popen[bytes]:
     """Bind the host side of a UDP forward and start its relay (see udp_relay)."""
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     # The relay joins the container's namespaces through these; they are

@@ -1,6 +1,6 @@
 """slirp4netns: user-mode networking for one container, and its API socket.
 
-Called by ``BwrapRuntime``. One slirp4netns process per networked container
+Called by ``BwrapRuntime``, with its ``Kernel``. One slirp4netns process per networked container
 joins the container's user and network namespaces, configures ``tap0`` with
 10.0.2.100/24, gateway 10.0.2.2 and DNS 10.0.2.3, and forwards host TCP ports
 into the container through its JSON API socket, which lets forwards be added
@@ -30,6 +30,7 @@ import anyio
 
 from squish.errors import PortInUse, RuntimeFailure
 from squish.runtime import HELPER_ENV
+from squish.runtime.kernel import Kernel, LinuxKernel
 
 MTU = 65520
 GUEST_ADDR = "10.0.2.100"
@@ -54,6 +55,7 @@ class Slirp:
         api_socket: Path,
         log_path: Path,
         slirp4netns: str = "slirp4netns",
+        kernel: Kernel | None = None,
     ) -> Slirp:
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         exit_r, exit_w = os.pipe2(os.O_CLOEXEC)
@@ -97,7 +99,8 @@ class Slirp:
             raise RuntimeFailure(f"cannot run slirp4netns: {exc}") from exc
         os.close(ready_w)
         os.close(exit_r)
-        slirp = cls(process, api_socket, exit_w, os.pidfd_open(process.pid))
+        kernel = kernel if kernel is not None else LinuxKernel()
+        slirp = cls(process, api_socket, exit_w, kernel.pidfd_open(process.pid))
         try:
             await anyio.wait_readable(ready_r)
             ready = os.read(ready_r, 1)
