@@ -1,4 +1,4 @@
-"""The real control plane for the API and CLI tests: a Reconciler on the fake runtime.
+"""The real control plane for the API and CLI tests: the daemon's, on the fake runtime.
 
 The API (squish.daemon.api) and the commands that talk to it are tested against
 this, the reconciler the daemon runs, with a real directory source on a
@@ -19,6 +19,7 @@ from typing import Any
 
 import anyio
 
+from squish.daemon.control import DaemonControl
 from squish.daemon.metrics import Metrics
 from squish.layers import LayerStore
 from squish.model.squishfile import Squishfile
@@ -61,6 +62,7 @@ class Plane:
     runtime: FakeRuntime
     reconciler: Reconciler
     metrics: Metrics
+    control: DaemonControl
 
     def write(self, name: str, text: str) -> None:
         """Drop a squishfile into the watched directory, by rename as an editor would."""
@@ -78,7 +80,7 @@ class Plane:
     def phase(self, name: str) -> Phase | None:
         """``name``'s phase in ``ps -a`` (a StrEnum: it equals its string too)."""
         return next(
-            (Phase(s["phase"]) for s in self.reconciler.containers() if s["name"] == name), None
+            (Phase(s["phase"]) for s in self.control.containers() if s["name"] == name), None
         )
 
     def starts(self) -> int:
@@ -126,7 +128,15 @@ async def real_plane(root: Path, **options: Any) -> AsyncIterator[Plane]:
         async with anyio.create_task_group() as tg:
             await tg.start(reconciler.run)
             try:
-                yield Plane(root, manifests, root / "logs", runtime, reconciler, metrics)
+                yield Plane(
+                    root,
+                    manifests,
+                    root / "logs",
+                    runtime,
+                    reconciler,
+                    metrics,
+                    DaemonControl(reconciler),
+                )
             finally:
                 reconciler.close()
                 tg.cancel_scope.cancel()

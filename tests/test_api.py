@@ -60,7 +60,7 @@ async def plane(tmp_path: Path) -> AsyncIterator[Plane]:
 
 @pytest.fixture
 def app(plane: Plane) -> Starlette:
-    return make_app(plane.reconciler)
+    return make_app(plane.control)
 
 
 @pytest.fixture
@@ -219,7 +219,7 @@ async def test_unexpected_error_is_one_line_500(
     def broken() -> None:
         raise ValueError("boom\n  with a second line")
 
-    monkeypatch.setattr(plane.reconciler, "containers", broken)
+    monkeypatch.setattr(plane.control, "containers", broken)
     response = await api.get("/v1/containers")
     assert response.status_code == 500
     error = response.json()["error"]

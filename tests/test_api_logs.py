@@ -20,6 +20,7 @@ import pytest
 from starlette.applications import Starlette
 
 from squish.daemon.api import make_app
+from squish.daemon.control import DaemonControl
 from squish.reconcile.reconciler import Reconciler
 from squish.reconcile.status import Phase
 from squish.runtime.logs import RotatingLog
@@ -37,18 +38,22 @@ class Daemon:
     app: Starlette
     api: httpx.AsyncClient
 
+    @property
+    def control(self) -> DaemonControl:
+        return DaemonControl(self.reconciler)
+
     async def add(self, name: str) -> str:
         """A running container ``name``; returns its id."""
-        await self.reconciler.apply(name, MANIFEST)
+        await self.control.apply(name, MANIFEST)
         with anyio.fail_after(5):
             while True:
-                status = {s["name"]: s for s in self.reconciler.containers()}.get(name)
+                status = {s["name"]: s for s in self.control.containers()}.get(name)
                 if status is not None and status["phase"] == Phase.RUNNING and status["id"]:
                     return status["id"]
                 await anyio.sleep(0.01)
 
     def log(self, name: str, **options: int) -> TimedLog:
-        return TimedLog(self.reconciler.log_path(name), **options)
+        return TimedLog(self.control.log_path(name), **options)
 
     async def logs(self, name: str, **params: object) -> httpx.Response:
         query = {key: str(value) for key, value in params.items()}
@@ -73,7 +78,7 @@ class TimedLog:
 @pytest.fixture
 async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
     async with real_plane(tmp_path) as plane:
-        app = make_app(plane.reconciler)
+        app = make_app(plane.control)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://squish") as api:
             yield Daemon(plane.reconciler, app, api)
@@ -142,7 +147,7 @@ async def test_an_ambiguous_id_prefix_is_refused(daemon: Daemon) -> None:
     for index in range(17):
         await daemon.add(f"c{index}")
     firsts: dict[str, list[str]] = {}
-    for status in daemon.reconciler.containers():
+    for status in daemon.control.containers():
         firsts.setdefault((status["id"] or "")[0], []).append(status["name"])
     digit, names = max(firsts.items(), key=lambda item: len(item[1]))
 
@@ -217,7 +222,7 @@ async def test_the_rotated_files_count_too(daemon: Daemon) -> None:
 
 async def test_follow_with_until_stops_there_by_itself(daemon: Daemon) -> None:
     await daemon.add("web")
-    log = RotatingLog(daemon.reconciler.log_path("web"))  # the real clock
+    log = RotatingLog(daemon.control.log_path("web"))  # the real clock
     log.write(b"before\n")
     until = time.time() + 1.0
     result: list[httpx.Response] = []

@@ -72,7 +72,7 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
         anyio.from_thread.start_blocking_portal() as portal,
         portal.wrap_async_context_manager(real_plane(tmp_path / "daemon")) as plane,
     ):
-        future, _ = portal.start_task(serve, make_app(plane.reconciler), path)
+        future, _ = portal.start_task(serve, make_app(plane.control), path)
         try:
             yield Daemon(plane, path, portal)
         finally:
@@ -151,7 +151,7 @@ def test_create_prints_only_the_id_and_sends_absolute_paths(
     )
     sent = parse_squishfile(manifest, file="x", paths=host_paths(Path("/nonexistent")), name="web")
     assert sent.spec_hash() == local.spec_hash()
-    assert daemon.call(daemon.plane.reconciler.containers)[0]["spec_hash"] == local.spec_hash()
+    assert daemon.call(daemon.plane.control.containers)[0]["spec_hash"] == local.spec_hash()
 
 
 def test_create_rewrites_a_path_base(
@@ -283,7 +283,7 @@ def test_ps_fits_80_columns_on_a_terminal(
     populated: Daemon, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     populated.write("broken", "x" * 300 + ' = 1\n[run]\ncommand = "/bin/x"\n')
-    wait_sync(lambda: "x" * 300 in str(populated.call(populated.plane.reconciler.containers)))
+    wait_sync(lambda: "x" * 300 in str(populated.call(populated.plane.control.containers)))
     capsys.readouterr()
     monkeypatch.setattr("sys.stdout.isatty", lambda: True)
     monkeypatch.setenv("COLUMNS", "80")

@@ -63,7 +63,7 @@ def daemon(tmp_path: Path, registry: Registry, mirror: Mirror) -> Iterator[Daemo
         anyio.from_thread.start_blocking_portal() as portal,
         portal.wrap_async_context_manager(real_plane(tmp_path / "daemon")) as plane,
     ):
-        app = make_app(plane.reconciler, layers)
+        app = make_app(plane.control, layers)
         future, _ = portal.start_task(serve, app, daemon.socket)
         try:
             yield daemon

@@ -48,7 +48,7 @@ async def test_a_dropped_manifest_runs(world: World) -> None:
     world.write("web", manifest(port=8080))
     await until(lambda: "web" in world.ids())
     await until(lambda: world.phase("web") is Phase.RUNNING)
-    (status,) = world.reconciler.containers()
+    (status,) = world.control.containers()
     assert status["id"] == world.ids()["web"]
     assert status["ports"] == [
         {"host": 8080, "container": 80, "protocol": "tcp", "host_ip": "127.0.0.1"}
@@ -135,7 +135,7 @@ async def test_a_removed_manifest_stops_its_container(world: World) -> None:
     await until(lambda: "web" in world.ids())
     (world.dir / "web.toml").unlink()
     await until(lambda: not world.runtime.list())
-    await until(lambda: not world.reconciler.containers())
+    await until(lambda: not world.control.containers())
 
 
 async def test_editor_debris_is_ignored(world: World) -> None:
@@ -143,7 +143,7 @@ async def test_editor_debris_is_ignored(world: World) -> None:
         (world.dir / name).write_text(manifest())
     await anyio.sleep(0.7)
     assert world.runtime.list() == []
-    assert world.reconciler.containers() == []
+    assert world.control.containers() == []
 
 
 async def test_an_invalid_edit_keeps_the_last_good_version_until_fixed(world: World) -> None:
@@ -152,8 +152,8 @@ async def test_an_invalid_edit_keeps_the_last_good_version_until_fixed(world: Wo
         await until(lambda: "web" in world.ids())
         first = world.ids()["web"]
         world.write("web", '[run]\ncommand = ""\n')
-        await until(lambda: world.reconciler.containers()[0]["manifest_error"] is not None)
-        (status,) = world.reconciler.containers()
+        await until(lambda: world.control.containers()[0]["manifest_error"] is not None)
+        (status,) = world.control.containers()
         assert status["phase"] == Phase.RUNNING and status["id"] == first
         assert "run.command" in (status["manifest_error"] or "")
         await anyio.sleep(0.7)
@@ -176,11 +176,11 @@ async def test_a_crash_restarts_at_once_then_backs_off(world: World) -> None:
     await until(lambda: "web" in world.ids())
     world.runtime.crash(world.ids()["web"])
     await until(lambda: "web" in world.ids())  # the first restart is immediate
-    assert world.reconciler.containers()[0]["restarts"] == 1
+    assert world.control.containers()[0]["restarts"] == 1
     world.runtime.crash(world.ids()["web"])
     await until(lambda: world.phase("web") is Phase.BACKOFF)
     await until(lambda: world.phase("web") is Phase.RUNNING, timeout=3)
-    assert world.reconciler.containers()[0]["restarts"] == 2
+    assert world.control.containers()[0]["restarts"] == 2
     restarts = _sample(world.metrics, "squish_container_restarts_total", container="web")
     assert restarts == 2
 
@@ -200,13 +200,13 @@ async def test_a_port_claimed_twice_is_a_conflict_naming_both_files(world: World
     await until(lambda: "web" in world.ids())
     world.write("api", manifest(port=8080))
     await until(lambda: world.phase("api") is Phase.FAILED)
-    reason = next(s["reason"] for s in world.reconciler.containers() if s["name"] == "api")
+    reason = next(s["reason"] for s in world.control.containers() if s["name"] == "api")
     assert "api.toml" in reason and "web.toml" in reason
     assert set(world.ids()) == {"web"}
 
 
 async def test_create_waits_until_running(world: World) -> None:
-    status = await world.reconciler.create("web", manifest().encode(), timeout=5)
+    status = await world.control.create("web", manifest().encode(), timeout=5)
     assert status["phase"] == Phase.RUNNING
     assert status["id"] == world.ids()["web"]
     assert (world.dir / "web.toml").read_text() == manifest()
@@ -214,7 +214,7 @@ async def test_create_waits_until_running(world: World) -> None:
 
 async def test_create_of_a_bad_manifest_stores_nothing(world: World) -> None:
     with pytest.raises(ManifestError, match=r"run\.command"):
-        await world.reconciler.create("web", b'[run]\ncommand = ""\n', timeout=5)
+        await world.control.create("web", b'[run]\ncommand = ""\n', timeout=5)
     assert not (world.dir / "web.toml").exists()
 
 
@@ -225,7 +225,7 @@ async def test_create_that_cannot_start_fails_fast_and_restores(world: World) ->
     world.runtime.fail_next_start("web", RuntimeFailure("host port 8080/tcp: in use"))
     started = time.monotonic()
     with pytest.raises(RuntimeFailure, match="in use"):
-        await world.reconciler.create("web", manifest("/bin/new").encode(), timeout=30)
+        await world.control.create("web", manifest("/bin/new").encode(), timeout=30)
     assert time.monotonic() - started < 2  # no waiting through retries
     assert (world.dir / "web.toml").read_text() == manifest("/bin/old")
     await until(lambda: world.ids().get("web") not in (None, old))
@@ -236,29 +236,29 @@ async def test_stop_keeps_it_stopped_and_start_brings_it_back(world: World) -> N
     world.write("web", manifest())
     await until(lambda: "web" in world.ids())
     first = world.ids()["web"]
-    stopped = await world.reconciler.stop(first[:7])
+    stopped = await world.control.stop(first[:7])
     assert stopped["phase"] == Phase.STOPPED
     await anyio.sleep(0.7)
     assert world.runtime.list() == []
-    started = await world.reconciler.start("web", timeout=5)
+    started = await world.control.start("web", timeout=5)
     assert started["phase"] == Phase.RUNNING and started["id"] not in (None, first)
 
 
 async def test_stop_of_an_unknown_prefix_is_not_found(world: World) -> None:
     with pytest.raises(ContainerNotFound):
-        await world.reconciler.stop("nope")
+        await world.control.stop("nope")
 
 
 async def test_create_after_stop_runs_again_under_a_new_id(world: World) -> None:
-    first = await world.reconciler.create("web", manifest().encode(), timeout=5)
-    await world.reconciler.stop("web")
-    second = await world.reconciler.create("web", manifest().encode(), timeout=5)
+    first = await world.control.create("web", manifest().encode(), timeout=5)
+    await world.control.stop("web")
+    second = await world.control.create("web", manifest().encode(), timeout=5)
     assert second["phase"] == Phase.RUNNING and second["id"] != first["id"]
 
 
 async def test_delete_removes_the_manifest_and_the_container(world: World) -> None:
-    await world.reconciler.create("web", manifest().encode(), timeout=5)
-    await world.reconciler.delete("web")
+    await world.control.create("web", manifest().encode(), timeout=5)
+    await world.control.delete("web")
     assert not (world.dir / "web.toml").exists()
     assert world.runtime.list() == []
 
@@ -287,7 +287,7 @@ async def test_a_users_stop_outlives_a_daemon_restart(tmp_path: Path) -> None:
         plane.write("web", squishfile())
         plane.write("db", squishfile("/bin/db"))
         await running(plane, "web", "db")
-        await plane.reconciler.stop("web")
+        await plane.control.stop("web")
     saved = json.loads((tmp_path / "state" / "stopped.json").read_text())
     assert list(saved["stopped"]) == ["web"]
     async with real_plane(tmp_path) as plane:
@@ -295,7 +295,7 @@ async def test_a_users_stop_outlives_a_daemon_restart(tmp_path: Path) -> None:
         await anyio.sleep(1.2)  # two resyncs
         assert set(plane.ids()) == {"db"}
         assert plane.phase("web") == "stopped"
-        await plane.reconciler.start("web", timeout=5)
+        await plane.control.start("web", timeout=5)
         await running(plane, "web")
     assert json.loads((tmp_path / "state" / "stopped.json").read_text()) == {"stopped": {}}
     async with real_plane(tmp_path) as plane:
@@ -306,7 +306,7 @@ async def test_an_edit_starts_a_container_stopped_before_a_restart(tmp_path: Pat
     async with real_plane(tmp_path) as plane:
         plane.write("web", squishfile())
         await running(plane, "web")
-        await plane.reconciler.stop("web")
+        await plane.control.stop("web")
     (tmp_path / "manifests" / "web.toml").write_text(squishfile(env="edited"))
     async with real_plane(tmp_path) as plane:
         await running(plane, "web")
@@ -357,7 +357,7 @@ async def test_a_started_container_counts_restarts_from_zero(world: World) -> No
     assert _by_container(world.metrics, "squish_container_restarts_total") == {"web": 0.0}
     assert _by_container(world.metrics, "squish_container_start_failures_total") == {"web": 0.0}
     world.runtime.crash(world.ids()["web"])
-    await until(lambda: world.reconciler.containers()[0]["restarts"] == 1)
+    await until(lambda: world.control.containers()[0]["restarts"] == 1)
     assert _by_container(world.metrics, "squish_container_restarts_total") == {"web": 1.0}
 
 
@@ -378,7 +378,7 @@ async def test_container_state_follows_the_phase(world: World) -> None:
     assert _state(world.metrics, "bad") == "invalid"
     world.runtime.crash(world.ids()["job"], exit_code=0)
     await until(lambda: _state(world.metrics, "job") == "exited")
-    await world.reconciler.stop("web")
+    await world.control.stop("web")
     await until(lambda: _state(world.metrics, "web") == "stopped")
     assert _state(world.metrics, "job") == "exited"
 
@@ -420,7 +420,7 @@ async def test_a_stop_during_a_start_in_flight_wins(tmp_path: Path) -> None:
         await until(lambda: plane.reconciler.records.get("web") is not None)
         record = plane.reconciler.records["web"]
         await until(lambda: record.in_flight)
-        stopped = await plane.reconciler.stop("web")  # while the start is in flight
+        stopped = await plane.control.stop("web")  # while the start is in flight
         assert stopped["phase"] == "stopped"
         assert plane.ids() == {}
         await anyio.sleep(1.2)  # two resyncs: nothing starts it again

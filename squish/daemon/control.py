@@ -1,11 +1,14 @@
 """The daemon's control surface: what the API serves and the CLI shows.
 
-The reconciler implements ``ControlPlane``; the HTTP API (``squish.daemon.api``)
-translates requests into calls on it and never reaches past it. The API's
-tests drive the real reconciler (on the in-package fake runtime), so what
-they check is what the daemon answers. Answers are the shapes of
-:mod:`squish.api_schema`, the one definition the server, the client and the
-tests share.
+``ControlPlane`` is what the HTTP API (``squish.daemon.api``) can ask;
+``DaemonControl`` is the daemon's, over its reconciler: it answers from what
+the reconciler knows of each name, stores the squishfiles that ``create``
+and ``apply`` send in the watched directory (and puts back what was there
+when a create fails), marks containers stopped or wanted again, and waits
+for the reconciler to carry that out. The API's tests drive it on the real
+reconciler (on the in-package fake runtime), so what they check is what the
+daemon answers. Answers are the shapes of :mod:`squish.api_schema`, the one
+definition the server, the client and the tests share.
 
 Containers are named by *reference*, as podman does: an exact container
 name, or a prefix of a container id that only one container has. An
@@ -15,13 +18,27 @@ candidates) and touches nothing.
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Protocol
 
+import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from squish import __version__
 from squish import api_schema as schema
-from squish.reconcile.status import Event
+from squish.errors import ContainerNotFound, RuntimeFailure, SourceError, SquishError
+from squish.model.host import host_paths
+from squish.model.squishfile import Layer, Squishfile, parse_squishfile
+from squish.reconcile.reconciler import Reconciler
+from squish.reconcile.status import ContainerStatus, Event, Phase
+
+# How long create() watches a fresh container for an immediate failure
+# (a command that does not exist, a layer bwrap cannot mount).
+_EARLY_EXIT = 0.3
+# How long a user's stop waits for an action already in flight on the name.
+_BUSY_WAIT = 60.0
 
 
 class ControlPlane(Protocol):
@@ -80,3 +97,280 @@ class ControlPlane(Protocol):
     def subscribe(self) -> MemoryObjectReceiveStream[Event]:
         """Every event from now on, until the subscription is closed."""
         ...
+
+
+class DaemonControl:
+    """The daemon's ``ControlPlane``, over its ``reconciler``."""
+
+    def __init__(self, reconciler: Reconciler) -> None:
+        self.reconciler = reconciler
+
+    def subscribe(self) -> MemoryObjectReceiveStream[Event]:
+        return self.reconciler.subscribe()
+
+    def _row(self, name: str) -> schema.Container:
+        return self.reconciler.phase(name).to_json(self.reconciler.default_host_ip)
+
+    def containers(self) -> list[schema.Container]:
+        return [
+            status.to_json(self.reconciler.default_host_ip) for status in self.reconciler.statuses()
+        ]
+
+    def status(self) -> schema.DaemonStatus:
+        counts: dict[str, int] = {phase.value: 0 for phase in Phase}
+        for container in self.reconciler.statuses():
+            counts[container.phase.value] += 1
+        status: schema.DaemonStatus = {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime": time.time() - self.reconciler.started,
+            "manifests": str(self.reconciler.manifests_dir),
+            "containers": counts,
+        }
+        for key in ("node", "labels", "default_base"):
+            if key in self.reconciler.about:
+                status[key] = self.reconciler.about[key]
+        return status
+
+    def inspect(self, ref: str) -> schema.ContainerDetail:
+        name = self.reconciler.resolve(ref)
+        row = self._row(name)
+        record = self.reconciler.records.get(name)
+        spec = self.reconciler.spec_of(name)
+        manifest = self.reconciler.desired.get(name)
+        layers: schema.Mounts | None = None
+        if spec is not None:
+            layers = {
+                "rootfs": str(spec.rootfs),
+                "mounts": [
+                    {"source": str(m.source), "target": m.target, "rw": m.rw} for m in spec.mounts
+                ],
+            }
+        return {
+            **row,
+            "applied": _squishfile_json(record.applied) if record and record.applied else None,
+            "desired": _squishfile_json(manifest.squishfile)
+            if manifest and manifest.squishfile
+            else None,
+            "layers": layers,
+            "log": str(self.reconciler.log_dir / f"{name}.log"),
+            "last_error": (record.failure if record else None) or row["manifest_error"],
+            "stopped_by_user": bool(record and record.stopped_by_user),
+        }
+
+    def log_path(self, ref: str) -> Path:
+        try:
+            name = self.reconciler.resolve(ref)
+        except ContainerNotFound:
+            if not self.reconciler.log_kept(ref):
+                raise
+            name = ref  # deleted, its log still kept (see LOG_GRACE)
+        return self.reconciler.log_dir / f"{name}.log"
+
+    def _manifest_path(self, name: str) -> Path:
+        return self.reconciler.manifests_dir / f"{name}.toml"
+
+    def _store(self, name: str, data: bytes) -> tuple[Squishfile, bytes | None]:
+        """Validate and atomically write ``<name>.toml``; returns the old bytes."""
+        path = self._manifest_path(name)
+        squishfile = parse_squishfile(
+            data, file=str(path), name=name, paths=host_paths(self.reconciler.manifests_dir)
+        )
+        previous = path.read_bytes() if path.exists() else None
+        self.reconciler.manifests_dir.mkdir(parents=True, exist_ok=True)
+        # Written under a dot-name the source ignores, then renamed into
+        # place: the watcher never sees a half-written manifest.
+        temporary = self.reconciler.manifests_dir / f".{name}.toml.{os.getpid()}.tmp"
+        temporary.write_bytes(data)
+        temporary.rename(path)
+        self.reconciler.wanted_again(name)
+        self.reconciler.save_stops()
+        return squishfile, previous
+
+    def _restore(self, name: str, previous: bytes | None) -> str:
+        """Put back what ``<name>.toml`` held before a failed create; say what was done."""
+        path = self._manifest_path(name)
+        if previous is None:
+            path.unlink(missing_ok=True)
+            return f"{path} was removed again"
+        temporary = self.reconciler.manifests_dir / f".{name}.toml.{os.getpid()}.tmp"
+        temporary.write_bytes(previous)
+        temporary.rename(path)
+        return f"the previous {path} was put back"
+
+    async def create(self, name: str, manifest: bytes, *, timeout: float) -> schema.Container:
+        squishfile, previous = self._store(name, manifest)
+        spec_hash = squishfile.spec_hash()
+        self.reconciler.trigger()
+
+        try:
+            result: ContainerStatus | SquishError = await self.reconciler.wait_for(
+                lambda: self.reconciler.start_outcome(name, spec_hash), timeout
+            )
+        except TimeoutError:
+            undone = self._restore(name, previous)
+            self.reconciler.trigger()
+            raise RuntimeFailure(f"{name}: not running after {timeout:g} s; {undone}") from None
+        if isinstance(result, SquishError):
+            undone = self._restore(name, previous)
+            self.reconciler.trigger()
+            raise _noted(result, undone) from None
+        # A container that dies at once (no such command, a layer bwrap
+        # cannot mount) is a failed create, not a crash loop to watch.
+        with anyio.move_on_after(_EARLY_EXIT):
+            await self.reconciler.wait_for(
+                lambda: self.reconciler.exited_early(name), _EARLY_EXIT + 1
+            )
+        if (reason := self.reconciler.exited_early(name)) is not None:
+            undone = self._restore(name, previous)
+            self.reconciler.trigger()
+            raise RuntimeFailure(f"{name}: {reason}; {undone}")
+        return self._row(name)
+
+    async def apply(self, name: str, manifest: bytes) -> schema.Container:
+        self._store(name, manifest)
+        self.reconciler.trigger()
+        return self._row(name)
+
+    async def stop(self, ref: str) -> schema.Container:
+        name = self.reconciler.resolve(ref)
+        record = self.reconciler.record(name)
+        manifest = self.reconciler.desired.get(name)
+        wanted = manifest.squishfile if manifest and manifest.squishfile else None
+        was_stopped = record.stopped_by_user
+        record.stopped_by_user = True
+        # What an edit must change to start it again: the wanted spec, else
+        # the one that ran.
+        source = wanted or record.applied
+        record.stopped_hash = source.spec_hash() if source is not None else None
+        record.backoff_until = None
+        self.reconciler.save_stops()
+        if not was_stopped and not record.running and not record.in_flight:
+            self.reconciler.emit(
+                "container.stopped", name, "stopped by the user (it was not running)"
+            )
+        # plan() halts it (level-triggered: also what a start in flight
+        # brings up once it is done); wait until it has.
+        self.reconciler.trigger()
+        try:
+            await self.reconciler.wait_for(
+                lambda: None if record.running or record.in_flight else True, _BUSY_WAIT
+            )
+        except TimeoutError:
+            raise RuntimeFailure(
+                f"{name}: still busy after {_BUSY_WAIT:g} s (starting or stopping); "
+                "it is marked stopped and stops when that ends"
+            ) from None
+        return self._row(name)
+
+    async def start(self, ref: str, *, timeout: float) -> schema.Container:
+        name = self.reconciler.resolve(ref)
+        record = self.reconciler.records.get(name)
+        manifest = self.reconciler.desired.get(name)
+        if manifest is None:
+            raise ContainerNotFound(
+                f"{name}: its squishfile is gone from the sources; nothing to start"
+            )
+        if manifest.squishfile is None:
+            raise RuntimeFailure(str(manifest.error))
+        if record is not None and record.running:
+            if record.stopped_by_user:
+                record.stopped_by_user = False
+                self.reconciler.save_stops()
+            return self._row(name)
+        record = self.reconciler.record(name)
+        record.stopped_by_user = False
+        record.failure = record.failed_hash = None
+        record.backoff_until = None
+        record.crashes = 0
+        record.exit_code = record.exited_hash = None
+        self.reconciler.save_stops()
+        self.reconciler.trigger()
+        spec_hash = manifest.squishfile.spec_hash()
+
+        result: ContainerStatus | SquishError = await self.reconciler.wait_for(
+            lambda: self.reconciler.start_outcome(name, spec_hash), timeout
+        )
+        if isinstance(result, SquishError):
+            raise result
+        return result.to_json(self.reconciler.default_host_ip)
+
+    async def delete(self, ref: str) -> schema.Container:
+        name = self.reconciler.resolve(ref)
+        path = self._manifest_path(name)
+        row = self._row(name)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise SourceError(f"{name}: cannot remove {path}: {exc.strerror or exc}") from None
+        self.reconciler.forget_pending_stop(name)
+        rounds = self.reconciler.rounds
+        self.reconciler.trigger()
+
+        def outcome() -> str | None:
+            """'' once it is gone; why not, once a round still wants it; None meanwhile."""
+            if name not in self.reconciler.records:
+                return ""
+            if self.reconciler.rounds > rounds and name in self.reconciler.desired:
+                # Its file is gone, yet the sources still want it: the prune
+                # guard holds the directory, or it cannot be read.
+                return self.reconciler.source_holding() or None
+            return None
+
+        try:
+            reason = await self.reconciler.wait_for(outcome, _BUSY_WAIT)
+        except TimeoutError:
+            raise RuntimeFailure(
+                f"{name}: {path} is removed, but it is still stopping after {_BUSY_WAIT:g} s; "
+                "it will be stopped when that ends"
+            ) from None
+        if reason:
+            raise SourceError(
+                f"{name}: {path} is removed, but the container keeps running: {reason}"
+            )
+        return row
+
+
+def _noted(error: SquishError, note: str) -> SquishError:
+    """``error`` with ``; note`` added, of the same kind where its class allows."""
+    try:
+        return type(error)(f"{error}; {note}")
+    except TypeError:  # a class with other constructor arguments
+        return RuntimeFailure(f"{error}; {note}")
+
+
+def _layer_json(layer: Layer) -> schema.LayerSpec:
+    return {
+        "name": layer.name,
+        "version": layer.version,
+        "path": None if layer.path is None else str(layer.path),
+        "target": layer.target,
+        "rw": layer.rw,
+        "sha256": layer.sha256,
+    }
+
+
+def _squishfile_json(squishfile: Squishfile) -> schema.Squishfile:
+    return {
+        "name": squishfile.name,
+        "base": None if squishfile.base is None else _layer_json(squishfile.base),
+        "layers": [_layer_json(layer) for layer in squishfile.layers],
+        "command": squishfile.command,
+        "args": list(squishfile.args),
+        "env": dict(squishfile.env),
+        "ports": [
+            {
+                "container": port.container,
+                "host": port.host,
+                "protocol": port.protocol,
+                "host_ip": port.host_ip,
+            }
+            for port in squishfile.ports
+        ],
+        "network": squishfile.network,
+        "restart": squishfile.restart,
+        "placement": {
+            "nodes": list(squishfile.placement.nodes),
+            "labels": dict(squishfile.placement.labels),
+        },
+    }

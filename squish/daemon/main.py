@@ -35,6 +35,7 @@ from squish import __version__, paths
 from squish.daemon import sdnotify
 from squish.daemon.api import check_socket, make_app, serve, serve_tcp
 from squish.daemon.config import LayerSettings, guard_settings, layer_settings, read_config
+from squish.daemon.control import DaemonControl
 from squish.daemon.layer_admin import LayerAdmin
 from squish.daemon.metrics import Metrics
 from squish.daemon.source_admin import SourceAdmin, webhook_app
@@ -487,7 +488,8 @@ async def _serve(
                     await tg.start(reconciler.run)
                     layers = LayerAdmin(store, reconciler.layer_users)
                     admin = SourceAdmin(sources, reconciler.trigger)
-                    await tg.start(serve, make_app(reconciler, layers, admin), socket_path)
+                    control = DaemonControl(reconciler)
+                    await tg.start(serve, make_app(control, layers, admin), socket_path)
                     if args.webhook is not None:
                         hooks = webhook_app(admin, args.webhook_secret)
                         await tg.start(serve_tcp, hooks, *args.webhook)

@@ -1,7 +1,10 @@
 """The reconciler: keeps the running containers equal to the manifests.
 
 Owned by the daemon, which gives it a source, a runtime and a layer store;
-the API talks to it as a ``ControlPlane``. It is level-triggered, in the way
+the daemon's control plane (``squish.daemon.control.DaemonControl``, which
+the API serves) reads what it knows of each name (``phase``, ``statuses``,
+``resolve``) and asks through a few verbs (``wanted_again``, ``record``,
+``trigger``, ``wait_for``). It is level-triggered, in the way
 of controller-runtime: every trigger (a manifest changed, a container exited,
 the periodic resync, a user's request) just marks it dirty, and one loop
 re-reads the whole desired state (``source.snapshot()``) and the whole actual
@@ -15,7 +18,7 @@ container stays stopped across daemon restarts until ``start`` or an edit.
 Actions run as tasks of the reconciler's task group, at most ``parallelism``
 at once; a name with an action in flight is left alone by ``plan`` until the
 action is done, so two actions never race on one container. Resolving layers
-may block (building the base, later downloads), so it runs in a worker
+may block (building the base, downloads), so it runs in a worker
 thread; starting the container itself happens in the loop's thread, as the
 runtime requires.
 """
@@ -35,20 +38,16 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from squish import __version__
-from squish import api_schema as schema
 from squish.broadcast import Broadcast
 from squish.errors import (
     AmbiguousName,
     ContainerNotFound,
     RuntimeFailure,
-    SourceError,
     SquishError,
 )
 from squish.layers import LayerStore
-from squish.model.host import host_paths
 from squish.model.manifest import Manifest
-from squish.model.squishfile import Layer, Squishfile, parse_squishfile
+from squish.model.squishfile import Squishfile
 from squish.reconcile.plan import Action, Backoff, Kind, Record, plan
 from squish.reconcile.spec import container_spec
 from squish.reconcile.status import ContainerStatus, Event, Phase
@@ -68,11 +67,6 @@ log = logging.getLogger("squish.reconciler")
 
 T = TypeVar("T")
 
-# How long create() watches a fresh container for an immediate failure
-# (a command that does not exist, a layer bwrap cannot mount).
-_EARLY_EXIT = 0.3
-# How long a user's stop waits for an action already in flight on the name.
-_BUSY_WAIT = 60.0
 # How long the log of a deleted container is kept (``squish logs`` still
 # shows it meanwhile); a container of that name coming back keeps it.
 LOG_GRACE = 3600.0
@@ -604,9 +598,9 @@ class Reconciler:
                 await self._changed.wait()
         return result
 
-    # -- the control plane ---------------------------------------------------
+    # -- what is known of each name ------------------------------------------
 
-    def _phase(self, name: str, live: Mapping[str, Container] | None = None) -> ContainerStatus:
+    def phase(self, name: str, live: Mapping[str, Container] | None = None) -> ContainerStatus:
         """``name``'s row; ``live`` is the runtime's containers by id, if at hand."""
         manifest = self._desired.get(name)
         record = self.records.get(name)
@@ -695,140 +689,79 @@ class Reconciler:
             raise AmbiguousName(ref, candidates)
         raise ContainerNotFound(f"no such container {ref!r}")
 
-    def _statuses(self) -> list[ContainerStatus]:
+    def statuses(self) -> list[ContainerStatus]:
         # One look at the runtime for all rows: a look per row would make
         # listing n containers cost n^2.
         live = {container.id: container for container in self.runtime.list()}
         names = sorted(set(self._desired) | set(self.records))
-        return [self._phase(name, live) for name in names]
+        return [self.phase(name, live) for name in names]
 
-    def _row(self, name: str) -> schema.Container:
-        return self._phase(name).to_json(self.default_host_ip)
+    # -- what the control plane reads and asks (squish.daemon.control) -----
 
-    def containers(self) -> list[schema.Container]:
-        return [status.to_json(self.default_host_ip) for status in self._statuses()]
+    @property
+    def desired(self) -> Mapping[str, Manifest]:
+        """The manifests of the last round, by name."""
+        return self._desired
 
-    def status(self) -> schema.DaemonStatus:
-        counts: dict[str, int] = {phase.value: 0 for phase in Phase}
-        for container in self._statuses():
-            counts[container.phase.value] += 1
-        status: schema.DaemonStatus = {
-            "version": __version__,
-            "pid": os.getpid(),
-            "uptime": time.time() - self._started,
-            "manifests": str(self.manifests_dir),
-            "containers": counts,
-        }
-        for key in ("node", "labels", "default_base"):
-            if key in self.about:
-                status[key] = self.about[key]
-        return status
+    @property
+    def rounds(self) -> int:
+        """How many rounds have run."""
+        return self._rounds
 
-    def inspect(self, ref: str) -> schema.ContainerDetail:
-        name = self.resolve(ref)
-        row = self._row(name)
-        record = self.records.get(name)
-        spec = self._specs.get(name)
-        manifest = self._desired.get(name)
-        layers: schema.Mounts | None = None
-        if spec is not None:
-            layers = {
-                "rootfs": str(spec.rootfs),
-                "mounts": [
-                    {"source": str(m.source), "target": m.target, "rw": m.rw} for m in spec.mounts
-                ],
-            }
-        return {
-            **row,
-            "applied": _squishfile_json(record.applied) if record and record.applied else None,
-            "desired": _squishfile_json(manifest.squishfile)
-            if manifest and manifest.squishfile
-            else None,
-            "layers": layers,
-            "log": str(self.log_dir / f"{name}.log"),
-            "last_error": (record.failure if record else None) or row["manifest_error"],
-            "stopped_by_user": bool(record and record.stopped_by_user),
-        }
+    @property
+    def started(self) -> float:
+        """When the reconciler was made (Unix seconds)."""
+        return self._started
 
-    def log_path(self, ref: str) -> Path:
-        try:
-            name = self.resolve(ref)
-        except ContainerNotFound:
-            if ref not in self._doomed_logs:
-                raise
-            name = ref  # deleted, its log still kept (see LOG_GRACE)
-        return self.log_dir / f"{name}.log"
+    def record(self, name: str) -> Record:
+        """``name``'s record, made if there is none yet."""
+        return self.records.setdefault(name, Record(name))
 
-    def _manifest_path(self, name: str) -> Path:
-        return self.manifests_dir / f"{name}.toml"
+    def spec_of(self, name: str) -> ContainerSpec | None:
+        """The spec ``name``'s container runs (or last ran) with."""
+        return self._specs.get(name)
 
-    def _store(self, name: str, data: bytes) -> tuple[Squishfile, bytes | None]:
-        """Validate and atomically write ``<name>.toml``; returns the old bytes."""
-        path = self._manifest_path(name)
-        squishfile = parse_squishfile(
-            data, file=str(path), name=name, paths=host_paths(self.manifests_dir)
-        )
-        previous = path.read_bytes() if path.exists() else None
-        self.manifests_dir.mkdir(parents=True, exist_ok=True)
-        # Written under a dot-name the source ignores, then renamed into
-        # place: the watcher never sees a half-written manifest.
-        temporary = self.manifests_dir / f".{name}.toml.{os.getpid()}.tmp"
-        temporary.write_bytes(data)
-        temporary.rename(path)
+    def log_kept(self, name: str) -> bool:
+        """Whether ``name`` is gone but its log is still kept (see ``LOG_GRACE``)."""
+        return name in self._doomed_logs
+
+    def wanted_again(self, name: str) -> Record:
+        """Clear what keeps ``name`` from starting: a user's stop, a failure, a back-off."""
         self._pending_stops.pop(name, None)
-        record = self.records.setdefault(name, Record(name))
+        record = self.record(name)
         record.stopped_by_user = False
         record.failure = record.failed_hash = None
         record.backoff_until = None
         record.crashes = 0
+        return record
+
+    def forget_pending_stop(self, name: str) -> None:
+        """Drop a stop kept for ``name`` from before its manifest appeared."""
+        self._pending_stops.pop(name, None)
+
+    def save_stops(self) -> None:
+        """Keep the user's stops across restarts (``state/stopped.json``)."""
         self._save_stops()
-        return squishfile, previous
 
-    def _restore(self, name: str, previous: bytes | None) -> str:
-        """Put back what ``<name>.toml`` held before a failed create; say what was done."""
-        path = self._manifest_path(name)
-        if previous is None:
-            path.unlink(missing_ok=True)
-            return f"{path} was removed again"
-        temporary = self.manifests_dir / f".{name}.toml.{os.getpid()}.tmp"
-        temporary.write_bytes(previous)
-        temporary.rename(path)
-        return f"the previous {path} was put back"
+    def emit(self, kind: str, name: str, message: str) -> None:
+        """Record an event (``squish events``, the log)."""
+        self._emit(kind, name, message)
 
-    async def create(self, name: str, manifest: bytes, *, timeout: float) -> schema.Container:
-        squishfile, previous = self._store(name, manifest)
-        spec_hash = squishfile.spec_hash()
-        self.trigger()
+    async def wait_for(self, check: Callable[[], T | None], timeout: float) -> T:
+        """``check()`` once it is not None, re-checked after each change; ``TimeoutError``."""
+        return await self._wait_for(check, timeout)
 
-        try:
-            result: ContainerStatus | SquishError = await self._wait_for(
-                lambda: self._start_outcome(name, spec_hash), timeout
-            )
-        except TimeoutError:
-            undone = self._restore(name, previous)
-            self.trigger()
-            raise RuntimeFailure(f"{name}: not running after {timeout:g} s; {undone}") from None
-        if isinstance(result, SquishError):
-            undone = self._restore(name, previous)
-            self.trigger()
-            raise _noted(result, undone) from None
-        # A container that dies at once (no such command, a layer bwrap
-        # cannot mount) is a failed create, not a crash loop to watch.
-        with anyio.move_on_after(_EARLY_EXIT):
-            await self._wait_for(lambda: self._exited_early(name), _EARLY_EXIT + 1)
-        if (reason := self._exited_early(name)) is not None:
-            undone = self._restore(name, previous)
-            self.trigger()
-            raise RuntimeFailure(f"{name}: {reason}; {undone}")
-        return self._row(name)
+    def source_holding(self) -> str | None:
+        """Why the sources keep a state that is not applied (the prune guard), if they do."""
+        return self._source_holding()
 
-    def _start_outcome(self, name: str, spec_hash: str) -> ContainerStatus | SquishError | None:
+    def start_outcome(self, name: str, spec_hash: str) -> ContainerStatus | SquishError | None:
         """How the start of ``name`` at ``spec_hash`` went; None while undecided."""
         record = self.records.get(name)
         if record is None or record.in_flight:
             return None
         if record.running and record.applied and record.applied.spec_hash() == spec_hash:
-            return self._phase(name)
+            return self.phase(name)
         if record.failure is not None and record.failed_hash == spec_hash:
             # The start's own error, so its kind (a layer, a port) reaches the API.
             error = self._start_errors.get(name)
@@ -837,112 +770,11 @@ class Reconciler:
             return RuntimeFailure(record.failure)
         return None
 
-    def _exited_early(self, name: str) -> str | None:
+    def exited_early(self, name: str) -> str | None:
         record = self.records.get(name)
         if record is None or record.running or record.exit_code in (None, 0):
             return None
         return f"exited at once with code {record.exit_code}: {record.exit_reason}"
-
-    async def apply(self, name: str, manifest: bytes) -> schema.Container:
-        self._store(name, manifest)
-        self.trigger()
-        return self._row(name)
-
-    async def stop(self, ref: str) -> schema.Container:
-        name = self.resolve(ref)
-        record = self.records.setdefault(name, Record(name))
-        manifest = self._desired.get(name)
-        wanted = manifest.squishfile if manifest and manifest.squishfile else None
-        was_stopped = record.stopped_by_user
-        record.stopped_by_user = True
-        # What an edit must change to start it again: the wanted spec, else
-        # the one that ran.
-        source = wanted or record.applied
-        record.stopped_hash = source.spec_hash() if source is not None else None
-        record.backoff_until = None
-        self._save_stops()
-        if not was_stopped and not record.running and not record.in_flight:
-            self._emit("container.stopped", name, "stopped by the user (it was not running)")
-        # plan() halts it (level-triggered: also what a start in flight
-        # brings up once it is done); wait until it has.
-        self.trigger()
-        try:
-            await self._wait_for(
-                lambda: None if record.running or record.in_flight else True, _BUSY_WAIT
-            )
-        except TimeoutError:
-            raise RuntimeFailure(
-                f"{name}: still busy after {_BUSY_WAIT:g} s (starting or stopping); "
-                "it is marked stopped and stops when that ends"
-            ) from None
-        return self._row(name)
-
-    async def start(self, ref: str, *, timeout: float) -> schema.Container:
-        name = self.resolve(ref)
-        record = self.records.get(name)
-        manifest = self._desired.get(name)
-        if manifest is None:
-            raise ContainerNotFound(
-                f"{name}: its squishfile is gone from the sources; nothing to start"
-            )
-        if manifest.squishfile is None:
-            raise RuntimeFailure(str(manifest.error))
-        if record is not None and record.running:
-            if record.stopped_by_user:
-                record.stopped_by_user = False
-                self._save_stops()
-            return self._row(name)
-        record = self.records.setdefault(name, Record(name))
-        record.stopped_by_user = False
-        record.failure = record.failed_hash = None
-        record.backoff_until = None
-        record.crashes = 0
-        record.exit_code = record.exited_hash = None
-        self._save_stops()
-        self.trigger()
-        spec_hash = manifest.squishfile.spec_hash()
-
-        result: ContainerStatus | SquishError = await self._wait_for(
-            lambda: self._start_outcome(name, spec_hash), timeout
-        )
-        if isinstance(result, SquishError):
-            raise result
-        return result.to_json(self.default_host_ip)
-
-    async def delete(self, ref: str) -> schema.Container:
-        name = self.resolve(ref)
-        path = self._manifest_path(name)
-        row = self._row(name)
-        try:
-            path.unlink(missing_ok=True)
-        except OSError as exc:
-            raise SourceError(f"{name}: cannot remove {path}: {exc.strerror or exc}") from None
-        self._pending_stops.pop(name, None)
-        rounds = self._rounds
-        self.trigger()
-
-        def outcome() -> str | None:
-            """'' once it is gone; why not, once a round still wants it; None meanwhile."""
-            if name not in self.records:
-                return ""
-            if self._rounds > rounds and name in self._desired:
-                # Its file is gone, yet the sources still want it: the prune
-                # guard holds the directory, or it cannot be read.
-                return self._source_holding() or None
-            return None
-
-        try:
-            reason = await self._wait_for(outcome, _BUSY_WAIT)
-        except TimeoutError:
-            raise RuntimeFailure(
-                f"{name}: {path} is removed, but it is still stopping after {_BUSY_WAIT:g} s; "
-                "it will be stopped when that ends"
-            ) from None
-        if reason:
-            raise SourceError(
-                f"{name}: {path} is removed, but the container keeps running: {reason}"
-            )
-        return row
 
     # -- metrics -----------------------------------------------------------------
 
@@ -953,7 +785,7 @@ class Reconciler:
         self.metrics.set_manifests(valid=valid, invalid=len(self._desired) - valid)
         counts = {"running": 0, "stopped": 0, "failed": 0, "backoff": 0}
         names = sorted(set(self._desired) | set(self.records))
-        statuses = [self._phase(name, live) for name in names]
+        statuses = [self.phase(name, live) for name in names]
         for status in statuses:
             match status.phase:
                 case Phase.RUNNING:
@@ -971,48 +803,3 @@ class Reconciler:
         for container in live.values():
             if container.init_pid is not None:
                 self.metrics.track_process(container.name, container.init_pid)
-
-
-def _noted(error: SquishError, note: str) -> SquishError:
-    """``error`` with ``; note`` added, of the same kind where its class allows."""
-    try:
-        return type(error)(f"{error}; {note}")
-    except TypeError:  # a class with other constructor arguments
-        return RuntimeFailure(f"{error}; {note}")
-
-
-def _layer_json(layer: Layer) -> schema.LayerSpec:
-    return {
-        "name": layer.name,
-        "version": layer.version,
-        "path": None if layer.path is None else str(layer.path),
-        "target": layer.target,
-        "rw": layer.rw,
-        "sha256": layer.sha256,
-    }
-
-
-def _squishfile_json(squishfile: Squishfile) -> schema.Squishfile:
-    return {
-        "name": squishfile.name,
-        "base": None if squishfile.base is None else _layer_json(squishfile.base),
-        "layers": [_layer_json(layer) for layer in squishfile.layers],
-        "command": squishfile.command,
-        "args": list(squishfile.args),
-        "env": dict(squishfile.env),
-        "ports": [
-            {
-                "container": port.container,
-                "host": port.host,
-                "protocol": port.protocol,
-                "host_ip": port.host_ip,
-            }
-            for port in squishfile.ports
-        ],
-        "network": squishfile.network,
-        "restart": squishfile.restart,
-        "placement": {
-            "nodes": list(squishfile.placement.nodes),
-            "labels": dict(squishfile.placement.labels),
-        },
-    }

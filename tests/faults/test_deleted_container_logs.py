@@ -41,15 +41,15 @@ async def test_a_deleted_containers_log_goes_after_the_grace(tmp_path: Path) -> 
         files = write_log(plane, "web")
         kept = write_log(plane, "db")
 
-        await plane.reconciler.delete("web")
+        await plane.control.delete("web")
         await until(lambda: plane.phase("web") is None)
         assert all(path.exists() for path in files)
-        assert plane.reconciler.log_path("web") == plane.log("web")
+        assert plane.control.log_path("web") == plane.log("web")
 
         await until(lambda: not any(path.exists() for path in files), timeout=GRACE + 5)
         assert all(path.exists() for path in kept)
         with pytest.raises(ContainerNotFound):
-            plane.reconciler.log_path("web")
+            plane.control.log_path("web")
 
 
 async def test_a_container_back_within_the_grace_keeps_its_log(tmp_path: Path) -> None:

@@ -79,7 +79,7 @@ async def test_a_foreign_peer_gets_403_on_every_request(
     served = tmp_path / "served.sock"
     with anyio.fail_after(20):
         async with real_plane(tmp_path) as plane, anyio.create_task_group() as tg:
-            app = make_app(plane.reconciler)
+            app = make_app(plane.control)
             await tg.start(partial(serve, app, refused, owner=owner))
             await tg.start(partial(serve, app, served))
             with caplog.at_level(logging.WARNING, logger="squish.api"):

@@ -28,6 +28,7 @@ import anyio
 import pytest
 
 from squish.cli.client import Client
+from squish.daemon.control import DaemonControl
 from squish.errors import SquishError
 from squish.layers import LayerStore
 from squish.model.squishfile import Squishfile
@@ -311,7 +312,7 @@ async def reconciling(tmp_path: Path, start_timeout: float) -> AsyncIterator[Rec
 async def row_of(reconciler: Reconciler, name: str, wanted: Phase) -> dict[str, object]:
     with anyio.fail_after(5):
         while True:
-            rows = {row["name"]: row for row in reconciler.containers()}
+            rows = {row["name"]: row for row in DaemonControl(reconciler).containers()}
             if name in rows and rows[name]["phase"] == wanted:
                 return dict(rows[name])
             await anyio.sleep(0.01)
@@ -324,7 +325,7 @@ async def test_the_reconciler_fails_a_start_past_its_deadline(tmp_path: Path) ->
         assert isinstance(fake, FakeRuntime)
         fake.hang_next_start("web")
         with reconciler.subscribe() as events:
-            await reconciler.apply("web", b'[run]\ncommand = "/bin/app"\n')
+            await DaemonControl(reconciler).apply("web", b'[run]\ncommand = "/bin/app"\n')
 
             failed = await row_of(reconciler, "web", Phase.BACKOFF)
             event = await events.receive()
@@ -345,12 +346,12 @@ async def test_an_edit_ends_a_stuck_start_and_the_new_version_runs(tmp_path: Pat
         fake = reconciler.runtime
         assert isinstance(fake, FakeRuntime)
         fake.hang_next_start("web")
-        await reconciler.apply("web", b'[run]\ncommand = "/bin/old"\n')
+        await DaemonControl(reconciler).apply("web", b'[run]\ncommand = "/bin/old"\n')
         with anyio.fail_after(5):
             while ("start", "web") not in fake.calls:
                 await anyio.sleep(0.01)
 
-        await reconciler.apply("web", b'[run]\ncommand = "/bin/new"\n')
+        await DaemonControl(reconciler).apply("web", b'[run]\ncommand = "/bin/new"\n')
 
         await row_of(reconciler, "web", Phase.RUNNING)
         (container,) = fake.list()
