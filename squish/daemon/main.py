@@ -33,12 +33,12 @@ import anyio
 
 from squish import __version__, paths
 from squish.daemon import sdnotify
-from squish.daemon.api import check_socket, make_app, serve, serve_tcp
+from squish.daemon.api import check_socket, make_app, serve, serve_tcp, webhook_app
 from squish.daemon.config import LayerSettings, guard_settings, layer_settings, read_config
 from squish.daemon.control import DaemonControl
 from squish.daemon.layer_admin import LayerAdmin
 from squish.daemon.metrics import Metrics
-from squish.daemon.source_admin import SourceAdmin, webhook_app
+from squish.daemon.source_admin import SourceAdmin
 from squish.errors import SquishError
 from squish.layers import LayerStore
 from squish.model.placement import Node

@@ -34,7 +34,8 @@ import httpx
 import pytest
 
 from squish.cli.client import Client
-from squish.daemon.api import make_app, peer_refusal, serve
+from squish.daemon.api import make_app, serve
+from squish.daemon.api.server import peer_refusal
 from tests.conftest import free_port
 from tests.control_plane import real_plane
 from tests.test_daemon import REPO, wait_for_socket

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from squish.cli.client import Client
-from squish.daemon.api import HEADER_TIMEOUT
+from squish.daemon.api.server import HEADER_TIMEOUT
 from tests.test_daemon import daemon, wait_for_socket
 
 CUT_OFF_WITHIN = HEADER_TIMEOUT + 3
