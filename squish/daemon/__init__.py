@@ -3,10 +3,13 @@
 - ``squish.daemon.main``: the process (flags, lock, socket, runtime,
   sources, reconciler, signals); ``config``: its settings file;
   ``sdnotify``: systemd readiness.
-- ``squish.daemon.control``: the control plane the API serves.
-- ``squish.daemon.api`` and ``openapi``: the JSON API on a unix socket and
-  its OpenAPI document; ``layer_admin`` and ``source_admin``: what
-  ``squish layer ...``, ``squish sources``/``sync`` and the webhook do.
+- ``squish.daemon.control``: the control plane the API serves
+  (``DaemonControl``, over the reconciler).
+- ``squish.daemon.api`` (a package: errors, requests, streams, routes,
+  server, webhook) and ``openapi``: the JSON API on a unix socket, its
+  OpenAPI document and the webhook; ``layer_admin`` and ``source_admin``:
+  what ``squish layer ...``, ``squish sources``/``sync`` do, and webhook
+  signatures.
 - ``squish.daemon.metrics``: the Prometheus exporter.
 
 Nothing of the ``squish`` command's client side imports this package; the

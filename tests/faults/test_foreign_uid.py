@@ -83,7 +83,7 @@ async def test_a_foreign_peer_gets_403_on_every_request(
             app = make_app(plane.control)
             await tg.start(partial(serve, app, refused, owner=owner))
             await tg.start(partial(serve, app, served))
-            with caplog.at_level(logging.WARNING, logger="squish.api"):
+            with caplog.at_level(logging.WARNING, logger="squish.daemon.api"):
                 async with client(refused) as api:
                     replies = [await api.get("/v1/status") for _ in range(3)]
                     manifest = "[run]\ncommand = '/bin/true'\n"
