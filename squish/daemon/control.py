@@ -234,16 +234,8 @@ class DaemonControl:
 
     async def stop(self, ref: str) -> schema.Container:
         name = self.reconciler.resolve(ref)
+        was_stopped = self.reconciler.mark_stopped(name)
         record = self.reconciler.record(name)
-        manifest = self.reconciler.desired.get(name)
-        wanted = manifest.squishfile if manifest and manifest.squishfile else None
-        was_stopped = record.stopped_by_user
-        record.stopped_by_user = True
-        # What an edit must change to start it again: the wanted spec, else
-        # the one that ran.
-        source = wanted or record.applied
-        record.stopped_hash = source.spec_hash() if source is not None else None
-        record.backoff_until = None
         self.reconciler.save_stops()
         if not was_stopped and not record.running and not record.in_flight:
             self.reconciler.emit(
@@ -274,16 +266,10 @@ class DaemonControl:
         if manifest.squishfile is None:
             raise RuntimeFailure(str(manifest.error))
         if record is not None and record.running:
-            if record.stopped_by_user:
-                record.stopped_by_user = False
+            if self.reconciler.mark_stopped(name, stopped=False):
                 self.reconciler.save_stops()
             return self._row(name)
-        record = self.reconciler.record(name)
-        record.stopped_by_user = False
-        record.failure = record.failed_hash = None
-        record.backoff_until = None
-        record.crashes = 0
-        record.exit_code = record.exited_hash = None
+        self.reconciler.wanted_again(name, forget_exit=True)
         self.reconciler.save_stops()
         self.reconciler.trigger()
         spec_hash = manifest.squishfile.spec_hash()

@@ -3,8 +3,8 @@
 Owned by the daemon, which gives it a source, a runtime and a layer store;
 the daemon's control plane (``squish.daemon.control.DaemonControl``, which
 the API serves) reads what it knows of each name (``phase``, ``statuses``,
-``resolve``) and asks through a few verbs (``wanted_again``, ``record``,
-``trigger``, ``wait_for``). It is level-triggered, in the way
+``resolve``) and asks through a few verbs (``mark_stopped``,
+``wanted_again``, ``trigger``, ``wait_for``). It is level-triggered, in the way
 of controller-runtime: every trigger (a manifest changed, a container exited,
 the periodic resync, a user's request) just marks it dirty, and one loop
 re-reads the whole desired state (``source.snapshot()``) and the whole actual
@@ -725,15 +725,37 @@ class Reconciler:
         """Whether ``name`` is gone but its log is still kept (see ``LOG_GRACE``)."""
         return name in self._doomed_logs
 
-    def wanted_again(self, name: str) -> Record:
-        """Clear what keeps ``name`` from starting: a user's stop, a failure, a back-off."""
+    def wanted_again(self, name: str, *, forget_exit: bool = False) -> Record:
+        """Clear what keeps ``name`` from starting: a user's stop, a failure, a back-off.
+
+        ``forget_exit``: its last exit too (a user's start of an exited one).
+        """
         self._pending_stops.pop(name, None)
         record = self.record(name)
         record.stopped_by_user = False
         record.failure = record.failed_hash = None
         record.backoff_until = None
         record.crashes = 0
+        if forget_exit:
+            record.exit_code = record.exited_hash = None
         return record
+
+    def mark_stopped(self, name: str, *, stopped: bool = True) -> bool:
+        """Mark ``name`` stopped by the user (or not); whether it was before.
+
+        A stop remembers what an edit must change to start it again: the
+        wanted spec, else the one that ran.
+        """
+        record = self.record(name)
+        was = record.stopped_by_user
+        record.stopped_by_user = stopped
+        if stopped:
+            manifest = self._desired.get(name)
+            wanted = manifest.squishfile if manifest and manifest.squishfile else None
+            source = wanted or record.applied
+            record.stopped_hash = source.spec_hash() if source is not None else None
+            record.backoff_until = None
+        return was
 
     def forget_pending_stop(self, name: str) -> None:
         """Drop a stop kept for ``name`` from before its manifest appeared."""
