@@ -25,7 +25,9 @@ class FakeSource:
     def __init__(self, *manifests: Manifest) -> None:
         self.manifests: Mapping[str, Manifest] = {m.name: m for m in manifests}
         self._watchers: list[Callable[[], None]] = []
-        self._finished = anyio.Event()
+        # Made in run(), in the event loop: a test may build the fake outside one.
+        self._finished: anyio.Event | None = None
+        self._finish = False
 
     def snapshot(self) -> Mapping[str, Manifest]:
         return self.manifests
@@ -42,7 +44,9 @@ class FakeSource:
 
     def finish(self) -> None:
         """Make ``run`` return: nothing left to watch."""
-        self._finished.set()
+        self._finish = True
+        if self._finished is not None:
+            self._finished.set()
 
     @property
     def running(self) -> int:
@@ -52,6 +56,10 @@ class FakeSource:
     async def run(
         self, changed: Callable[[], None], *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
     ) -> None:
+        if self._finished is None:
+            self._finished = anyio.Event()
+        if self._finish:
+            self._finished.set()
         self._watchers.append(changed)
         try:
             task_status.started()
