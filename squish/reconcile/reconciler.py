@@ -632,6 +632,10 @@ class Reconciler:
             status.phase = Phase.PENDING
             if record.resolving:
                 status.reason = "waiting for its layers (downloading or unpacking)"
+            elif not status.reason:
+                # As the kubelet's ContainerCreating: a start in flight (one
+                # that hangs shows so until its deadline).
+                status.reason = "starting"
         elif status.manifest_error and record.applied is None:
             status.phase = Phase.INVALID
             status.reason = status.manifest_error

@@ -192,6 +192,7 @@ def test_a_start_that_hangs_is_killed_reported_and_backed_off(
     # Never "running" while it hangs: it has no command.
     row = d.row("stuck")
     assert row is not None and row["phase"] == "pending" and row["pid"] is None
+    assert row["reason"] == "starting"  # what ps -a says meanwhile
 
     failed = eventually(lambda: phase(d, "stuck", "backoff"))
     assert time.monotonic() - began < 10
