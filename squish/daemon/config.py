@@ -39,6 +39,7 @@ from squish.layers.download import FetchObserver
 from squish.layers.model import BUILTIN_BASE
 from squish.layers.registry import DEFAULT, REGISTRY_ENV, check_template
 from squish.layers.store import LayerStore
+from squish.model.squishfile import host_ip
 
 CONFIG_ENV = "SQUISH_CONFIG"
 DEFAULT_BASE_ENV = "SQUISH_DEFAULT_BASE"
@@ -254,3 +255,14 @@ def _checked(template: str, what: str) -> str:
         return check_template(template, what)
     except LayerError as exc:
         raise SquishError(str(exc)) from exc
+
+
+def checked_host_ip(value: str) -> str:
+    """The ``--host-ip`` (or ``$SQUISH_HOST_IP``) ports are forwarded on, if it can be one.
+
+    For the daemon and ``squish run``: the rule of a port's ``host_ip``.
+    """
+    try:
+        return host_ip(value)
+    except ValueError as exc:
+        raise SquishError(f"--host-ip (or $SQUISH_HOST_IP): {exc}") from None

@@ -20,10 +20,9 @@ from pathlib import Path
 import anyio
 
 from squish import paths
-from squish.daemon.config import layer_settings, read_config
+from squish.daemon.config import checked_host_ip, layer_settings, read_config
 from squish.errors import SquishError
 from squish.model.host import load_squishfile
-from squish.model.squishfile import host_ip
 from squish.reconcile.spec import container_spec
 from squish.runtime import DEFAULT_HOST_IP, DEFAULT_STOP_GRACE, ContainerSpec
 from squish.runtime.bwrap_runtime import BwrapRuntime
@@ -69,10 +68,7 @@ def _refuse_root() -> None:
 def run(args: argparse.Namespace) -> int:
     """Run one squishfile in the foreground until it exits or Ctrl-C."""
     _refuse_root()
-    try:
-        args.host_ip = host_ip(args.host_ip)
-    except ValueError as exc:
-        raise SquishError(f"--host-ip (or $SQUISH_HOST_IP): {exc}") from None
+    args.host_ip = checked_host_ip(args.host_ip)
     squishfile = load_squishfile(args.file)
     state = args.state_dir or paths.state_dir()
     # The same layer settings as the daemon: its config file and environment.

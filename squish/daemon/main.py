@@ -34,7 +34,13 @@ import anyio
 from squish import __version__, paths
 from squish.daemon import sdnotify
 from squish.daemon.api import check_socket, make_app, serve, serve_tcp, webhook_app
-from squish.daemon.config import LayerSettings, guard_settings, layer_settings, read_config
+from squish.daemon.config import (
+    LayerSettings,
+    checked_host_ip,
+    guard_settings,
+    layer_settings,
+    read_config,
+)
 from squish.daemon.control import DaemonControl
 from squish.daemon.layer_admin import LayerAdmin
 from squish.daemon.metrics import Metrics
@@ -42,7 +48,6 @@ from squish.daemon.source_admin import SourceAdmin
 from squish.errors import SquishError
 from squish.layers import LayerStore
 from squish.model.placement import Node
-from squish.model.squishfile import host_ip
 from squish.reconcile.plan import Backoff
 from squish.reconcile.reconciler import Reconciler
 from squish.runtime import DEFAULT_HOST_IP, DEFAULT_START_TIMEOUT, DEFAULT_STOP_GRACE
@@ -356,7 +361,7 @@ def run(args: argparse.Namespace) -> int:
         registries=args.registry,
     )
     _raise_fd_limit()
-    args.host_ip = _checked_host_ip(args.host_ip)
+    args.host_ip = checked_host_ip(args.host_ip)
     metrics_addr = _parse_addr(args.metrics_addr)
     args.webhook = _parse_addr(args.webhook_addr, "--webhook-addr")
     args.webhook_secret = _webhook_secret(args)
@@ -525,11 +530,3 @@ async def _serve(
 def default_node_name() -> str:
     """The host's short name: ``socket.gethostname()`` up to the first ``.``."""
     return socket.gethostname().partition(".")[0]
-
-
-def _checked_host_ip(value: str) -> str:
-    """The ``--host-ip`` (or ``$SQUISH_HOST_IP``) ports are forwarded on, if it can be one."""
-    try:
-        return host_ip(value)
-    except ValueError as exc:
-        raise SquishError(f"--host-ip (or $SQUISH_HOST_IP): {exc}") from None

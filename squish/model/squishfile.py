@@ -463,9 +463,6 @@ def host_ip(value: str) -> str:
     return str(address)
 
 
-_host_ip = host_ip
-
-
 def _layer_name(value: str) -> str:
     if not _LAYER_NAME.fullmatch(value) or value in (".", ".."):
         raise ValueError(
@@ -559,7 +556,7 @@ def _label_value(value: str) -> str:
 _NoNul = Annotated[str, AfterValidator(_no_nul)]
 _Command = Annotated[str, AfterValidator(_command)]
 _PortNumber = Annotated[int, PlainValidator(_port_number)]
-_HostIp = Annotated[str, AfterValidator(_host_ip)]
+_HostIp = Annotated[str, AfterValidator(host_ip)]
 _LayerName = Annotated[str, AfterValidator(_layer_name)]
 _EnvKey = Annotated[str, AfterValidator(_env_key)]
 _Version = Annotated[str, AfterValidator(_version)]

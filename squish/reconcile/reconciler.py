@@ -204,7 +204,7 @@ class Reconciler:
                 stops[name] = record.stopped_hash
         return stops
 
-    def _save_stops(self) -> None:
+    def save_stops(self) -> None:
         """Write the stopped names if they changed; atomically (a rename)."""
         stops = self._current_stops()
         if self._stops_file is None or stops == self._saved_stops:
@@ -288,7 +288,7 @@ class Reconciler:
             if any(r.backoff_until and r.backoff_until > now for r in self.records.values()):
                 result = "requeue"
             self._update_metrics(live)
-            self._save_stops()
+            self.save_stops()
         except Exception:
             # A bug in a round must not kill the daemon: count it, log it,
             # and let the next trigger try again.
@@ -312,12 +312,12 @@ class Reconciler:
                 self.metrics.set_source_failing(status.name, status.error is not None)
             if status.error is not None and self._source_errors.get(status.name) != status.error:
                 self._source_errors[status.name] = status.error
-                self._emit("source.failed", status.name, status.error, url=status.url)
+                self.emit("source.failed", status.name, status.error, url=status.url)
             elif status.error is None and status.name in self._source_errors:
                 del self._source_errors[status.name]
-                self._emit("source.recovered", status.name, "read again", url=status.url)
+                self.emit("source.recovered", status.name, "read again", url=status.url)
 
-    def _source_holding(self) -> str | None:
+    def source_holding(self) -> str | None:
         """Why a source keeps an older state in force (held, or unreadable), if one does."""
         for status in self.source_statuses():
             if status.held or status.error:
@@ -330,9 +330,9 @@ class Reconciler:
                 message = str(manifest.error)
                 if self._reported_errors.get(name) != message:
                     self._reported_errors[name] = message
-                    self._emit("manifest.invalid", name, message, file=manifest.file)
+                    self.emit("manifest.invalid", name, message, file=manifest.file)
             elif self._reported_errors.pop(name, None) is not None:
-                self._emit("manifest.valid", name, "manifest is valid again", file=manifest.file)
+                self.emit("manifest.valid", name, "manifest is valid again", file=manifest.file)
         for name in list(self._reported_errors):
             if name not in self._desired:
                 del self._reported_errors[name]
@@ -367,7 +367,7 @@ class Reconciler:
                         await self._update_ports(record, action.squishfile, action.container_id)
                     case Kind.FORGET:
                         self._forget(action.name)
-                        self._emit("manifest.removed", action.name, "manifest removed")
+                        self.emit("manifest.removed", action.name, "manifest removed")
                     case Kind.CONFLICT:
                         assert action.squishfile is not None
                         self._fail(record, action.squishfile, action.reason, retry=False)
@@ -423,7 +423,7 @@ class Reconciler:
         if self.metrics is not None:
             self.metrics.container_started(time.perf_counter() - began)
         verb = "restarted" if restart else "started"
-        self._emit("container.started", record.name, f"{verb} {container.id[:12]}", id=container.id)
+        self.emit("container.started", record.name, f"{verb} {container.id[:12]}", id=container.id)
 
     async def _start_in_time(
         self, record: Record, spec: ContainerSpec, spec_hash: str
@@ -480,7 +480,7 @@ class Reconciler:
         with contextlib.suppress(ContainerNotFound):
             await self.runtime.stop(container_id, grace=self.stop_grace)
         record.running = False
-        self._emit("container.stopped", record.name, f"stopped {container_id[:12]}: {why}")
+        self.emit("container.stopped", record.name, f"stopped {container_id[:12]}: {why}")
 
     async def _update_ports(
         self, record: Record, squishfile: Squishfile, container_id: str
@@ -495,7 +495,7 @@ class Reconciler:
         record.applied = squishfile
         record.failure = record.failed_hash = None
         shown = ", ".join(port.describe() for port in container.ports) or "none"
-        self._emit("container.ports", record.name, f"ports now {shown}")
+        self.emit("container.ports", record.name, f"ports now {shown}")
 
     def _fail(self, record: Record, squishfile: Squishfile, reason: str, *, retry: bool) -> None:
         # The runtime names the container in its errors; the record is that name.
@@ -508,7 +508,7 @@ class Reconciler:
             delay = max(self.backoff.delay(record.crashes), self.backoff.initial)
             record.backoff_until = time.time() + delay
         if first:
-            self._emit("container.failed", record.name, reason)
+            self.emit("container.failed", record.name, reason)
 
     def _forget(self, name: str) -> None:
         self.records.pop(name, None)
@@ -565,12 +565,13 @@ class Reconciler:
         message = f"exited with code {event.exit_code}"
         if event.reason:
             message += f": {event.reason}"
-        self._emit("container.exited", record.name, message, code=event.exit_code)
+        self.emit("container.exited", record.name, message, code=event.exit_code)
         self._notify()
 
     # -- events and waiting --------------------------------------------------
 
-    def _emit(self, kind: str, name: str, message: str, **fields: Any) -> None:
+    def emit(self, kind: str, name: str, message: str, **fields: Any) -> None:
+        """Record an event (``squish events``, the daemon log)."""
         event = Event(kind, name, message, fields=fields)
         # What needs a human (a container that cannot start, a bad manifest)
         # is a warning in the daemon log; the rest is information.
@@ -592,7 +593,8 @@ class Reconciler:
         self._changed.set()
         self._changed = anyio.Event()
 
-    async def _wait_for(self, check: Callable[[], T | None], timeout: float) -> T:
+    async def wait_for(self, check: Callable[[], T | None], timeout: float) -> T:
+        """``check()`` once it is not None, re-checked after each change; ``TimeoutError``."""
         with anyio.fail_after(timeout):
             while (result := check()) is None:
                 await self._changed.wait()
@@ -764,22 +766,6 @@ class Reconciler:
     def forget_pending_stop(self, name: str) -> None:
         """Drop a stop kept for ``name`` from before its manifest appeared."""
         self._pending_stops.pop(name, None)
-
-    def save_stops(self) -> None:
-        """Keep the user's stops across restarts (``state/stopped.json``)."""
-        self._save_stops()
-
-    def emit(self, kind: str, name: str, message: str) -> None:
-        """Record an event (``squish events``, the log)."""
-        self._emit(kind, name, message)
-
-    async def wait_for(self, check: Callable[[], T | None], timeout: float) -> T:
-        """``check()`` once it is not None, re-checked after each change; ``TimeoutError``."""
-        return await self._wait_for(check, timeout)
-
-    def source_holding(self) -> str | None:
-        """Why the sources keep a state that is not applied (the prune guard), if they do."""
-        return self._source_holding()
 
     def start_outcome(self, name: str, spec_hash: str) -> ContainerStatus | SquishError | None:
         """How the start of ``name`` at ``spec_hash`` went; None while undecided."""
