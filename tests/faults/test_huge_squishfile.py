@@ -100,6 +100,25 @@ def test_the_caps_on_args() -> None:
     assert f"at most {MAX_ARGS_BYTES} (128 KiB)" in message
 
 
+def test_validate_names_args_over_the_cap(tmp_path: Path) -> None:
+    path = tmp_path / "echo.toml"
+    path.write_text(with_args(MAX_ARGS + 1))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "squish", "validate", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"{path}:4: run.args: has {MAX_ARGS + 1} arguments; at most {MAX_ARGS} are allowed"
+    ), done.stdout + done.stderr
+
+
 def test_create_refuses_a_huge_file_as_the_daemon_does(tmp_path: Path) -> None:
     # squish create reads the file before it talks to the daemon: a file of
     # 64 MiB (sparse) is refused with the daemon's words, having read 1 MiB
