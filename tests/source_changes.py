@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 
 import anyio
@@ -12,19 +12,19 @@ from squish.sources import Source
 
 
 class Changes:
-    """The ``changed()`` calls of a running source, one at a time; ``ended`` once it returned."""
+    """A running source's ``changed(names)`` calls, one at a time; ``ended`` once it returned."""
 
     def __init__(self) -> None:
-        self._send, self._seen = anyio.create_memory_object_stream[None](1000)
+        self._send, self._seen = anyio.create_memory_object_stream[frozenset[str] | None](1000)
         self.ended = anyio.Event()
 
-    def changed(self) -> None:
-        self._send.send_nowait(None)
+    def changed(self, names: Collection[str] | None = None) -> None:
+        self._send.send_nowait(None if names is None else frozenset(names))
 
-    async def next(self, timeout: float = 10) -> None:
-        """Wait for the next change (``timeout`` seconds at most)."""
+    async def next(self, timeout: float = 10) -> frozenset[str] | None:
+        """The names of the next change (None: any name); ``timeout`` seconds at most."""
         with anyio.fail_after(timeout):
-            await self._seen.receive()
+            return await self._seen.receive()
 
 
 @asynccontextmanager

@@ -207,7 +207,7 @@ def test_excluded_follows_the_latest_snapshot() -> None:
     assert placed.excluded() == ["web"]
 
     # The placement is edited to take in this node too.
-    inner.manifests["web"] = manifest("web", '[placement]\nnodes = ["web-*", "db-*"]\n')
+    inner.set(manifest("web", '[placement]\nnodes = ["web-*", "db-*"]\n'))
     assert set(placed.snapshot()) == {"web"}
     assert placed.excluded() == []
 

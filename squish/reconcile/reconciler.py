@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -238,7 +238,7 @@ class Reconciler:
             tg.start_soon(self._loop)
             task_status.started()
 
-    def trigger(self) -> None:
+    def trigger(self, names: Collection[str] | None = None, /) -> None:
         self._dirty.set()
 
     async def _loop(self) -> None:

@@ -3,11 +3,14 @@
 A source knows a set of squishfiles. It is a service: the reconciler runs
 it in its own task group (``await tg.start(source.run, changed)``) and it
 watches (a directory) or syncs (a git repository) until cancelled, calling
-``changed()`` whenever its snapshot may differ. The reconciler asks it for
-a ``snapshot()`` (every manifest it has now, each parsed or with its error)
-whenever it reconciles. Snapshots, not diffs: a missed change notification
-costs a little latency, never correctness, because the next periodic resync
-reads everything again.
+``changed(names)`` with the names whose manifests may differ (``changed()``:
+any of them). The reconciler asks it for a ``snapshot()`` (every manifest
+it has now, each parsed or with its error) whenever it reconciles: between
+resyncs with ``rescan=False``, when the source may answer from what it has
+read before plus what its watcher reported; at each periodic resync with a
+rescan of everything. Snapshots, not diffs: a missed change notification
+costs a little latency, never correctness, because the resync reads
+everything again.
 
 Shipping: ``directory.DirectorySource``, ``git.GitSource``,
 ``multi.MultiSource`` (the union the daemon hands the reconciler),
@@ -18,7 +21,7 @@ Shipping: ``directory.DirectorySource``, ``git.GitSource``,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,15 +31,26 @@ from anyio.abc import TaskStatus
 from squish.model.manifest import Manifest
 
 
+class Changed(Protocol):
+    """What a source calls after a change: ``names`` may differ (None: any name)."""
+
+    def __call__(self, names: Collection[str] | None = None, /) -> None: ...
+
+
 class Source(Protocol):
-    def snapshot(self) -> Mapping[str, Manifest]:
-        """Every manifest the source has now (read at once, never waiting on I/O)."""
+    def snapshot(self, *, rescan: bool = True) -> Mapping[str, Manifest]:
+        """Every manifest the source has now (read at once, never waiting on I/O).
+
+        ``rescan=False``: the source may answer with what it read before,
+        re-reading only what it has reported changed since (the rounds
+        between resyncs). The same mapping object, if nothing changed.
+        """
         ...
 
     async def run(
-        self, changed: Callable[[], None], *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
+        self, changed: Changed, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
     ) -> None:
-        """Watch for changes until cancelled, calling ``changed()`` after each.
+        """Watch for changes until cancelled, calling ``changed(names)`` after each.
 
         ``task_status.started()`` once watching. Returns only if the source
         has nothing (left) to watch; a source that cannot watch says so in

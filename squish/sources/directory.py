@@ -31,7 +31,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -45,6 +45,7 @@ from squish.layers.unpack import is_tarball
 from squish.model.host import load_squishfile
 from squish.model.manifest import Manifest
 from squish.model.squishfile import Squishfile
+from squish.sources import Changed
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class DirectorySource:
         self.warning: str | None = None
         """Why changes are seen only at the periodic resync (no inotify), or None."""
 
-    def snapshot(self) -> Mapping[str, Manifest]:
+    def snapshot(self, *, rescan: bool = True) -> Mapping[str, Manifest]:
         found: dict[str, Manifest] = {}
         seen: set[str] = set()
         try:
@@ -193,7 +194,7 @@ class DirectorySource:
         return Manifest(path.stem, str(path), squishfile)
 
     async def run(
-        self, changed: Callable[[], None], *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
+        self, changed: Changed, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
     ) -> None:
         """Call ``changed()`` when a manifest may have changed; return if it cannot watch.
 

@@ -10,13 +10,14 @@ placement's tests drive it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Collection, Mapping
 
 import anyio
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
 from squish.model.manifest import Manifest
+from squish.sources import Changed
 
 
 class FakeSource:
@@ -24,23 +25,23 @@ class FakeSource:
 
     def __init__(self, *manifests: Manifest) -> None:
         self.manifests: Mapping[str, Manifest] = {m.name: m for m in manifests}
-        self._watchers: list[Callable[[], None]] = []
+        self._watchers: list[Changed] = []
         # Made in run(), in the event loop: a test may build the fake outside one.
         self._finished: anyio.Event | None = None
         self._finish = False
 
-    def snapshot(self) -> Mapping[str, Manifest]:
+    def snapshot(self, *, rescan: bool = True) -> Mapping[str, Manifest]:
         return self.manifests
 
     def set(self, *manifests: Manifest) -> None:
-        """Replace the snapshot and tell whoever runs the source."""
+        """Replace the snapshot and tell whoever runs the source (of every name)."""
         self.manifests = {m.name: m for m in manifests}
         self.touch()
 
-    def touch(self) -> None:
-        """Tell whoever runs the source that it changed (the snapshot as it is)."""
+    def touch(self, names: Collection[str] | None = None) -> None:
+        """Tell whoever runs the source that ``names`` changed (None: any name)."""
         for changed in list(self._watchers):
-            changed()
+            changed(names)
 
     def finish(self) -> None:
         """Make ``run`` return: nothing left to watch."""
@@ -54,7 +55,7 @@ class FakeSource:
         return len(self._watchers)
 
     async def run(
-        self, changed: Callable[[], None], *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
+        self, changed: Changed, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
     ) -> None:
         if self._finished is None:
             self._finished = anyio.Event()

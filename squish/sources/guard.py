@@ -29,7 +29,7 @@ from anyio.abc import TaskStatus
 
 from squish.errors import SourceError
 from squish.model.manifest import Manifest
-from squish.sources import Source, SourceStatus
+from squish.sources import Changed, Source, SourceStatus
 from squish.sources.directory import DirectorySource
 
 log = logging.getLogger(__name__)
@@ -122,14 +122,17 @@ class GuardedSource:
         self._applied: Mapping[str, Manifest] = {}
         self._status = SourceStatus(name, self.kind, url, "", ".")
 
-    def snapshot(self) -> Mapping[str, Manifest]:
+    def snapshot(self, *, rescan: bool = True) -> Mapping[str, Manifest]:
         try:
-            proposed = self.inner.snapshot()
+            proposed = self.inner.snapshot(rescan=rescan)
         except SourceError as exc:
             # Logged once by the reconciler, as the source.failed event.
             self._status = replace(self._status, error=str(exc))
             return self._applied
-        self._status = replace(self._status, error=None)
+        if self._status.error is not None:
+            self._status = replace(self._status, error=None)
+        if proposed is self._applied:
+            return proposed  # nothing changed since it was let through
         reason = self.guard(self._applied, proposed)
         if reason is not None:
             if self._status.held != reason:
@@ -143,7 +146,7 @@ class GuardedSource:
         return proposed
 
     async def run(
-        self, changed: Callable[[], None], *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
+        self, changed: Changed, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
     ) -> None:
         await self.inner.run(changed, task_status=task_status)
 

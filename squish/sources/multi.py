@@ -13,7 +13,7 @@ two definitions resolves it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import anyio
 from anyio import TASK_STATUS_IGNORED
@@ -21,7 +21,7 @@ from anyio.abc import TaskStatus
 
 from squish.errors import ManifestError
 from squish.model.manifest import Manifest
-from squish.sources import Source
+from squish.sources import Changed, Source
 
 
 class MultiSource:
@@ -29,21 +29,32 @@ class MultiSource:
 
     def __init__(self, sources: Sequence[Source]) -> None:
         self.sources = tuple(sources)
+        # The last union and the snapshots it was made of: the same ones
+        # again (nothing changed) give the same union, at no cost.
+        self._parts: tuple[Mapping[str, Manifest], ...] = ()
+        self._union: Mapping[str, Manifest] = {}
 
-    def snapshot(self) -> Mapping[str, Manifest]:
+    def snapshot(self, *, rescan: bool = True) -> Mapping[str, Manifest]:
+        parts = tuple(source.snapshot(rescan=rescan) for source in self.sources)
+        if len(parts) == len(self._parts) and all(
+            part is last for part, last in zip(parts, self._parts, strict=True)
+        ):
+            return self._union
         found: dict[str, list[Manifest]] = {}
-        for source in self.sources:
-            for name, manifest in source.snapshot().items():
+        for part in parts:
+            for name, manifest in part.items():
                 found.setdefault(name, []).append(manifest)
-        return {
+        self._parts = parts
+        self._union = {
             name: manifests[0] if len(manifests) == 1 else _conflict(name, manifests)
             for name, manifests in found.items()
         }
+        return self._union
 
     async def run(
-        self, changed: Callable[[], None], *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
+        self, changed: Changed, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
     ) -> None:
-        """Run every source, each calling ``changed()``; return once all have returned.
+        """Run every source, each calling ``changed(names)``; return once all have returned.
 
         Started once every source has started.
         """

@@ -30,7 +30,7 @@ from anyio.abc import TaskStatus
 
 from squish.model.manifest import Manifest
 from squish.model.placement import Node
-from squish.sources import Source
+from squish.sources import Changed, Source
 
 
 def wanted_on(node: Node) -> Callable[[Manifest], bool]:
@@ -56,18 +56,25 @@ class PlacedSource:
         # Replaced whole by each snapshot, so a reader on another thread sees
         # one snapshot's names or the next one's, never a mix.
         self._excluded: tuple[str, ...] = ()
+        # The inner snapshot last filtered, and what it gave.
+        self._seen: Mapping[str, Manifest] | None = None
+        self._placed: Mapping[str, Manifest] = {}
 
-    def snapshot(self) -> Mapping[str, Manifest]:
-        found = self.inner.snapshot()
+    def snapshot(self, *, rescan: bool = True) -> Mapping[str, Manifest]:
+        found = self.inner.snapshot(rescan=rescan)
+        if found is self._seen:
+            return self._placed
         excluded = tuple(sorted(name for name, m in found.items() if not self.wanted(m)))
         self._excluded = excluded
-        if not excluded:
-            return found
-        dropped = set(excluded)
-        return {name: m for name, m in found.items() if name not in dropped}
+        placed = found
+        if excluded:
+            dropped = set(excluded)
+            placed = {name: m for name, m in found.items() if name not in dropped}
+        self._seen, self._placed = found, placed
+        return placed
 
     async def run(
-        self, changed: Callable[[], None], *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
+        self, changed: Changed, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
     ) -> None:
         await self.inner.run(changed, task_status=task_status)
 

@@ -35,7 +35,7 @@ from squish.layers.git_tree import (
 )
 from squish.layers.unpack import GiB
 from squish.model.manifest import Manifest
-from squish.sources import SourceStatus
+from squish.sources import Changed, SourceStatus
 from squish.sources.directory import is_manifest
 from squish.sources.git.process import (
     Attempt,
@@ -163,7 +163,7 @@ class GitSource:
 
     # -- what the reconciler and the API read --------------------------------
 
-    def snapshot(self) -> Mapping[str, Manifest]:
+    def snapshot(self, *, rescan: bool = True) -> Mapping[str, Manifest]:
         """The manifests of the applied revision (empty before the first sync)."""
         return self._snapshot
 
@@ -205,7 +205,7 @@ class GitSource:
             self._wake.set()
 
     async def run(
-        self, changed: Callable[[], None], *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
+        self, changed: Changed, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
     ) -> None:
         """Sync every ``interval`` seconds (and on ``request_sync()``), until cancelled.
 
