@@ -120,7 +120,7 @@ async def real_plane(root: Path, **options: Any) -> AsyncIterator[Plane]:
             log_dir=root / "logs",
             metrics=metrics,
             backoff=options.pop("backoff", Backoff(initial=0.3, maximum=1.0, reset_after=600)),
-            resync=0.5,
+            resync=options.pop("resync", 3600.0),
             resolve=options.pop("resolve", resolve),
             state_dir=root / "state",
             **options,

@@ -81,7 +81,7 @@ def exported() -> dict[str, dict[str, set[str]]]:
     metrics.set_manifests(valid=1, invalid=1)
     metrics.set_containers(dict.fromkeys(CONTAINER_STATES, 1))
     for result in RECONCILE_RESULTS:
-        metrics.observe_reconcile(0.01, result)
+        metrics.observe_reconcile(0.01, result, full=True)
     metrics.container_started(0.01)
     metrics.container_seen("web")
     metrics.set_container_phases({f"c-{phase.value}": phase for phase in Phase})

@@ -91,7 +91,8 @@ def test_initial_exposition_has_every_known_label_value_at_zero(metrics: Metrics
         **{("squish_reconciles_total", (("result", r),)): 0.0 for r in RECONCILE_RESULTS},
         **{("squish_manifests", (("state", s),)): 0.0 for s in ("valid", "invalid")},
         ("squish_container_starts_total", ()): 0.0,
-        ("squish_reconcile_duration_seconds_count", ()): 0.0,
+        ("squish_reconcile_duration_seconds_count", (("scope", "full"),)): 0.0,
+        ("squish_reconcile_duration_seconds_count", (("scope", "names"),)): 0.0,
         ("squish_container_start_duration_seconds_count", ()): 0.0,
     }
     assert {key: got.get(key) for key in expected} == expected
@@ -131,24 +132,27 @@ def test_set_containers_rejects_an_unknown_state(metrics: Metrics) -> None:
 
 
 def test_observe_reconcile_counts_by_result_and_times(metrics: Metrics) -> None:
-    metrics.observe_reconcile(0.002, "success")
-    metrics.observe_reconcile(0.004, "success")
-    metrics.observe_reconcile(3.0, "error")
+    metrics.observe_reconcile(0.002, "success", full=True)
+    metrics.observe_reconcile(0.004, "success", full=False)
+    metrics.observe_reconcile(3.0, "error", full=True)
     got = samples(metrics.exposition())
     counts = {r: got[("squish_reconciles_total", (("result", r),))] for r in RECONCILE_RESULTS}
     assert counts == {"success": 2.0, "error": 1.0, "requeue": 0.0}
-    assert got[("squish_reconcile_duration_seconds_count", ())] == 3.0
-    assert got[("squish_reconcile_duration_seconds_sum", ())] == pytest.approx(3.006)
-    assert got[("squish_reconcile_duration_seconds_bucket", (("le", "0.0025"),))] == 1.0
-    assert got[("squish_reconcile_duration_seconds_bucket", (("le", "2.5"),))] == 2.0
-    assert got[("squish_reconcile_duration_seconds_bucket", (("le", "+Inf"),))] == 3.0
+    full, names = (("scope", "full"),), (("scope", "names"),)
+    assert got[("squish_reconcile_duration_seconds_count", full)] == 2.0
+    assert got[("squish_reconcile_duration_seconds_count", names)] == 1.0
+    assert got[("squish_reconcile_duration_seconds_sum", full)] == pytest.approx(3.002)
+    assert got[("squish_reconcile_duration_seconds_sum", names)] == pytest.approx(0.004)
+    assert got[("squish_reconcile_duration_seconds_bucket", (("le", "0.0025"), *full))] == 1.0
+    assert got[("squish_reconcile_duration_seconds_bucket", (("le", "0.0025"), *names))] == 0.0
+    assert got[("squish_reconcile_duration_seconds_bucket", (("le", "+Inf"), *full))] == 2.0
 
 
 def test_observe_reconcile_rejects_an_unknown_result(metrics: Metrics) -> None:
     with pytest.raises(ValueError, match="sucess"):
-        metrics.observe_reconcile(0.1, "sucess")
+        metrics.observe_reconcile(0.1, "sucess", full=True)
     assert ("squish_reconciles_total", (("result", "sucess"),)) not in samples(metrics.exposition())
-    assert value(metrics, "squish_reconcile_duration_seconds_count") == 0.0
+    assert value(metrics, "squish_reconcile_duration_seconds_count", scope="full") == 0.0
 
 
 def test_container_started_counts_and_times(metrics: Metrics) -> None:
@@ -218,6 +222,15 @@ def test_container_state_follows_the_last_set_and_drops_the_missing(metrics: Met
     assert set(got) == {"web"}
     assert got["web"]["failed"] == 1.0
     assert got["web"]["pending"] == 0.0
+
+
+def test_one_containers_state_changes_alone(metrics: Metrics) -> None:
+    metrics.set_container_phases({"web": Phase.PENDING, "db": Phase.RUNNING})
+    metrics.set_container_phase("web", Phase.RUNNING)
+    metrics.set_container_phase("new", Phase.BACKOFF)
+    got = container_states(metrics)
+    current = {name: {s for s, v in states.items() if v == 1.0} for name, states in got.items()}
+    assert current == {"web": {"running"}, "db": {"running"}, "new": {"backoff"}}
 
 
 def test_forget_container_drops_its_series(metrics: Metrics) -> None:
@@ -461,7 +474,7 @@ def test_promtool_finds_nothing_to_complain_about(
     # Every family with samples, so the linter sees each kind of series.
     metrics.set_manifests(valid=2, invalid=1)
     metrics.set_containers({"running": 1})
-    metrics.observe_reconcile(0.01, "success")
+    metrics.observe_reconcile(0.01, "success", full=True)
     metrics.container_started(0.02)
     metrics.container_seen("busy")
     metrics.container_restarted("busy")

@@ -40,7 +40,15 @@ async def until(check: Callable[[], object], timeout: float = 5.0) -> None:
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
+    """The reconciler with no resync in a test's time: every change must reach it as an event."""
     async with real_plane(tmp_path) as plane:
+        yield plane
+
+
+@pytest.fixture
+async def resyncing(tmp_path: Path) -> AsyncIterator[World]:
+    """The reconciler resyncing every 0.5 s: what only a resync sees (a file layer's change)."""
+    async with real_plane(tmp_path, resync=0.5) as plane:
         yield plane
 
 
@@ -86,7 +94,8 @@ async def test_anything_else_changed_replaces(world: World) -> None:
     assert ("stop", before) in world.runtime.calls
 
 
-async def test_a_replaced_archive_replaces_the_container(world: World) -> None:
+async def test_a_replaced_archive_replaces_the_container(resyncing: World) -> None:
+    world = resyncing
     tool = world.dir / "tool.tar.gz"
     tool.write_bytes(b"version one")
     world.write(
@@ -103,7 +112,8 @@ async def test_a_replaced_archive_replaces_the_container(world: World) -> None:
     assert world.starts() == 2
 
 
-async def test_writes_to_file_layers_replace_only_when_the_file_is_new(world: World) -> None:
+async def test_writes_to_file_layers_replace_only_when_the_file_is_new(resyncing: World) -> None:
+    world = resyncing
     scratch, conf = world.dir / "scratch", world.dir / "app.conf"
     scratch.write_text("")
     conf.write_text("one\n")

@@ -201,6 +201,8 @@ class DaemonControl:
     async def create(self, name: str, manifest: bytes, *, timeout: float) -> schema.Container:
         squishfile, previous = self._store(name, manifest)
         spec_hash = squishfile.spec_hash()
+        # A full round for what changes files (create, apply, delete): the
+        # source reads everything again rather than wait for its watcher.
         self.reconciler.trigger()
 
         try:
@@ -243,7 +245,7 @@ class DaemonControl:
             )
         # plan() halts it (level-triggered: also what a start in flight
         # brings up once it is done); wait until it has.
-        self.reconciler.trigger()
+        self.reconciler.trigger({name})
         try:
             await self.reconciler.wait_for(
                 lambda: None if record.running or record.in_flight else True, _BUSY_WAIT
@@ -271,7 +273,7 @@ class DaemonControl:
             return self._row(name)
         self.reconciler.wanted_again(name, forget_exit=True)
         self.reconciler.save_stops()
-        self.reconciler.trigger()
+        self.reconciler.trigger({name})
         spec_hash = manifest.squishfile.spec_hash()
 
         result: ContainerStatus | SquishError = await self.reconciler.wait_for(

@@ -58,6 +58,8 @@ from squish.runtime.logs import DROP_REASONS, DropReason
 
 CONTAINER_STATES = ("running", "stopped", "failed", "backoff")
 RECONCILE_RESULTS = ("success", "error", "requeue")
+RECONCILE_SCOPES = ("full", "names")
+"""``full``: a round of every name (the resync); ``names``: of the names that changed."""
 MANIFEST_STATES = ("valid", "invalid")
 SYNC_RESULTS = ("success", "error", "held")
 """``held``: fetched, but not applied (the prune guard, or nothing valid)."""
@@ -102,10 +104,14 @@ class Metrics:
 
         self._reconcile_duration = Histogram(
             "squish_reconcile_duration_seconds",
-            "Time one reconcile took, from reading state to its last action.",
+            "Time one reconcile round took, from reading state to launching its actions; "
+            "scope full (every name, the resync) or names (the names that changed).",
+            ["scope"],
             buckets=RECONCILE_BUCKETS,
             registry=self.registry,
         )
+        for scope in RECONCILE_SCOPES:
+            self._reconcile_duration.labels(scope)
         self._reconciles = Counter(
             "squish_reconciles",
             "Reconciles finished, by outcome.",
@@ -214,9 +220,9 @@ class Metrics:
         for state in CONTAINER_STATES:
             self._containers.labels(state).set(counts.get(state, 0))
 
-    def observe_reconcile(self, seconds: float, result: str) -> None:
+    def observe_reconcile(self, seconds: float, result: str, *, full: bool) -> None:
         _check("reconcile result", result, RECONCILE_RESULTS)
-        self._reconcile_duration.observe(seconds)
+        self._reconcile_duration.labels("full" if full else "names").observe(seconds)
         self._reconciles.labels(result).inc()
 
     def container_started(self, seconds: float) -> None:
@@ -230,6 +236,10 @@ class Metrics:
         whole set of containers squish knows, as of one reconcile.
         """
         self._phases.replace(phases)
+
+    def set_container_phase(self, name: str, phase: Phase) -> None:
+        """Set one container's ``squish_container_state`` (the others stay as they are)."""
+        self._phases.set(name, phase)
 
     def container_seen(self, name: str) -> None:
         """Export ``name``'s restart and start-failure counters, at 0 if new."""
@@ -370,6 +380,10 @@ class _ContainerPhaseCollector(Collector):
         fresh = dict(phases)
         with self._lock:
             self._phases = fresh
+
+    def set(self, name: str, phase: Phase) -> None:
+        with self._lock:
+            self._phases[name] = phase
 
     def forget(self, name: str) -> None:
         with self._lock:

@@ -1,11 +1,14 @@
 """The pure core of reconciling: what to do, given what is wanted and what is.
 
-Called by the ``Reconciler`` on every trigger (a file changed, a container
-exited, a timer, an API request). ``plan(desired, records, running, now)``
-looks at every name at once and returns the actions that move the actual
-state towards the desired one; it does no I/O and decides everything, so it
-is tested with tables. The executor only carries the actions out and writes
-down what happened in the records.
+Called by the ``Reconciler`` in every round: for the names that changed (a
+file, a container exited, a back-off ran out, a user's request) and, at each
+periodic resync, for every name. ``plan(desired, records, running, now,
+names=...)`` returns the actions that move those names' actual state towards
+the desired one; it does no I/O and decides everything, so it is tested with
+tables. The executor only carries the actions out and writes down what
+happened in the records. A name's actions depend on other names in one way
+only, the host ports their running containers hold, which ``plan`` reads
+from every record whenever a name of the round claims ports.
 
 Rules, per name:
 
@@ -26,7 +29,7 @@ Rules, per name:
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Set
+from collections.abc import Collection, Mapping, Set
 from dataclasses import dataclass, field
 
 from squish.model.manifest import Manifest
@@ -97,17 +100,6 @@ def _ports(squishfile: Squishfile) -> set[tuple[str | None, int, str]]:
     return {(port.host_ip, port.host, port.protocol) for port in squishfile.ports}
 
 
-def _clash(
-    mine: set[tuple[str | None, int, str]], theirs: set[tuple[str | None, int, str]]
-) -> tuple[str | None, int, str] | None:
-    for ip, port, protocol in mine:
-        for other_ip, other_port, other_protocol in theirs:
-            same_ip = ip is None or other_ip is None or ip == other_ip
-            if port == other_port and protocol == other_protocol and same_ip:
-                return (ip, port, protocol)
-    return None
-
-
 def _wants_start(record: Record | None, wanted: Squishfile, now: float) -> tuple[bool, bool]:
     """(start it?, is it a restart?) for a name whose container is not running."""
     if record is None:
@@ -141,39 +133,61 @@ def plan(
     records: Mapping[str, Record],
     running: Set[str],
     now: float,
+    *,
+    names: Collection[str] | None = None,
 ) -> list[Action]:
-    """Actions that make ``running`` (container ids) match ``desired``."""
+    """Actions that make ``running`` (container ids) match ``desired`` for ``names``.
+
+    ``names``: the names to plan (None: every name wanted or recorded); one
+    neither wanted nor recorded has nothing to do.
+    """
     actions: list[Action] = []
-    # Host ports held by running containers, by name: they keep them.
-    held: dict[str, set[tuple[str | None, int, str]]] = {}
-    for name, holder in records.items():
-        if holder.container_id in running and holder.applied is not None:
-            held[name] = _ports(holder.applied)
+    # Host ports held by running containers: they keep them. Indexed by
+    # (port, protocol), from every record, but only once a name of this
+    # round claims ports; ``claimed`` is what the names planned so far in
+    # this round hold now (their entries in the index may be older).
+    holders: dict[tuple[int, str], dict[str, str | None]] | None = None
+    claimed: dict[str, set[tuple[str | None, int, str]]] = {}
+
+    def index() -> dict[tuple[int, str], dict[str, str | None]]:
+        nonlocal holders
+        if holders is None:
+            holders = {}
+            for other, holder in records.items():
+                applied = holder.applied
+                if applied is not None and applied.ports and holder.container_id in running:
+                    for ip, port, protocol in _ports(applied):
+                        holders.setdefault((port, protocol), {})[other] = ip
+        return holders
 
     def claim(name: str, squishfile: Squishfile) -> str | None:
         """A conflict reason, or None after taking the ports for ``name``."""
         mine = _ports(squishfile)
-        for other, theirs in sorted(held.items()):
-            if other == name:
-                continue
-            clash = _clash(mine, theirs)
-            if clash is not None:
-                ip, port, protocol = clash
-                owner = desired[other].file if other in desired else f"{other}.toml"
-                mine_file = desired[name].file if name in desired else f"{name}.toml"
-                where = f"{ip}:{port}" if ip else str(port)
-                return f"host port {where}/{protocol} of {mine_file} is already used by {owner}"
-        held[name] = mine
+        for ip, port, protocol in sorted(mine, key=str):
+            for other, other_ip in sorted(index().get((port, protocol), {}).items()):
+                if other == name or (
+                    other in claimed and (other_ip, port, protocol) not in claimed[other]
+                ):
+                    continue  # its own, or given up in this round
+                if ip is None or other_ip is None or ip == other_ip:
+                    owner = desired[other].file if other in desired else f"{other}.toml"
+                    mine_file = desired[name].file if name in desired else f"{name}.toml"
+                    where = f"{ip}:{port}" if ip else str(port)
+                    return f"host port {where}/{protocol} of {mine_file} is already used by {owner}"
+        claimed[name] = mine
+        for ip, port, protocol in mine:
+            index().setdefault((port, protocol), {})[name] = ip
         return None
 
-    for name in sorted(set(desired) | set(records)):
+    for name in sorted(set(desired) | set(records) if names is None else names):
         record = records.get(name)
         if record is not None and record.in_flight:
             continue
         is_running = record is not None and record.container_id in running
         manifest = desired.get(name)
         if manifest is None:
-            assert record is not None
+            if record is None:
+                continue  # neither wanted nor known: nothing to do
             if is_running:
                 actions.append(
                     Action(Kind.STOP, name, container_id=record.container_id, reason="removed")

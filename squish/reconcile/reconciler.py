@@ -5,11 +5,16 @@ the daemon's control plane (``squish.daemon.control.DaemonControl``, which
 the API serves) reads what it knows of each name (``phase``, ``statuses``,
 ``resolve``) and asks through a few verbs (``mark_stopped``,
 ``wanted_again``, ``trigger``, ``wait_for``). It is level-triggered, in the way
-of controller-runtime: every trigger (a manifest changed, a container exited,
-the periodic resync, a user's request) just marks it dirty, and one loop
-re-reads the whole desired state (``source.snapshot()``) and the whole actual
-state (``runtime.list()``) and lets the pure ``plan`` decide. A missed
-trigger therefore costs at most one resync period, never an update.
+of controller-runtime and the kubelet, around a work queue keyed by name.
+Every trigger (a manifest changed, a container exited, an action ended, a
+back-off ran out, a user's request) puts its names in the queue,
+deduplicated, and one loop takes the whole queue as one round: those names'
+manifests (from a snapshot the sources answer from what they have read),
+their containers, and the pure ``plan`` for those names only, so the cost
+of an event does not grow with the number of containers held.
+``trigger()`` without names, and the periodic resync, make a full round:
+every manifest read again, every container listed, every name planned. A
+missed trigger therefore costs at most one resync period, never an update.
 
 A user's ``stop`` is remembered in ``stopped.json`` in the state directory
 (written atomically whenever the set of stopped names changes), so the
@@ -26,11 +31,12 @@ runtime requires.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence, Set
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -75,7 +81,7 @@ LOG_GRACE = 3600.0
 class ReconcileMetrics(Protocol):
     """What the reconciler tells its metrics (``squish.daemon.metrics.Metrics`` does it)."""
 
-    def observe_reconcile(self, seconds: float, result: str) -> None: ...
+    def observe_reconcile(self, seconds: float, result: str, *, full: bool) -> None: ...
 
     def set_source_failing(self, source: str, failing: bool) -> None: ...
 
@@ -94,6 +100,8 @@ class ReconcileMetrics(Protocol):
     def set_containers(self, counts: Mapping[str, int]) -> None: ...
 
     def set_container_phases(self, phases: Mapping[str, Phase]) -> None: ...
+
+    def set_container_phase(self, name: str, phase: Phase) -> None: ...
 
     def track_process(self, name: str, pid: int) -> None: ...
 
@@ -143,7 +151,18 @@ class Reconciler:
         # Told the running names after each round (the prune guard's Running).
         self.on_running = on_running
         """Names running as of the last round; replaced whole, so any thread may read it."""
-        self._dirty = anyio.Event()
+        self._wake = anyio.Event()
+        self._queue: set[str] = set()
+        """Names to reconcile in the next round."""
+        self._full = False
+        """Whether the next round is a full one (everything read again)."""
+        self._timers: list[tuple[float, str]] = []
+        """A heap of (back-off end, name): when to put each name in the queue again."""
+        self._conflicted: set[str] = set()
+        """Names refused a host port: planned again whenever a container lets ports go."""
+        self._running_now: set[str] = set()
+        self._phases: dict[str, Phase] = {}
+        """Each name's phase as of its last round (the metrics)."""
         self._changed = anyio.Event()
         self.events = Broadcast[Event]()
         """Every event, to whoever subscribes (the API's event streams)."""
@@ -239,55 +258,93 @@ class Reconciler:
             task_status.started()
 
     def trigger(self, names: Collection[str] | None = None, /) -> None:
-        self._dirty.set()
+        """Reconcile ``names`` soon; without names, a full round (everything read again)."""
+        if names is None:
+            self._full = True
+        else:
+            self._queue.update(names)
+        self._wake.set()
 
     async def _loop(self) -> None:
+        next_resync = time.monotonic() + self.resync
         while True:
-            with anyio.move_on_after(self._next_wake()):
-                await self._dirty.wait()
-            self._dirty = anyio.Event()
-            self.reconcile_once()
+            with anyio.move_on_after(self._next_wake(next_resync)):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            self._queue_backoffs_ended()
+            if self._full or time.monotonic() >= next_resync:
+                self._full = False
+                self._queue.clear()
+                self.reconcile_once()
+                next_resync = time.monotonic() + self.resync
+            elif self._queue:
+                names, self._queue = self._queue, set()
+                self.reconcile_names(names)
 
-    def _next_wake(self) -> float:
+    def _next_wake(self, next_resync: float) -> float:
         """Seconds until the next resync or the next restart out of back-off."""
+        wake = next_resync - time.monotonic()
+        if self._timers:
+            wake = min(wake, self._timers[0][0] - time.time() + 0.001)
+        return max(wake, 0.0)
+
+    def _back_off(self, record: Record, until: float) -> None:
+        record.backoff_until = until
+        heapq.heappush(self._timers, (until, record.name))
+
+    def _queue_backoffs_ended(self) -> None:
         now = time.time()
-        wake = self.resync
-        for record in self.records.values():
-            if record.backoff_until is not None and record.backoff_until > now:
-                wake = min(wake, record.backoff_until - now + 0.001)
-        return wake
+        while self._timers and self._timers[0][0] <= now:
+            self._queue.add(heapq.heappop(self._timers)[1])
 
     async def _watch_exits(self) -> None:
         with self.runtime.subscribe() as exits:
             async for event in exits:
                 self._on_exit(event)
-                self.trigger()
+                self.trigger({event.name, *self._conflicted})
 
     def reconcile_once(self) -> None:
-        """One level-triggered round: read everything, plan, launch actions."""
+        """A full round (the resync): every manifest read again, every name planned."""
+        self._round(None)
+
+    def reconcile_names(self, names: Collection[str]) -> None:
+        """A round of ``names`` only, from what the sources have read."""
+        self._round(set(names))
+
+    def _round(self, names: set[str] | None) -> None:
         started = time.perf_counter()
         result = "success"
+        full = names is None
         try:
-            self._desired = self.source.snapshot()
+            self._desired = self.source.snapshot(rescan=full)
             self._rounds += 1
             self._note_sources()
             self._apply_pending_stops()
-            self._note_manifests()
-            live = {container.id: container for container in self.runtime.list()}
-            running = set(live)
-            self._notice_lost(running)
-            self.running_names = frozenset(r.name for r in self.records.values() if r.running)
-            if self.on_running is not None:
-                self.on_running(self.running_names)
+            if names is None:
+                names = set(self._desired) | set(self.records) | set(self._reported_errors)
+                live = {container.id: container for container in self.runtime.list()}
+                running: Set[str] = set(live)
+            else:
+                running = self.runtime.ids()
+                live = self._live(names, running)
+            self._note_manifests(names)
+            self._notice_lost(names, running)
             now = time.time()
-            for action in plan(self._desired, self.records, running, now):
+            actions = plan(self._desired, self.records, running, now, names=None if full else names)
+            for action in actions:
                 record = self.records.setdefault(action.name, Record(action.name))
                 record.in_flight = True
+                if action.kind is Kind.CONFLICT:
+                    self._conflicted.add(action.name)
                 assert self._tg is not None
                 self._tg.start_soon(self._execute, action)
-            if any(r.backoff_until and r.backoff_until > now for r in self.records.values()):
+            if any(
+                (r := self.records.get(name)) and r.backoff_until and r.backoff_until > now
+                for name in names
+            ):
                 result = "requeue"
-            self._update_metrics(live)
+            self._note_running(names, full=full)
+            self._update_metrics(names, live, full=full)
             self.save_stops()
         except Exception:
             # A bug in a round must not kill the daemon: count it, log it,
@@ -295,14 +352,48 @@ class Reconciler:
             result = "error"
             log.exception("reconcile failed")
         if self.metrics is not None:
-            self.metrics.observe_reconcile(time.perf_counter() - started, result)
+            self.metrics.observe_reconcile(time.perf_counter() - started, result, full=full)
         self._notify()
 
-    def _notice_lost(self, running: set[str]) -> None:
+    def _live(self, names: Collection[str], running: Set[str]) -> dict[str, Container]:
+        """The runtime's containers of ``names``, by id."""
+        live = {}
+        for name in names:
+            record = self.records.get(name)
+            if record is not None and (container_id := record.container_id) in running:
+                assert container_id is not None
+                with contextlib.suppress(ContainerNotFound):
+                    live[container_id] = self.runtime.get(container_id)
+        return live
+
+    def _note_running(self, names: Collection[str], *, full: bool) -> None:
+        """Keep ``running_names`` (and whoever is told of it) up to date with ``names``."""
+        changed = False
+        for name in names:
+            record = self.records.get(name)
+            running = record is not None and record.running
+            if running != (name in self._running_now):
+                changed = True
+                if running:
+                    self._running_now.add(name)
+                else:
+                    self._running_now.discard(name)
+        if full and (gone := self._running_now - set(names)):
+            changed = True
+            self._running_now -= gone
+        if changed:
+            self.running_names = frozenset(self._running_now)
+            if self.on_running is not None:
+                self.on_running(self.running_names)
+
+    def _notice_lost(self, names: Collection[str], running: Set[str]) -> None:
         # Level-triggered safety net: a container the records think runs but
         # the runtime does not know has exited, even if its event was lost.
-        for record in self.records.values():
-            if record.running and not record.in_flight and record.container_id not in running:
+        for name in names:
+            record = self.records.get(name)
+            if record is None or not record.running or record.in_flight:
+                continue
+            if record.container_id not in running:
                 record.running = False
 
     def _note_sources(self) -> None:
@@ -324,18 +415,18 @@ class Reconciler:
                 return f"source {status.name}: {status.held or status.error}"
         return None
 
-    def _note_manifests(self) -> None:
-        for name, manifest in self._desired.items():
-            if manifest.error is not None:
+    def _note_manifests(self, names: Collection[str]) -> None:
+        for name in names:
+            manifest = self._desired.get(name)
+            if manifest is None:
+                self._reported_errors.pop(name, None)
+            elif manifest.error is not None:
                 message = str(manifest.error)
                 if self._reported_errors.get(name) != message:
                     self._reported_errors[name] = message
                     self.emit("manifest.invalid", name, message, file=manifest.file)
             elif self._reported_errors.pop(name, None) is not None:
                 self.emit("manifest.valid", name, "manifest is valid again", file=manifest.file)
-        for name in list(self._reported_errors):
-            if name not in self._desired:
-                del self._reported_errors[name]
 
     # -- carrying actions out --------------------------------------------
 
@@ -375,7 +466,9 @@ class Reconciler:
             log.exception("action %s on %s failed", action.kind, action.name)
         finally:
             record.in_flight = False
-            self.trigger()
+            # Ports it let go may be what a name refused them waits for.
+            lets_go = action.kind not in (Kind.START, Kind.CONFLICT)
+            self.trigger({action.name, *(self._conflicted if lets_go else ())})
             self._notify()
 
     async def _start(
@@ -506,12 +599,14 @@ class Reconciler:
         if retry:
             record.crashes += 1
             delay = max(self.backoff.delay(record.crashes), self.backoff.initial)
-            record.backoff_until = time.time() + delay
+            self._back_off(record, time.time() + delay)
         if first:
             self.emit("container.failed", record.name, reason)
 
     def _forget(self, name: str) -> None:
         self.records.pop(name, None)
+        self._conflicted.discard(name)
+        self._phases.pop(name, None)
         self._start_errors.pop(name, None)
         self._specs.pop(name, None)
         if self.metrics is not None:
@@ -545,10 +640,8 @@ class Reconciler:
         await anyio.to_thread.run_sync(remove_log, self.log_dir / f"{name}.log")
 
     def _on_exit(self, event: ExitEvent) -> None:
-        record = next(
-            (r for r in self.records.values() if r.container_id == event.container_id), None
-        )
-        if record is None:
+        record = self.records.get(event.name)
+        if record is None or record.container_id != event.container_id:
             return
         record.running = False
         if event.stopped:
@@ -560,7 +653,7 @@ class Reconciler:
         record.crashes += 1
         record.exit_code = event.exit_code
         record.exited_hash = record.applied.spec_hash() if record.applied else None
-        record.backoff_until = now + self.backoff.delay(record.crashes)
+        self._back_off(record, now + self.backoff.delay(record.crashes))
         record.exit_reason = event.reason or "see squish logs"
         message = f"exited with code {event.exit_code}"
         if event.reason:
@@ -790,28 +883,43 @@ class Reconciler:
 
     # -- metrics -----------------------------------------------------------------
 
-    def _update_metrics(self, live: Mapping[str, Container]) -> None:
+    def _update_metrics(
+        self, names: Collection[str], live: Mapping[str, Container], *, full: bool
+    ) -> None:
+        """The gauges, for ``names`` (``full``: they are every name, the others go)."""
         if self.metrics is None:
             return
-        valid = sum(1 for m in self._desired.values() if m.squishfile is not None)
-        self.metrics.set_manifests(valid=valid, invalid=len(self._desired) - valid)
+        invalid = len(self._reported_errors)
+        self.metrics.set_manifests(valid=len(self._desired) - invalid, invalid=invalid)
+        if full:
+            self._phases = {}
+        for name in names:
+            if name in self._desired or name in self.records:
+                self._phases[name] = self.phase(name, live).phase
+            else:
+                self._phases.pop(name, None)
         counts = {"running": 0, "stopped": 0, "failed": 0, "backoff": 0}
-        names = sorted(set(self._desired) | set(self.records))
-        statuses = [self.phase(name, live) for name in names]
-        for status in statuses:
-            match status.phase:
-                case Phase.RUNNING:
-                    counts["running"] += 1
-                case Phase.STOPPED | Phase.EXITED:
-                    counts["stopped"] += 1
-                case Phase.FAILED | Phase.INVALID:
-                    counts["failed"] += 1
-                case Phase.BACKOFF:
-                    counts["backoff"] += 1
-                case _:
-                    pass
+        for phase in self._phases.values():
+            if (state := _STATES.get(phase)) is not None:
+                counts[state] += 1
         self.metrics.set_containers(counts)
-        self.metrics.set_container_phases({status.name: status.phase for status in statuses})
+        if full:
+            self.metrics.set_container_phases(self._phases)
+        else:
+            for name in names:
+                if (now := self._phases.get(name)) is not None:
+                    self.metrics.set_container_phase(name, now)
         for container in live.values():
             if container.init_pid is not None:
                 self.metrics.track_process(container.name, container.init_pid)
+
+
+# Which count of ``squish_containers`` each phase is in (the others: none).
+_STATES = {
+    Phase.RUNNING: "running",
+    Phase.STOPPED: "stopped",
+    Phase.EXITED: "stopped",
+    Phase.FAILED: "failed",
+    Phase.INVALID: "failed",
+    Phase.BACKOFF: "backoff",
+}

@@ -19,7 +19,7 @@ Only this package touches subprocesses and namespaces.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -147,6 +147,14 @@ class Runtime(Protocol):
     async def stop(self, container_id: str, *, grace: float = DEFAULT_STOP_GRACE) -> Container: ...
 
     def list(self) -> list[Container]: ...
+
+    def ids(self) -> Set[str]:
+        """The ids of the containers it runs now: a live view, at no cost."""
+        ...
+
+    def get(self, container_id: str) -> Container:
+        """One running container (a snapshot, as ``list``); ``ContainerNotFound``."""
+        ...
 
     async def update_ports(self, container_id: str, ports: Sequence[PortForward]) -> Container: ...
 

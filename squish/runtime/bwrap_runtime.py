@@ -63,7 +63,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -327,6 +327,9 @@ class BwrapRuntime:
 
     def list(self) -> list[Container]:
         return [self._snapshot(live) for live in self._live.values()]
+
+    def ids(self) -> Set[str]:
+        return self._live.keys()
 
     def get(self, container_id: str) -> Container:
         return self._snapshot(self._get(container_id))

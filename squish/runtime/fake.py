@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import replace
 
 import anyio
@@ -68,6 +68,12 @@ class FakeRuntime:
 
     def list(self) -> list[Container]:
         return [replace(container) for container in self._live.values()]
+
+    def ids(self) -> Set[str]:
+        return self._live.keys()
+
+    def get(self, container_id: str) -> Container:
+        return replace(self._get(container_id))
 
     def _held_ports(self, exclude: str | None = None) -> set[tuple[str, int, str]]:
         return {
@@ -131,6 +137,10 @@ class FakeRuntime:
         itself ("its network helper slirp4netns was killed by SIGKILL").
         """
         self._exit(self._get(container_id), exit_code, stopped=False, reason=reason)
+
+    def vanish(self, container_id: str) -> None:
+        """Make a container exit with its exit event lost (what only a resync sees)."""
+        del self._live[container_id]
 
     async def stop(self, container_id: str, *, grace: float = DEFAULT_STOP_GRACE) -> Container:
         self.calls.append(("stop", container_id))
