@@ -113,7 +113,7 @@ async def real_plane(root: Path, **options: Any) -> AsyncIterator[Plane]:
     metrics = Metrics(version="test")
     async with FakeRuntime() as runtime:
         reconciler = Reconciler(
-            source=DirectorySource(manifests, idle_wakeup=0.1),
+            source=DirectorySource(manifests),
             runtime=runtime,
             store=LayerStore(root / "state"),
             manifests_dir=manifests,

@@ -2,7 +2,7 @@
 
 Every ``squish ps`` or ``squish --version`` is a fresh interpreter, so each
 module imported at start-up is paid on every call. The daemon's machinery
-(starlette, uvicorn, watchfiles, prometheus_client, the bwrap runtime), the
+(starlette, uvicorn, inotify_simple, prometheus_client, the bwrap runtime), the
 manifest model (pydantic) and rich's console are imported only by the verbs
 that use them. Each case runs in a fresh interpreter and reads
 ``sys.modules`` there.
@@ -21,7 +21,7 @@ HEAVY = (
     "httpx",  # the daemon downloads with it; the client speaks http.client
     "starlette",
     "uvicorn",
-    "watchfiles",
+    "inotify_simple",
     "prometheus_client",
     "pydantic",
     "anyio",

@@ -13,10 +13,38 @@ version may have the same size, a recycled inode and an mtime of the same
 coarse clock tick, so its content is compared again at each snapshot until
 it is older than ``RACY_SECONDS``.
 
-Changes are watched with watchfiles (inotify) with a short debounce. Without
-inotify (no instance left: ``fs.inotify.max_user_instances`` reached by the
-user's other programs) the source says so in ``warning``, and the daemon's
-periodic resync, which reads the directory anyway, is how changes are seen.
+Changes are watched with inotify, and reported by name (``changed(names)``)
+as soon as a file is known to be complete, with no debounce: a file renamed
+into place (``IN_MOVED_TO``) or closed after writing (``IN_CLOSE_WRITE``).
+Everything else waits for a quiet period of its name (``QUIET_SECONDS``, no
+event for it meanwhile):
+
+- a removal (``IN_DELETE``, ``IN_MOVED_FROM``), because editors save by
+  moving the old file away and writing a new one (vim's ``web.toml`` ->
+  ``web.toml~``): if the name comes back complete within the period, it is
+  reported as the change it is, never as a removal that would stop the
+  container for a moment. Meanwhile every snapshot, a full rescan too,
+  keeps the last version of a name whose removal is settling;
+- a file created or written (``IN_CREATE``, ``IN_MODIFY``) but not closed
+  yet: it is reported at its close, or after the quiet period if its writer
+  keeps it open;
+- a change of mode or times (``IN_ATTRIB``: chmod, touch).
+
+Between resyncs the reconciler asks for ``snapshot(rescan=False)``: only
+the names reported since the last snapshot (and racy entries) are read
+again, and with nothing to read it is the same mapping, with no syscall at
+all. The watcher cannot tell what it missed: a full rescan is made instead
+after the kernel's queue overflowed (``IN_Q_OVERFLOW``: ``changed(None)``),
+while the directory is not watched (it was removed or moved away: it is made
+and watched again, every ``WATCH_RETRY_SECONDS``) and at every
+``rescan=True`` (the periodic resync), which also sees what no event of the
+directory tells: a write through a hard link elsewhere, the target of a
+symlink, a path layer's file (``layer_key``).
+
+Without inotify (no instance left: ``fs.inotify.max_user_instances``
+reached by the user's other programs; no watch left) the source says so in
+``warning``, ``run`` returns, and every snapshot is a full rescan: the
+daemon's periodic resync is how changes are seen.
 
 A directory that cannot be read (its mode, a lost mount) is a
 ``SourceError`` from ``snapshot()``: the caller keeps the last good state
@@ -25,9 +53,12 @@ A directory that cannot be read (its mode, a lost mount) is a
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import hashlib
 import logging
+import math
 import os
 import stat
 import time
@@ -35,9 +66,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import watchfiles
+import anyio
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
+from inotify_simple import INotify, flags
 
 from squish.errors import ManifestError, SourceError
 from squish.layers.model import ARCHIVE_SUFFIXES
@@ -49,9 +81,33 @@ from squish.sources import Changed
 
 log = logging.getLogger(__name__)
 
-# Milliseconds watchfiles waits for more changes before reporting a batch:
-# a rename-into-place or an editor's save-dance is one trigger, not several.
-DEBOUNCE_MS = 20
+# How long a name's last event must stay its last before the name is
+# reported, when that event does not say the file is complete (a removal, a
+# write not closed yet, a chmod): an editor's save-dance is over well within it.
+QUIET_SECONDS = 0.020
+
+# How often a watched directory that was removed or moved away is looked for
+# (and made) again, to be watched.
+WATCH_RETRY_SECONDS = 1.0
+
+# What the directory's watch is told of: every change of a name in it, and
+# the end of the directory itself (ONLYDIR: a file at the path is no directory).
+WATCHED = (
+    flags.CREATE
+    | flags.MODIFY
+    | flags.ATTRIB
+    | flags.CLOSE_WRITE
+    | flags.MOVED_FROM
+    | flags.MOVED_TO
+    | flags.DELETE
+    | flags.DELETE_SELF
+    | flags.MOVE_SELF
+    | flags.ONLYDIR
+)
+# A name's file is complete: renamed into place, or closed after writing.
+COMPLETE = flags.MOVED_TO | flags.CLOSE_WRITE
+# The watch is gone: the directory was removed, moved away or unmounted.
+LOST = flags.DELETE_SELF | flags.MOVE_SELF | flags.UNMOUNT | flags.IGNORED
 
 # How long after its mtime a file's (inode, size, mtime) may still be shared
 # by a later write: file times advance in clock ticks (milliseconds), on
@@ -117,19 +173,83 @@ class _Parsed:
     manifest: Manifest
 
 
-class DirectorySource:
-    """``idle_wakeup`` (seconds): how often the watcher thread returns with
-    nothing to report. Each return costs a little CPU; cancelling the watch
-    (daemon shutdown) waits for the next one."""
+class _Settling:
+    """The names whose last event waits for a quiet period before it is reported.
 
-    def __init__(self, path: Path, *, idle_wakeup: float = 2.0) -> None:
+    Pure, for the watcher: ``event`` is told each event of a manifest's name
+    and when it came, and says whether the name is to be reported at once
+    (its file is complete); ``due`` hands over the names whose last event is
+    ``quiet`` seconds old.
+    """
+
+    def __init__(self, quiet: float) -> None:
+        self.quiet = quiet
+        self._until: dict[str, float] = {}
+
+    def event(self, name: str, mask: int, now: float) -> bool:
+        if mask & COMPLETE:
+            # Whatever came before (a removal, a write), the name is here, whole.
+            self._until.pop(name, None)
+            return True
+        self._until[name] = now + self.quiet
+        return False
+
+    def due(self, now: float) -> set[str]:
+        ready = {name for name, until in self._until.items() if until <= now}
+        for name in ready:
+            del self._until[name]
+        return ready
+
+    def deadline(self) -> float:
+        """When the next name is due (``math.inf``: none is settling)."""
+        return min(self._until.values(), default=math.inf)
+
+    def clear(self) -> None:
+        self._until.clear()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._until
+
+
+class DirectorySource:
+    """The manifests in ``path``.
+
+    ``quiet`` (seconds): how long a name's event that does not say its file
+    is complete waits for the next one (``QUIET_SECONDS``).
+    """
+
+    def __init__(self, path: Path, *, quiet: float = QUIET_SECONDS) -> None:
         self.path = path
-        self.idle_wakeup = idle_wakeup
-        self._cache: dict[str, _Parsed] = {}
         self.warning: str | None = None
-        """Why changes are seen only at the periodic resync (no inotify), or None."""
+        """Why changes are seen only at the periodic resync, or None: no inotify, or
+        the directory was lost and is not watched again yet."""
+        self._cache: dict[str, _Parsed] = {}
+        """The last read of each manifest, by file name."""
+        self._racy: set[str] = set()
+        """The file names whose cached read is racy."""
+        self._last: Mapping[str, Manifest] | None = None
+        """The last snapshot returned."""
+        self._watching = False
+        """Whether every change of a name is reported (the watcher is up)."""
+        self._stale = True
+        """Whether a change may have gone unreported since the last full scan."""
+        self._reported: set[str] = set()
+        """The file names reported since the last snapshot."""
+        self._settling = _Settling(quiet)
 
     def snapshot(self, *, rescan: bool = True) -> Mapping[str, Manifest]:
+        """A full scan, unless ``rescan=False`` and the watcher has missed nothing since one."""
+        if rescan or self._last is None or self._stale or not self._watching:
+            found = self._scan()
+            self._stale = False
+        else:
+            found = self._update(self._last)
+        self._reported.clear()
+        self._last = found
+        return found
+
+    def _scan(self) -> Mapping[str, Manifest]:
+        """Every manifest of the directory, read again where its file changed."""
         found: dict[str, Manifest] = {}
         seen: set[str] = set()
         try:
@@ -148,21 +268,75 @@ class DirectorySource:
             except OSError as exc:  # a directory readable but not searchable
                 raise self._unreadable(exc) from exc
             seen.add(entry.name)
-            key = (info.st_ino, info.st_size, info.st_mtime_ns)
-            cached = self._cache.get(entry.name)
-            if cached is None or cached.key != key or cached.racy:
-                cached = self._read(Path(entry.path), key, cached)
-                self._cache[entry.name] = cached
-            manifest = cached.manifest
-            if manifest.squishfile is not None:
-                files = layer_key(manifest.squishfile)
-                if files != manifest.layer_key:
-                    manifest = replace(manifest, layer_key=files)
-                    self._cache[entry.name] = replace(cached, manifest=manifest)
+            manifest = self._manifest(entry.name, info)
             found[manifest.name] = manifest
         for gone in set(self._cache) - seen:
-            del self._cache[gone]
+            if gone in self._settling:
+                # Its events are settling: an editor may be saving it (moved away,
+                # the new file not written yet). The last version stays meanwhile.
+                found[self._cache[gone].manifest.name] = self._cache[gone].manifest
+            else:
+                self._forget(gone)
+        last = self._last
+        if (
+            last is not None
+            and last.keys() == found.keys()
+            and all(last[name] is manifest for name, manifest in found.items())
+        ):
+            return last  # the same mapping: nothing changed
         return found
+
+    def _update(self, last: Mapping[str, Manifest]) -> Mapping[str, Manifest]:
+        """``last``, with the names reported since (and the racy ones) read again."""
+        names = self._reported | self._racy
+        if not names:
+            return last
+        found = dict(last)
+        for name in names:
+            stem = name.removesuffix(".toml")
+            info = self._stat(name)
+            if info is not None:
+                found[stem] = self._manifest(name, info)
+            elif name not in self._settling:  # else kept, as by ``_scan``
+                found.pop(stem, None)
+                self._forget(name)
+        stems = [name.removesuffix(".toml") for name in names]
+        if all(found.get(stem) is last.get(stem) for stem in stems):
+            return last
+        return found
+
+    def _stat(self, name: str) -> os.stat_result | None:
+        """The status of the file ``name``; None if there is no regular file of that name."""
+        try:
+            info = os.stat(self.path / name)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:  # as in ``_scan``
+            raise self._unreadable(exc) from exc
+        return info if stat.S_ISREG(info.st_mode) else None
+
+    def _manifest(self, name: str, info: os.stat_result) -> Manifest:
+        """The manifest of the file ``name`` whose status is ``info``, from the cache if it can."""
+        key = (info.st_ino, info.st_size, info.st_mtime_ns)
+        cached = self._cache.get(name)
+        if cached is None or cached.key != key or cached.racy:
+            cached = self._read(self.path / name, key, cached)
+        manifest = cached.manifest
+        if manifest.squishfile is not None:
+            files = layer_key(manifest.squishfile)
+            if files != manifest.layer_key:
+                manifest = replace(manifest, layer_key=files)
+                cached = replace(cached, manifest=manifest)
+        self._cache[name] = cached
+        if cached.racy:
+            self._racy.add(name)
+        else:
+            self._racy.discard(name)
+        return manifest
+
+    def _forget(self, name: str) -> None:
+        self._cache.pop(name, None)
+        self._racy.discard(name)
 
     def _unreadable(self, exc: OSError) -> SourceError:
         return SourceError(
@@ -196,34 +370,110 @@ class DirectorySource:
     async def run(
         self, changed: Changed, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
     ) -> None:
-        """Call ``changed()`` when a manifest may have changed; return if it cannot watch.
+        """Call ``changed(names)`` when manifests may have changed; return if it cannot watch.
 
         Returning is not fatal: the periodic resync reads the directory
         anyway, only later. ``warning`` says why, and the log once.
         """
         self.path.mkdir(parents=True, exist_ok=True)
-        task_status.started()
-        try:
-            async for batch in watchfiles.awatch(
-                self.path,
-                debounce=DEBOUNCE_MS,
-                # How often the watcher looks again while a batch is gathering:
-                # short for a quick drop-to-running, long enough to stay cheap
-                # (measured idle daemon: 0.9 % of a core at 10 ms, 1.5 % at 5 ms).
-                step=10,
-                recursive=False,
-                rust_timeout=round(self.idle_wakeup * 1000),
-                watch_filter=lambda _change, path: is_manifest(os.path.basename(path)),
-            ):
-                if batch:
-                    changed()
-        # watchfiles reports a watcher it cannot create (no inotify instance
-        # or watch left, an unreadable directory) as an OSError or as its
-        # WatchfilesRustInternalError, a RuntimeError.
-        except (OSError, RuntimeError) as exc:
+        with contextlib.ExitStack() as stack:
+            try:
+                inotify = stack.enter_context(INotify(nonblocking=True))
+                watch = inotify.add_watch(self.path, WATCHED)
+            except OSError as exc:
+                self._cannot_watch(exc)
+                task_status.started()
+                return
+            # What changed before the watch began is seen by the next (full) scan.
+            self._watching = self._stale = True
+            task_status.started()
+            try:
+                await self._watch(inotify, watch, changed)
+            finally:
+                self._watching = False
+                self._settling.clear()
+
+    async def _watch(self, inotify: INotify, watch: int, changed: Changed) -> None:
+        """Report changes until cancelled; the directory is watched again whenever lost."""
+        while True:
+            await self._follow(inotify, watch, changed)
+            self._watching = False
+            self._settling.clear()
             self.warning = (
-                f"cannot watch {self.path} for changes ({exc}); changes are seen at the "
-                "periodic resync only (raise fs.inotify.max_user_instances, or stop "
-                "programs holding inotify instances, and restart the daemon)"
+                f"{self.path} was removed or moved away; changes are seen at the periodic "
+                "resync until it is watched again"
             )
             log.warning("%s", self.warning)
+            changed(None)
+            watch = await self._watch_again(inotify)
+            self._watching = self._stale = True
+            self.warning = None
+            log.info("%s: watched again", self.path)
+            changed(None)
+
+    async def _follow(self, inotify: INotify, watch: int, changed: Changed) -> None:
+        """Report the changes of the directory's names until its watch is lost.
+
+        Waits in the event loop until the kernel has events or the next
+        settling name is due: an idle directory costs no wakeup at all.
+        """
+        while True:
+            with anyio.move_on_at(self._settling.deadline()):
+                await anyio.wait_readable(inotify.fd)
+            now = anyio.current_time()
+            ready: set[str] = set()
+            any_name = lost = False
+            for event in inotify.read(timeout=0):
+                if event.mask & flags.Q_OVERFLOW:
+                    # The kernel dropped events: of which names, nobody knows.
+                    self._stale = any_name = True
+                elif event.wd != watch:
+                    continue  # of a watch lost before
+                elif event.mask & LOST:
+                    lost = True
+                    break  # what follows is of the directory elsewhere, if anything
+                elif not event.name:
+                    # The directory's own mode or times: can it still be read?
+                    self._stale = any_name = True
+                elif is_manifest(event.name) and self._settling.event(event.name, event.mask, now):
+                    ready.add(event.name)
+            ready |= self._settling.due(now)
+            self._reported |= ready
+            if any_name:
+                changed(None)
+            elif ready:
+                changed(frozenset(name.removesuffix(".toml") for name in ready))
+            if lost:
+                with contextlib.suppress(OSError):  # removed already, unless moved
+                    inotify.rm_watch(watch)
+                return
+
+    async def _watch_again(self, inotify: INotify) -> int:
+        """A new watch of the directory at ``path``, made anew if need be (as ``run`` does).
+
+        Tried after a pause, and again after each: a deploy replacing the
+        directory (the old one removed, a new one renamed into place) has
+        time to finish before an empty one is made in its way.
+        """
+        while True:
+            await anyio.sleep(WATCH_RETRY_SECONDS)
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                return int(inotify.add_watch(self.path, WATCHED))
+            except OSError as exc:
+                log.debug("%s: cannot watch it yet: %s", self.path, exc)
+
+    def _cannot_watch(self, exc: OSError) -> None:
+        if exc.errno in (errno.EMFILE, errno.ENOSPC):
+            what = "instances" if exc.errno == errno.EMFILE else "watches"
+            fix = (
+                f"raise fs.inotify.max_user_{what}, or stop programs holding inotify "
+                f"{what}, and restart the daemon"
+            )
+        else:
+            fix = "restart the daemon once it can be watched"
+        self.warning = (
+            f"cannot watch {self.path} for changes ({exc}); changes are seen at the "
+            f"periodic resync only ({fix})"
+        )
+        log.warning("%s", self.warning)
