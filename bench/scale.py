@@ -50,7 +50,6 @@ import resource
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -58,9 +57,11 @@ from typing import Any
 
 from daemon_under_test import (
     DaemonUnderTest,
+    StartWatcher,
     container_processes,
     cpu_seconds,
     free_ports,
+    histogram_delta,
     http_answers,
     httpd_squishfile,
     make_site,
@@ -68,78 +69,21 @@ from daemon_under_test import (
     pss_kib,
     sleep_squishfile,
     status_kib,
+    warm_up,
 )
 from stats import percentile
 
-from squish.cli.client import Client
 from squish.errors import SquishError
 
 TARGET_ALL_RUNNING_S = 10.0
 TARGET_IDLE_CPU_PCT = 2.0
 TARGET_RSS_MB = 150.0
-WARMUP = "warmup"
-
-
-class StartWatcher(threading.Thread):
-    """Reads the daemon's event stream: when each container started or failed.
-
-    A thread, because the client's stream blocks; it ends when the daemon
-    closes the stream on shutdown (and is a daemon thread in case it does not).
-    """
-
-    def __init__(self, socket: Path) -> None:
-        super().__init__(name="start-watcher", daemon=True)
-        self.socket = socket
-        self.started: dict[str, float] = {}  # name -> the event's wall-clock time
-        self.failed: dict[str, str] = {}
-        self.error: str | None = None
-
-    def run(self) -> None:
-        try:
-            with Client(self.socket) as client:
-                for event in client.events():
-                    name = str(event.get("name"))
-                    if event.get("kind") == "container.started":
-                        self.started.setdefault(name, float(event["at"]))
-                    elif event.get("kind") == "container.failed":
-                        self.failed.setdefault(name, str(event.get("message")))
-        except SquishError as exc:
-            self.error = str(exc)
+RECONCILE_HISTOGRAM = "squish_reconcile_duration_seconds"
 
 
 def container_names(count: int) -> list[tuple[str, bool]]:
     """(name, networked) for ``count`` containers, the two kinds alternating."""
     return [(f"c-{index:04d}", index % 2 == 0) for index in range(count)]
-
-
-def warm_up(daemon: DaemonUnderTest, watcher: StartWatcher, timeout: float = 60.0) -> None:
-    """Containers started and removed until the event stream has shown one start.
-
-    The first builds the base. The stream subscribes a moment after its
-    connection is accepted, so the first start may come too early for it:
-    then another round.
-    """
-    deadline = time.monotonic() + timeout
-    with daemon.client() as client:
-        for attempt in range(5):
-            name = f"{WARMUP}-{attempt}"
-            staged = daemon.manifests / f".{name}.toml.tmp"
-            staged.write_text(sleep_squishfile())
-            staged.rename(daemon.manifests / f"{name}.toml")
-            while not any(
-                s["name"] == name and s["phase"] == "running" for s in client.containers()
-            ):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{name} did not start:\n" + daemon.log_tail())
-                time.sleep(0.02)
-            (daemon.manifests / f"{name}.toml").unlink()
-            while any(s["name"] == name for s in client.containers()):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{name} did not go away")
-                time.sleep(0.02)
-            if name in watcher.started:
-                return
-    raise RuntimeError(f"the daemon's event stream showed no start: {watcher.error}")
 
 
 def drop_all(
@@ -257,13 +201,10 @@ def container_pss(daemon: DaemonUnderTest, uid: int) -> dict[str, Any]:
 
 
 def reconciles(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
-    """Reconcile rounds between two scrapes and their mean duration."""
-    count = after["squish_reconcile_duration_seconds_count"]
-    count -= before["squish_reconcile_duration_seconds_count"]
-    total = after["squish_reconcile_duration_seconds_sum"]
-    total -= before["squish_reconcile_duration_seconds_sum"]
+    """Reconcile rounds between two scrapes (of every scope) and their mean duration."""
+    count, total = histogram_delta(before, after, RECONCILE_HISTOGRAM)
     return {
-        "rounds": int(count),
+        "rounds": count,
         "mean_ms": round(1e3 * total / count, 1) if count else None,
         "total_s": round(total, 3),
     }
