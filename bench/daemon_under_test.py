@@ -1,12 +1,14 @@
 """A squish daemon started by a benchmark, and what the benchmarks read about it.
 
-Imported by ``bench/drop_to_running.py`` and ``bench/scale.py`` (not a
-benchmark itself). ``DaemonUnderTest`` runs ``squish daemon`` as a child
-process on directories of its own (manifests, state, socket, log) with a free
-metrics port, waits until its API answers, and stops it with SIGTERM,
-reporting the exit status. The rest reads squishfiles into existence and the
-kernel's view of processes out of ``/proc``: CPU ticks, VmRSS, PSS, the
-process tree.
+Imported by the daemon benchmarks (``drop_to_running.py``, ``scale.py``,
+``event_cost.py``, ``capacity.py``, ...; not a benchmark itself).
+``DaemonUnderTest`` runs ``squish daemon`` as a child process on directories
+of its own (manifests, state, socket, log) with a free metrics port, waits
+until its API answers, and stops it with SIGTERM, reporting the exit status.
+``StartWatcher`` reads its event stream (when each container started or
+failed); ``histogram_delta`` reads what its metrics say happened between two
+scrapes. The rest reads squishfiles into existence and the kernel's view of
+processes out of ``/proc``: CPU ticks, VmRSS, PSS, the process tree.
 
 Everything runs as the ordinary user that runs the benchmark: squish is
 rootless. All network traffic stays on 127.0.0.1 and every wait is bounded.
@@ -22,6 +24,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -38,6 +41,9 @@ from squish.errors import SquishError
 LOCALHOST = "127.0.0.1"
 # The start of a record in the daemon's text log: "2024-05-01 12:00:00,123 LEVEL ...".
 _RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+# One label of a Prometheus sample: name="value" (quotes escaped inside).
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+WARMUP = "warmup"
 HTTPD_PORT = 8080  # inside the container: no capabilities, so >= 1024
 
 
@@ -348,3 +354,133 @@ class DaemonUnderTest:
             for record in records
             if any(level in record[0] for level in levels) or len(record) > 1
         ]
+
+
+# -- metrics -------------------------------------------------------------------
+
+
+def histogram_delta(
+    before: dict[str, float], after: dict[str, float], name: str, **labels: str
+) -> tuple[int, float]:
+    """Observations of histogram ``name`` between two scrapes, and their seconds.
+
+    Summed over every label set that has ``labels`` (all of them if none are
+    given), so it reads the same whether or not the histogram has labels.
+    """
+
+    def total(samples: dict[str, float], suffix: str) -> float:
+        found = 0.0
+        for key, value in samples.items():
+            base, _, rest = key.partition("{")
+            if base != f"{name}_{suffix}":
+                continue
+            have = dict(_LABEL.findall(rest))
+            if all(have.get(label) == wanted for label, wanted in labels.items()):
+                found += value
+        return found
+
+    count = total(after, "count") - total(before, "count")
+    return round(count), total(after, "sum") - total(before, "sum")
+
+
+def label_values(samples: dict[str, float], name: str, label: str) -> set[str]:
+    """The values ``label`` takes on the samples of metric family ``name``."""
+    return {
+        value
+        for key in samples
+        if key.partition("{")[0].startswith(name)
+        for found, value in _LABEL.findall(key.partition("{")[2])
+        if found == label
+    }
+
+
+# -- the event stream ----------------------------------------------------------
+
+
+class StartWatcher(threading.Thread):
+    """Reads the daemon's event stream: when each container started or failed.
+
+    A thread, because the client's stream blocks; it ends when the daemon
+    closes the stream on shutdown (and is a daemon thread in case it does not).
+    ``started`` keeps each name's first start, ``starts`` every one (a
+    restart is a later ``container.started`` of the same name), ``failed`` the
+    first ``container.failed`` message of each name.
+    """
+
+    def __init__(self, socket: Path) -> None:
+        super().__init__(name="start-watcher", daemon=True)
+        self.socket = socket
+        self.started: dict[str, float] = {}  # name -> the event's wall-clock time
+        self.starts: dict[str, list[float]] = {}
+        self.failed: dict[str, str] = {}
+        self.failed_order: list[str] = []
+        self.error: str | None = None
+        self._changed = threading.Condition()
+
+    def run(self) -> None:
+        try:
+            with Client(self.socket) as client:
+                for event in client.events():
+                    name = str(event.get("name"))
+                    with self._changed:
+                        if event.get("kind") == "container.started":
+                            self.started.setdefault(name, float(event["at"]))
+                            self.starts.setdefault(name, []).append(float(event["at"]))
+                        elif event.get("kind") == "container.failed" and name not in self.failed:
+                            self.failed[name] = str(event.get("message"))
+                            self.failed_order.append(name)
+                        self._changed.notify_all()
+        except SquishError as exc:
+            self.error = str(exc)
+        finally:
+            with self._changed:
+                self._changed.notify_all()
+
+    def start_count(self, name: str) -> int:
+        with self._changed:
+            return len(self.starts.get(name, ()))
+
+    def wait_start(self, name: str, number: int, timeout: float) -> float:
+        """The wall-clock time of ``name``'s start number ``number`` (0-based), once seen."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while len(self.starts.get(name, ())) <= number:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self.is_alive():
+                    stream = "open" if self.is_alive() else f"closed: {self.error}"
+                    raise TimeoutError(
+                        f"no start number {number + 1} of {name} within {timeout:g} s "
+                        f"(event stream {stream})"
+                    )
+                self._changed.wait(remaining)
+            return self.starts[name][number]
+
+
+def warm_up(daemon: DaemonUnderTest, watcher: StartWatcher, timeout: float = 60.0) -> None:
+    """Containers started and removed until the event stream has shown one start.
+
+    The first builds the base. The stream subscribes a moment after its
+    connection is accepted, so the first start may come too early for it:
+    then another round.
+    """
+    deadline = time.monotonic() + timeout
+    with daemon.client() as client:
+        for attempt in range(5):
+            name = f"{WARMUP}-{attempt}"
+            staged = daemon.manifests / f".{name}.toml.tmp"
+            staged.write_text(sleep_squishfile())
+            staged.rename(daemon.manifests / f"{name}.toml")
+            while not any(
+                s["name"] == name and s["phase"] == "running" for s in client.containers()
+            ):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name} did not start:\n" + daemon.log_tail())
+                time.sleep(0.02)
+            (daemon.manifests / f"{name}.toml").unlink()
+            while any(s["name"] == name for s in client.containers()):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name} did not go away")
+                time.sleep(0.02)
+            if name in watcher.started:
+                return
+    raise RuntimeError(f"the daemon's event stream showed no start: {watcher.error}")

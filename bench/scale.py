@@ -4,6 +4,12 @@ Run as an ordinary user (squish is rootless), with ``squish`` on PATH or
 squish importable by this interpreter:
 
     .venv/bin/python bench/scale.py -m 200
+    .venv/bin/python bench/scale.py -m 200 -m 1000
+
+Each ``-m`` is a run of its own, one after the other, each on a fresh
+daemon; with several, the all-running times are compared at the end, each
+against the smallest size's in the same run (beside the ratio of the sizes:
+linear growth).
 
 What it measures, on a daemon of its own (``squish daemon`` on temporary
 directories, its own socket, a free metrics port; one container started and
@@ -24,21 +30,37 @@ removed first, so that the built-in base is built before the clock runs):
    from ``/proc/PID/stat`` over 10 s, % of one core) and its VmRSS (and
    VmHWM, the peak), the daemon process only, not its children; plus its
    reconcile rounds in that window, from its own metrics (scraped just
-   outside the window), to show where the CPU goes.
+   outside the window), to show where the CPU goes. Of those, the rounds
+   that resync everything: ``squish_reconcile_duration_seconds`` with
+   ``scope="full"``, their number and mean duration (sum and count deltas
+   between the two scrapes); a daemon whose histogram has no ``scope`` label
+   re-reads everything in every round, so then all its rounds count, and the
+   report says so.
 3. Per-container host overhead: PSS (``smaps_rollup``) of the processes
    squish adds per container, bwrap's monitor and the sandbox's pid 1, plus
    slirp4netns for a networked one; the mean per networked and per
    no-network container. The command's own PSS (httpd, sleep) is printed
    apart: it is the workload, not overhead. Also the daemon's open file
    descriptors per container, as it scales against ``ulimit -n``.
+4. ``squish ps`` as a user runs it: the real command, a fresh process
+   against the daemon's socket, output to a pipe (``cli_latency.time_command``),
+   ``--cli-runs`` times (20), interleaved with ``squish --version`` (the
+   anchor: the interpreter and the command line starting, no API call),
+   after 2 unmeasured rounds of each; median and p90 of each and the ratio.
+   After the CPU window, so as not to disturb it.
 
-Then SIGTERM to the daemon (which stops every container), a check that it
-exited 0, and a check that no bwrap or slirp4netns process of this run is
-left. ``--nofile N`` raises the soft open-files limit the daemon inherits
-(to find where the default 1024 stops being enough).
+Then SIGTERM to the daemon (which stops every container): its exit status,
+the time until it exited, a check that this is within the daemon's stop
+timeout (``--stop-timeout``, default ``DEFAULT_STOP_GRACE``, 10 s: the most
+a container may take to go after SIGTERM) + 5 s, and a check that no bwrap
+or slirp4netns process of this run is left. ``--nofile N`` raises the soft
+open-files limit the daemon inherits (to find where the default 1024 stops
+being enough).
 
-Anchor: the targets of the issue on this 2-core machine: all running in
-<= 10 s, idle CPU <= 2 % of a core, RSS <= 150 MB.
+Anchor: the targets of the issues on this 2-core machine: all running in
+<= 10 s, idle CPU <= 2 % of a core, RSS <= 150 MB; at 1000 containers
+(half of them networked), t(1000)/t(200) <= 5.5 in the same run, an idle
+full resync <= 5 ms and ``squish ps`` <= 50 ms wall, client included.
 """
 
 from __future__ import annotations
@@ -50,96 +72,52 @@ import resource
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from cli_latency import time_command
 from daemon_under_test import (
     DaemonUnderTest,
+    StartWatcher,
     container_processes,
     cpu_seconds,
     free_ports,
+    histogram_delta,
     http_answers,
     httpd_squishfile,
+    label_values,
     make_site,
     processes,
     pss_kib,
     sleep_squishfile,
+    squish_command,
     status_kib,
+    warm_up,
 )
-from stats import percentile
+from stats import median_p90, percentile
 
-from squish.cli.client import Client
 from squish.errors import SquishError
+from squish.runtime import DEFAULT_STOP_GRACE
 
 TARGET_ALL_RUNNING_S = 10.0
 TARGET_IDLE_CPU_PCT = 2.0
 TARGET_RSS_MB = 150.0
-WARMUP = "warmup"
-
-
-class StartWatcher(threading.Thread):
-    """Reads the daemon's event stream: when each container started or failed.
-
-    A thread, because the client's stream blocks; it ends when the daemon
-    closes the stream on shutdown (and is a daemon thread in case it does not).
-    """
-
-    def __init__(self, socket: Path) -> None:
-        super().__init__(name="start-watcher", daemon=True)
-        self.socket = socket
-        self.started: dict[str, float] = {}  # name -> the event's wall-clock time
-        self.failed: dict[str, str] = {}
-        self.error: str | None = None
-
-    def run(self) -> None:
-        try:
-            with Client(self.socket) as client:
-                for event in client.events():
-                    name = str(event.get("name"))
-                    if event.get("kind") == "container.started":
-                        self.started.setdefault(name, float(event["at"]))
-                    elif event.get("kind") == "container.failed":
-                        self.failed.setdefault(name, str(event.get("message")))
-        except SquishError as exc:
-            self.error = str(exc)
+TARGET_FULL_RESYNC_MS = 5.0
+TARGET_PS_MS = 50.0
+# t(1000)/t(200) in one run: 5 would be linear; the slack is the fixed part.
+TARGET_RATIO = {(200, 1000): 5.5}
+# SIGTERM: the daemon's stop timeout (its --stop-timeout default; the
+# benchmark passes none), plus this much for everything else.
+STOP_SLACK_S = 5.0
+CLI_WARMUP = 2
+RECONCILE_HISTOGRAM = "squish_reconcile_duration_seconds"
 
 
 def container_names(count: int) -> list[tuple[str, bool]]:
     """(name, networked) for ``count`` containers, the two kinds alternating."""
     return [(f"c-{index:04d}", index % 2 == 0) for index in range(count)]
-
-
-def warm_up(daemon: DaemonUnderTest, watcher: StartWatcher, timeout: float = 60.0) -> None:
-    """Containers started and removed until the event stream has shown one start.
-
-    The first builds the base. The stream subscribes a moment after its
-    connection is accepted, so the first start may come too early for it:
-    then another round.
-    """
-    deadline = time.monotonic() + timeout
-    with daemon.client() as client:
-        for attempt in range(5):
-            name = f"{WARMUP}-{attempt}"
-            staged = daemon.manifests / f".{name}.toml.tmp"
-            staged.write_text(sleep_squishfile())
-            staged.rename(daemon.manifests / f"{name}.toml")
-            while not any(
-                s["name"] == name and s["phase"] == "running" for s in client.containers()
-            ):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{name} did not start:\n" + daemon.log_tail())
-                time.sleep(0.02)
-            (daemon.manifests / f"{name}.toml").unlink()
-            while any(s["name"] == name for s in client.containers()):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{name} did not go away")
-                time.sleep(0.02)
-            if name in watcher.started:
-                return
-    raise RuntimeError(f"the daemon's event stream showed no start: {watcher.error}")
 
 
 def drop_all(
@@ -257,16 +235,67 @@ def container_pss(daemon: DaemonUnderTest, uid: int) -> dict[str, Any]:
 
 
 def reconciles(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
-    """Reconcile rounds between two scrapes and their mean duration."""
-    count = after["squish_reconcile_duration_seconds_count"]
-    count -= before["squish_reconcile_duration_seconds_count"]
-    total = after["squish_reconcile_duration_seconds_sum"]
-    total -= before["squish_reconcile_duration_seconds_sum"]
+    """Reconcile rounds between two scrapes (of every scope) and their mean duration."""
+    count, total = histogram_delta(before, after, RECONCILE_HISTOGRAM)
     return {
-        "rounds": int(count),
+        "rounds": count,
         "mean_ms": round(1e3 * total / count, 1) if count else None,
         "total_s": round(total, 3),
     }
+
+
+def full_resyncs(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """Rounds that resynced everything between two scrapes, and their mean duration.
+
+    Those are the rounds of ``scope="full"`` once the histogram has that
+    label; before it does, every round (each re-reads everything), and
+    ``scope`` is None to say so.
+    """
+    labelled = bool(label_values(after, RECONCILE_HISTOGRAM, "scope"))
+    if labelled:
+        count, total = histogram_delta(before, after, RECONCILE_HISTOGRAM, scope="full")
+    else:
+        count, total = histogram_delta(before, after, RECONCILE_HISTOGRAM)
+    return {
+        "scope": "full" if labelled else None,
+        "rounds": count,
+        "mean_ms": round(1e3 * total / count, 2) if count else None,
+    }
+
+
+def time_cli(daemon: DaemonUnderTest, runs: int, count: int) -> dict[str, Any]:
+    """``squish ps`` against the daemon as a user runs it, beside ``squish --version``.
+
+    Each a fresh process (``cli_latency.time_command``), interleaved round by
+    round; the unmeasured rounds first write the bytecode cache.
+    """
+    squish = squish_command()
+    commands = {
+        "squish --version": [*squish, "--version"],
+        "squish ps": [*squish, "--socket", str(daemon.socket), "ps"],
+    }
+    _, table = time_command(commands["squish ps"])
+    listed = len(table.decode().splitlines()) - 1  # less the header
+    series: dict[str, list[float]] = {name: [] for name in commands}
+    for index in range(-CLI_WARMUP, runs):
+        for name, argv in commands.items():
+            elapsed, _ = time_command(argv)
+            if index >= 0:
+                series[name].append(elapsed)
+    anchor = median_p90(series["squish --version"])[0]
+    rows = []
+    for name, samples in series.items():
+        median, p90 = median_p90(samples)
+        rows.append(
+            {
+                "series": name,
+                "n": len(samples),
+                "median_ms": round(median * 1e3, 2),
+                "p90_ms": round(p90 * 1e3, 2),
+                "ratio_to_version": round(median / anchor, 2),
+            }
+        )
+    return {"rows": rows, "ps_listed": listed, "expected": count}
 
 
 def seconds_summary(samples: list[float]) -> dict[str, Any]:
@@ -301,13 +330,13 @@ def left_over(work: Path, uid: int, pids: dict[int, str]) -> list[str]:
     return [f"{proc.pid} {proc.comm} {' '.join(proc.argv)[:120]}" for proc in found.values()]
 
 
-def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def run(args: argparse.Namespace, work: Path, m: int) -> dict[str, Any]:
     uid = os.getuid()
     site = make_site(work / "site")
     extra = ("--parallelism", str(args.parallelism)) if args.parallelism else ()
-    networked_count = args.m - args.m // 2
+    networked_count = m - m // 2
     result: dict[str, Any] = {
-        "m": args.m,
+        "m": m,
         "networked": networked_count,
         "nofile_soft_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
     }
@@ -317,7 +346,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         warm_up(daemon, watcher)
         fds_idle = daemon.fd_count()
         scrape_before = daemon.metrics()
-        started, wall, host_ports, rename_s = drop_all(daemon, work / "staging", site, args.m)
+        started, wall, host_ports, rename_s = drop_all(daemon, work / "staging", site, m)
         ready = wait_all_ready(daemon, watcher, host_ports, started, args)
         scrape_ready = daemon.metrics()
         running = [watcher.started[name] - wall for name in host_ports if name in watcher.started]
@@ -366,6 +395,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             100 * (cpu_after - cpu_before) / (clock_after - clock_before), 2
         )
         result["reconciles_while_idle"] = reconciles(scrape_idle, scrape_idle_end)
+        result["full_resyncs_while_idle"] = full_resyncs(scrape_idle, scrape_idle_end)
+        # After the CPU window, which the commands would disturb.
+        result["cli"] = time_cli(daemon, args.cli_runs, m)
         result["rss_mb"] = round(status_kib(daemon.pid, "VmRSS") / 1024, 1)
         result["hwm_mb"] = round(status_kib(daemon.pid, "VmHWM") / 1024, 1)
         result["daemon_threads"] = status_kib(daemon.pid, "Threads")
@@ -393,17 +425,31 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "unmeasured": pss["missing"][:10],
         }
         result["container_processes_before_stop"] = len(container_processes(work, uid))
-        result["daemon_exit_code"] = daemon.stop(timeout=args.stop_timeout)
-        result["daemon_stop_s"] = round(daemon.stop_seconds or 0.0, 2)
+        try:
+            result["daemon_exit_code"] = daemon.stop(timeout=args.stop_timeout)
+            result["stop_error"] = None
+        except RuntimeError as exc:  # killed past the wait: a finding, reported as such
+            result["daemon_exit_code"] = daemon.exit_code
+            result["stop_error"] = str(exc)
+        stop_s = daemon.stop_seconds
+        result["daemon_stop_s"] = None if stop_s is None else round(stop_s, 2)
+        result["stop_grace_s"] = DEFAULT_STOP_GRACE
         result["daemon_log_problems"] = daemon.log_problems()
     watcher.join(timeout=5)
     # The daemon reaps everything before it exits (it is a subreaper), so
     # anything of this run still alive now is a leak, not a process on its way out.
     result["left_over"] = left_over(work, uid, pss["pids"])
+    stop_bound = DEFAULT_STOP_GRACE + STOP_SLACK_S
+    full_ms = result["full_resyncs_while_idle"]["mean_ms"]
     result["met"] = {
         "all_running_10s": all_running and result["all_running_s"] <= TARGET_ALL_RUNNING_S,
         "idle_cpu_2pct": result["idle_cpu_pct"] <= TARGET_IDLE_CPU_PCT,
         "rss_150mb": result["rss_mb"] <= TARGET_RSS_MB,
+        "full_resync_5ms": full_ms is not None and full_ms <= TARGET_FULL_RESYNC_MS,
+        "ps_50ms": result["cli"]["rows"][-1]["median_ms"] <= TARGET_PS_MS,
+        "stop_within_grace": result["daemon_exit_code"] == 0
+        and stop_s is not None
+        and stop_s <= stop_bound,
     }
     return result
 
@@ -416,6 +462,8 @@ def report(result: dict[str, Any]) -> None:
         return "met" if ok else "NOT met"
 
     m, networked = result["m"], result["networked"]
+    met = result["met"]
+    print(f"-- m = {m}")
     print(f"dropped                     {m} ({networked} httpd + forward, {m - networked} none)")
     print(f"renaming all in             {result['rename_all_s'] * 1e3:.1f} ms")
     print(
@@ -446,6 +494,11 @@ def report(result: dict[str, Any]) -> None:
             f"reconciles while {label:<9}  {rounds['rounds']} rounds, mean {rounds['mean_ms']} ms, "
             f"{rounds['total_s']} s in all"
         )
+    full = result["full_resyncs_while_idle"]
+    which = 'scope="full"' if full["scope"] else "no scope label yet: every round"
+    print(
+        f"full resyncs while idle     {full['rounds']} rounds ({which}), mean {full['mean_ms']} ms"
+    )
     if not result["all_serving"] or result["failed_events"]:
         print(f"phases at the end           {result['phases_at_end']}")
         print(f"container.failed events     {result['failed_events']}")
@@ -473,18 +526,33 @@ def report(result: dict[str, Any]) -> None:
     )
     for line in pss["unmeasured"]:
         print(f"  not measured: {line}")
+    cli = result["cli"]
+    for row in cli["rows"]:
+        label = row["series"]
+        if label == "squish ps":
+            label += f" ({cli['ps_listed']} listed)"
+        print(
+            f"{label:<27} n={row['n']}  median {row['median_ms']:.2f} ms  "
+            f"p90 {row['p90_ms']:.2f} ms  {row['ratio_to_version']:.2f} x version"
+        )
+    within = "yes" if met["stop_within_grace"] else "NO"
     print(
         f"stop (SIGTERM)              exit code {result['daemon_exit_code']} after "
-        f"{result['daemon_stop_s']:.2f} s; bwrap/slirp4netns processes: "
-        f"{result['container_processes_before_stop']} before, {len(result['left_over'])} after"
+        f"{sec(result['daemon_stop_s'])}; within the stop timeout "
+        f"{result['stop_grace_s']:g} s + {STOP_SLACK_S:g} s: {within}; "
+        f"bwrap/slirp4netns processes: {result['container_processes_before_stop']} before, "
+        f"{len(result['left_over'])} after"
     )
+    if result["stop_error"]:
+        print(f"  {result['stop_error']}")
     for line in result["left_over"][:10]:
         print(f"  left over: {line}")
-    met = result["met"]
     print(
         f"targets: all running <= {TARGET_ALL_RUNNING_S:g} s {verdict(met['all_running_10s'])}; "
         f"idle CPU <= {TARGET_IDLE_CPU_PCT:g} % {verdict(met['idle_cpu_2pct'])}; "
-        f"RSS <= {TARGET_RSS_MB:g} MB {verdict(met['rss_150mb'])}"
+        f"RSS <= {TARGET_RSS_MB:g} MB {verdict(met['rss_150mb'])}; "
+        f"full resync <= {TARGET_FULL_RESYNC_MS:g} ms {verdict(met['full_resync_5ms'])}; "
+        f"ps <= {TARGET_PS_MS:g} ms {verdict(met['ps_50ms'])} (the last two: at 1000)"
     )
     problems = result["daemon_log_problems"]
     print(f"daemon log: {len(problems)} warning/error records")
@@ -492,9 +560,63 @@ def report(result: dict[str, Any]) -> None:
         print("  " + record.replace("\n", "\n  "))
 
 
+def compare(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """All-running times of the sizes of one run, each against the smallest's."""
+    anchor = min(results, key=lambda result: result["m"])
+    rows = []
+    for result in results:
+        ratio = None
+        if result["all_running_s"] is not None and anchor["all_running_s"]:
+            ratio = round(result["all_running_s"] / anchor["all_running_s"], 2)
+        rows.append(
+            {
+                "m": result["m"],
+                "all_running_s": result["all_running_s"],
+                "ratio_to_smallest": ratio,
+                "size_ratio": round(result["m"] / anchor["m"], 2),
+            }
+        )
+    by_size = {row["m"]: row for row in rows}
+    targets = []
+    for (small, large), bound in TARGET_RATIO.items():
+        if small in by_size and large in by_size:
+            low, high = by_size[small]["all_running_s"], by_size[large]["all_running_s"]
+            ratio = round(high / low, 2) if low and high is not None else None
+            targets.append(
+                {
+                    "pair": [small, large],
+                    "ratio": ratio,
+                    "bound": bound,
+                    "met": ratio is not None and ratio <= bound,
+                }
+            )
+    return {"anchor_m": anchor["m"], "rows": rows, "targets": targets}
+
+
+def report_comparison(comparison: dict[str, Any]) -> None:
+    print(f"-- all running, against m = {comparison['anchor_m']} in the same run")
+    print(f"{'m':>6} {'all running':>12} {'x smallest':>11} {'x size':>7}")
+    for row in comparison["rows"]:
+        running = "-" if row["all_running_s"] is None else f"{row['all_running_s']:.3f} s"
+        ratio = "-" if row["ratio_to_smallest"] is None else f"{row['ratio_to_smallest']:.2f}"
+        print(f"{row['m']:>6} {running:>12} {ratio:>11} {row['size_ratio']:>7.2f}")
+    for target in comparison["targets"]:
+        small, large = target["pair"]
+        print(
+            f"target t({large})/t({small}) <= {target['bound']:g}: {target['ratio']} "
+            f"{'met' if target['met'] else 'NOT met'}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-m", type=int, default=200, help="containers dropped at once")
+    parser.add_argument(
+        "-m",
+        type=int,
+        action="append",
+        help="containers dropped at once; repeat for several sizes, each on a fresh daemon, "
+        "one after the other (default: 200)",
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for all")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds idle before sampling")
     parser.add_argument("--sample", type=float, default=10.0, help="seconds of CPU sampling")
@@ -504,7 +626,15 @@ def main() -> None:
     parser.add_argument(
         "--list-interval", type=float, default=0.5, help="seconds between API list calls"
     )
-    parser.add_argument("--stop-timeout", type=float, default=60.0, help="seconds for SIGTERM")
+    parser.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the daemon after SIGTERM before killing it",
+    )
+    parser.add_argument(
+        "--cli-runs", type=int, default=20, help="runs of squish ps (and --version) measured"
+    )
     parser.add_argument(
         "--parallelism", type=int, default=0, help="daemon --parallelism (0: its default)"
     )
@@ -519,13 +649,18 @@ def main() -> None:
         # Inherited by the daemon (and by this process, which does not care).
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (args.nofile, hard))
-    with tempfile.TemporaryDirectory(prefix="squish-bench-scale-") as tmp:
-        result = run(args, Path(tmp))
+    results = []
+    for m in args.m or [200]:
+        with tempfile.TemporaryDirectory(prefix="squish-bench-scale-") as tmp:
+            results.append(run(args, Path(tmp), m))
+        if not args.json:
+            report(results[-1])
+    comparison = compare(results)
     if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        report(result)
-    if result["daemon_exit_code"] != 0 or result["left_over"]:
+        print(json.dumps({"runs": results, "comparison": comparison}, indent=2))
+    elif len(results) > 1:
+        report_comparison(comparison)
+    if any(result["daemon_exit_code"] != 0 or result["left_over"] for result in results):
         sys.exit("the daemon did not exit 0, or left processes behind")
 
 
