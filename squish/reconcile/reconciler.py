@@ -322,11 +322,7 @@ class Reconciler:
             self._apply_pending_stops()
             if names is None:
                 names = set(self._desired) | set(self.records) | set(self._reported_errors)
-                live = {container.id: container for container in self.runtime.list()}
-                running: Set[str] = set(live)
-            else:
-                running = self.runtime.ids()
-                live = self._live(names, running)
+            running = self.runtime.ids()
             self._note_manifests(names)
             self._notice_lost(names, running)
             now = time.time()
@@ -344,7 +340,7 @@ class Reconciler:
             ):
                 result = "requeue"
             self._note_running(names, full=full)
-            self._update_metrics(names, live, full=full)
+            self._update_metrics(names, full=full)
             self.save_stops()
         except Exception:
             # A bug in a round must not kill the daemon: count it, log it,
@@ -354,17 +350,6 @@ class Reconciler:
         if self.metrics is not None:
             self.metrics.observe_reconcile(time.perf_counter() - started, result, full=full)
         self._notify()
-
-    def _live(self, names: Collection[str], running: Set[str]) -> dict[str, Container]:
-        """The runtime's containers of ``names``, by id."""
-        live = {}
-        for name in names:
-            record = self.records.get(name)
-            if record is not None and (container_id := record.container_id) in running:
-                assert container_id is not None
-                with contextlib.suppress(ContainerNotFound):
-                    live[container_id] = self.runtime.get(container_id)
-        return live
 
     def _note_running(self, names: Collection[str], *, full: bool) -> None:
         """Keep ``running_names`` (and whoever is told of it) up to date with ``names``."""
@@ -515,6 +500,8 @@ class Reconciler:
                 self.metrics.container_restarted(record.name)
         if self.metrics is not None:
             self.metrics.container_started(time.perf_counter() - began)
+            if container.init_pid is not None:
+                self.metrics.track_process(record.name, container.init_pid)
         verb = "restarted" if restart else "started"
         self.emit("container.started", record.name, f"{verb} {container.id[:12]}", id=container.id)
 
@@ -883,9 +870,7 @@ class Reconciler:
 
     # -- metrics -----------------------------------------------------------------
 
-    def _update_metrics(
-        self, names: Collection[str], live: Mapping[str, Container], *, full: bool
-    ) -> None:
+    def _update_metrics(self, names: Collection[str], *, full: bool) -> None:
         """The gauges, for ``names`` (``full``: they are every name, the others go)."""
         if self.metrics is None:
             return
@@ -895,7 +880,7 @@ class Reconciler:
             self._phases = {}
         for name in names:
             if name in self._desired or name in self.records:
-                self._phases[name] = self.phase(name, live).phase
+                self._phases[name] = self.phase(name, {}).phase
             else:
                 self._phases.pop(name, None)
         counts = {"running": 0, "stopped": 0, "failed": 0, "backoff": 0}
@@ -909,9 +894,6 @@ class Reconciler:
             for name in names:
                 if (now := self._phases.get(name)) is not None:
                     self.metrics.set_container_phase(name, now)
-        for container in live.values():
-            if container.init_pid is not None:
-                self.metrics.track_process(container.name, container.init_pid)
 
 
 # Which count of ``squish_containers`` each phase is in (the others: none).
