@@ -315,3 +315,24 @@ async def test_a_directory_removed_or_moved_is_watched_again(tmp_path: Path, how
         assert await changes.next() == {"web"}
         assert version(source) == "3"
         assert set(source.snapshot(rescan=True)) == {"web"}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("rescan", [True, False])
+async def test_a_file_removed_between_its_stat_and_its_read_is_gone_not_invalid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rescan: bool
+) -> None:
+    web = tmp_path / "web.toml"
+    source = DirectorySource(tmp_path)
+    async with watching(source) as changes:
+        save(web, "1")
+        assert await changes.next() == frozenset({"web"})
+        real = Path.read_bytes
+
+        def removed_first(path: Path) -> bytes:
+            if path == web:
+                path.unlink()  # a deploy removing it just after the source's stat
+            return real(path)
+
+        monkeypatch.setattr(Path, "read_bytes", removed_first)
+        assert source.snapshot(rescan=rescan) == {}

@@ -881,8 +881,8 @@ class Reconciler:
         for name in names:
             if name in self._desired or name in self.records:
                 self._phases[name] = self.phase(name, {}).phase
-            else:
-                self._phases.pop(name, None)
+            elif self._phases.pop(name, None) is not None and not full:
+                self.metrics.forget_container(name)  # gone (a manifest never valid)
         counts = {"running": 0, "stopped": 0, "failed": 0, "backoff": 0}
         for phase in self._phases.values():
             if (state := _STATES.get(phase)) is not None:

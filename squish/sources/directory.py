@@ -267,8 +267,10 @@ class DirectorySource:
                 continue  # removed since the scan: as if never seen
             except OSError as exc:  # a directory readable but not searchable
                 raise self._unreadable(exc) from exc
-            seen.add(entry.name)
             manifest = self._manifest(entry.name, info)
+            if manifest is None:
+                continue  # removed since its stat: as if never seen
+            seen.add(entry.name)
             found[manifest.name] = manifest
         for gone in set(self._cache) - seen:
             if gone in self._settling:
@@ -295,8 +297,9 @@ class DirectorySource:
         for name in names:
             stem = name.removesuffix(".toml")
             info = self._stat(name)
-            if info is not None:
-                found[stem] = self._manifest(name, info)
+            manifest = None if info is None else self._manifest(name, info)
+            if manifest is not None:
+                found[stem] = manifest
             elif name not in self._settling:  # else kept, as by ``_scan``
                 found.pop(stem, None)
                 self._forget(name)
@@ -315,12 +318,18 @@ class DirectorySource:
             raise self._unreadable(exc) from exc
         return info if stat.S_ISREG(info.st_mode) else None
 
-    def _manifest(self, name: str, info: os.stat_result) -> Manifest:
-        """The manifest of the file ``name`` whose status is ``info``, from the cache if it can."""
+    def _manifest(self, name: str, info: os.stat_result) -> Manifest | None:
+        """The manifest of the file ``name`` whose status is ``info``, from the cache if it can.
+
+        None if the file is gone since ``info`` was read (removed, or renamed away).
+        """
         key = (info.st_ino, info.st_size, info.st_mtime_ns)
         cached = self._cache.get(name)
         if cached is None or cached.key != key or cached.racy:
-            cached = self._read(self.path / name, key, cached)
+            read = self._read(self.path / name, key, cached)
+            if read is None:
+                return None
+            cached = read
         manifest = cached.manifest
         if manifest.squishfile is not None:
             files = layer_key(manifest.squishfile)
@@ -344,11 +353,15 @@ class DirectorySource:
             "manifests stay in force until it can be read again"
         )
 
-    def _read(self, path: Path, key: tuple[int, int, int], cached: _Parsed | None) -> _Parsed:
-        """``path`` parsed, unless its content is ``cached``'s."""
+    def _read(
+        self, path: Path, key: tuple[int, int, int], cached: _Parsed | None
+    ) -> _Parsed | None:
+        """``path`` parsed, unless its content is ``cached``'s; None if it is gone."""
         read_at = time.time_ns()
         try:
             digest = hashlib.sha256(path.read_bytes()).digest()
+        except FileNotFoundError:
+            return None
         except OSError:
             digest = b""  # the parse says why
         # Compared before parsing, and the parse reads the file again: a
