@@ -687,53 +687,46 @@ class Reconciler:
         manifest = self._desired.get(name)
         record = self.records.get(name)
         file = manifest.file if manifest else str(self.manifests_dir / f"{name}.toml")
-        status = ContainerStatus(name=name, phase=Phase.PENDING, manifest=file)
+        now = time.time()
+        status = ContainerStatus(name=name, phase=_phase_of(manifest, record, now), manifest=file)
         if manifest is not None and manifest.error is not None:
             status.manifest_error = str(manifest.error)
         if manifest is not None and manifest.squishfile is not None:
             status.spec_hash = manifest.squishfile.spec_hash()
         if record is None:
-            status.phase = Phase.INVALID if status.manifest_error else Phase.PENDING
             status.reason = status.manifest_error or ""
             return status
         status.id = record.container_id
         status.restarts = record.restarts
         status.exit_code = record.exit_code
         status.reason = record.failure or ""
-        now = time.time()
-        if record.running:
-            status.phase = Phase.RUNNING
-            status.started_at = record.started_at
-            if live is None:
-                live = {container.id: container for container in self.runtime.list()}
-            if (container := live.get(record.container_id or "")) is not None:
-                status.pid = container.pid
-                status.ports = container.ports
-            return status
-        if record.in_flight:
-            status.phase = Phase.PENDING
-            if record.resolving:
-                status.reason = "waiting for its layers (downloading or unpacking)"
-            elif not status.reason:
-                # As the kubelet's ContainerCreating: a start in flight (one
-                # that hangs shows so until its deadline).
-                status.reason = "starting"
-        elif status.manifest_error and record.applied is None:
-            status.phase = Phase.INVALID
-            status.reason = status.manifest_error
-        elif record.stopped_by_user:
-            status.phase = Phase.STOPPED
-            status.reason = "stopped by the user"
-        elif record.backoff_until is not None and record.backoff_until > now:
-            status.phase = Phase.BACKOFF
-            status.next_restart_at = record.backoff_until
-            if not status.reason and record.exit_code is not None:
-                status.reason = f"exited with code {record.exit_code}; restarting"
-        elif record.failure is not None:
-            status.phase = Phase.FAILED
-        elif record.exit_code is not None:
-            status.phase = Phase.EXITED if record.exit_code == 0 else Phase.FAILED
-            status.reason = f"exited with code {record.exit_code}"
+        match status.phase:
+            case Phase.RUNNING:
+                status.started_at = record.started_at
+                if live is None:
+                    live = {container.id: container for container in self.runtime.list()}
+                if (container := live.get(record.container_id or "")) is not None:
+                    status.pid = container.pid
+                    status.ports = container.ports
+            case Phase.PENDING if record.in_flight:
+                if record.resolving:
+                    status.reason = "waiting for its layers (downloading or unpacking)"
+                elif not status.reason:
+                    # As the kubelet's ContainerCreating: a start in flight (one
+                    # that hangs shows so until its deadline).
+                    status.reason = "starting"
+            case Phase.INVALID:
+                status.reason = status.manifest_error or ""
+            case Phase.STOPPED:
+                status.reason = "stopped by the user"
+            case Phase.BACKOFF:
+                status.next_restart_at = record.backoff_until
+                if not status.reason and record.exit_code is not None:
+                    status.reason = f"exited with code {record.exit_code}; restarting"
+            case Phase.EXITED | Phase.FAILED if record.failure is None:
+                status.reason = f"exited with code {record.exit_code}"
+            case _:
+                pass
         return status
 
     def layer_users(self) -> tuple[dict[str, Squishfile], dict[str, list[Path]]]:
@@ -878,9 +871,11 @@ class Reconciler:
         self.metrics.set_manifests(valid=len(self._desired) - invalid, invalid=invalid)
         if full:
             self._phases = {}
+        now = time.time()
         for name in names:
-            if name in self._desired or name in self.records:
-                self._phases[name] = self.phase(name, {}).phase
+            manifest, record = self._desired.get(name), self.records.get(name)
+            if manifest is not None or record is not None:
+                self._phases[name] = _phase_of(manifest, record, now)
             elif self._phases.pop(name, None) is not None and not full:
                 self.metrics.forget_container(name)  # gone (a manifest never valid)
         counts = {"running": 0, "stopped": 0, "failed": 0, "backoff": 0}
@@ -892,8 +887,30 @@ class Reconciler:
             self.metrics.set_container_phases(self._phases)
         else:
             for name in names:
-                if (now := self._phases.get(name)) is not None:
-                    self.metrics.set_container_phase(name, now)
+                if (current := self._phases.get(name)) is not None:
+                    self.metrics.set_container_phase(name, current)
+
+
+def _phase_of(manifest: Manifest | None, record: Record | None, now: float) -> Phase:
+    """The phase ``squish ps`` shows for a name with this manifest and record."""
+    invalid = manifest is not None and manifest.error is not None
+    if record is None:
+        return Phase.INVALID if invalid else Phase.PENDING
+    if record.running:
+        return Phase.RUNNING
+    if record.in_flight:
+        return Phase.PENDING
+    if invalid and record.applied is None:
+        return Phase.INVALID
+    if record.stopped_by_user:
+        return Phase.STOPPED
+    if record.backoff_until is not None and record.backoff_until > now:
+        return Phase.BACKOFF
+    if record.failure is not None:
+        return Phase.FAILED
+    if record.exit_code is not None:
+        return Phase.EXITED if record.exit_code == 0 else Phase.FAILED
+    return Phase.PENDING
 
 
 # Which count of ``squish_containers`` each phase is in (the others: none).

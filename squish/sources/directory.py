@@ -115,8 +115,12 @@ LOST = flags.DELETE_SELF | flags.MOVE_SELF | flags.UNMOUNT | flags.IGNORED
 RACY_SECONDS = 2.0
 
 
-def layer_key(squishfile: Squishfile) -> str:
+def layer_key(squishfile: Squishfile, seen: dict[Path, os.stat_result | None] | None = None) -> str:
     """The identity of the path layers whose change calls for a new container.
+
+    ``seen``: the status of layer files already looked at in this scan, by
+    path (many squishfiles bind one file: the busybox binary of the built-in
+    base), filled in as they are.
 
     Compared by the planner with the key the running container started with;
     any difference replaces it, at the next resync. What counts:
@@ -136,11 +140,16 @@ def layer_key(squishfile: Squishfile) -> str:
     for layer in (squishfile.base, *squishfile.layers):
         if layer is None or layer.path is None or layer.rw:
             continue
-        try:
-            info = layer.path.stat()
-        except OSError:
-            continue  # a missing layer fails at start, with its own message
-        if not stat.S_ISREG(info.st_mode):
+        if seen is not None and layer.path in seen:
+            info = seen[layer.path]
+        else:
+            try:
+                info = layer.path.stat()
+            except OSError:
+                info = None  # a missing layer fails at start, with its own message
+            if seen is not None:
+                seen[layer.path] = info
+        if info is None or not stat.S_ISREG(info.st_mode):
             continue
         identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
         counted = identity if layer.sha256 or _unpacked(layer.path, identity) else identity[:2]
@@ -252,6 +261,7 @@ class DirectorySource:
         """Every manifest of the directory, read again where its file changed."""
         found: dict[str, Manifest] = {}
         seen: set[str] = set()
+        layers: dict[Path, os.stat_result | None] = {}
         try:
             entries = list(os.scandir(self.path))
         except FileNotFoundError:
@@ -267,7 +277,7 @@ class DirectorySource:
                 continue  # removed since the scan: as if never seen
             except OSError as exc:  # a directory readable but not searchable
                 raise self._unreadable(exc) from exc
-            manifest = self._manifest(entry.name, info)
+            manifest = self._manifest(entry.name, info, layers)
             if manifest is None:
                 continue  # removed since its stat: as if never seen
             seen.add(entry.name)
@@ -318,10 +328,16 @@ class DirectorySource:
             raise self._unreadable(exc) from exc
         return info if stat.S_ISREG(info.st_mode) else None
 
-    def _manifest(self, name: str, info: os.stat_result) -> Manifest | None:
+    def _manifest(
+        self,
+        name: str,
+        info: os.stat_result,
+        layers: dict[Path, os.stat_result | None] | None = None,
+    ) -> Manifest | None:
         """The manifest of the file ``name`` whose status is ``info``, from the cache if it can.
 
         None if the file is gone since ``info`` was read (removed, or renamed away).
+        ``layers``: the layer files looked at so far in this scan (``layer_key``).
         """
         key = (info.st_ino, info.st_size, info.st_mtime_ns)
         cached = self._cache.get(name)
@@ -332,7 +348,7 @@ class DirectorySource:
             cached = read
         manifest = cached.manifest
         if manifest.squishfile is not None:
-            files = layer_key(manifest.squishfile)
+            files = layer_key(manifest.squishfile, layers)
             if files != manifest.layer_key:
                 manifest = replace(manifest, layer_key=files)
                 cached = replace(cached, manifest=manifest)
