@@ -30,7 +30,9 @@ With ``--baseline DIR`` (a directory holding another ``squish`` package,
 say ``git archive REV squish | tar -x -C DIR``) every ``squish`` series is
 measured twice in the same rounds, "before" with DIR's package, "after"
 with this checkout's; both then run as ``python -m squish`` with
-``PYTHONPATH`` set to their tree, so that they start the same way.
+``PYTHONPATH`` set to their tree, so that they start the same way (and in
+a directory of their own: ``-m`` puts the current directory first on the
+path, which would run a checkout's package both times).
 
 The commands run with bytecode caching on (``PYTHONDONTWRITEBYTECODE``
 dropped from their environment), as for an installed squish, whose
@@ -75,11 +77,13 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 ENV = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
 
 
-def time_command(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, bytes]:
+def time_command(
+    argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+) -> tuple[float, bytes]:
     """Seconds from spawn to exit of ``argv``, and what it printed; fails unless it exits 0."""
     started = time.perf_counter()
     done = subprocess.run(
-        argv, stdin=subprocess.DEVNULL, capture_output=True, env=env or ENV, check=False
+        argv, stdin=subprocess.DEVNULL, capture_output=True, env=env or ENV, cwd=cwd, check=False
     )
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
@@ -206,6 +210,18 @@ def variants(baseline: Path | None) -> dict[str, tuple[list[str], dict[str, str]
     }
 
 
+def check_imported_from(env: dict[str, str], cwd: Path) -> None:
+    """Fails unless ``squish`` is imported from the tree ``env``'s ``PYTHONPATH`` names."""
+    if "PYTHONPATH" not in env:
+        return
+    _, where = time_command(
+        [sys.executable, "-c", "import squish; print(squish.__file__)"], env, cwd
+    )
+    tree = Path(env["PYTHONPATH"])
+    if tree not in Path(where.decode().strip()).parents:
+        raise RuntimeError(f"squish was imported from {where.decode().strip()}, not from {tree}")
+
+
 def listed(table: bytes) -> int:
     return len(table.decode().splitlines()) - 1  # less the header
 
@@ -247,6 +263,7 @@ def main() -> None:
             }
             expected: dict[str, int] = {}
             for label, (squish, env) in variants(args.baseline).items():
+                check_imported_from(env, Path(tmp))
                 commands[f"{label}squish --version"] = ([*squish, "--version"], env)
                 name = f"{label}squish ps ({args.containers} running)"
                 commands[name] = ([*squish, "--socket", str(daemon.socket), "ps"], env)
@@ -257,13 +274,13 @@ def main() -> None:
                     expected[name] = args.rows
             for name, count in expected.items():
                 argv, env = commands[name]
-                shown = listed(time_command(argv, env)[1])
+                shown = listed(time_command(argv, env, cwd=Path(tmp))[1])
                 if shown != count:
                     raise RuntimeError(f"{name} listed {shown} containers, not {count}")
             series: dict[str, list[float]] = {name: [] for name in commands}
             for index in range(-args.warmup, args.n):
                 for name, (argv, env) in commands.items():
-                    elapsed, _ = time_command(argv, env)
+                    elapsed, _ = time_command(argv, env, cwd=Path(tmp))
                     if index >= 0:
                         series[name].append(elapsed)
         exit_code = daemon.stop()
