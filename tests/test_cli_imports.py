@@ -22,7 +22,7 @@ import pytest
 
 # Never imported by `import squish.main`, nor by parsing a client verb's arguments.
 HEAVY = (
-    "httpx",  # the daemon downloads with it; the client speaks http.client
+    "httpx",  # the daemon downloads with it; the client speaks HTTP over a socket itself
     "starlette",
     "uvicorn",
     "inotify_simple",
