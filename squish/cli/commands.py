@@ -35,29 +35,28 @@ import argparse
 import json
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from squish import __version__, paths
-from squish import api_schema as schema
-from squish.cli import layers as cli_layers
 from squish.cli import output as cli_output
 from squish.cli.client import ApiError, Client, DaemonUnreachable
-from squish.cli.timespec import parse_moment
 from squish.errors import ManifestError, SquishError
 
 if TYPE_CHECKING:
-    pass
+    import threading
+
+    from squish import api_schema as schema
 
 # What a verb needs beyond talking to the daemon is imported inside that verb:
 # imported up front, the daemon, the runtime, the layer store and the manifest
 # model (pydantic) made `squish ps` take 3.5 times as long (bench/cli_latency.py).
-# tests/test_cli_imports.py keeps it so.
+# So are the standard library's modules that only some verbs use (threading,
+# datetime, the layer verbs' rich): every `squish ps` is a fresh interpreter
+# and pays for each module it loads. The API's shapes are types only
+# (annotations). tests/test_cli_imports.py keeps it so.
 
 # Conventional exit statuses.
 EXIT_OK = 0
@@ -76,8 +75,7 @@ EXIT_CODES = {
 DEFAULT_WAIT = 30.0  # seconds create and start wait for a container to run
 
 
-@dataclass(frozen=True)
-class Subcommand:
+class Subcommand(NamedTuple):
     """One ``squish <name>`` verb; ``examples`` end its ``--help`` (and its man page section)."""
 
     help: str
@@ -525,6 +523,10 @@ def _configure_logs(parser: argparse.ArgumentParser) -> None:
 
 def _run_logs(args: argparse.Namespace) -> int:
     """Copy containers' logs to stdout; with -f, as they grow (several at once, interleaved)."""
+    import threading
+
+    from squish.cli.timespec import parse_moment
+
     if args.tail is not None and args.tail < -1:
         raise SquishError(f"--tail must be 0 or more (or -1: all), got {args.tail}")
     now = time.time()
@@ -607,6 +609,7 @@ def _print_prefixed(name: str, chunks: Iterable[bytes], lock: threading.Lock) ->
 
 def _print_log_lines(name: str, chunks: Iterable[bytes], lock: threading.Lock) -> None:
     """One JSON object a line: the name, the line, its time ``at`` (Unix seconds)."""
+    from datetime import datetime
 
     def show(line: bytes) -> None:
         stamp, _, text = line.partition(b" ")
@@ -634,6 +637,8 @@ def _configure_events(parser: argparse.ArgumentParser) -> None:
 
 def _run_events(args: argparse.Namespace) -> int:
     """Print the daemon's events as they happen, until Ctrl-C."""
+    from datetime import datetime
+
     template = "json" if args.json else args.format
     if template is not None:
         cli_output.check_template(template)
@@ -659,7 +664,15 @@ def _run_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _configure_layer(parser: argparse.ArgumentParser) -> None:
+    from squish.cli import layers as cli_layers
+
+    cli_layers.configure(parser)
+
+
 def _run_layer(args: argparse.Namespace) -> int:
+    from squish.cli import layers as cli_layers
+
     with _client(args) as client:
         return cli_layers.run(args, client, _print_plain_table)
 
@@ -757,7 +770,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     ),
     "layer": Subcommand(
         help="layers in the daemon's cache: pull, import, ls, rm, gc",
-        configure=cli_layers.configure,
+        configure=_configure_layer,
         run=_run_layer,
         examples=(
             "squish layer pull python 3.11",

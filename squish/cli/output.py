@@ -19,10 +19,13 @@ import os
 import shutil
 import string
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from squish import api_schema as schema
 from squish.errors import SquishError
+
+if TYPE_CHECKING:
+    # Types only: `squish ps` does not load the schema's TypedDicts.
+    from squish import api_schema as schema
 
 PS_COLUMNS = ("ID", "NAME", "PID", "STATUS", "UPTIME", "RESTARTS", "PORTS")
 SHORT_ID = 7  # the original squish's id column; scripts cut it so
