@@ -323,8 +323,7 @@ class Reconciler:
             if names is None:
                 names = set(self._desired) | set(self.records) | set(self._reported_errors)
             running = self.runtime.ids()
-            self._note_manifests(names)
-            self._notice_lost(names, running)
+            self._note_manifests(names, running)
             now = time.time()
             actions = plan(self._desired, self.records, running, now, names=None if full else names)
             for action in actions:
@@ -334,13 +333,8 @@ class Reconciler:
                     self._conflicted.add(action.name)
                 assert self._tg is not None
                 self._tg.start_soon(self._execute, action)
-            if any(
-                (r := self.records.get(name)) and r.backoff_until and r.backoff_until > now
-                for name in names
-            ):
+            if self._tally(names, full=full, now=now):
                 result = "requeue"
-            self._note_running(names, full=full)
-            self._update_metrics(names, full=full)
             self.save_stops()
         except Exception:
             # A bug in a round must not kill the daemon: count it, log it,
@@ -351,35 +345,44 @@ class Reconciler:
             self.metrics.observe_reconcile(time.perf_counter() - started, result, full=full)
         self._notify()
 
-    def _note_running(self, names: Collection[str], *, full: bool) -> None:
-        """Keep ``running_names`` (and whoever is told of it) up to date with ``names``."""
-        changed = False
+    def _tally(self, names: Collection[str], *, full: bool, now: float) -> bool:
+        """After planning ``names``: which run, and each one's phase; whether one backs off.
+
+        Keeps ``running_names`` (and whoever is told of it) and the metrics'
+        gauges up to date; ``full``: ``names`` are every name, the others go.
+        """
+        backing_off = False
+        running_changed = False
+        counting = self.metrics is not None
+        if full:
+            self._phases = {}
         for name in names:
-            record = self.records.get(name)
-            running = record is not None and record.running
-            if running != (name in self._running_now):
-                changed = True
-                if running:
+            manifest, record = self._desired.get(name), self.records.get(name)
+            runs = record is not None and record.running
+            if runs != (name in self._running_now):
+                running_changed = True
+                if runs:
                     self._running_now.add(name)
                 else:
                     self._running_now.discard(name)
+            if record is not None:
+                until = record.backoff_until
+                backing_off = backing_off or (until is not None and until > now)
+            if not counting:
+                continue
+            if manifest is not None or record is not None:
+                self._phases[name] = _phase_of(manifest, record, now)
+            elif self._phases.pop(name, None) is not None and not full and self.metrics:
+                self.metrics.forget_container(name)  # gone (a manifest never valid)
         if full and (gone := self._running_now - set(names)):
-            changed = True
+            running_changed = True
             self._running_now -= gone
-        if changed:
+        if running_changed:
             self.running_names = frozenset(self._running_now)
             if self.on_running is not None:
                 self.on_running(self.running_names)
-
-    def _notice_lost(self, names: Collection[str], running: Set[str]) -> None:
-        # Level-triggered safety net: a container the records think runs but
-        # the runtime does not know has exited, even if its event was lost.
-        for name in names:
-            record = self.records.get(name)
-            if record is None or not record.running or record.in_flight:
-                continue
-            if record.container_id not in running:
-                record.running = False
+        self._update_metrics(names, full=full)
+        return backing_off
 
     def _note_sources(self) -> None:
         """An event when a source starts or stops failing (it keeps its last good state)."""
@@ -400,8 +403,22 @@ class Reconciler:
                 return f"source {status.name}: {status.held or status.error}"
         return None
 
-    def _note_manifests(self, names: Collection[str]) -> None:
+    def _note_manifests(self, names: Collection[str], running: Set[str]) -> None:
+        """Report each of ``names`` whose manifest became invalid or valid again.
+
+        And, as the level-triggered safety net, notice a container the
+        records think runs but the runtime does not know: it has exited,
+        even if its event was lost.
+        """
         for name in names:
+            record = self.records.get(name)
+            if (
+                record is not None
+                and record.running
+                and not record.in_flight
+                and record.container_id not in running
+            ):
+                record.running = False
             manifest = self._desired.get(name)
             if manifest is None:
                 self._reported_errors.pop(name, None)
@@ -864,20 +881,11 @@ class Reconciler:
     # -- metrics -----------------------------------------------------------------
 
     def _update_metrics(self, names: Collection[str], *, full: bool) -> None:
-        """The gauges, for ``names`` (``full``: they are every name, the others go)."""
+        """The gauges, from the phases ``_tally`` noted for ``names``."""
         if self.metrics is None:
             return
         invalid = len(self._reported_errors)
         self.metrics.set_manifests(valid=len(self._desired) - invalid, invalid=invalid)
-        if full:
-            self._phases = {}
-        now = time.time()
-        for name in names:
-            manifest, record = self._desired.get(name), self.records.get(name)
-            if manifest is not None or record is not None:
-                self._phases[name] = _phase_of(manifest, record, now)
-            elif self._phases.pop(name, None) is not None and not full:
-                self.metrics.forget_container(name)  # gone (a manifest never valid)
         counts = {"running": 0, "stopped": 0, "failed": 0, "backoff": 0}
         for phase in self._phases.values():
             if (state := _STATES.get(phase)) is not None:

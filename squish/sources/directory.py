@@ -63,7 +63,7 @@ import os
 import stat
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import anyio
@@ -76,7 +76,7 @@ from squish.layers.model import ARCHIVE_SUFFIXES
 from squish.layers.unpack import is_tarball
 from squish.model.host import load_squishfile
 from squish.model.manifest import Manifest
-from squish.model.squishfile import Squishfile
+from squish.model.squishfile import Layer, Squishfile
 from squish.sources import Changed
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,15 @@ LOST = flags.DELETE_SELF | flags.MOVE_SELF | flags.UNMOUNT | flags.IGNORED
 RACY_SECONDS = 2.0
 
 
+def file_layers(squishfile: Squishfile) -> tuple[Layer, ...]:
+    """The layers ``layer_key`` looks at: those with a host path, not ``rw``."""
+    return tuple(
+        layer
+        for layer in (squishfile.base, *squishfile.layers)
+        if layer is not None and layer.path is not None and not layer.rw
+    )
+
+
 def layer_key(squishfile: Squishfile, seen: dict[Path, os.stat_result | None] | None = None) -> str:
     """The identity of the path layers whose change calls for a new container.
 
@@ -137,9 +146,8 @@ def layer_key(squishfile: Squishfile, seen: dict[Path, os.stat_result | None] | 
       mtime counts.
     """
     parts = []
-    for layer in (squishfile.base, *squishfile.layers):
-        if layer is None or layer.path is None or layer.rw:
-            continue
+    for layer in file_layers(squishfile):
+        assert layer.path is not None
         if seen is not None and layer.path in seen:
             info = seen[layer.path]
         else:
@@ -180,6 +188,26 @@ class _Parsed:
     racy: bool
     """Read so soon after its mtime that a later write may have the same ``key``."""
     manifest: Manifest
+    layers: tuple[Layer, ...] = ()
+    """Its ``file_layers``, whose ``layer_key`` each scan looks at again."""
+
+
+@dataclass
+class _Looked:
+    """What one scan has looked at already, for the squishfiles that share layer files.
+
+    Many bind the same file (the built-in base's busybox): its status is
+    read once per scan, and the key of each set of layers made once.
+    """
+
+    status: dict[Path, os.stat_result | None] = field(default_factory=dict)
+    keys: dict[tuple[Layer, ...], str] = field(default_factory=dict)
+
+    def layer_key(self, squishfile: Squishfile, layers: tuple[Layer, ...]) -> str:
+        key = self.keys.get(layers)
+        if key is None:
+            key = self.keys[layers] = layer_key(squishfile, self.status)
+        return key
 
 
 class _Settling:
@@ -261,7 +289,9 @@ class DirectorySource:
         """Every manifest of the directory, read again where its file changed."""
         found: dict[str, Manifest] = {}
         seen: set[str] = set()
-        layers: dict[Path, os.stat_result | None] = {}
+        looked = _Looked()
+        last: Mapping[str, Manifest] = self._last or {}
+        same = self._last is not None  # so far, every manifest is the last snapshot's
         try:
             entries = list(os.scandir(self.path))
         except FileNotFoundError:
@@ -277,25 +307,22 @@ class DirectorySource:
                 continue  # removed since the scan: as if never seen
             except OSError as exc:  # a directory readable but not searchable
                 raise self._unreadable(exc) from exc
-            manifest = self._manifest(entry.name, info, layers)
+            manifest = self._manifest(entry.name, info, looked)
             if manifest is None:
                 continue  # removed since its stat: as if never seen
             seen.add(entry.name)
             found[manifest.name] = manifest
-        for gone in set(self._cache) - seen:
-            if gone in self._settling:
-                # Its events are settling: an editor may be saving it (moved away,
-                # the new file not written yet). The last version stays meanwhile.
-                found[self._cache[gone].manifest.name] = self._cache[gone].manifest
-            else:
-                self._forget(gone)
-        last = self._last
-        if (
-            last is not None
-            and last.keys() == found.keys()
-            and all(last[name] is manifest for name, manifest in found.items())
-        ):
-            return last  # the same mapping: nothing changed
+            same = same and last.get(manifest.name) is manifest
+        if len(seen) != len(self._cache):
+            for gone in set(self._cache) - seen:
+                if gone in self._settling:
+                    # Its events are settling: an editor may be saving it (moved
+                    # away, the new file not written yet). The last version stays.
+                    found[self._cache[gone].manifest.name] = self._cache[gone].manifest
+                else:
+                    self._forget(gone)
+        if self._last is not None and same and len(found) == len(last):
+            return self._last  # the same mapping: nothing changed
         return found
 
     def _update(self, last: Mapping[str, Manifest]) -> Mapping[str, Manifest]:
@@ -332,31 +359,32 @@ class DirectorySource:
         self,
         name: str,
         info: os.stat_result,
-        layers: dict[Path, os.stat_result | None] | None = None,
+        looked: _Looked | None = None,
     ) -> Manifest | None:
         """The manifest of the file ``name`` whose status is ``info``, from the cache if it can.
 
         None if the file is gone since ``info`` was read (removed, or renamed away).
-        ``layers``: the layer files looked at so far in this scan (``layer_key``).
+        ``looked``: what this scan has looked at so far (the layer files).
         """
         key = (info.st_ino, info.st_size, info.st_mtime_ns)
-        cached = self._cache.get(name)
+        known = cached = self._cache.get(name)
         if cached is None or cached.key != key or cached.racy:
             read = self._read(self.path / name, key, cached)
             if read is None:
                 return None
             cached = read
         manifest = cached.manifest
-        if manifest.squishfile is not None:
-            files = layer_key(manifest.squishfile, layers)
+        if manifest.squishfile is not None and cached.layers:
+            files = (looked or _Looked()).layer_key(manifest.squishfile, cached.layers)
             if files != manifest.layer_key:
                 manifest = replace(manifest, layer_key=files)
                 cached = replace(cached, manifest=manifest)
-        self._cache[name] = cached
-        if cached.racy:
-            self._racy.add(name)
-        else:
-            self._racy.discard(name)
+        if cached is not known:
+            self._cache[name] = cached
+            if cached.racy:
+                self._racy.add(name)
+            else:
+                self._racy.discard(name)
         return manifest
 
     def _forget(self, name: str) -> None:
@@ -386,7 +414,9 @@ class DirectorySource:
         racy = read_at - key[2] < RACY_SECONDS * 1e9 or not digest
         if cached is not None and digest and cached.digest == digest:
             return replace(cached, key=key, racy=racy)
-        return _Parsed(key, digest, racy, self._load(path))
+        manifest = self._load(path)
+        layers = () if manifest.squishfile is None else file_layers(manifest.squishfile)
+        return _Parsed(key, digest, racy, manifest, layers)
 
     @staticmethod
     def _load(path: Path) -> Manifest:
