@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import anyio
 import pytest
 
 from squish.errors import SourceError
@@ -240,7 +241,10 @@ async def test_a_reported_name_is_read_again_and_the_others_are_kept(tmp_path: P
 
 
 @pytest.mark.anyio
-async def test_a_change_whose_event_was_missed_is_seen_at_the_rescan(tmp_path: Path) -> None:
+@pytest.mark.parametrize("relist", [0.0, 1.0])
+async def test_a_change_whose_event_was_missed_is_seen_at_the_relist(
+    tmp_path: Path, relist: float
+) -> None:
     watched, elsewhere = tmp_path / "manifests", tmp_path / "elsewhere"
     watched.mkdir()
     elsewhere.mkdir()
@@ -248,7 +252,7 @@ async def test_a_change_whose_event_was_missed_is_seen_at_the_rescan(tmp_path: P
     age(watched / "web.toml")
     # A write through a hard link in another directory: no event of the watched one.
     os.link(watched / "web.toml", elsewhere / "web.toml")
-    source = DirectorySource(watched)
+    source = DirectorySource(watched, relist=relist)
     async with watching(source) as changes:
         before = source.snapshot()
         with (elsewhere / "web.toml").open("r+") as file:
@@ -258,7 +262,29 @@ async def test_a_change_whose_event_was_missed_is_seen_at_the_rescan(tmp_path: P
 
         assert source.snapshot(rescan=False) is before
         assert version(source) == "1"
+        if relist:
+            # A rescan trusts what inotify tells of a regular file until the relist.
+            assert version(source, rescan=True) == "1"
+            await anyio.sleep(relist)
         assert version(source, rescan=True) == "2"  # the level-triggered safety net
+
+
+@pytest.mark.anyio
+async def test_a_rescan_between_relists_sees_a_symlinks_new_target(tmp_path: Path) -> None:
+    watched, releases = tmp_path / "manifests", tmp_path / "releases"
+    watched.mkdir()
+    releases.mkdir()
+    for release in ("1", "2"):
+        write(releases / f"{release}.toml", release)
+        age(releases / f"{release}.toml")
+    (watched / "web.toml").symlink_to(releases / "1.toml")
+    source = DirectorySource(watched, relist=LONG)
+    async with watching(source):
+        assert version(source, rescan=True) == "1"
+        # The release the link points to is edited: no event of the watched directory.
+        write(releases / "1.toml", "1.1")
+        assert version(source, rescan=True) == "1.1"
+        assert version(source, rescan=False) == "1.1"
 
 
 @pytest.mark.anyio

@@ -38,8 +38,16 @@ after the kernel's queue overflowed (``IN_Q_OVERFLOW``: ``changed(None)``),
 while the directory is not watched (it was removed or moved away: it is made
 and watched again, every ``WATCH_RETRY_SECONDS``) and at every
 ``rescan=True`` (the periodic resync), which also sees what no event of the
-directory tells: a write through a hard link elsewhere, the target of a
-symlink, a path layer's file (``layer_key``).
+directory tells: the target of a symlink, a path layer's file
+(``layer_key``), a write through a hard link elsewhere.
+
+While the watcher is up, ``rescan=True`` lists the directory and looks again
+at symlinks, racy and reported entries and every layer file, but trusts a
+regular file's last read: inotify tells every change of it, but for a write
+through a hard link elsewhere (or through a shared mapping). Every
+``relist`` seconds (``RELIST_SECONDS``) it looks at every file again, as the
+kubelet re-reads its static-pod directory (every 20 s) however well its
+watch works: a resync of 1000 squishfiles costs a listing, not 1000 stats.
 
 Without inotify (no instance left: ``fs.inotify.max_user_instances``
 reached by the user's other programs; no watch left) the source says so in
@@ -113,6 +121,10 @@ LOST = flags.DELETE_SELF | flags.MOVE_SELF | flags.UNMOUNT | flags.IGNORED
 # by a later write: file times advance in clock ticks (milliseconds), on
 # some file systems in whole seconds.
 RACY_SECONDS = 2.0
+
+# How often, while watching, a rescan looks at every file again, not only at
+# what events may miss (see the module's docstring).
+RELIST_SECONDS = 30.0
 
 
 def file_layers(squishfile: Squishfile) -> tuple[Layer, ...]:
@@ -255,8 +267,11 @@ class DirectorySource:
     is complete waits for the next one (``QUIET_SECONDS``).
     """
 
-    def __init__(self, path: Path, *, quiet: float = QUIET_SECONDS) -> None:
+    def __init__(
+        self, path: Path, *, quiet: float = QUIET_SECONDS, relist: float = RELIST_SECONDS
+    ) -> None:
         self.path = path
+        self.relist = relist
         self.warning: str | None = None
         """Why changes are seen only at the periodic resync, or None: no inotify, or
         the directory was lost and is not watched again yet."""
@@ -273,20 +288,35 @@ class DirectorySource:
         self._reported: set[str] = set()
         """The file names reported since the last snapshot."""
         self._settling = _Settling(quiet)
+        self._listed_at = -math.inf
+        """When (monotonic) a scan last looked at every file."""
 
     def snapshot(self, *, rescan: bool = True) -> Mapping[str, Manifest]:
         """A full scan, unless ``rescan=False`` and the watcher has missed nothing since one."""
         if rescan or self._last is None or self._stale or not self._watching:
-            found = self._scan()
+            now = time.monotonic()
+            every = (
+                self._last is None
+                or self._stale
+                or not self._watching
+                or now - self._listed_at >= self.relist
+            )
+            found = self._scan(every=every)
             self._stale = False
+            if every:
+                self._listed_at = now
         else:
             found = self._update(self._last)
         self._reported.clear()
         self._last = found
         return found
 
-    def _scan(self) -> Mapping[str, Manifest]:
-        """Every manifest of the directory, read again where its file changed."""
+    def _scan(self, *, every: bool = True) -> Mapping[str, Manifest]:
+        """Every manifest of the directory, read again where its file changed.
+
+        ``every``: look at every file; else trust the last read of a regular
+        file (not a symlink) that was not reported and is not racy.
+        """
         found: dict[str, Manifest] = {}
         seen: set[str] = set()
         looked = _Looked()
@@ -300,9 +330,21 @@ class DirectorySource:
             raise self._unreadable(exc) from exc
         for entry in entries:
             try:
-                if not is_manifest(entry.name) or not entry.is_file():
+                if not is_manifest(entry.name):
                     continue
-                info = entry.stat()
+                cached = self._cache.get(entry.name)
+                if (
+                    not every
+                    and cached is not None
+                    and not cached.racy
+                    and entry.name not in self._reported
+                    and entry.is_file(follow_symlinks=False)
+                ):
+                    info = None  # its events tell every change: its last read stands
+                elif not entry.is_file():
+                    continue
+                else:
+                    info = entry.stat()
             except FileNotFoundError:
                 continue  # removed since the scan: as if never seen
             except OSError as exc:  # a directory readable but not searchable
@@ -358,21 +400,25 @@ class DirectorySource:
     def _manifest(
         self,
         name: str,
-        info: os.stat_result,
+        info: os.stat_result | None,
         looked: _Looked | None = None,
     ) -> Manifest | None:
         """The manifest of the file ``name`` whose status is ``info``, from the cache if it can.
 
-        None if the file is gone since ``info`` was read (removed, or renamed away).
-        ``looked``: what this scan has looked at so far (the layer files).
+        ``info`` None: the file's cached read stands (its layer files are
+        looked at again). None if the file is gone since ``info`` was read
+        (removed, or renamed away). ``looked``: what this scan has looked at
+        so far (the layer files).
         """
-        key = (info.st_ino, info.st_size, info.st_mtime_ns)
         known = cached = self._cache.get(name)
-        if cached is None or cached.key != key or cached.racy:
-            read = self._read(self.path / name, key, cached)
-            if read is None:
-                return None
-            cached = read
+        if info is not None:
+            key = (info.st_ino, info.st_size, info.st_mtime_ns)
+            if cached is None or cached.key != key or cached.racy:
+                read = self._read(self.path / name, key, cached)
+                if read is None:
+                    return None
+                cached = read
+        assert cached is not None
         manifest = cached.manifest
         if manifest.squishfile is not None and cached.layers:
             files = (looked or _Looked()).layer_key(manifest.squishfile, cached.layers)
