@@ -93,6 +93,18 @@ class SourceStatus:
         return self.error is None and self.held is None
 
 
+def changed_names(before: Mapping[str, Manifest], after: Mapping[str, Manifest]) -> set[str]:
+    """The names whose manifest is not the same object in both snapshots (added and removed too).
+
+    Sources hand on the manifests they did not read again as the same
+    objects, so this is what a source changed, found at the cost of a
+    lookup per name rather than of looking into each manifest.
+    """
+    changed = {name for name, manifest in after.items() if before.get(name) is not manifest}
+    changed.update(before.keys() - after.keys())
+    return changed
+
+
 class StatusSource(Source, Protocol):
     """A source that reports where it stands (``squish sources``)."""
 

@@ -29,7 +29,7 @@ from anyio.abc import TaskStatus
 
 from squish.errors import SourceError
 from squish.model.manifest import Manifest
-from squish.sources import Changed, Source, SourceStatus
+from squish.sources import Changed, Source, SourceStatus, changed_names
 from squish.sources.directory import DirectorySource
 
 log = logging.getLogger(__name__)
@@ -83,9 +83,13 @@ class PruneGuard:
         running = self.running.names
         if not running:
             return None
-        before = {name for name, manifest in current.items() if self.wanted(manifest)}
-        after = {name for name, manifest in proposed.items() if self.wanted(manifest)}
-        stopping = sorted((before - after) & running)
+        # A name whose manifest is the same object in both stops nothing:
+        # only the changed ones are matched (an event costs the same at any size).
+        stopping = sorted(
+            name
+            for name in changed_names(current, proposed) & running
+            if self._wanted(current.get(name)) and not self._wanted(proposed.get(name))
+        )
         if len(stopping) < 2 or len(stopping) < self.threshold * len(running):
             return None
         shown = ", ".join(stopping[:5]) + (", ..." if len(stopping) > 5 else "")
@@ -94,6 +98,9 @@ class PruneGuard:
             f"{len(running)} running containers ({shown}); fix the source, or restart "
             "the daemon with --allow-prune-all (or a higher --prune-guard) to apply it"
         )
+
+    def _wanted(self, manifest: Manifest | None) -> bool:
+        return manifest is not None and self.wanted(manifest)
 
 
 class GuardedSource:

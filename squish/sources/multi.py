@@ -35,6 +35,8 @@ class MultiSource:
         self._union: Mapping[str, Manifest] = {}
 
     def snapshot(self, *, rescan: bool = True) -> Mapping[str, Manifest]:
+        if len(self.sources) == 1:
+            return self.sources[0].snapshot(rescan=rescan)  # the union of one: itself
         parts = tuple(source.snapshot(rescan=rescan) for source in self.sources)
         if len(parts) == len(self._parts) and all(
             part is last for part, last in zip(parts, self._parts, strict=True)

@@ -30,7 +30,7 @@ from anyio.abc import TaskStatus
 
 from squish.model.manifest import Manifest
 from squish.model.placement import Node
-from squish.sources import Changed, Source
+from squish.sources import Changed, Source, changed_names
 
 
 def wanted_on(node: Node) -> Callable[[Manifest], bool]:
@@ -64,12 +64,22 @@ class PlacedSource:
         found = self.inner.snapshot(rescan=rescan)
         if found is self._seen:
             return self._placed
-        excluded = tuple(sorted(name for name, m in found.items() if not self.wanted(m)))
-        self._excluded = excluded
+        if self._seen is None:
+            excluded = {name for name, m in found.items() if not self.wanted(m)}
+        else:
+            # Only the names that changed are matched again: an event costs
+            # the same whatever the number of manifests.
+            excluded = set(self._excluded)
+            for name in changed_names(self._seen, found):
+                manifest = found.get(name)
+                if manifest is not None and not self.wanted(manifest):
+                    excluded.add(name)
+                else:
+                    excluded.discard(name)
+        self._excluded = tuple(sorted(excluded))
         placed = found
         if excluded:
-            dropped = set(excluded)
-            placed = {name: m for name, m in found.items() if name not in dropped}
+            placed = {name: m for name, m in found.items() if name not in excluded}
         self._seen, self._placed = found, placed
         return placed
 
