@@ -213,6 +213,50 @@ def test_plan(
     assert kinds(plan(desired, records, live, NOW)) == expected
 
 
+@pytest.mark.parametrize(("desired", "records", "live", "expected"), CASES)
+def test_a_round_of_each_name_alone_plans_as_a_round_of_all(
+    desired: dict[str, Manifest],
+    records: dict[str, Record],
+    live: set[str],
+    expected: list[tuple[str, str]],
+) -> None:
+    # The work queue plans the names that changed; for each name, what it
+    # decides must be what a full round decides for it.
+    alone = [
+        action
+        for name in sorted(set(desired) | set(records))
+        for action in plan(desired, records, live, NOW, names={name})
+    ]
+    assert kinds(alone) == expected
+
+
+def test_a_round_plans_only_its_names() -> None:
+    db = sf("db", "/bin/db")
+    desired = {"web": ok(WEB), "db": ok(db)}
+    records = {"gone": running("gone", sf("gone"))}
+    live = {"id-gone"}
+    assert kinds(plan(desired, records, live, NOW, names={"db"})) == [("start", "db")]
+    assert kinds(plan(desired, records, live, NOW, names={"gone"})) == [("stop", "gone")]
+    assert plan(desired, records, live, NOW, names=set()) == []
+    # A name neither wanted nor known (a file reported twice, removed) has nothing to do.
+    assert plan(desired, records, live, NOW, names={"never"}) == []
+
+
+def test_a_round_of_one_name_sees_the_ports_every_running_container_holds() -> None:
+    api = sf("api", "/bin/api", 8080)
+    records = {"web": running("web", WEB)}
+    actions = plan({"web": ok(WEB), "api": ok(api)}, records, {"id-web"}, NOW, names={"api"})
+    assert kinds(actions) == [("conflict", "api")]
+    # A running container planned earlier in the round that lets its port
+    # go frees it for the names after it (a later one: at its next round).
+    zeta = sf("zeta", "/bin/api", 8080)
+    moved = sf("web", "/bin/httpd", 9090)
+    both = plan({"web": ok(moved), "zeta": ok(zeta)}, records, {"id-web"}, NOW)
+    assert kinds(both) == [("update-ports", "web"), ("start", "zeta")]
+    both = plan({"web": ok(moved), "api": ok(api)}, records, {"id-web"}, NOW)
+    assert kinds(both) == [("conflict", "api"), ("update-ports", "web")]
+
+
 def test_a_changed_file_layer_replaces_the_container() -> None:
     changed = Manifest("web", "/m/web.toml", WEB, layer_key="tool:12:2048:999")
     record = running("web", WEB, applied_key="tool:12:1024:998")
