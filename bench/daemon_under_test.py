@@ -17,6 +17,7 @@ rootless. All network traffic stays on 127.0.0.1 and every wait is bounded.
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -64,17 +65,34 @@ def summary_ms(samples: list[float]) -> dict[str, float]:
 
 
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct TCP ports on 127.0.0.1 that nobody listens on now.
+    """``count`` distinct TCP ports on 127.0.0.1 that nobody has bound now.
 
-    Bound all at once, so the kernel hands out distinct ones, then released.
+    Taken below the kernel's ephemeral range (``ip_local_port_range``): a
+    port from that range, free when picked, may be any connection's source
+    port (the benchmark's own polls) by the time the daemon forwards it, and
+    that start fails with "Address already in use" and backs off for 10 s.
+    From a random place in the range below, so that successive calls do not
+    keep picking the ports the last containers have just let go.
     """
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
+    low = 10000
+    port = random.randrange(low, ephemeral - count)  # noqa: S311 (not a secret)
+    ports: list[int] = []
     with ExitStack() as stack:
-        ports = []
-        for _ in range(count):
+        for _ in range(ephemeral - low):
+            if len(ports) == count:
+                return ports
             probe = stack.enter_context(socket.socket())
-            probe.bind((LOCALHOST, 0))
-            ports.append(probe.getsockname()[1])
-        return ports
+            try:
+                probe.bind((LOCALHOST, port))
+                ports.append(port)
+            except OSError:
+                pass  # in use
+            port = port + 1 if port + 1 < ephemeral else low
+    raise RuntimeError(f"fewer than {count} free ports below {ephemeral}")
 
 
 def http_answers(port: int, timeout: float = 1.0) -> bool:

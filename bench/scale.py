@@ -70,7 +70,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -609,29 +608,6 @@ def report_comparison(comparison: dict[str, Any]) -> None:
         )
 
 
-def namespace_probe(runs: int = 5) -> float:
-    """Median seconds to make a user and a network namespace and exit (``unshare -Urn``).
-
-    Namespaces of a finished run are torn down by the kernel in the
-    background, and their teardown holds the lock new network namespaces
-    need: a size measured just after a large one would pay for it.
-    """
-    times = []
-    for _ in range(runs):
-        began = time.perf_counter()
-        subprocess.run(["unshare", "-Urn", "true"], check=True)
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
-
-
-def settle(quiet: float, timeout: float = 120.0) -> float:
-    """Wait until making a namespace is as quick as when the run began; seconds waited."""
-    began = time.monotonic()
-    while time.monotonic() - began < timeout and namespace_probe(3) > 1.5 * quiet + 0.001:
-        time.sleep(1.0)
-    return time.monotonic() - began
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -674,11 +650,7 @@ def main() -> None:
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (args.nofile, hard))
     results = []
-    quiet = namespace_probe()
     for m in args.m or [200]:
-        waited = settle(quiet)
-        if not args.json and waited > 0.5:
-            print(f"(waited {waited:.1f} s for the kernel to finish tearing down namespaces)")
         with tempfile.TemporaryDirectory(prefix="squish-bench-scale-") as tmp:
             results.append(run(args, Path(tmp), m))
         if not args.json:
