@@ -421,8 +421,9 @@ class StartWatcher(threading.Thread):
     A thread, because the client's stream blocks; it ends when the daemon
     closes the stream on shutdown (and is a daemon thread in case it does not).
     ``started`` keeps each name's first start, ``starts`` every one (a
-    restart is a later ``container.started`` of the same name), ``failed`` the
-    first ``container.failed`` message of each name.
+    restart is a later ``container.started`` of the same name), ``exits`` every
+    ``container.exited`` of each name, ``failed`` the first
+    ``container.failed`` message of each name.
     """
 
     def __init__(self, socket: Path) -> None:
@@ -430,6 +431,7 @@ class StartWatcher(threading.Thread):
         self.socket = socket
         self.started: dict[str, float] = {}  # name -> the event's wall-clock time
         self.starts: dict[str, list[float]] = {}
+        self.exits: dict[str, list[float]] = {}
         self.failed: dict[str, str] = {}
         self.failed_order: list[str] = []
         self.error: str | None = None
@@ -444,6 +446,8 @@ class StartWatcher(threading.Thread):
                         if event.get("kind") == "container.started":
                             self.started.setdefault(name, float(event["at"]))
                             self.starts.setdefault(name, []).append(float(event["at"]))
+                        elif event.get("kind") == "container.exited":
+                            self.exits.setdefault(name, []).append(float(event["at"]))
                         elif event.get("kind") == "container.failed" and name not in self.failed:
                             self.failed[name] = str(event.get("message"))
                             self.failed_order.append(name)

@@ -79,6 +79,7 @@ from squish.errors import SquishError
 
 TARGET_RATIO = 1.2
 RECONCILE_HISTOGRAM = "squish_reconcile_duration_seconds"
+START_HISTOGRAM = "squish_container_start_duration_seconds"
 IDLE_WINDOW_S = 0.3
 IDLE_CPU_PCT = 10.0
 IDLE_TIMEOUT_S = 30.0
@@ -158,8 +159,12 @@ class Victims:
         return name
 
 
-def time_restart(daemon: DaemonUnderTest, watcher: StartWatcher, name: str) -> float:
-    """Kill ``name``'s command; seconds until the daemon says it started again."""
+def time_restart(daemon: DaemonUnderTest, watcher: StartWatcher, name: str) -> tuple[float, float]:
+    """Kill ``name``'s command; seconds until the daemon says it started again.
+
+    And seconds until its ``container.exited``: the part of the restart that
+    is the sandbox ending (the kernel's) and the runtime noticing it.
+    """
     with daemon.client() as client:
         detail = client.inspect(name)
     pid = detail.get("pid")
@@ -169,9 +174,12 @@ def time_restart(daemon: DaemonUnderTest, watcher: StartWatcher, name: str) -> f
     if comm != "sleep" or os.stat(f"/proc/{pid}").st_uid != os.getuid():
         raise RuntimeError(f"pid {pid} of {name} is {comm!r}, not this user's sleep")
     number = watcher.start_count(name)
+    exits = len(watcher.exits.get(name, ()))
     began = time.time()
     os.kill(pid, signal.SIGKILL)
-    return watcher.wait_start(name, number, RESTART_TIMEOUT_S) - began
+    started = watcher.wait_start(name, number, RESTART_TIMEOUT_S)
+    exited = watcher.exits.get(name, [])[exits:]
+    return started - began, (exited[0] if exited else started) - began
 
 
 def measure_size(
@@ -187,26 +195,31 @@ def measure_size(
     """``args.n`` rounds of a drop and a restart with ``size`` containers held."""
     drops: list[float] = []
     restarts: list[float] = []
+    exits: list[float] = []
     gave_up = idle.gave_up
     scrape_before = daemon.metrics()
     idle.wait()
     for index in range(-args.warmup, args.n):
         drop_s = anyio.run(time_drop, daemon, site, size * 10_000 + args.warmup + index)
         idle.wait()
-        restart_s = time_restart(daemon, watcher, victims.next(size))
+        restart_s, exit_s = time_restart(daemon, watcher, victims.next(size))
         idle.wait()
         if index >= 0:
             drops.append(drop_s)
             restarts.append(restart_s)
+            exits.append(exit_s)
     scrape_after = daemon.metrics()
     rounds, seconds = histogram_delta(scrape_before, scrape_after, RECONCILE_HISTOGRAM)
+    starts, start_seconds = histogram_delta(scrape_before, scrape_after, START_HISTOGRAM)
     rounds_of_events = args.warmup + args.n
     return {
         "size": size,
         "drop": drops,
         "restart": restarts,
+        "restart_exited": exits,
         "reconciles_per_round": round(rounds / rounds_of_events, 1),
         "reconcile_ms_per_round": round(1e3 * seconds / rounds_of_events, 2),
+        "start_ms_mean": round(1e3 * start_seconds / starts, 2) if starts else None,
         "idle_waits_given_up": idle.gave_up - gave_up,
         "rss_mb": round(status_kib(daemon.pid, "VmRSS") / 1024, 1),
     }
@@ -225,9 +238,19 @@ def rows_from(sizes: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "p90_ms": round(p90 * 1e3, 2),
                 "ratio_to_smallest": round(median / anchor[kind], 2),
             }
-        for key in ("reconciles_per_round", "reconcile_ms_per_round", "idle_waits_given_up"):
+        for key in (
+            "reconciles_per_round",
+            "reconcile_ms_per_round",
+            "idle_waits_given_up",
+            "start_ms_mean",
+        ):
             row[key] = measured[key]
         row["rss_mb"] = measured["rss_mb"]
+        exited = median_p90(measured["restart_exited"])[0]
+        row["restart_split_ms"] = {
+            "kill_to_exited": round(exited * 1e3, 2),
+            "exited_to_started": round((median_p90(measured["restart"])[0] - exited) * 1e3, 2),
+        }
         rows.append(row)
     return rows
 
@@ -252,6 +275,15 @@ def report(result: dict[str, Any]) -> None:
                 f"{row['size']:>5} {kind:<8} {cell['n']:>3} {cell['median_ms']:>10.2f} "
                 f"{cell['p90_ms']:>8.2f} {cell['ratio_to_smallest']:>11.2f}{extra}"
             )
+    for row in result["rows"]:
+        split = row["restart_split_ms"]
+        print(
+            f"{row['size']:>5} restart split (medians): kill -> exited "
+            f"{split['kill_to_exited']:.2f} ms (the sandbox ending, the runtime noticing), "
+            f"exited -> started {split['exited_to_started']:.2f} ms (the round, the new start; "
+            f"the daemon's starts took {row['start_ms_mean']} ms on average, layers resolved "
+            "until running)"
+        )
     for kind, label in (("drop", "drop -> HTTP answered"), ("restart", "kill -> restarted")):
         target = result["targets"][kind]
         verdict = "met" if target["met"] else "NOT met"

@@ -7,6 +7,7 @@ round reads, lose an event on purpose, and see the resync repair it.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,3 +235,28 @@ async def test_a_name_has_one_action_in_flight(
             await anyio.sleep(0.01)
         starts = [call for call in q.runtime.calls if call == ("start", "web")]
         assert len(starts) == 1
+
+
+async def test_rounds_write_the_users_stops_only_when_they_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = tmp_path / "state"
+    held = (manifest("web"), manifest("db"))
+    async with queue(tmp_path, *held, monkeypatch=monkeypatch, state_dir=state) as q:
+        await q.until(lambda: len(q.ids()) == 2)
+        q.reconciler.mark_stopped("web")
+        q.reconciler.trigger({"web"})
+        await q.until(lambda: "web" not in q.ids())
+        stops = state / "stopped.json"
+        written = stops.stat().st_ino  # each save renames a new file into place
+
+        for _ in range(3):
+            q.reconciler.reconcile_once()
+            q.reconciler.reconcile_names({"db"})
+        assert stops.stat().st_ino == written
+
+        q.reconciler.wanted_again("web")
+        q.reconciler.trigger({"web"})
+        await q.until(lambda: "web" in q.ids())
+        assert stops.stat().st_ino != written
+        assert json.loads(stops.read_text()) == {"stopped": {}}

@@ -163,6 +163,8 @@ class Reconciler:
         self._running_now: set[str] = set()
         self._phases: dict[str, Phase] = {}
         """Each name's phase as of its last round (the metrics)."""
+        self._counts = dict.fromkeys(_STATE_NAMES, 0)
+        """How many of ``_phases`` are in each state of ``squish_containers``."""
         self._changed = anyio.Event()
         self.events = Broadcast[Event]()
         """Every event, to whoever subscribes (the API's event streams)."""
@@ -175,6 +177,8 @@ class Reconciler:
         self._stops_file = None if state_dir is None else state_dir / "stopped.json"
         self._start_errors: dict[str, SquishError] = {}
         self._saved_stops: dict[str, str | None] = {}
+        self._stops_changed = False
+        """Whether a stop was given, ended or forgotten since they were last saved."""
         self._pending_stops: dict[str, str | None] = {}
         self._load_stops()
         self.log_grace = log_grace
@@ -225,6 +229,8 @@ class Reconciler:
 
     def save_stops(self) -> None:
         """Write the stopped names if they changed; atomically (a rename)."""
+        if not self._stops_changed:
+            return
         stops = self._current_stops()
         if self._stops_file is None or stops == self._saved_stops:
             return
@@ -243,6 +249,7 @@ class Reconciler:
             temporary.unlink(missing_ok=True)
             return
         self._saved_stops = stops
+        self._stops_changed = False
 
     # -- the loop ------------------------------------------------------------
 
@@ -356,6 +363,7 @@ class Reconciler:
         counting = self.metrics is not None
         if full:
             self._phases = {}
+            self._counts = dict.fromkeys(_STATE_NAMES, 0)
         for name in names:
             manifest, record = self._desired.get(name), self.records.get(name)
             runs = record is not None and record.running
@@ -371,8 +379,8 @@ class Reconciler:
             if not counting:
                 continue
             if manifest is not None or record is not None:
-                self._phases[name] = _phase_of(manifest, record, now)
-            elif self._phases.pop(name, None) is not None and not full and self.metrics:
+                self._set_phase(name, _phase_of(manifest, record, now))
+            elif self._set_phase(name, None) and not full and self.metrics:
                 self.metrics.forget_container(name)  # gone (a manifest never valid)
         if full and (gone := self._running_now - set(names)):
             running_changed = True
@@ -383,6 +391,17 @@ class Reconciler:
                 self.on_running(self.running_names)
         self._update_metrics(names, full=full)
         return backing_off
+
+    def _set_phase(self, name: str, phase: Phase | None) -> bool:
+        """Note ``name``'s phase (None: it is gone), counted; whether it had one."""
+        before = self._phases.pop(name, None)
+        if before is not None and (state := _STATES.get(before)) is not None:
+            self._counts[state] -= 1
+        if phase is not None:
+            self._phases[name] = phase
+            if (state := _STATES.get(phase)) is not None:
+                self._counts[state] += 1
+        return before is not None
 
     def _note_sources(self) -> None:
         """An event when a source starts or stops failing (it keeps its last good state)."""
@@ -502,6 +521,7 @@ class Reconciler:
             # Started because its squishfile changed: the edit ended the stop.
             record.stopped_by_user = False
             record.stopped_hash = None
+            self._stops_changed = True
         self._specs[record.name] = spec
         record.container_id = container.id
         record.applied = squishfile
@@ -608,7 +628,8 @@ class Reconciler:
             self.emit("container.failed", record.name, reason)
 
     def _forget(self, name: str) -> None:
-        self.records.pop(name, None)
+        if (gone := self.records.pop(name, None)) is not None and gone.stopped_by_user:
+            self._stops_changed = True
         self._conflicted.discard(name)
         self._phases.pop(name, None)
         self._start_errors.pop(name, None)
@@ -829,6 +850,7 @@ class Reconciler:
         self._pending_stops.pop(name, None)
         record = self.record(name)
         record.stopped_by_user = False
+        self._stops_changed = True
         record.failure = record.failed_hash = None
         record.backoff_until = None
         record.crashes = 0
@@ -845,6 +867,7 @@ class Reconciler:
         record = self.record(name)
         was = record.stopped_by_user
         record.stopped_by_user = stopped
+        self._stops_changed = True
         if stopped:
             manifest = self._desired.get(name)
             wanted = manifest.squishfile if manifest and manifest.squishfile else None
@@ -855,7 +878,9 @@ class Reconciler:
 
     def forget_pending_stop(self, name: str) -> None:
         """Drop a stop kept for ``name`` from before its manifest appeared."""
-        self._pending_stops.pop(name, None)
+        if name in self._pending_stops:
+            del self._pending_stops[name]
+            self._stops_changed = True
 
     def start_outcome(self, name: str, spec_hash: str) -> ContainerStatus | SquishError | None:
         """How the start of ``name`` at ``spec_hash`` went; None while undecided."""
@@ -886,11 +911,7 @@ class Reconciler:
             return
         invalid = len(self._reported_errors)
         self.metrics.set_manifests(valid=len(self._desired) - invalid, invalid=invalid)
-        counts = {"running": 0, "stopped": 0, "failed": 0, "backoff": 0}
-        for phase in self._phases.values():
-            if (state := _STATES.get(phase)) is not None:
-                counts[state] += 1
-        self.metrics.set_containers(counts)
+        self.metrics.set_containers(self._counts)
         if full:
             self.metrics.set_container_phases(self._phases)
         else:
@@ -921,7 +942,9 @@ def _phase_of(manifest: Manifest | None, record: Record | None, now: float) -> P
     return Phase.PENDING
 
 
-# Which count of ``squish_containers`` each phase is in (the others: none).
+# The states ``squish_containers`` counts, and which one each phase is in
+# (the others: none).
+_STATE_NAMES = ("running", "stopped", "failed", "backoff")
 _STATES = {
     Phase.RUNNING: "running",
     Phase.STOPPED: "stopped",
