@@ -338,6 +338,8 @@ class Reconciler:
                 record.in_flight = True
                 if action.kind is Kind.CONFLICT:
                     self._conflicted.add(action.name)
+                else:
+                    self._conflicted.discard(action.name)
                 assert self._tg is not None
                 self._tg.start_soon(self._execute, action)
             if self._tally(names, full=full, now=now):
