@@ -273,3 +273,31 @@ async def test_drain_waits_for_every_writer(tmp_path: Path) -> None:
             os.close(second_writer)
     assert done.is_set()
     assert (tmp_path / "c.log").read_bytes() == b"first\nsecond\n"
+
+
+def _open_here(*paths: Path) -> set[Path]:
+    """Which of ``paths`` this process has open now."""
+    wanted = {path.resolve() for path in paths}
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            continue  # the listing's own fd, closed since
+        if target in wanted:
+            found.add(target)
+    return found
+
+
+def test_a_quiet_log_holds_no_file_open_until_it_is_written(tmp_path: Path) -> None:
+    path = tmp_path / "web.log"
+    index = tmp_path / f"web.log{INDEX_SUFFIX}"
+    log = RotatingLog(path)
+    try:
+        assert path.exists() and index.exists()  # made at once, for readers and tail -F
+        assert _open_here(path, index) == set()
+        log.write(b"hello\n")
+        assert _open_here(path, index) == {path.resolve(), index.resolve()}
+        assert path.read_bytes() == b"hello\n"
+    finally:
+        log.close()

@@ -225,7 +225,13 @@ class RotatingLog:
         self.recent = bytearray()
         with contextlib.suppress(OSError):  # a full disk: the first write tries again
             path.parent.mkdir(parents=True, exist_ok=True)
-        self._reopen(self._clock(), os.O_APPEND)
+        # The file and its index are made (or checked) now, and kept open
+        # from the first write: a container that says nothing holds no file
+        # open in the daemon (thousands of quiet ones are thousands of open
+        # files fewer, and every spawn copies the daemon's table of them).
+        if self._reopen(self._clock(), os.O_APPEND):
+            self.close()
+            self._retry_ns = 0
 
     def _reopen(self, now_ns: int, flags: int) -> bool:
         """Open the file (again); False when it cannot be, for now."""
