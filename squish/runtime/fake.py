@@ -72,9 +72,6 @@ class FakeRuntime:
     def ids(self) -> Set[str]:
         return self._live.keys()
 
-    def get(self, container_id: str) -> Container:
-        return replace(self._get(container_id))
-
     def _held_ports(self, exclude: str | None = None) -> set[tuple[str, int, str]]:
         return {
             (port.host_ip or self.default_host_ip, port.host, port.protocol)
