@@ -63,7 +63,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from daemon_under_test import DaemonUnderTest, sleep_squishfile, squish_command
-from stats import median_p90
+from stats import rows_against
 
 CONTAINERS = 10
 ROWS = 1000
@@ -182,23 +182,6 @@ class ReplayedList:
                     pass  # that client went away; the next one is served
 
 
-def rows_from(series: dict[str, list[float]]) -> list[dict[str, Any]]:
-    anchor = median_p90(series[ANCHOR])[0]
-    rows = []
-    for name, samples in series.items():
-        median, p90 = median_p90(samples)
-        rows.append(
-            {
-                "series": name,
-                "n": len(samples),
-                "median_ms": round(median * 1e3, 2),
-                "p90_ms": round(p90 * 1e3, 2),
-                "ratio_to_python": round(median / anchor, 2),
-            }
-        )
-    return rows
-
-
 def variants(baseline: Path | None) -> dict[str, tuple[list[str], dict[str, str]]]:
     """The squish commands measured: label -> (argv prefix, environment)."""
     if baseline is None:
@@ -284,7 +267,7 @@ def main() -> None:
                     if index >= 0:
                         series[name].append(elapsed)
         exit_code = daemon.stop()
-    table = rows_from(series)
+    table = rows_against(series, ANCHOR, "ratio_to_python")
     last = {row["series"]: row for row in table}
     label = next(reversed(variants(args.baseline)))
     ps_ratio = last[f"{label}squish ps ({args.containers} running)"]["ratio_to_python"]

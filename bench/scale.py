@@ -96,7 +96,7 @@ from daemon_under_test import (
     status_kib,
     warm_up,
 )
-from stats import median_p90, percentile
+from stats import percentile, rows_against
 
 from squish.errors import SquishError
 from squish.runtime import DEFAULT_STOP_GRACE
@@ -282,19 +282,7 @@ def time_cli(daemon: DaemonUnderTest, runs: int, count: int) -> dict[str, Any]:
             elapsed, _ = time_command(argv)
             if index >= 0:
                 series[name].append(elapsed)
-    anchor = median_p90(series["squish --version"])[0]
-    rows = []
-    for name, samples in series.items():
-        median, p90 = median_p90(samples)
-        rows.append(
-            {
-                "series": name,
-                "n": len(samples),
-                "median_ms": round(median * 1e3, 2),
-                "p90_ms": round(p90 * 1e3, 2),
-                "ratio_to_version": round(median / anchor, 2),
-            }
-        )
+    rows = rows_against(series, "squish --version", "ratio_to_version")
     return {"rows": rows, "ps_listed": listed, "expected": count}
 
 
