@@ -37,12 +37,21 @@ b. A restart: the command (``sleep``) of one held container is killed from
    after which a crash counts as a first one again (waited for outside the
    clock).
 
+c. The kernel's anchor: a raw bwrap start (``bench/start_latency.py``'s
+   ``bwrap`` series: the same namespaces, the built-in base, spawned from
+   this small process), until the command inside has run. Creating a
+   sandbox costs the kernel more on a host with more tasks (``pivot_root``
+   looks at every task's root and working directory), whoever starts it;
+   its growth from the smallest size is what the host adds to every start,
+   and the restart's growth beyond it is the daemon's.
+
 Beside each size: the daemon's reconcile rounds per round of events (its
 ``squish_reconcile_duration_seconds`` histogram, scraped before and after
 the rounds, every scope) and their seconds, and the daemon's VmRSS.
 
-Prints, per size, median and p90 of (a) and (b) and each median's ratio to
-the smallest size's (the anchor, in the same run on the same daemon).
+Prints, per size, median and p90 of (a), (b) and (c) and each median's
+ratio to the smallest size's (the anchor, in the same run on the same
+daemon), and the restart with (c)'s growth taken out.
 
 Target (from the issue): the median at 1000 <= 1.2 x the median at 10, for
 both (a) and (b): an event's cost does not grow with what the daemon holds.
@@ -73,11 +82,14 @@ from daemon_under_test import (
     warm_up,
 )
 from drop_to_running import time_drop
+from start_latency import time_raw
 from stats import median_p90
 
 from squish.errors import SquishError
+from squish.layers import LayerStore
 
 TARGET_RATIO = 1.2
+KINDS = ("drop", "restart", "bwrap")
 RECONCILE_HISTOGRAM = "squish_reconcile_duration_seconds"
 START_HISTOGRAM = "squish_container_start_duration_seconds"
 IDLE_WINDOW_S = 0.3
@@ -189,13 +201,15 @@ def measure_size(
     victims: Victims,
     idle: Idle,
     site: Path,
+    anchor: tuple[Path, Path],
     size: int,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    """``args.n`` rounds of a drop and a restart with ``size`` containers held."""
+    """``args.n`` rounds of a drop, a restart and a raw bwrap start with ``size`` held."""
     drops: list[float] = []
     restarts: list[float] = []
     exits: list[float] = []
+    raws: list[float] = []
     gave_up = idle.gave_up
     scrape_before = daemon.metrics()
     idle.wait()
@@ -204,10 +218,12 @@ def measure_size(
         idle.wait()
         restart_s, exit_s = time_restart(daemon, watcher, victims.next(size))
         idle.wait()
+        raw_s = anyio.run(time_raw, *anchor)
         if index >= 0:
             drops.append(drop_s)
             restarts.append(restart_s)
             exits.append(exit_s)
+            raws.append(raw_s)
     scrape_after = daemon.metrics()
     rounds, seconds = histogram_delta(scrape_before, scrape_after, RECONCILE_HISTOGRAM)
     starts, start_seconds = histogram_delta(scrape_before, scrape_after, START_HISTOGRAM)
@@ -217,6 +233,7 @@ def measure_size(
         "drop": drops,
         "restart": restarts,
         "restart_exited": exits,
+        "bwrap": raws,
         "reconciles_per_round": round(rounds / rounds_of_events, 1),
         "reconcile_ms_per_round": round(1e3 * seconds / rounds_of_events, 2),
         "start_ms_mean": round(1e3 * start_seconds / starts, 2) if starts else None,
@@ -226,11 +243,11 @@ def measure_size(
 
 
 def rows_from(sizes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    anchor = {kind: median_p90(sizes[0][kind])[0] for kind in ("drop", "restart")}
+    anchor = {kind: median_p90(sizes[0][kind])[0] for kind in KINDS}
     rows = []
     for measured in sizes:
         row: dict[str, Any] = {"size": measured["size"]}
-        for kind in ("drop", "restart"):
+        for kind in KINDS:
             median, p90 = median_p90(measured[kind])
             row[kind] = {
                 "n": len(measured[kind]),
@@ -251,6 +268,14 @@ def rows_from(sizes: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "kill_to_exited": round(exited * 1e3, 2),
             "exited_to_started": round((median_p90(measured["restart"])[0] - exited) * 1e3, 2),
         }
+        # The restart with the kernel's growth since the smallest size taken out.
+        grown = 1e3 * (median_p90(measured["bwrap"])[0] - anchor["bwrap"])
+        row["restart_less_kernel_growth"] = {
+            "median_ms": round(row["restart"]["median_ms"] - grown, 2),
+            "ratio_to_smallest": round(
+                (row["restart"]["median_ms"] - grown) / (1e3 * anchor["restart"]), 2
+            ),
+        }
         rows.append(row)
     return rows
 
@@ -261,7 +286,7 @@ def report(result: dict[str, Any]) -> None:
         f"{'x smallest':>11}   daemon per round of events"
     )
     for row in result["rows"]:
-        for kind in ("drop", "restart"):
+        for kind in KINDS:
             cell = row[kind]
             extra = ""
             if kind == "drop":
@@ -283,6 +308,13 @@ def report(result: dict[str, Any]) -> None:
             f"exited -> started {split['exited_to_started']:.2f} ms (the round, the new start; "
             f"the daemon's starts took {row['start_ms_mean']} ms on average, layers resolved "
             "until running)"
+        )
+    for row in result["rows"][1:]:
+        less = row["restart_less_kernel_growth"]
+        print(
+            f"{row['size']:>5} restart less the kernel's growth (raw bwrap's median at this size "
+            f"minus at the smallest): {less['median_ms']:.2f} ms, "
+            f"{less['ratio_to_smallest']:.2f} x smallest"
         )
     for kind, label in (("drop", "drop -> HTTP answered"), ("restart", "kill -> restarted")):
         target = result["targets"][kind]
@@ -339,6 +371,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="squish-bench-event-") as tmp:
         work = Path(tmp)
         site = make_site(work / "site")
+        anchor_dir = work / "anchor"
+        anchor_dir.mkdir()
+        anchor = (LayerStore(work / "anchor-state").builtin_base(), anchor_dir)
         extra = ("--backoff-reset", str(args.backoff_reset))
         with DaemonUnderTest(work / "daemon", extra_args=extra) as daemon:
             watcher = StartWatcher(daemon.socket)
@@ -352,7 +387,14 @@ def main() -> None:
                 have = size
                 measured.append(
                     measure_size(
-                        daemon, watcher, victims=victims, idle=idle, site=site, size=size, args=args
+                        daemon,
+                        watcher,
+                        victims=victims,
+                        idle=idle,
+                        site=site,
+                        anchor=anchor,
+                        size=size,
+                        args=args,
                     )
                 )
             try:
@@ -374,7 +416,7 @@ def main() -> None:
         }
     result = {
         "rows": rows,
-        "samples_s": {row["size"]: {k: row[k] for k in ("drop", "restart")} for row in measured},
+        "samples_s": {row["size"]: {k: row[k] for k in KINDS} for row in measured},
         "grow_s": grow_s,
         "targets": targets,
         "daemon_exit_code": exit_code,
