@@ -72,6 +72,9 @@ class ContainerSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     ports: tuple[PortForward, ...] = ()
     network: bool = True
+    # Named networks it joins (``squish.runtime.networks``); none: a
+    # slirp4netns of its own, reachable only through its forwards.
+    networks: tuple[str, ...] = ()
     tmp_size: int = DEFAULT_TMP_SIZE
 
 
@@ -106,6 +109,8 @@ class Container:
     exit_code: int | None = None
     finished_at: float | None = None
     log_path: Path | None = None
+    # Its address on each of its named networks, in the spec's order.
+    addresses: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:

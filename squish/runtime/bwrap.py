@@ -4,6 +4,11 @@ Called by ``BwrapRuntime.start``. The file descriptors are the runtime's
 handshake with bwrap (see ``bwrap_runtime`` for the dance):
 
 - ``--info-fd``: bwrap writes the sandbox's pid 1 (as seen from the host).
+- ``--userns`` (containers on named networks only): the network host's user
+  namespace, which the sandbox is made in instead of a new one of its own,
+  so that the network host can wire its network namespace
+  (``squish.runtime.networks``). Root inside is the daemon's user outside
+  there too, and the command has no capabilities in it.
 - ``--userns-block-fd`` (networked containers only): bwrap waits until the
   runtime has written the user namespace's uid/gid maps. The runtime writes
   them itself (instead of letting bwrap do it inside the child) so that they
@@ -49,6 +54,7 @@ class HandshakeFds:
     info: int
     userns_block: int | None = None
     block: int | None = None
+    userns: int | None = None  # join this user namespace instead of making one
 
 
 def container_env(spec: ContainerSpec) -> dict[str, str]:
@@ -67,11 +73,14 @@ def bwrap_argv(
     pinned: Pinned | None = None,
 ) -> list[str]:
     """Build the full argv that runs ``spec`` under bwrap (``pinned``: see ``plan_mounts``)."""
-    argv = [
-        bwrap,
+    argv = [bwrap]
+    if fds.userns is not None:
+        argv += ["--userns", str(fds.userns)]
+    else:
+        argv += ["--unshare-user"]
+    argv += [
         # Every namespace; the net namespace too when the container has no
         # network, so that it sees nothing but its own loopback.
-        "--unshare-user",
         "--unshare-ipc",
         "--unshare-pid",
         "--unshare-uts",

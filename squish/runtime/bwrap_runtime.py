@@ -74,6 +74,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from squish.broadcast import Broadcast
 from squish.errors import ContainerNotFound, PortInUse, RuntimeFailure
+from squish.layers import Mount
 from squish.runtime import (
     DEFAULT_HOST_IP,
     DEFAULT_STOP_GRACE,
@@ -95,6 +96,7 @@ from squish.runtime.logs import (
     drain,
 )
 from squish.runtime.mounts import Pinned, pin
+from squish.runtime.networks import NetworkHost, NetworkInfo
 from squish.runtime.slirp import Slirp
 
 # How long stop() looks for pid 2 when called right after start(), before
@@ -198,7 +200,8 @@ class _Live:
     info: _SandboxInfo
     run_dir: Path
     init_pidfd: int | None = None
-    slirp: Slirp | None = None
+    slirp: Slirp | None = None  # its own slirp4netns (no named networks)
+    shared: NetworkHost | None = None  # the network host of its named networks
     forwards: dict[PortForward, int | subprocess.Popen[bytes]] = field(default_factory=dict)
     exited: anyio.Event = field(default_factory=anyio.Event)
     stop_requested: bool = False
@@ -248,6 +251,8 @@ class BwrapRuntime:
         self._tg: TaskGroup | None = None
         self._bwrap_path = bwrap
         self._slirp_path = slirp4netns
+        self._net: NetworkHost | None = None
+        self._net_lock = anyio.Lock()
         # bwrap's argv[0], which its sandbox keeps until it runs the command
         # (and then as its pid 1): how a later owner of run_dir finds them.
         self._mark = f"bwrap-{secrets.token_hex(8)}"
@@ -288,6 +293,9 @@ class BwrapRuntime:
     ) -> bool | None:
         with anyio.CancelScope(shield=True):
             await self.stop_all(grace=self.stop_grace)
+            if self._net is not None:
+                await self._net.close()
+                self._net = None
         self._exits.close()
         return await self._exit_stack.__aexit__(exc_type, exc, tb)
 
@@ -343,6 +351,48 @@ class BwrapRuntime:
     def subscribe(self) -> MemoryObjectReceiveStream[ExitEvent]:
         return self._exits.subscribe()
 
+    def networks(self) -> tuple[NetworkInfo, ...]:
+        """The named networks that have members now, with their members' addresses."""
+        return tuple(self._net.networks()) if self._net is not None else ()
+
+    # -- named networks --------------------------------------------------
+
+    async def _network_host(self) -> NetworkHost:
+        """The network host, started by the first container on a named network."""
+        async with self._net_lock:
+            if self._net is None:
+                net = NetworkHost(
+                    run_dir=self.run_dir / "networks",
+                    slirp4netns=self._slirp_path,
+                    kernel=self._kernel,
+                )
+                await net.start()
+                assert self._tg is not None
+                self._tg.start_soon(self._watch_network_host, net)
+                self._net = net
+            return self._net
+
+    async def _watch_network_host(self, net: NetworkHost) -> None:
+        """When the network host dies, its containers have no network: end them."""
+        said = await net.wait_lost()
+        if self._net is net:
+            self._net = None
+        async with anyio.create_task_group() as tg:
+            for live in list(self._live.values()):
+                if live.shared is net and not live.stop_requested:
+                    live.lost = f"{said}; it is restarted with a new one"
+                    tg.start_soon(self._end_lost, live)
+        with anyio.CancelScope(shield=True):
+            await net.close()
+
+    async def _end_lost(self, live: _Live) -> None:
+        live.container.state = ContainerState.STOPPING
+        await self._terminate_command(live)
+        with anyio.move_on_after(self.stop_grace):
+            await live.exited.wait()
+        if not live.exited.is_set():
+            self._kill(live)
+
     # -- start -----------------------------------------------------------
 
     async def start(self, spec: ContainerSpec) -> Container:
@@ -373,6 +423,8 @@ class BwrapRuntime:
             os.close(fd)
 
         live: _Live | None = None
+        shared: NetworkHost | None = None  # reserved addresses to give back on failure
+        addresses: dict[str, str] = {}
         log_r = -1
         try:
             log_r, log_w = pipe()
@@ -383,7 +435,20 @@ class BwrapRuntime:
             block, block_child = (sock.detach() for sock in socket.socketpair())
             fds += (block, block_child)
             child_fds = [info_w, block_child]
-            if spec.network:
+            mounted = spec
+            if spec.networks:
+                net = await self._network_host()
+                run_dir.mkdir(mode=0o700)
+                hosts = run_dir / "hosts"
+                addresses = net.reserve(container_id, spec.name, spec.networks, hosts)
+                shared = net
+                userns = net.userns_fd()
+                fds.append(userns)
+                child_fds.append(userns)
+                # Its own /etc/hosts: every member of its networks, kept current.
+                mounted = replace(spec, mounts=(*spec.mounts, Mount(hosts, "/etc/hosts", rw=False)))
+                handshake = HandshakeFds(info_w, block=block_child, userns=userns)
+            elif spec.network:
                 # One fd for both blocks, a byte each: see squish.runtime.bwrap.
                 handshake = HandshakeFds(info_w, block_child, block_child)
             else:
@@ -393,10 +458,13 @@ class BwrapRuntime:
             pinned = Pinned()
             try:
                 pin([("/", spec.rootfs, "rootfs")], pinned)
-                pin(((m.target, m.source, f"layer for {m.target}") for m in spec.mounts), pinned)
+                pin(
+                    ((m.target, m.source, f"layer for {m.target}") for m in mounted.mounts),
+                    pinned,
+                )
             finally:
                 fds.extend(pinned.fds.values())
-            argv = bwrap_argv(spec, handshake, bwrap=self.bwrap, pinned=pinned)
+            argv = bwrap_argv(mounted, handshake, bwrap=self.bwrap, pinned=pinned)
             for fd in set(pinned.fds.values()) - set(pinned.bound):
                 close(fd)
             child_fds += pinned.bound
@@ -428,7 +496,7 @@ class BwrapRuntime:
             close(log_w)
             monitor_pidfd = self._kernel.pidfd_open(monitor.pid)
             fds.append(monitor_pidfd)
-            if spec.network:
+            if spec.network and not spec.networks:
                 run_dir.mkdir(mode=0o700)
             container = Container(
                 id=container_id,
@@ -436,11 +504,19 @@ class BwrapRuntime:
                 state=ContainerState.STARTING,
                 started_at=started_at,
                 log_path=log.path,
+                addresses=addresses,
             )
             fds.remove(info_r)  # owned by _SandboxInfo from here on
             fds.remove(monitor_pidfd)  # closed by _abort or _watch from here on
             live = _Live(container, monitor, monitor_pidfd, _SandboxInfo(info_r), run_dir)
-            if spec.network:
+            live.shared = shared
+            shared = None  # released by _abort or _watch from here on
+            if live.shared is not None:
+                if await self._wait_init(live) is None:
+                    await self._wait_gone(live)
+                    raise RuntimeFailure(f"{spec.name}: bwrap failed: {_pending_complaint(log_r)}")
+                await self._join_networks(live, live.shared, block)
+            elif spec.network:
                 if await self._wait_init(live) is None:
                     await self._wait_gone(live)
                     raise RuntimeFailure(f"{spec.name}: bwrap failed: {_pending_complaint(log_r)}")
@@ -461,6 +537,8 @@ class BwrapRuntime:
                 if live is not None:
                     await self._abort(live)
                     self._release(live)
+                if shared is not None:
+                    await shared.release(container_id)
                 # bwrap's own words, when it died under us (a broken pipe is
                 # only how we noticed).
                 complaint = _pending_complaint(log_r) if log_r in fds else ""
@@ -509,10 +587,25 @@ class BwrapRuntime:
         for port in live.container.spec.ports:
             await self._add_forward(live, port)
 
+    async def _join_networks(self, live: _Live, net: NetworkHost, release: int) -> None:
+        """Wire the sandbox into its networks and add its forwards, then release it."""
+        init_pid = live.container.init_pid
+        assert init_pid is not None
+        await net.attach(live.container.id, init_pid)
+        os.write(release, b"1")
+        for port in live.container.spec.ports:
+            await self._add_forward(live, port)
+
     async def _add_forward(self, live: _Live, port: PortForward) -> None:
-        assert live.slirp is not None and live.container.init_pid is not None
+        assert live.container.init_pid is not None
         ip = port.host_ip or self.default_host_ip
-        if port.protocol == "tcp":
+        if port.protocol == "tcp" and live.shared is not None:
+            address = next(iter(live.container.addresses.values()))
+            live.forwards[port] = await live.shared.add_forward(
+                "tcp", ip, port.host, address, port.container
+            )
+        elif port.protocol == "tcp":
+            assert live.slirp is not None
             live.forwards[port] = await live.slirp.add_forward("tcp", ip, port.host, port.container)
         else:
             live.forwards[port] = await _start_udp_relay(
@@ -521,18 +614,28 @@ class BwrapRuntime:
 
     async def _remove_forward(self, live: _Live, port: PortForward) -> None:
         forward = live.forwards.pop(port)
-        if isinstance(forward, int):
+        if isinstance(forward, int) and live.shared is not None:
+            await live.shared.remove_forward(forward)
+        elif isinstance(forward, int):
             assert live.slirp is not None
             await live.slirp.remove_forward(forward)
         else:
             forward.kill()
             forward.wait()
 
-    def _close_network(self, live: _Live) -> None:
+    async def _close_network(self, live: _Live) -> None:
+        """End its forwards; give its addresses on named networks back."""
         for forward in live.forwards.values():
             if not isinstance(forward, int):
                 forward.kill()
                 forward.wait()
+            elif live.shared is not None:
+                # The shared slirp4netns outlives the container: its forwards go now.
+                with contextlib.suppress(RuntimeFailure):
+                    await live.shared.remove_forward(forward)
+        live.forwards.clear()
+        if live.shared is not None:
+            await live.shared.release(live.container.id)
 
     async def _abort(self, live: _Live) -> None:
         """Undo a half-done start: kill the sandbox, stop slirp4netns."""
@@ -540,7 +643,7 @@ class BwrapRuntime:
         await self._wait_gone(live)
         await self._reap_init(live)
         await _reap_group(self._kernel, live.monitor.pid)
-        self._close_network(live)
+        await self._close_network(live)
         if live.slirp is not None:
             await live.slirp.close()
 
@@ -600,7 +703,7 @@ class BwrapRuntime:
             network.cancel()
             returncode = live.monitor.wait()
             await self._reap_init(live)
-            self._close_network(live)
+            await self._close_network(live)
             if live.slirp is not None:
                 await live.slirp.close()
         self._release(live)
@@ -698,7 +801,7 @@ class BwrapRuntime:
         if not container.state.can_update_ports:
             raise RuntimeFailure(f"{container.name}: cannot change ports while {container.state}")
         wanted = list(dict.fromkeys(ports))
-        if wanted and live.slirp is None:
+        if wanted and live.slirp is None and live.shared is None:
             raise RuntimeFailure(f"{container.name}: ports need a network, but network is 'none'")
         removed = [port for port in live.forwards if port not in wanted]
         added = [port for port in wanted if port not in live.forwards]

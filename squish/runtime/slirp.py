@@ -167,9 +167,15 @@ class Slirp:
         return decoded
 
     async def add_forward(
-        self, protocol: str, host_ip: str, host_port: int, guest_port: int
+        self,
+        protocol: str,
+        host_ip: str,
+        host_port: int,
+        guest_port: int,
+        *,
+        guest_addr: str = GUEST_ADDR,
     ) -> int:
-        """Forward ``host_ip:host_port`` to the container; returns the forward's id."""
+        """Forward ``host_ip:host_port`` to ``guest_addr``; returns the forward's id."""
         reply = await self._call(
             {
                 "execute": "add_hostfwd",
@@ -177,7 +183,7 @@ class Slirp:
                     "proto": protocol,
                     "host_addr": host_ip,
                     "host_port": host_port,
-                    "guest_addr": GUEST_ADDR,
+                    "guest_addr": guest_addr,
                     "guest_port": guest_port,
                 },
             }
