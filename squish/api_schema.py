@@ -68,6 +68,8 @@ class Container(TypedDict):
     """The squishfile is invalid (an older version may still run)."""
     next_restart_at: float | None
     spec_hash: str | None
+    networks: dict[str, str]
+    """Its address on each named network it is on, while it runs (network -> address)."""
 
 
 class LayerSpec(TypedDict):
@@ -104,6 +106,7 @@ class Squishfile(TypedDict):
     env: dict[str, str]
     ports: list[ManifestPort]
     network: str
+    networks: list[str]
     restart: str
     placement: Placement
 
@@ -133,6 +136,25 @@ class ContainerDetail(Container):
     """The log file on the daemon's host."""
     last_error: str | None
     stopped_by_user: bool
+
+
+class NetworkMember(TypedDict):
+    name: str
+    """The container's name (its name on the network, too)."""
+    address: str
+
+
+class Network(TypedDict):
+    """A named network (``squish network ls``, ``inspect``); it exists while named."""
+
+    name: str
+    subnet: str | None
+    """While some member runs: its addresses come from this subnet."""
+    gateway: str | None
+    containers: list[str]
+    """The squishfiles that name it."""
+    members: list[NetworkMember]
+    """The containers on it now, by address."""
 
 
 class Event(TypedDict):

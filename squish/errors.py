@@ -112,6 +112,10 @@ class ContainerNotFound(RuntimeFailure):
     """No container with that id is known to the runtime."""
 
 
+class NetworkNotFound(SquishError):
+    """No squishfile names that network, and no container is on it."""
+
+
 class AmbiguousName(SquishError):
     """An id prefix that several containers share; ``candidates`` are their names."""
 

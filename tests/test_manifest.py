@@ -144,8 +144,13 @@ def test_minimal_squishfile_gets_the_defaults() -> None:
     assert dict(squishfile.env) == {}
     assert squishfile.ports == ()
     assert squishfile.network == "slirp4netns"
+    assert squishfile.networks == ()
     assert squishfile.placement == Placement()
     assert squishfile.placement.everywhere
+
+
+def test_networks_keep_the_files_order() -> None:
+    assert parse('networks = ["front", "back"]\n' + MINIMAL).networks == ("front", "back")
 
 
 @pytest.mark.parametrize(
@@ -465,6 +470,25 @@ BAD = [
         placement(f'labels = {{ {"k" * 64} = "web" }}'),
         f"placement.labels.{'k' * 64}",
         "at most 63 characters",
+    ),
+    ("networks-not-a-list", 'networks = "backend"\n' + MINIMAL, "networks", "must be an array"),
+    (
+        "networks-bad-name",
+        'networks = ["backend", "-x"]\n' + MINIMAL,
+        "networks[1]",
+        "network names may contain only letters",
+    ),
+    (
+        "networks-twice",
+        'networks = ["a", "b", "a"]\n' + MINIMAL,
+        "networks",
+        "names 'a' more than once",
+    ),
+    (
+        "networks-with-network-none",
+        'network = "none"\nnetworks = ["a"]\n' + MINIMAL,
+        "networks",
+        'cannot join networks with network = "none"',
     ),
 ]
 
@@ -835,6 +859,14 @@ CHANGES = [
         Change.SAME,
     ),
     ("base", layers('alpine = "3.14"'), layers('alpine = "3.19"'), Change.REPLACE),
+    ("networks-added", MINIMAL, 'networks = ["a"]\n' + MINIMAL, Change.REPLACE),
+    (
+        "networks-reordered",
+        'networks = ["a", "b"]\n' + MINIMAL,
+        'networks = ["b", "a"]\n' + MINIMAL,
+        Change.REPLACE,
+    ),
+    ("networks-empty-is-none", MINIMAL, "networks = []\n" + MINIMAL, Change.SAME),
     (
         "ports-and-command",
         MINIMAL,

@@ -372,3 +372,29 @@ async def test_a_container_on_a_network_has_no_power_over_it(
     assert "add=2" in log or "add=1" in log, log
     assert "down=2" in log or "down=1" in log, log
     assert "Operation not permitted" in log
+
+
+async def test_the_fake_runtime_keeps_networks_as_the_real_one(
+    runtime: BwrapRuntime, base_rootfs: Path, www: Path
+) -> None:
+    """The reconciler's tests see what the daemon would: the same book, checked here."""
+    from squish.runtime.fake import FakeRuntime
+
+    async with FakeRuntime() as fake:
+        started: dict[str, tuple[str, str]] = {}
+        for name, networks in (("a", ("n1",)), ("b", ("n1", "n2")), ("c", ("n2",))):
+            real = await runtime.start(web(base_rootfs, www, name, *networks))
+            faked = await fake.start(web(base_rootfs, www, name, *networks))
+            assert real.addresses == faked.addresses
+            started[name] = (real.id, faked.id)
+        assert runtime.networks() == fake.networks()
+        await runtime.stop(started["b"][0], grace=0)
+        await fake.stop(started["b"][1], grace=0)
+        assert runtime.networks() == fake.networks()
+        assert [(n.name, set(n.members)) for n in fake.networks()] == [
+            ("n1", {"a"}),
+            ("n2", {"c"}),
+        ]
+        for real_id, _ in (started["a"], started["c"]):
+            await runtime.stop(real_id, grace=0)
+    assert runtime.networks() == ()

@@ -28,11 +28,18 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from squish import __version__
 from squish import api_schema as schema
-from squish.errors import ContainerNotFound, RuntimeFailure, SourceError, SquishError
+from squish.errors import (
+    ContainerNotFound,
+    NetworkNotFound,
+    RuntimeFailure,
+    SourceError,
+    SquishError,
+)
 from squish.model.host import host_paths
 from squish.model.squishfile import Layer, Squishfile, parse_squishfile
 from squish.reconcile.reconciler import Reconciler
 from squish.reconcile.status import ContainerStatus, Event, Phase
+from squish.runtime import NetworkInfo
 
 # How long create() watches a fresh container for an immediate failure
 # (a command that does not exist, a layer bwrap cannot mount).
@@ -92,6 +99,14 @@ class ControlPlane(Protocol):
 
     def log_path(self, ref: str) -> Path:
         """Where the log of the container ``ref`` names is (it may not exist yet)."""
+        ...
+
+    def networks(self) -> list[schema.Network]:
+        """Every named network: those a squishfile names, and those with members."""
+        ...
+
+    def network(self, name: str) -> schema.Network:
+        """One network; ``NetworkNotFound`` when nothing names it."""
         ...
 
     def subscribe(self) -> MemoryObjectReceiveStream[Event]:
@@ -157,6 +172,24 @@ class DaemonControl:
             "last_error": (record.failure if record else None) or row["manifest_error"],
             "stopped_by_user": bool(record and record.stopped_by_user),
         }
+
+    def networks(self) -> list[schema.Network]:
+        named: dict[str, list[str]] = {}
+        for name, manifest in sorted(self.reconciler.desired.items()):
+            if manifest.squishfile is not None:
+                for network in manifest.squishfile.networks:
+                    named.setdefault(network, []).append(name)
+        wired = {info.name: info for info in self.reconciler.runtime.networks()}
+        return [
+            _network_json(name, named.get(name, []), wired.get(name))
+            for name in sorted(set(named) | set(wired))
+        ]
+
+    def network(self, name: str) -> schema.Network:
+        for network in self.networks():
+            if network["name"] == name:
+                return network
+        raise NetworkNotFound(f"no network {name!r}: no squishfile names it")
 
     def log_path(self, ref: str) -> Path:
         try:
@@ -327,6 +360,19 @@ def _noted(error: SquishError, note: str) -> SquishError:
         return RuntimeFailure(f"{error}; {note}")
 
 
+def _network_json(name: str, named_by: list[str], wired: NetworkInfo | None) -> schema.Network:
+    return {
+        "name": name,
+        "subnet": wired.subnet if wired else None,
+        "gateway": wired.gateway if wired else None,
+        "containers": named_by,
+        "members": [
+            {"name": member, "address": address}
+            for member, address in (wired.members.items() if wired else ())
+        ],
+    }
+
+
 def _layer_json(layer: Layer) -> schema.LayerSpec:
     return {
         "name": layer.name,
@@ -356,6 +402,7 @@ def _squishfile_json(squishfile: Squishfile) -> schema.Squishfile:
             for port in squishfile.ports
         ],
         "network": squishfile.network,
+        "networks": list(squishfile.networks),
         "restart": squishfile.restart,
         "placement": {
             "nodes": list(squishfile.placement.nodes),

@@ -178,6 +178,9 @@ class Squishfile:
     env: Mapping[str, str] = field(default_factory=_empty_env, hash=False)
     ports: tuple[Port, ...] = ()
     network: Network = "slirp4netns"
+    # Named networks of this node it joins, in the file's order (the first
+    # carries its default route and its published ports).
+    networks: tuple[str, ...] = ()
     # What to do when the command ends by itself (the kubelet's restartPolicy).
     restart: RestartPolicy = "always"
     # Which nodes of a fleet may run it; not part of the spec (see _spec).
@@ -189,6 +192,7 @@ class Squishfile:
         object.__setattr__(self, "layers", tuple(self.layers))
         object.__setattr__(self, "args", tuple(self.args))
         object.__setattr__(self, "ports", tuple(self.ports))
+        object.__setattr__(self, "networks", tuple(self.networks))
         if not isinstance(self.env, MappingProxyType):
             object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
 
@@ -226,6 +230,9 @@ class Squishfile:
             "env": dict(self.env),
             "restart": self.restart,
         }
+        if self.networks:
+            # Only when set: the hash of every squishfile without it is as before.
+            spec["networks"] = list(self.networks)
         if with_ports:
             spec["ports"] = sorted(
                 (
@@ -472,6 +479,22 @@ def _layer_name(value: str) -> str:
     return value
 
 
+def _network_name(value: str) -> str:
+    if not _CONTAINER_NAME.fullmatch(value):
+        raise ValueError(
+            "network names may contain only letters, digits, '_', '.' and '-' "
+            f"and must start with a letter or digit, got {_describe(value)}"
+        )
+    return value
+
+
+def _network_names(value: list[str]) -> list[str]:
+    twice = sorted({name for name in value if value.count(name) > 1})
+    if twice:
+        raise ValueError(f"names {', '.join(repr(n) for n in twice)} more than once")
+    return value
+
+
 def _env_key(value: str) -> str:
     if not _ENV_KEY.fullmatch(value):
         raise ValueError(
@@ -558,6 +581,9 @@ _Command = Annotated[str, AfterValidator(_command)]
 _PortNumber = Annotated[int, PlainValidator(_port_number)]
 _HostIp = Annotated[str, AfterValidator(host_ip)]
 _LayerName = Annotated[str, AfterValidator(_layer_name)]
+_NetworkNames = Annotated[
+    list[Annotated[str, AfterValidator(_network_name)]], AfterValidator(_network_names)
+]
 _EnvKey = Annotated[str, AfterValidator(_env_key)]
 _Version = Annotated[str, AfterValidator(_version)]
 _LayerPath = Annotated[str, AfterValidator(_layer_path)]
@@ -634,6 +660,7 @@ class _RawPlacement(_Raw):
 
 class _RawSquishfile(_Raw):
     network: Network = "slirp4netns"
+    networks: _NetworkNames = Field(default_factory=list)
     layers: dict[_LayerName, _RawLayer] = Field(default_factory=dict)
     run: _RawRun
     env: dict[_EnvKey, _NoNul] = Field(default_factory=dict)
@@ -805,6 +832,13 @@ def _resolve(
         return None
     base, layers_found = _resolve_layers(raw.layers, doc, paths, problems)
     ports_found = _resolve_ports(list(enumerate(raw.ports)), problems)
+    if raw.networks and raw.network == "none":
+        problems.append(
+            _Problem(
+                ("networks",),
+                'cannot join networks with network = "none"; remove one of the two',
+            )
+        )
     return Squishfile(
         name=name,
         base=base,
@@ -814,6 +848,7 @@ def _resolve(
         env=raw.env,
         ports=ports_found,
         network=raw.network,
+        networks=tuple(raw.networks),
         restart=raw.restart.policy,
         placement=Placement(tuple(raw.placement.nodes or ()), raw.placement.labels),
     )

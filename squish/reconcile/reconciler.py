@@ -748,6 +748,7 @@ class Reconciler:
                 if (container := live.get(record.container_id or "")) is not None:
                     status.pid = container.pid
                     status.ports = container.ports
+                    status.networks = container.addresses
             case Phase.PENDING if record.in_flight:
                 if record.resolving:
                     status.reason = "waiting for its layers (downloading or unpacking)"

@@ -26,4 +26,5 @@ def container_spec(squishfile: Squishfile, store: LayerStore) -> ContainerSpec:
             for port in squishfile.ports
         ),
         network=squishfile.network != "none",
+        networks=squishfile.networks,
     )

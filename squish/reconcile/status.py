@@ -47,6 +47,7 @@ class ContainerStatus:
     manifest_error: str | None = None  # the manifest is invalid (an older version may run)
     next_restart_at: float | None = None
     spec_hash: str | None = None
+    networks: Mapping[str, str] = field(default_factory=dict)  # network -> address (running)
 
     def to_json(self, default_host_ip: str = DEFAULT_HOST_IP) -> schema.Container:
         """The API's shape; a port bound to the runtime's default shows that address."""
@@ -72,6 +73,7 @@ class ContainerStatus:
             "manifest_error": self.manifest_error,
             "next_restart_at": self.next_restart_at,
             "spec_hash": self.spec_hash,
+            "networks": dict(self.networks),
         }
 
 

@@ -118,6 +118,16 @@ class Container:
 
 
 @dataclass(frozen=True)
+class NetworkInfo:
+    """A named network that has members, as the runtime wired it."""
+
+    name: str
+    subnet: str
+    gateway: str
+    members: Mapping[str, str]  # container name -> its address on this network
+
+
+@dataclass(frozen=True)
 class ExitEvent:
     """A container ended: by itself, by a signal, or because it was stopped.
 
@@ -160,3 +170,7 @@ class Runtime(Protocol):
     async def update_ports(self, container_id: str, ports: Sequence[PortForward]) -> Container: ...
 
     def subscribe(self) -> MemoryObjectReceiveStream[ExitEvent]: ...
+
+    def networks(self) -> tuple[NetworkInfo, ...]:
+        """The named networks with members now, and their addresses."""
+        ...

@@ -83,6 +83,7 @@ from squish.runtime import (
     ContainerSpec,
     ContainerState,
     ExitEvent,
+    NetworkInfo,
     PortForward,
 )
 from squish.runtime.bwrap import HandshakeFds, args_data, bwrap_argv
@@ -96,7 +97,7 @@ from squish.runtime.logs import (
     drain,
 )
 from squish.runtime.mounts import Pinned, pin
-from squish.runtime.networks import NetworkHost, NetworkInfo
+from squish.runtime.networks import NetworkHost
 from squish.runtime.slirp import Slirp
 
 # How long stop() looks for pid 2 when called right after start(), before
@@ -353,7 +354,7 @@ class BwrapRuntime:
 
     def networks(self) -> tuple[NetworkInfo, ...]:
         """The named networks that have members now, with their members' addresses."""
-        return tuple(self._net.networks()) if self._net is not None else ()
+        return self._net.book.networks() if self._net is not None else ()
 
     # -- named networks --------------------------------------------------
 

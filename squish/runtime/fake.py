@@ -31,8 +31,10 @@ from squish.runtime import (
     ContainerSpec,
     ContainerState,
     ExitEvent,
+    NetworkInfo,
     PortForward,
 )
+from squish.runtime.networks import NetworkBook
 
 
 class FakeRuntime:
@@ -46,6 +48,8 @@ class FakeRuntime:
         self._failures: dict[str, RuntimeFailure] = {}
         self._hangs: set[str] = set()
         self._pids = itertools.count(1000)
+        # The real runtime's bookkeeping of named networks, without the wiring.
+        self._book = NetworkBook()
 
     async def __aenter__(self) -> FakeRuntime:
         return self
@@ -72,6 +76,9 @@ class FakeRuntime:
     def ids(self) -> Set[str]:
         return self._live.keys()
 
+    def networks(self) -> tuple[NetworkInfo, ...]:
+        return self._book.networks()
+
     def _held_ports(self, exclude: str | None = None) -> set[tuple[str, int, str]]:
         return {
             (port.host_ip or self.default_host_ip, port.host, port.protocol)
@@ -97,14 +104,17 @@ class FakeRuntime:
         if spec.ports and not spec.network:
             raise RuntimeFailure(f"{spec.name}: ports need a network, but network is 'none'")
         self._check_ports(spec.ports)
+        container_id = secrets.token_hex(32)
+        addresses = self._book.reserve(container_id, spec.name, spec.networks)
         container = Container(
-            id=secrets.token_hex(32),
+            id=container_id,
             spec=spec,
             state=ContainerState.RUNNING,
             started_at=time.time(),
             pid=next(self._pids),
             init_pid=next(self._pids),
             ports=tuple(dict.fromkeys(spec.ports)),
+            addresses=addresses,
         )
         self._live[container.id] = container
         return replace(container)
@@ -122,6 +132,7 @@ class FakeRuntime:
         container.exit_code = exit_code
         container.finished_at = time.time()
         del self._live[container.id]
+        self._book.release(container.id)
         event = ExitEvent(
             container.id, container.name, exit_code, container.finished_at, stopped, reason
         )
@@ -138,6 +149,7 @@ class FakeRuntime:
     def vanish(self, container_id: str) -> None:
         """Make a container exit with its exit event lost (what only a resync sees)."""
         del self._live[container_id]
+        self._book.release(container_id)
 
     async def stop(self, container_id: str, *, grace: float = DEFAULT_STOP_GRACE) -> Container:
         self.calls.append(("stop", container_id))

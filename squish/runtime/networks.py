@@ -47,7 +47,7 @@ from typing import Any
 import anyio
 
 from squish.errors import RuntimeFailure
-from squish.runtime import HELPER_ENV
+from squish.runtime import HELPER_ENV, NetworkInfo
 from squish.runtime.kernel import Kernel
 from squish.runtime.slirp import Slirp
 
@@ -59,22 +59,12 @@ _HELPER_TIMEOUT = 10.0
 _HOSTS_HEADER = "127.0.0.1\tlocalhost\n::1\tlocalhost\n"
 
 
-@dataclass(frozen=True)
-class NetworkInfo:
-    """A network as ``squish network ls`` / ``inspect`` show it."""
-
-    name: str
-    subnet: str
-    gateway: str
-    bridge: str
-    members: Mapping[str, str]  # container name -> its address on this network
-
-
 @dataclass
 class _Member:
+    container_id: str
     name: str
     addresses: dict[str, str]  # network -> address, in the spec's order
-    hosts: Path
+    hosts: Path | None  # its hosts file, rewritten when a peer comes or goes
 
 
 @dataclass
@@ -97,6 +87,128 @@ class _Network:
         return f"sqbr{self.index}"
 
 
+class NetworkBook:
+    """Who is on which network, with which address: the bookkeeping, no I/O.
+
+    Shared by ``NetworkHost`` and the fake runtime, so that the addresses,
+    hosts files and listings the reconciler's tests see are the real ones.
+    """
+
+    def __init__(self) -> None:
+        self._networks: dict[str, _Network] = {}
+        self._members: dict[str, _Member] = {}
+
+    def clear(self) -> None:
+        self._networks.clear()
+        self._members.clear()
+
+    def network(self, name: str) -> _Network:
+        return self._networks[name]
+
+    def reserve(
+        self, container_id: str, name: str, networks: Sequence[str], hosts: Path | None = None
+    ) -> dict[str, str]:
+        """An address on each network for the container (a network is made by its first)."""
+        addresses: dict[str, str] = {}
+        try:
+            for network_name in networks:
+                network = self._networks.get(network_name) or self._new_network(network_name)
+                address = self._free_address(network)
+                network.members[container_id] = address
+                addresses[network_name] = address
+        except RuntimeFailure:
+            self._forget(container_id, list(addresses))
+            raise
+        self._members[container_id] = _Member(container_id, name, addresses, hosts)
+        return addresses
+
+    def _new_network(self, name: str) -> _Network:
+        taken = {network.index for network in self._networks.values()}
+        count = 2 ** (_PREFIX - ADDRESS_SPACE.prefixlen)
+        index = next((i for i in range(count) if i not in taken), None)
+        if index is None:
+            raise RuntimeFailure(f"network {name}: all {count} networks of {ADDRESS_SPACE} in use")
+        network = self._networks[name] = _Network(name, index)
+        return network
+
+    def _free_address(self, network: _Network) -> str:
+        taken = set(network.members.values()) | {network.gateway}
+        for host in network.subnet.hosts():
+            if str(host) not in taken:
+                return str(host)
+        raise RuntimeFailure(
+            f"network {network.name}: no free address left in {network.subnet} "
+            f"({len(network.members)} members)"
+        )
+
+    def release(self, container_id: str) -> tuple[dict[str, str], list[_Network]]:
+        """Forget the container: its addresses, and the networks it was the last of."""
+        member = self._members.pop(container_id, None)
+        if member is None:
+            return {}, []
+        return member.addresses, self._forget(container_id, list(member.addresses))
+
+    def _forget(self, container_id: str, networks: Sequence[str]) -> list[_Network]:
+        emptied = []
+        for network_name in networks:
+            network = self._networks.get(network_name)
+            if network is None:
+                continue
+            network.members.pop(container_id, None)
+            if not network.members:
+                del self._networks[network_name]
+                emptied.append(network)
+        return emptied
+
+    def member(self, container_id: str) -> _Member:
+        return self._members[container_id]
+
+    def hosts_of(self, container_id: str) -> str:
+        """The hosts file of one member: itself first, then each network's members."""
+        member = self._members[container_id]
+        lines = [_HOSTS_HEADER]
+        seen: set[tuple[str, str]] = set()
+        own = next(iter(member.addresses.values()))
+        lines.append(f"{own}\t{member.name}\n")
+        seen.add((own, member.name))
+        for network_name in member.addresses:
+            network = self._networks.get(network_name)
+            if network is None:
+                continue
+            for peer_id, address in sorted(network.members.items(), key=lambda m: m[1]):
+                peer = self._members.get(peer_id)
+                if peer is None or (address, peer.name) in seen:
+                    continue
+                seen.add((address, peer.name))
+                lines.append(f"{address}\t{peer.name}\n")
+        return "".join(lines)
+
+    def peers(self, networks: Mapping[str, str]) -> list[_Member]:
+        """Every member of ``networks`` (by name), each once."""
+        ids = {
+            peer_id
+            for network_name in networks
+            if (network := self._networks.get(network_name)) is not None
+            for peer_id in network.members
+        }
+        return [self._members[peer_id] for peer_id in sorted(ids) if peer_id in self._members]
+
+    def addresses(self, container_id: str) -> dict[str, str]:
+        member = self._members.get(container_id)
+        return dict(member.addresses) if member is not None else {}
+
+    def networks(self) -> tuple[NetworkInfo, ...]:
+        infos = []
+        for network in sorted(self._networks.values(), key=lambda n: n.name):
+            members = {
+                self._members[cid].name: address
+                for cid, address in sorted(network.members.items(), key=lambda m: m[1])
+                if cid in self._members
+            }
+            infos.append(NetworkInfo(network.name, str(network.subnet), network.gateway, members))
+        return tuple(infos)
+
+
 class NetworkHost:
     """The helper, its slirp4netns, and who is on which network."""
 
@@ -107,8 +219,7 @@ class NetworkHost:
         self.helper: subprocess.Popen[bytes] | None = None
         self.helper_pidfd = -1
         self.slirp: Slirp | None = None
-        self._networks: dict[str, _Network] = {}
-        self._members: dict[str, _Member] = {}
+        self.book = NetworkBook()
         self._lock = anyio.Lock()
         self._close_lock = anyio.Lock()
         self._buffer = b""
@@ -204,8 +315,7 @@ class NetworkHost:
         if self.helper_pidfd >= 0:
             os.close(self.helper_pidfd)
             self.helper_pidfd = -1
-        self._networks.clear()
-        self._members.clear()
+        self.book.clear()
 
     # -- the helper's requests -------------------------------------------
 
@@ -257,45 +367,16 @@ class NetworkHost:
         self, container_id: str, name: str, networks: Sequence[str], hosts: Path
     ) -> dict[str, str]:
         """An address on each network for the container, and its hosts file written."""
-        addresses: dict[str, str] = {}
-        try:
-            for network_name in networks:
-                network = self._networks.get(network_name) or self._new_network(network_name)
-                address = self._free_address(network)
-                network.members[container_id] = address
-                addresses[network_name] = address
-        except RuntimeFailure:
-            self._forget(container_id, list(addresses))
-            raise
-        self._members[container_id] = _Member(name, addresses, hosts)
-        hosts.write_text(self._hosts_of(container_id))
+        addresses = self.book.reserve(container_id, name, networks, hosts)
+        hosts.write_text(self.book.hosts_of(container_id))
         return addresses
-
-    def _new_network(self, name: str) -> _Network:
-        taken = {network.index for network in self._networks.values()}
-        count = 2 ** (_PREFIX - ADDRESS_SPACE.prefixlen)
-        index = next((i for i in range(count) if i not in taken), None)
-        if index is None:
-            raise RuntimeFailure(f"network {name}: all {count} networks of {ADDRESS_SPACE} in use")
-        network = self._networks[name] = _Network(name, index)
-        return network
-
-    def _free_address(self, network: _Network) -> str:
-        taken = set(network.members.values()) | {network.gateway}
-        for host in network.subnet.hosts():
-            if str(host) not in taken:
-                return str(host)
-        raise RuntimeFailure(
-            f"network {network.name}: no free address left in {network.subnet} "
-            f"({len(network.members)} members)"
-        )
 
     async def attach(self, container_id: str, pid: int) -> None:
         """Wire the reserved container (sandbox pid 1 ``pid``) in; tell its peers."""
-        member = self._members[container_id]
+        member = self.book.member(container_id)
         links = []
         for position, (network_name, address) in enumerate(member.addresses.items()):
-            network = self._networks[network_name]
+            network = self.book.network(network_name)
             if not network.bridged:
                 await self._request(
                     {
@@ -317,95 +398,30 @@ class NetworkHost:
                     "prefix": _PREFIX,
                 }
             )
-        first = self._networks[next(iter(member.addresses))]
+        first = self.book.network(next(iter(member.addresses)))
         await self._request({"op": "attach", "pid": pid, "links": links, "gateway": first.gateway})
         self._rewrite_peers(member.addresses)
 
     async def release(self, container_id: str) -> None:
         """The container is gone: its addresses are free, its peers told."""
-        member = self._members.pop(container_id, None)
-        if member is None:
-            return
-        emptied = self._forget(container_id, list(member.addresses))
-        self._rewrite_peers(member.addresses)
+        addresses, emptied = self.book.release(container_id)
+        self._rewrite_peers(addresses)
         for network in emptied:
             if network.bridged and self.helper is not None and self.helper.poll() is None:
                 # The veths went with the container's namespace; the bridge goes now.
                 with contextlib.suppress(RuntimeFailure):
                     await self._request({"op": "unbridge", "bridge": network.bridge})
 
-    def _forget(self, container_id: str, networks: Sequence[str]) -> list[_Network]:
-        emptied = []
-        for network_name in networks:
-            network = self._networks.get(network_name)
-            if network is None:
-                continue
-            network.members.pop(container_id, None)
-            if not network.members:
-                del self._networks[network_name]
-                emptied.append(network)
-        return emptied
-
-    def _hosts_of(self, container_id: str) -> str:
-        """The hosts file of one member: itself first, then each network's members."""
-        member = self._members[container_id]
-        lines = [_HOSTS_HEADER]
-        seen: set[tuple[str, str]] = set()
-        own = next(iter(member.addresses.values()))
-        lines.append(f"{own}\t{member.name}\n")
-        seen.add((own, member.name))
-        for network_name in member.addresses:
-            network = self._networks.get(network_name)
-            if network is None:
-                continue
-            for peer_id, address in sorted(network.members.items(), key=lambda m: m[1]):
-                peer = self._members.get(peer_id)
-                if peer is None or (address, peer.name) in seen:
-                    continue
-                seen.add((address, peer.name))
-                lines.append(f"{address}\t{peer.name}\n")
-        return "".join(lines)
-
     def _rewrite_peers(self, networks: Mapping[str, str]) -> None:
         """Rewrite, in place, the hosts file of every member of ``networks``."""
-        peers = {
-            peer_id
-            for network_name in networks
-            if (network := self._networks.get(network_name)) is not None
-            for peer_id in network.members
-        }
-        for peer_id in peers:
-            member = self._members.get(peer_id)
-            if member is None:
+        for member in self.book.peers(networks):
+            if member.hosts is None:
                 continue
-            data = self._hosts_of(peer_id).encode()
+            data = self.book.hosts_of(member.container_id).encode()
             # In place: the container's bind mount holds this inode.
             with contextlib.suppress(OSError), open(member.hosts, "r+b") as file:
                 file.write(data)
                 file.truncate(len(data))
-
-    def addresses(self, container_id: str) -> dict[str, str]:
-        member = self._members.get(container_id)
-        return dict(member.addresses) if member is not None else {}
-
-    def networks(self) -> list[NetworkInfo]:
-        infos = []
-        for network in sorted(self._networks.values(), key=lambda n: n.name):
-            members = {
-                self._members[cid].name: address
-                for cid, address in sorted(network.members.items(), key=lambda m: m[1])
-                if cid in self._members
-            }
-            infos.append(
-                NetworkInfo(
-                    network.name,
-                    str(network.subnet),
-                    network.gateway,
-                    network.bridge,
-                    members,
-                )
-            )
-        return infos
 
     # -- forwards --------------------------------------------------------
 

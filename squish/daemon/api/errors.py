@@ -7,7 +7,8 @@ uses :func:`json_response` and :func:`error_response`. A
 :class:`~squish.errors.SquishError` becomes ``{"error": "<one line>"}`` with:
 
     400  ManifestError, LayerError, a malformed request (BadRequest)
-    404  ContainerNotFound (a container the daemon does not know), NoSuchSource, no such route
+    404  ContainerNotFound (a container the daemon does not know), NoSuchSource,
+         NetworkNotFound, no such route
     409  RuntimeFailure, PortInUse (the request was fine; the host said no),
          AmbiguousName (with the candidates), SourceError (no git source to sync,
          a delete the prune guard holds)
@@ -31,6 +32,7 @@ from squish.errors import (
     ContainerNotFound,
     LayerError,
     ManifestError,
+    NetworkNotFound,
     NoSuchSource,
     RuntimeFailure,
     SourceError,
@@ -47,7 +49,7 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 def _status_for(exc: Exception) -> int:
     # ContainerNotFound is a RuntimeFailure, so it is checked first.
-    if isinstance(exc, ContainerNotFound | NoSuchSource):
+    if isinstance(exc, ContainerNotFound | NoSuchSource | NetworkNotFound):
         return 404
     if isinstance(exc, SourceError):
         return 409

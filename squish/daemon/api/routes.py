@@ -24,6 +24,8 @@ Routes (all under ``/v1``; the shapes are :mod:`squish.api_schema`'s, and
                                         seconds), text/plain stream; with timestamps each line
                                         starts "2026-12-01T10:00:00.123Z "
     GET    /events                      x-ndjson stream of Event
+    GET    /networks                    [Network]
+    GET    /networks/{name}             Network
     GET    /layers                      [LayerInfo]
     POST   /layers/pull                 PullRequest -> x-ndjson PullLine
     PUT    /layers/{name}/{version}     ?sha256=&source=; the body is the archive
@@ -157,6 +159,14 @@ def _container_operations(control: ControlPlane, drain: Drain) -> list[Operation
 
         return Stream(pump, NDJSON, drain)
 
+    async def list_networks(request: Request) -> Response:
+        return json_response(control.networks())
+
+    async def network(request: Request) -> Response:
+        return json_response(
+            control.network(valid_name(request.path_params["name"], "network name"))
+        )
+
     by_ref = (400, 404, 409)
     return [
         Operation("GET", "/v1/status", "the daemon's status", status, schema.DaemonStatus),
@@ -223,6 +233,17 @@ def _container_operations(control: ControlPlane, drain: Drain) -> list[Operation
         ),
         Operation(
             "GET", "/v1/events", "every event from now on", events, schema.Event, media=NDJSON
+        ),
+        Operation(
+            "GET", "/v1/networks", "every named network", list_networks, list[schema.Network]
+        ),
+        Operation(
+            "GET",
+            "/v1/networks/{name}",
+            "one named network: who names it, who is on it",
+            network,
+            schema.Network,
+            errors=(400, 404),
         ),
     ]
 
