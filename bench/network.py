@@ -15,9 +15,15 @@ alike; each prints median and p90 per series and the ratio to its anchor:
    ``slirp`` (``network=True``, a slirp4netns of its own) the same; ``named``
    (on a named network that a peer container is already on) the same, and
    ``named, by name``: busybox httpd in the new container, until the peer
-   (told the new name through a FIFO once the start returned) gets an
+   (told the new name through a FIFO once the command has run) gets an
    answer from ``http://NAME:8080/``, the name resolved through its
-   /etc/hosts, and says so through another FIFO.
+   /etc/hosts, and says so through another FIFO. A third container stays
+   on the network throughout, so every sample finds its bridge up. The
+   peer is started afresh (untimed) before each sample: the new container
+   gets the address its predecessor had (the lowest free one), and a peer
+   that had talked to the predecessor keeps its MAC in its neighbour cache
+   (nothing announces the new one), so it would not reach the new
+   container for tens of seconds.
 2. Host memory per container: ``--containers`` busybox ``sleep`` containers
    on one named network, then as many each with a slirp4netns of its own
    (the anchor), each set on a runtime of its own (nothing else of squish
@@ -83,14 +89,14 @@ TARGETS = {
     "outside": 1.0,  # named / slirp: at least
 }
 
-# The peer: reads a name from /mnt/go, polls it over HTTP until it answers,
-# says so on /mnt/answered. Its fd 3 stays open on go: one open, many names.
+# The peer: says it is up, reads a name from /mnt/go, polls it over HTTP
+# until it answers, says so on /mnt/answered.
 PEER_SCRIPT = """
-exec 3< /mnt/go
-while read -r name <&3; do
-  until wget -q -O /dev/null "http://$name:8080/" 2>/dev/null; do :; done
-  echo "$name" > /mnt/answered
-done
+echo up > /mnt/answered
+read -r name < /mnt/go
+until wget -q -O /dev/null "http://$name:8080/" 2>/dev/null; do :; done
+echo "$name" > /mnt/answered
+exec sleep 1000
 """
 
 # Receiver: counts what each connection sends until EOF, answers the count.
@@ -272,21 +278,30 @@ async def start_latency(
     async def slirp() -> None:
         series["slirp"].append(await bench.until_run(network=True))
 
+    peer_spec = ContainerSpec(
+        name="peer",
+        rootfs=rootfs,
+        command="/bin/sh",
+        args=("-c", PEER_SCRIPT),
+        mounts=(Mount(peer_dir, "/mnt", rw=True),),
+        networks=("bench",),
+    )
+
     async def named() -> None:
+        # A fresh peer each time: see the module docstring.
+        peer = await runtime.start(peer_spec)
+        await answered.wait()  # up, waiting for the name
         ran, by_name = await bench.named()
         series["named"].append(ran)
         series["named, by name"].append(by_name)
+        await runtime.stop(peer.id, grace=0)
 
     kinds = [none, slirp, named]
     try:
-        peer = await runtime.start(
+        # Keeps the network, its bridge, up between the samples.
+        member = await runtime.start(
             ContainerSpec(
-                name="peer",
-                rootfs=rootfs,
-                command="/bin/sh",
-                args=("-c", PEER_SCRIPT),
-                mounts=(Mount(peer_dir, "/mnt", rw=True),),
-                networks=("bench",),
+                name="member", rootfs=rootfs, command="sleep", args=("3600",), networks=("bench",)
             )
         )
         for _ in range(3):  # warm caches for every series
@@ -300,7 +315,7 @@ async def start_latency(
             with anyio.fail_after(START_TIMEOUT):
                 for kind in kinds[i % 3 :] + kinds[: i % 3]:
                     await kind()
-        await runtime.stop(peer.id, grace=0)
+        await runtime.stop(member.id, grace=0)
     finally:
         go.close()
         answered.close()

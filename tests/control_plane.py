@@ -42,6 +42,8 @@ def resolve(squishfile: Squishfile, _store: LayerStore) -> ContainerSpec:
         ports=tuple(
             PortForward(p.host, p.container, p.protocol, p.host_ip) for p in squishfile.ports
         ),
+        network=squishfile.network != "none",
+        networks=squishfile.networks,
     )
 
 

@@ -118,6 +118,40 @@ async def test_list_containers(api: httpx.AsyncClient, plane: Plane) -> None:
     assert "run.command: is required" in by_name["broken"]["manifest_error"]
 
 
+async def test_networks_and_their_members(api: httpx.AsyncClient, plane: Plane) -> None:
+    plane.write("a", 'networks = ["n1"]\n' + squishfile())
+    plane.write("b", 'networks = ["n1", "n2"]\n' + squishfile())
+    plane.write("c", 'networks = ["n3"]\nnetwork = "none"\n' + squishfile())  # invalid
+    plane.write("d", squishfile())
+    await running(plane, "a")
+    await running(plane, "b")
+    response = await api.get("/v1/networks")
+    assert response.status_code == 200
+    networks = {n["name"]: n for n in conforms(list[schema.Network], response.json())}
+    assert set(networks) == {"n1", "n2"}  # an invalid squishfile names nothing
+    n1 = networks["n1"]
+    assert n1["containers"] == ["a", "b"]
+    assert n1["subnet"] == "10.89.0.0/24" and n1["gateway"] == "10.89.0.1"
+    assert [m["name"] for m in n1["members"]] == ["a", "b"]
+    rows = {row["name"]: row for row in (await api.get("/v1/containers")).json()}
+    assert rows["b"]["networks"] == {
+        "n1": n1["members"][1]["address"],
+        "n2": networks["n2"]["members"][0]["address"],
+    }
+    assert rows["d"]["networks"] == {}
+    one = await api.get("/v1/networks/n2")
+    assert conforms(schema.Network, one.json()) == networks["n2"]
+    # Stopped, b leaves its networks; n2 stays while b's squishfile names it.
+    assert (await api.post("/v1/containers/b/stop")).status_code == 200
+    n2 = conforms(schema.Network, (await api.get("/v1/networks/n2")).json())
+    assert n2 == {"name": "n2", "subnet": None, "gateway": None, "containers": ["b"], "members": []}
+    missing = await api.get("/v1/networks/nowhere")
+    assert missing.status_code == 404
+    assert missing.json() == {"error": "no network 'nowhere': no squishfile names it"}
+    inspected = (await api.get("/v1/containers/a")).json()
+    assert inspected["applied"]["networks"] == ["n1"]
+
+
 async def test_create_waits_until_it_runs(api: httpx.AsyncClient, plane: Plane) -> None:
     response = await api.post(
         "/v1/containers", json={"name": "web", "manifest": MANIFEST, "timeout": 12}

@@ -565,3 +565,28 @@ def test_validate_and_run_need_no_daemon(
     good.write_text('[run]\ncommand = "/bin/true"\n')
     assert main(["validate", str(good)]) == 0
     assert capsys.readouterr().out == f"{good}: ok\n"
+
+
+def test_network_ls_and_inspect(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    daemon.write("api", 'networks = ["backend", "front"]\n' + squishfile())
+    daemon.write("db", 'networks = ["backend"]\n' + squishfile())
+    daemon.wait_running("api", "db")
+    capsys.readouterr()
+    assert daemon.squish("network", "ls") == 0
+    header, *rows = lines_of(capsys.readouterr().out)
+    assert header.split() == ["NAME", "SUBNET", "GATEWAY", "RUNNING", "CONTAINERS"]
+    assert [row.split(maxsplit=4) for row in rows] == [
+        ["backend", "10.89.0.0/24", "10.89.0.1", "2/2", "api, db"],
+        ["front", "10.89.1.0/24", "10.89.1.1", "1/1", "api"],
+    ]
+    assert daemon.squish("network", "inspect", "backend", "nowhere") == 1
+    captured = capsys.readouterr()
+    (backend,) = json.loads(captured.out)
+    assert [m["name"] for m in backend["members"]] == ["api", "db"]
+    assert captured.err == "squish: no network 'nowhere': no squishfile names it\n"
+    assert daemon.squish("network", "ls", "--json") == 0
+    assert [n["name"] for n in json.loads(capsys.readouterr().out)] == ["backend", "front"]
+    # inspect of a container shows its addresses.
+    assert daemon.squish("inspect", "db") == 0
+    (db,) = json.loads(capsys.readouterr().out)
+    assert db["networks"] == {"backend": backend["members"][1]["address"]}

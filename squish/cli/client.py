@@ -221,6 +221,15 @@ class Client:
         """The daemon's OpenAPI document."""
         return self._object(self._call("GET", "/v1/openapi.json"))
 
+    # -- networks -----------------------------------------------------------
+
+    def networks(self) -> list[schema.Network]:
+        return cast("list[schema.Network]", self._list(self._call("GET", "/v1/networks")))
+
+    def network(self, name: str) -> schema.Network:
+        answer = self._object(self._call("GET", f"/v1/networks/{_segment(name)}"))
+        return cast("schema.Network", answer)
+
     # -- sources ------------------------------------------------------------
 
     def sources(self) -> list[schema.SourceStatus]:

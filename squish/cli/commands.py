@@ -664,6 +664,72 @@ def _run_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _configure_network(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="network_command", metavar="ACTION", required=True)
+
+    def action(name: str, help: str, example: str) -> argparse.ArgumentParser:
+        return actions.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=f"Example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    listing = action(
+        "ls", "every named network: its subnet, gateway and containers", "squish network ls"
+    )
+    inspect = action(
+        "inspect",
+        "networks in full, as JSON: who names them, who is on them, their addresses",
+        "squish network inspect backend",
+    )
+    inspect.add_argument("names", nargs="+", metavar="NAME", help="the networks to describe")
+    for sub in (listing, inspect):
+        # Accepted after the action too; SUPPRESS keeps it from resetting the earlier one.
+        sub.add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
+        )
+
+
+def _run_network(args: argparse.Namespace) -> int:
+    """``squish network ls`` and ``inspect``: the named networks, as the daemon wired them."""
+    if args.network_command == "inspect":
+        found: list[schema.Network] = []
+        status = EXIT_OK
+        with _client(args) as client:
+            for name in args.names:
+                try:
+                    found.append(client.network(name))
+                except DaemonUnreachable:
+                    raise
+                except SquishError as exc:
+                    print(f"squish: {exc}", file=sys.stderr)
+                    status = EXIT_FAILURE
+        _print_json(found)
+        return status
+    with _client(args) as client:
+        networks = client.networks()
+    if args.json:
+        _print_json(networks)
+        return EXIT_OK
+    rows = []
+    for network in networks:
+        on = {member["name"] for member in network["members"]}
+        named = network["containers"]
+        rows.append(
+            [
+                network["name"],
+                network["subnet"] or "-",
+                network["gateway"] or "-",
+                f"{len(on)}/{len(named)}",
+                ", ".join(named) or "-",
+            ]
+        )
+    _print_plain_table(["NAME", "SUBNET", "GATEWAY", "RUNNING", "CONTAINERS"], rows)
+    return EXIT_OK
+
+
 def _configure_layer(parser: argparse.ArgumentParser) -> None:
     from squish.cli import layers as cli_layers
 
@@ -777,6 +843,12 @@ SUBCOMMANDS: dict[str, Subcommand] = {
             "squish layer import python 3.11 python-3.11.tar.gz",
             "squish layer ls",
         ),
+    ),
+    "network": Subcommand(
+        help="named networks (networks = [...] in squishfiles): ls, inspect",
+        configure=_configure_network,
+        run=_run_network,
+        examples=("squish network ls", "squish network inspect backend"),
     ),
     "sources": Subcommand(
         help="where the manifests come from: directories and git sources, their revisions",
