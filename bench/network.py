@@ -81,6 +81,7 @@ READY = "/mnt/ready"
 HTTPD_PORT = 8080
 SINK_PORT = 5001
 HOST_PYTHON = "/usr/bin/python3"
+ANY_ADDRESS = "0.0.0.0"  # noqa: S104 (the receiver's, inside its container)
 START_TIMEOUT = 10.0
 TARGETS = {
     "start": 1.3,  # named, by name / none: at most
@@ -425,7 +426,8 @@ async def log_line(path: Path | None, timeout: float = START_TIMEOUT) -> str:
     assert path is not None
     with anyio.fail_after(timeout):
         while True:
-            text = path.read_text() if path.exists() else ""
+            log = anyio.Path(path)
+            text = await log.read_text() if await log.exists() else ""
             if "\n" in text:
                 return text.split("\n", 1)[0]
             await anyio.sleep(0.01)
@@ -482,7 +484,9 @@ async def throughput(
     address = local_address()
     c2c: dict[str, list[float]] = {"veth": [], "named": []}
     outside: dict[str, list[float]] = {"slirp": [], "named": []}
-    sink = await runtime.start(python_spec("sink", SINK, "0.0.0.0", str(SINK_PORT), networks=("tput",)))  # noqa: S104
+    sink = await runtime.start(
+        python_spec("sink", SINK, ANY_ADDRESS, str(SINK_PORT), networks=("tput",))
+    )
     await log_line(sink.log_path)
     host_sink = subprocess.Popen(
         [HOST_PYTHON, "-c", SINK, address, "0"], stdout=subprocess.PIPE, text=True
@@ -573,9 +577,10 @@ def memory_rows(series: dict[str, list[dict]]) -> list[dict[str, Any]]:
 
 
 def print_table(title: str, rows: list[dict[str, Any]], unit: str, target: str) -> None:
-    ratio = next(key for key in rows[0] if key.startswith(("x_", "ratio")))
+    ratio = next(key for key in rows[0] if key.startswith("x_"))
     print(f"\n{title}")
-    print(f"  {'series':<16} {'n':>4} {'median ' + unit:>14} {'p90 ' + unit:>12} {ratio:>10}")
+    header = f"{'median ' + unit:>14} {'p90 ' + unit:>12} {ratio.replace('_', ' '):>10}"
+    print(f"  {'series':<16} {'n':>4} {header}")
     keys = [key for key in rows[0] if key.startswith(("median", "p90"))]
     for row in rows:
         print(
@@ -587,9 +592,9 @@ def print_table(title: str, rows: list[dict[str, Any]], unit: str, target: str) 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-n", type=int, default=50, help="starts per latency series")
+    parser.add_argument("-n", type=int, default=100, help="starts per latency series")
     parser.add_argument("--containers", type=int, default=20, help="containers per memory set")
-    parser.add_argument("--rounds", type=int, default=5, help="memory sets and transfers")
+    parser.add_argument("--rounds", type=int, default=7, help="memory sets and transfers")
     parser.add_argument("--mib", type=int, default=256, help="MiB per transfer")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

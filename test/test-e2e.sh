@@ -136,6 +136,48 @@ else
   not_ok "promtool is installed (run scripts/setup --test as root)"
 fi
 
+# -- named networks ---------------------------------------------------------------
+mkdir -p "$work/net"
+net_port=$(free_port)
+cat > "$manifests/db.toml" <<EOF
+networks = ["backend"]
+[layers]
+site = { path = "$work/site", target = "/app/site" }
+[run]
+command = "httpd"
+args = ["-f", "-p", "8080", "-h", "/app/site"]
+[[ports]]
+container = 8080
+host = $net_port
+EOF
+cat > "$manifests/app.toml" <<EOF
+networks = ["backend"]
+[layers]
+out = { path = "$work/net", target = "/out", rw = true }
+[run]
+command = "/bin/sh"
+args = ["-c", "while true; do wget -q -O /tmp/got http://db:8080/ && cp /tmp/got /out/app; sleep 0.2; done"]
+EOF
+cat > "$manifests/lone.toml" <<EOF
+networks = ["elsewhere"]
+[layers]
+out = { path = "$work/net", target = "/out", rw = true }
+[run]
+command = "/bin/sh"
+args = ["-c", "sleep 1; timeout 3 wget -q -O - http://db:8080/ > /out/lone-by-name 2>&1; echo \$? >> /out/lone-by-name; while true; do sleep 1; done"]
+EOF
+eventually "a container reaches another on its network by name" \
+  eval "[ \"\$(cat '$work/net/app' 2>/dev/null)\" = 'hello from the e2e site' ]"
+check "a published port of a container on a network serves" body_is "$net_port" "hello from the e2e site"
+eventually "a container on another network does not" \
+  eval "[ \"\$(tail -1 '$work/net/lone-by-name' 2>/dev/null)\" = 1 ]"
+squish network ls > "$work/networks.txt"
+check "network ls lists backend, both running" \
+  grep -Eq '^backend +10\.89\.[0-9]+\.0/24 +10\.89\.[0-9]+\.1 +2/2 +app, db$' "$work/networks.txt"
+check "network ls lists elsewhere" grep -q '^elsewhere ' "$work/networks.txt"
+db_ip=$(squish network inspect backend | python3 -c "import json,sys; print(next(m['address'] for m in json.load(sys.stdin)[0]['members'] if m['name']=='db'))")
+check "ps --json shows db's address on backend" test "$(ps_field db networks)" = "{'backend': '$db_ip'}"
+
 # -- kill -9 of the daemon --------------------------------------------------------
 before=$(descendants "$daemon_pid" | sort -u)
 check "the daemon has container processes" test -n "$before"
@@ -152,6 +194,11 @@ check "nothing listens on the forwarded port" eval "! http $web_port"
 start_daemon
 eventually "a new daemon starts everything again" body_is "$web_port" "hello from the e2e site"
 check "the stale socket was replaced" test -S "$SQUISH_SOCKET"
+rm -f "$work/net/app"
+eventually "a new daemon rebuilds the networks" \
+  eval "[ \"\$(cat '$work/net/app' 2>/dev/null)\" = 'hello from the e2e site' ]"
+rm "$manifests/db.toml" "$manifests/app.toml" "$manifests/lone.toml"
+eventually "networks go with their last squishfile" eval "[ -z \"\$(squish network ls | tail -n +2)\" ]"
 
 squish delete web >/dev/null
 eventually "delete -> gone" eval "! squish ps -a | grep -q web"
