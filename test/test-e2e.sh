@@ -177,6 +177,8 @@ check "network ls lists backend, both running" \
 check "network ls lists elsewhere" grep -q '^elsewhere ' "$work/networks.txt"
 db_ip=$(squish network inspect backend | python3 -c "import json,sys; print(next(m['address'] for m in json.load(sys.stdin)[0]['members'] if m['name']=='db'))")
 check "ps --json shows db's address on backend" test "$(ps_field db networks)" = "{'backend': '$db_ip'}"
+check "metrics: two containers on backend" \
+  eval "curl -sf http://127.0.0.1:$metrics_port/metrics | grep -q '^squish_network_containers{network=\"backend\"} 2.0'"
 
 # -- kill -9 of the daemon --------------------------------------------------------
 before=$(descendants "$daemon_pid" | sort -u)

@@ -114,6 +114,7 @@ async def real_plane(root: Path, **options: Any) -> AsyncIterator[Plane]:
     manifests.mkdir(parents=True, exist_ok=True)
     metrics = Metrics(version="test")
     async with FakeRuntime() as runtime:
+        metrics.count_networks(runtime.network_sizes)  # as the daemon does
         reconciler = Reconciler(
             source=DirectorySource(manifests),
             runtime=runtime,

@@ -141,10 +141,16 @@ async def test_networks_and_their_members(api: httpx.AsyncClient, plane: Plane) 
     assert rows["d"]["networks"] == {}
     one = await api.get("/v1/networks/n2")
     assert conforms(schema.Network, one.json()) == networks["n2"]
+    scrape = plane.metrics.exposition().decode()
+    assert 'squish_network_containers{network="n1"} 2.0' in scrape
+    assert 'squish_network_containers{network="n2"} 1.0' in scrape
     # Stopped, b leaves its networks; n2 stays while b's squishfile names it.
     assert (await api.post("/v1/containers/b/stop")).status_code == 200
     n2 = conforms(schema.Network, (await api.get("/v1/networks/n2")).json())
     assert n2 == {"name": "n2", "subnet": None, "gateway": None, "containers": ["b"], "members": []}
+    scrape = plane.metrics.exposition().decode()
+    assert 'squish_network_containers{network="n1"} 1.0' in scrape
+    assert 'network="n2"' not in scrape
     missing = await api.get("/v1/networks/nowhere")
     assert missing.status_code == 404
     assert missing.json() == {"error": "no network 'nowhere': no squishfile names it"}

@@ -435,6 +435,7 @@ async def _serve(
                 log_rate=args.log_rate,
                 log_counter=metrics,
             ) as runtime:
+                metrics.count_networks(runtime.network_sizes)
                 settings: LayerSettings = args.layers
                 store = settings.store(
                     state,

@@ -24,9 +24,10 @@ kube-state-metrics does its phases: one series per phase of
 ``squish.reconcile.status.Phase``, 1 for the current phase and 0 for the others, so
 "not running" is a plain comparison in an alert.
 
-The only label beyond those fixed sets is ``container``, whose value is a
-container name; nothing else a user wrote (env values, paths) ever becomes a
-label.
+The only labels beyond those fixed sets are ``container``, whose value is a
+container name, and ``network``, a network's name (``squish_network_containers``,
+read from the runtime at scrape time); nothing else a user wrote (env values,
+paths) ever becomes a label.
 """
 
 from __future__ import annotations
@@ -200,6 +201,8 @@ class Metrics:
 
         self._processes = _ContainerProcessCollector()
         self.registry.register(self._processes)
+        self._networks = _NetworkCollector()
+        self.registry.register(self._networks)
         self._phases = _ContainerPhaseCollector()
         self.registry.register(self._phases)
         # The daemon's own RSS, CPU and fds, read from /proc/self at scrape time.
@@ -290,6 +293,10 @@ class Metrics:
 
     def set_source_failing(self, source: str, failing: bool) -> None:
         self._source_failing.labels(source).set(1 if failing else 0)
+
+    def count_networks(self, sizes: Callable[[], Mapping[str, int]]) -> None:
+        """Export ``squish_network_containers`` from ``sizes()`` (the runtime's), at scrape time."""
+        self._networks.sizes = sizes
 
     def track_process(self, name: str, pid: int) -> None:
         """Export CPU and memory of the process tree rooted at ``pid`` as ``name``.
@@ -408,6 +415,30 @@ class _ContainerPhaseCollector(Collector):
             "Each container's state, as squish ps -a shows it: 1 for the current one, "
             "0 for the others.",
             labels=["container", "state"],
+        )
+
+
+class _NetworkCollector(Collector):
+    """``squish_network_containers{network}``: the containers on each named network now."""
+
+    def __init__(self) -> None:
+        self.sizes: Callable[[], Mapping[str, int]] = dict
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for network, count in sorted(self.sizes().items()):
+            family.add_metric([network], float(count))
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "squish_network_containers",
+            "Containers on each named network now (a network exists while it has some).",
+            labels=["network"],
         )
 
 

@@ -174,3 +174,7 @@ class Runtime(Protocol):
     def networks(self) -> tuple[NetworkInfo, ...]:
         """The named networks with members now, and their addresses."""
         ...
+
+    def network_sizes(self) -> Mapping[str, int]:
+        """How many containers are on each named network; safe from any thread."""
+        ...

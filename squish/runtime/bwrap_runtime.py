@@ -63,7 +63,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence, Set
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -355,6 +355,10 @@ class BwrapRuntime:
     def networks(self) -> tuple[NetworkInfo, ...]:
         """The named networks that have members now, with their members' addresses."""
         return self._net.book.networks() if self._net is not None else ()
+
+    def network_sizes(self) -> Mapping[str, int]:
+        net = self._net
+        return net.book.sizes if net is not None else {}
 
     # -- named networks --------------------------------------------------
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
-from collections.abc import Sequence, Set
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import replace
 
 import anyio
@@ -78,6 +78,9 @@ class FakeRuntime:
 
     def networks(self) -> tuple[NetworkInfo, ...]:
         return self._book.networks()
+
+    def network_sizes(self) -> Mapping[str, int]:
+        return self._book.sizes
 
     def _held_ports(self, exclude: str | None = None) -> set[tuple[str, int, str]]:
         return {

@@ -97,10 +97,17 @@ class NetworkBook:
     def __init__(self) -> None:
         self._networks: dict[str, _Network] = {}
         self._members: dict[str, _Member] = {}
+        # How many containers are on each network: a new dict at each change,
+        # so another thread (the metrics server's) may read it at any time.
+        self.sizes: Mapping[str, int] = {}
 
     def clear(self) -> None:
         self._networks.clear()
         self._members.clear()
+        self.sizes = {}
+
+    def _resize(self) -> None:
+        self.sizes = {name: len(network.members) for name, network in self._networks.items()}
 
     def network(self, name: str) -> _Network:
         return self._networks[name]
@@ -120,6 +127,7 @@ class NetworkBook:
             self._forget(container_id, list(addresses))
             raise
         self._members[container_id] = _Member(container_id, name, addresses, hosts)
+        self._resize()
         return addresses
 
     def _new_network(self, name: str) -> _Network:
@@ -146,7 +154,9 @@ class NetworkBook:
         member = self._members.pop(container_id, None)
         if member is None:
             return {}, []
-        return member.addresses, self._forget(container_id, list(member.addresses))
+        emptied = self._forget(container_id, list(member.addresses))
+        self._resize()
+        return member.addresses, emptied
 
     def _forget(self, container_id: str, networks: Sequence[str]) -> list[_Network]:
         emptied = []
