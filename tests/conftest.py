@@ -25,10 +25,13 @@ T = TypeVar("T")
 
 
 def eventually(check: Callable[[], T | None], timeout: float = 20.0) -> T:
-    """``check()``'s first answer that is not None, polled until ``timeout`` seconds."""
+    """``check()``'s first answer that is neither None nor False, polled until ``timeout`` s.
+
+    False waits too: a check written as a comparison must not pass at once.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if (result := check()) is not None:
+        if (result := check()) is not None and result is not False:
             return result
         time.sleep(0.1)
     raise AssertionError(f"not within {timeout}s")

@@ -23,7 +23,7 @@ from squish.reconcile import reconciler as reconciler_module
 from squish.reconcile.plan import Action, Backoff, Record
 from squish.reconcile.reconciler import Reconciler
 from squish.reconcile.status import Phase
-from squish.runtime import Container
+from squish.runtime import Container, ExitEvent
 from squish.runtime.fake import FakeRuntime
 from squish.sources.fake import FakeSource
 from tests.control_plane import resolve
@@ -191,6 +191,31 @@ async def test_a_lost_exit_event_is_repaired_by_the_resync(
         first = q.ids()["web"]
         q.runtime.vanish(first)  # gone, and no exit event says so
         await q.until(lambda: q.ids().get("web", first) != first)
+        assert q.reconciler.records["web"].restarts == 1  # found dead: a restart
+
+
+async def test_an_exit_that_comes_after_its_container_was_found_gone_only_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found gone by the resync (a crash, counted once); the late exit adds its reason."""
+    async with queue(tmp_path, manifest("web"), monkeypatch=monkeypatch, resync=0.3) as q:
+        await q.until(lambda: "web" in q.ids())
+        first = q.ids()["web"]
+        q.runtime.vanish(first)
+        await q.until(lambda: q.ids().get("web", first) != first)
+        record = q.reconciler.records["web"]
+        assert (record.restarts, record.crashes) == (1, 1)
+        assert "found gone" in record.exit_reason
+        with q.reconciler.subscribe() as events:
+            q.runtime._exits.publish(ExitEvent(first, "web", 143, 0.0, False, "its helper died"))
+            with anyio.fail_after(5):
+                event = await events.receive()
+        assert (event.kind, event.message) == (
+            "container.exited",
+            "exited with code 143: its helper died",
+        )
+        assert (record.restarts, record.crashes) == (1, 1)  # not a second crash
+        assert q.reconciler.phase("web").phase is Phase.RUNNING
 
 
 async def test_without_a_resync_a_lost_event_stays_lost(

@@ -73,6 +73,9 @@ class Record:
     started_at: float | None = None
     in_flight: bool = False  # an action for this name is being carried out
     resolving: bool = False  # its layers are being fetched or unpacked
+    # A container found gone before its exit was seen (the exit still on its
+    # way, or lost): counted as a crash then; its exit, if it comes, only says why.
+    found_dead: str | None = None
 
 
 class Kind(enum.StrEnum):

@@ -295,6 +295,18 @@ class Reconciler:
             wake = min(wake, self._timers[0][0] - time.time() + 0.001)
         return max(wake, 0.0)
 
+    def _crashed(self, record: Record, exit_code: int, reason: str) -> None:
+        """Count a crash of ``record``'s container and back off its restart."""
+        now = time.time()
+        ran_for = now - (record.started_at or now)
+        if ran_for >= self.backoff.reset_after:
+            record.crashes = 0
+        record.crashes += 1
+        record.exit_code = exit_code
+        record.exited_hash = record.applied.spec_hash() if record.applied else None
+        record.exit_reason = reason
+        self._back_off(record, now + self.backoff.delay(record.crashes))
+
     def _back_off(self, record: Record, until: float) -> None:
         record.backoff_until = until
         heapq.heappush(self._timers, (until, record.name))
@@ -439,7 +451,12 @@ class Reconciler:
                 and not record.in_flight
                 and record.container_id not in running
             ):
+                # As the kubelet does with a container it finds gone: it ended,
+                # killed as far as anyone knows (137), and it is restarted as a
+                # crashed one is, back-off and all.
                 record.running = False
+                record.found_dead = record.container_id
+                self._crashed(record, 137, "its container was found gone before its exit was seen")
             manifest = self._desired.get(name)
             if manifest is None:
                 self._reported_errors.pop(name, None)
@@ -668,20 +685,23 @@ class Reconciler:
 
     def _on_exit(self, event: ExitEvent) -> None:
         record = self.records.get(event.name)
-        if record is None or record.container_id != event.container_id:
+        if record is None:
             return
-        record.running = False
-        if event.stopped:
+        if record.found_dead == event.container_id:
+            # Counted when it was found gone (maybe restarted since): now we know why.
+            record.found_dead = None
+            if event.stopped:
+                return
+            if record.container_id == event.container_id:
+                record.exit_code = event.exit_code
+                record.exit_reason = event.reason or "see squish logs"
+        elif record.container_id != event.container_id:
             return
-        now = time.time()
-        ran_for = now - (record.started_at or now)
-        if ran_for >= self.backoff.reset_after:
-            record.crashes = 0
-        record.crashes += 1
-        record.exit_code = event.exit_code
-        record.exited_hash = record.applied.spec_hash() if record.applied else None
-        self._back_off(record, now + self.backoff.delay(record.crashes))
-        record.exit_reason = event.reason or "see squish logs"
+        else:
+            record.running = False
+            if event.stopped:
+                return
+            self._crashed(record, event.exit_code, event.reason or "see squish logs")
         message = f"exited with code {event.exit_code}"
         if event.reason:
             message += f": {event.reason}"

@@ -365,6 +365,9 @@ class BwrapRuntime:
     async def _network_host(self) -> NetworkHost:
         """The network host, started by the first container on a named network."""
         async with self._net_lock:
+            if self._net is not None and not self._net.alive():
+                # Dead, and its watcher not yet woken: that one ends its containers.
+                self._net = None
             if self._net is None:
                 net = NetworkHost(
                     run_dir=self.run_dir / "networks",

@@ -268,6 +268,16 @@ class NetworkHost:
                 await self.close()
             raise
 
+    def alive(self) -> bool:
+        """Whether the helper and slirp4netns both still run (reaping them if not)."""
+        helper, slirp = self.helper, self.slirp
+        return (
+            helper is not None
+            and helper.poll() is None
+            and slirp is not None
+            and slirp.process.poll() is None
+        )
+
     async def wait_lost(self) -> str:
         """Return, saying what happened, once the helper or slirp4netns has died."""
         assert self.helper is not None and self.slirp is not None

@@ -102,7 +102,8 @@ def test_a_killed_network_host_restarts_its_containers_on_a_new_one(
     def restarted() -> bool:
         with Client(sock) as client:
             rows = client.containers()
-        return all(r["phase"] == "running" and r["id"] != before[r["name"]] for r in rows)
+        again = all(r["phase"] == "running" and r["id"] != before[r["name"]] for r in rows)
+        return again and len(rows) == 2
 
     eventually(restarted, timeout=30)
     got.unlink(missing_ok=True)  # busybox cp may be between its unlink and its create
