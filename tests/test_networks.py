@@ -363,11 +363,13 @@ async def test_a_container_on_a_network_has_no_power_over_it(
     """Made in the network host's user namespace, but with no capabilities there."""
     script = (
         "grep CapEff /proc/self/status; cat /proc/self/uid_map; "
+        "ip link show eth0 | grep -o 'mtu [0-9]*'; "
         "ip addr add 10.89.0.250/24 dev eth0; echo add=$?; "
         "ip link set eth0 down; echo down=$?"
     )
     _, log = await run_to_exit(runtime, on(base_rootfs, "weak", script, "n"))
     assert "CapEff:\t0000000000000000" in log
+    assert "mtu 65520" in log  # slirp4netns's, end to end
     assert log.split()[2:5] == ["0", str(os.getuid()), "1"], log
     assert "add=2" in log or "add=1" in log, log
     assert "down=2" in log or "down=1" in log, log
@@ -398,3 +400,32 @@ async def test_the_fake_runtime_keeps_networks_as_the_real_one(
         for real_id, _ in (started["a"], started["c"]):
             await runtime.stop(real_id, grace=0)
     assert runtime.networks() == ()
+
+
+async def test_a_replaced_container_is_reached_at_once_by_a_peer_that_knew_the_old_one(
+    runtime: BwrapRuntime, base_rootfs: Path, www: Path
+) -> None:
+    """Same address, same MAC: the peer's neighbour cache stays right."""
+    old = await runtime.start(web(base_rootfs, www, "late", "n"))
+    knower = await runtime.start(
+        on(
+            base_rootfs,
+            "knower",
+            "while :; do if wget -q -O /dev/null http://late:8080/ 2>/dev/null; "
+            "then echo up; else echo down; fi; sleep 0.05; done",
+            "n",
+        )
+    )
+    await log_of(knower, "up")
+    await runtime.stop(old.id, grace=0)
+    await log_of(knower, "down")
+    new = await runtime.start(web(base_rootfs, www, "late", "n"))
+    assert new.addresses == old.addresses
+    began = time.monotonic()
+    assert knower.log_path is not None
+    with anyio.fail_after(5):
+        while not knower.log_path.read_text().rstrip().endswith("up"):
+            await anyio.sleep(0.02)
+    assert time.monotonic() - began < 1.0
+    for container in (new, knower):
+        await runtime.stop(container.id, grace=0)

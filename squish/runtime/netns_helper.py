@@ -90,14 +90,19 @@ class Host:
         return int(found[0])
 
     def uplink(self, ifname: str) -> None:
-        """slirp4netns's tap is up: answer ARP on it for the containers' addresses."""
+        """slirp4netns's tap is up: answer ARP on it for the containers' addresses.
+
+        At once: by default proxy ARP answers after up to 0.8 s, which a
+        container's first connection out (or a forward's first) would wait.
+        """
+        _write(f"/proc/sys/net/ipv4/neigh/{ifname}/proxy_delay", "0")
         _write(f"/proc/sys/net/ipv4/conf/{ifname}/proxy_arp", "1")
 
-    def bridge(self, bridge: str, gateway: str, prefix: int, isolate: str) -> None:
+    def bridge(self, bridge: str, gateway: str, prefix: int, isolate: str, mtu: int) -> None:
         """The bridge of one network, made once; no route from it into ``isolate``."""
         if self.ipr.link_lookup(ifname=bridge):
             return
-        self.ipr.link("add", ifname=bridge, kind="bridge")
+        self.ipr.link("add", ifname=bridge, kind="bridge", mtu=mtu)
         index = self._index(bridge)
         self.ipr.addr("add", index=index, address=gateway, prefixlen=prefix)
         self.ipr.link("set", index=index, state="up")
@@ -129,7 +134,13 @@ class Host:
                     "add",
                     ifname=link["host_ifname"],
                     kind="veth",
-                    peer={"ifname": link["ifname"], "net_ns_fd": netns},
+                    mtu=link["mtu"],
+                    peer={
+                        "ifname": link["ifname"],
+                        "net_ns_fd": netns,
+                        "address": link["mac"],
+                        "mtu": link["mtu"],
+                    },
                 )
                 self.ipr.link(
                     "set",

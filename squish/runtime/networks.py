@@ -12,12 +12,15 @@ design is podman's rootless one (its "rootless network namespace"):
   network (to the host's resolvers through 10.0.2.3, and beyond), and the
   TCP forwards of every container on a network, each to the container's own
   address. The host's loopback stays out of reach (``--disable-host-loopback``).
-- Names resolve through ``/etc/hosts``: each container gets a file of its
-  own, bind-mounted read-only, listing every member of each of its
+- Names resolve through ``/etc/hosts``: the containers on the same networks
+  share a file, bind-mounted read-only, listing every member of those
   networks; it is rewritten in place (the bind keeps the inode) whenever a
   member comes or goes, so a container that joins later is known at once
   to those already running, and a replaced container keeps its name. musl
   (Alpine) and static busybox both read it.
+- A container's MAC address on a network is derived from its IP address:
+  one that takes the address of a container that left is reached at once.
+  Links have slirp4netns's MTU (65520), end to end.
 
 Addresses: each network gets a /24 of 10.89.0.0/16 while it has members
 (``.1`` is its gateway, on the bridge), each member the lowest free address
@@ -49,7 +52,7 @@ import anyio
 from squish.errors import RuntimeFailure
 from squish.runtime import HELPER_ENV, NetworkInfo
 from squish.runtime.kernel import Kernel
-from squish.runtime.slirp import Slirp
+from squish.runtime.slirp import MTU, Slirp
 
 ADDRESS_SPACE = ipaddress.IPv4Network("10.89.0.0/16")
 _PREFIX = 24
@@ -64,11 +67,17 @@ class _Member:
     container_id: str
     name: str
     addresses: dict[str, str]  # network -> address, in the spec's order
-    hosts: Path | None  # its hosts file, rewritten when a peer comes or goes
+
+    @property
+    def hosts_key(self) -> tuple[str, ...]:
+        """Its hosts file's: containers on the same networks share one."""
+        return tuple(sorted(self.addresses))
 
 
 @dataclass
-class _Network:
+class Network:
+    """One named network's bookkeeping: its subnet (by index) and members."""
+
     name: str
     index: int
     members: dict[str, str] = field(default_factory=dict)  # container id -> address
@@ -76,7 +85,8 @@ class _Network:
 
     @property
     def subnet(self) -> ipaddress.IPv4Network:
-        return list(ADDRESS_SPACE.subnets(new_prefix=_PREFIX))[self.index]
+        start = ADDRESS_SPACE.network_address + self.index * 2 ** (32 - _PREFIX)
+        return ipaddress.IPv4Network((start, _PREFIX))
 
     @property
     def gateway(self) -> str:
@@ -87,6 +97,16 @@ class _Network:
         return f"sqbr{self.index}"
 
 
+def mac_of(address: str) -> str:
+    """A container's MAC on a network: locally administered, its IPv4 address in the rest."""
+    octets = ipaddress.IPv4Address(address).packed
+    return ":".join(f"{byte:02x}" for byte in (0x02, 0x73, *octets))
+
+
+def _by_address(member: tuple[str, str]) -> int:
+    return int(ipaddress.IPv4Address(member[1]))
+
+
 class NetworkBook:
     """Who is on which network, with which address: the bookkeeping, no I/O.
 
@@ -95,8 +115,10 @@ class NetworkBook:
     """
 
     def __init__(self) -> None:
-        self._networks: dict[str, _Network] = {}
+        self._networks: dict[str, Network] = {}
         self._members: dict[str, _Member] = {}
+        # Subnets whose bridge is being taken down: not given out meanwhile.
+        self.retiring: set[int] = set()
         # How many containers are on each network: a new dict at each change,
         # so another thread (the metrics server's) may read it at any time.
         self.sizes: Mapping[str, int] = {}
@@ -104,17 +126,16 @@ class NetworkBook:
     def clear(self) -> None:
         self._networks.clear()
         self._members.clear()
+        self.retiring.clear()
         self.sizes = {}
 
     def _resize(self) -> None:
         self.sizes = {name: len(network.members) for name, network in self._networks.items()}
 
-    def network(self, name: str) -> _Network:
+    def network(self, name: str) -> Network:
         return self._networks[name]
 
-    def reserve(
-        self, container_id: str, name: str, networks: Sequence[str], hosts: Path | None = None
-    ) -> dict[str, str]:
+    def reserve(self, container_id: str, name: str, networks: Sequence[str]) -> dict[str, str]:
         """An address on each network for the container (a network is made by its first)."""
         addresses: dict[str, str] = {}
         try:
@@ -126,30 +147,33 @@ class NetworkBook:
         except RuntimeFailure:
             self._forget(container_id, list(addresses))
             raise
-        self._members[container_id] = _Member(container_id, name, addresses, hosts)
+        self._members[container_id] = _Member(container_id, name, addresses)
         self._resize()
         return addresses
 
-    def _new_network(self, name: str) -> _Network:
-        taken = {network.index for network in self._networks.values()}
+    def _new_network(self, name: str) -> Network:
+        taken = {network.index for network in self._networks.values()} | self.retiring
         count = 2 ** (_PREFIX - ADDRESS_SPACE.prefixlen)
         index = next((i for i in range(count) if i not in taken), None)
         if index is None:
             raise RuntimeFailure(f"network {name}: all {count} networks of {ADDRESS_SPACE} in use")
-        network = self._networks[name] = _Network(name, index)
+        network = self._networks[name] = Network(name, index)
         return network
 
-    def _free_address(self, network: _Network) -> str:
-        taken = set(network.members.values()) | {network.gateway}
-        for host in network.subnet.hosts():
-            if str(host) not in taken:
-                return str(host)
+    def _free_address(self, network: Network) -> str:
+        taken = set(network.members.values())
+        subnet = network.subnet
+        # .1 is the gateway; the broadcast address is no host's.
+        for offset in range(2, subnet.num_addresses - 1):
+            address = str(subnet.network_address + offset)
+            if address not in taken:
+                return address
         raise RuntimeFailure(
             f"network {network.name}: no free address left in {network.subnet} "
             f"({len(network.members)} members)"
         )
 
-    def release(self, container_id: str) -> tuple[dict[str, str], list[_Network]]:
+    def release(self, container_id: str) -> tuple[dict[str, str], list[Network]]:
         """Forget the container: its addresses, and the networks it was the last of."""
         member = self._members.pop(container_id, None)
         if member is None:
@@ -158,7 +182,7 @@ class NetworkBook:
         self._resize()
         return member.addresses, emptied
 
-    def _forget(self, container_id: str, networks: Sequence[str]) -> list[_Network]:
+    def _forget(self, container_id: str, networks: Sequence[str]) -> list[Network]:
         emptied = []
         for network_name in networks:
             network = self._networks.get(network_name)
@@ -173,35 +197,24 @@ class NetworkBook:
     def member(self, container_id: str) -> _Member:
         return self._members[container_id]
 
-    def hosts_of(self, container_id: str) -> str:
-        """The hosts file of one member: itself first, then each network's members."""
-        member = self._members[container_id]
+    def has(self, container_id: str) -> bool:
+        return container_id in self._members
+
+    def hosts(self, key: Sequence[str]) -> str:
+        """The hosts file of the containers on exactly the networks ``key``: every member."""
         lines = [_HOSTS_HEADER]
         seen: set[tuple[str, str]] = set()
-        own = next(iter(member.addresses.values()))
-        lines.append(f"{own}\t{member.name}\n")
-        seen.add((own, member.name))
-        for network_name in member.addresses:
+        for network_name in key:
             network = self._networks.get(network_name)
             if network is None:
                 continue
-            for peer_id, address in sorted(network.members.items(), key=lambda m: m[1]):
+            for peer_id, address in sorted(network.members.items(), key=_by_address):
                 peer = self._members.get(peer_id)
                 if peer is None or (address, peer.name) in seen:
                     continue
                 seen.add((address, peer.name))
                 lines.append(f"{address}\t{peer.name}\n")
         return "".join(lines)
-
-    def peers(self, networks: Mapping[str, str]) -> list[_Member]:
-        """Every member of ``networks`` (by name), each once."""
-        ids = {
-            peer_id
-            for network_name in networks
-            if (network := self._networks.get(network_name)) is not None
-            for peer_id in network.members
-        }
-        return [self._members[peer_id] for peer_id in sorted(ids) if peer_id in self._members]
 
     def addresses(self, container_id: str) -> dict[str, str]:
         member = self._members.get(container_id)
@@ -212,7 +225,7 @@ class NetworkBook:
         for network in sorted(self._networks.values(), key=lambda n: n.name):
             members = {
                 self._members[cid].name: address
-                for cid, address in sorted(network.members.items(), key=lambda m: m[1])
+                for cid, address in sorted(network.members.items(), key=_by_address)
                 if cid in self._members
             }
             infos.append(NetworkInfo(network.name, str(network.subnet), network.gateway, members))
@@ -234,6 +247,10 @@ class NetworkHost:
         self._close_lock = anyio.Lock()
         self._buffer = b""
         self._veths = 0
+        # The shared hosts files, by the networks of the containers that mount them.
+        self._hosts: dict[tuple[str, ...], Path] = {}
+        self._hosts_users: dict[tuple[str, ...], int] = {}
+        self._hosts_count = 0
 
     # -- life ------------------------------------------------------------
 
@@ -329,23 +346,29 @@ class NetworkHost:
             if self.helper.poll() is None:
                 self.helper.kill()
                 self.helper.wait()
-            if self.helper.stdout is not None:
-                self.helper.stdout.close()
-            self.helper = None
+            # A request in flight has read the helper's EOF by now; then it is ours.
+            async with self._lock:
+                if self.helper.stdout is not None:
+                    self.helper.stdout.close()
+                self.helper = None
         if self.helper_pidfd >= 0:
             os.close(self.helper_pidfd)
             self.helper_pidfd = -1
         self.book.clear()
+        self._hosts.clear()
+        self._hosts_users.clear()
 
     # -- the helper's requests -------------------------------------------
 
     async def _request(self, request: dict[str, Any]) -> None:
-        assert self.helper is not None and self.helper.stdin is not None
         async with self._lock:
+            helper = self.helper
+            if helper is None or helper.stdin is None:
+                raise RuntimeFailure("the network helper is gone (the runtime is stopping)")
             try:
-                self.helper.stdin.write(json.dumps(request).encode() + b"\n")
-                self.helper.stdin.flush()
-            except OSError as exc:
+                helper.stdin.write(json.dumps(request).encode() + b"\n")
+                helper.stdin.flush()
+            except (OSError, ValueError) as exc:  # ValueError: closed by close()
                 raise RuntimeFailure(f"the network helper is gone: {exc}") from exc
             await self._reply(str(request["op"]))
 
@@ -384,12 +407,24 @@ class NetworkHost:
         return os.open(f"/proc/{self.helper.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
 
     def reserve(
-        self, container_id: str, name: str, networks: Sequence[str], hosts: Path
-    ) -> dict[str, str]:
-        """An address on each network for the container, and its hosts file written."""
-        addresses = self.book.reserve(container_id, name, networks, hosts)
-        hosts.write_text(self.book.hosts_of(container_id))
-        return addresses
+        self, container_id: str, name: str, networks: Sequence[str]
+    ) -> tuple[dict[str, str], Path]:
+        """An address on each network for the container, and the hosts file to mount.
+
+        Containers on the same networks share one hosts file: a member that
+        comes or goes rewrites one file per set of networks, not one per peer.
+        """
+        addresses = self.book.reserve(container_id, name, networks)
+        key = self.book.member(container_id).hosts_key
+        hosts = self._hosts.get(key)
+        if hosts is None:
+            self._hosts_count += 1
+            hosts = self.run_dir / "hosts" / str(self._hosts_count)
+            hosts.parent.mkdir(exist_ok=True, mode=0o700)
+            hosts.write_text(self.book.hosts(key))
+            self._hosts[key] = hosts
+        self._hosts_users[key] = self._hosts_users.get(key, 0) + 1
+        return addresses, hosts
 
     async def attach(self, container_id: str, pid: int) -> None:
         """Wire the reserved container (sandbox pid 1 ``pid``) in; tell its peers."""
@@ -405,6 +440,7 @@ class NetworkHost:
                         "gateway": network.gateway,
                         "prefix": _PREFIX,
                         "isolate": str(ADDRESS_SPACE),
+                        "mtu": MTU,
                     }
                 )
                 network.bridged = True
@@ -416,30 +452,54 @@ class NetworkHost:
                     "ifname": f"eth{position}",
                     "address": address,
                     "prefix": _PREFIX,
+                    # Derived from the address: a container that gets the
+                    # address of one that left is reached at once, without
+                    # waiting for its peers' neighbour caches to forget.
+                    "mac": mac_of(address),
+                    "mtu": MTU,
                 }
             )
         first = self.book.network(next(iter(member.addresses)))
         await self._request({"op": "attach", "pid": pid, "links": links, "gateway": first.gateway})
-        self._rewrite_peers(member.addresses)
+        self._rewrite(member.addresses)
 
-    async def release(self, container_id: str) -> None:
-        """The container is gone: its addresses are free, its peers told."""
+    def release(self, container_id: str) -> list[Network]:
+        """The container is gone: its addresses are free, its peers told.
+
+        Returns the networks it was the last member of whose bridge is up:
+        the caller takes them down with ``retire``, off the container's path.
+        """
+        key = self.book.member(container_id).hosts_key if self.book.has(container_id) else None
         addresses, emptied = self.book.release(container_id)
-        self._rewrite_peers(addresses)
-        for network in emptied:
-            if network.bridged and self.helper is not None and self.helper.poll() is None:
-                # The veths went with the container's namespace; the bridge goes now.
+        self._rewrite(addresses)
+        if key is not None:
+            self._hosts_users[key] -= 1
+            if not self._hosts_users[key]:
+                del self._hosts_users[key]
+                with contextlib.suppress(OSError):
+                    self._hosts.pop(key).unlink()
+        bridged = [network for network in emptied if network.bridged]
+        self.book.retiring.update(network.index for network in bridged)
+        return bridged
+
+    async def retire(self, network: Network) -> None:
+        """Take an emptied network's bridge down; its subnet is free again after."""
+        try:
+            if self.helper is not None and self.helper.poll() is None:
+                # The veths went with the containers' namespaces.
                 with contextlib.suppress(RuntimeFailure):
                     await self._request({"op": "unbridge", "bridge": network.bridge})
+        finally:
+            self.book.retiring.discard(network.index)
 
-    def _rewrite_peers(self, networks: Mapping[str, str]) -> None:
-        """Rewrite, in place, the hosts file of every member of ``networks``."""
-        for member in self.book.peers(networks):
-            if member.hosts is None:
+    def _rewrite(self, networks: Mapping[str, str]) -> None:
+        """Rewrite, in place, every hosts file that lists a member of ``networks``."""
+        for key, hosts in self._hosts.items():
+            if not any(name in networks for name in key):
                 continue
-            data = self.book.hosts_of(member.container_id).encode()
-            # In place: the container's bind mount holds this inode.
-            with contextlib.suppress(OSError), open(member.hosts, "r+b") as file:
+            data = self.book.hosts(key).encode()
+            # In place: the containers' bind mounts hold this inode.
+            with contextlib.suppress(OSError), open(hosts, "r+b") as file:
                 file.write(data)
                 file.truncate(len(data))
 
