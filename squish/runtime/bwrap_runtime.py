@@ -253,6 +253,7 @@ class BwrapRuntime:
         self._bwrap_path = bwrap
         self._slirp_path = slirp4netns
         self._net: NetworkHost | None = None
+        self._nets_made = 0
         self._net_lock = anyio.Lock()
         # bwrap's argv[0], which its sandbox keeps until it runs the command
         # (and then as its pid 1): how a later owner of run_dir finds them.
@@ -369,8 +370,10 @@ class BwrapRuntime:
                 # Dead, and its watcher not yet woken: that one ends its containers.
                 self._net = None
             if self._net is None:
+                self._nets_made += 1
                 net = NetworkHost(
-                    run_dir=self.run_dir / "networks",
+                    # A directory each: an old one's clean-up must not touch a new one's.
+                    run_dir=self.run_dir / f"networks-{self._nets_made}",
                     slirp4netns=self._slirp_path,
                     kernel=self._kernel,
                 )

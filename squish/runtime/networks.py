@@ -40,6 +40,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -357,6 +358,8 @@ class NetworkHost:
         self.book.clear()
         self._hosts.clear()
         self._hosts_users.clear()
+        # Its slirp4netns log, the hosts files: nobody mounts them any more.
+        shutil.rmtree(self.run_dir, ignore_errors=True)
 
     # -- the helper's requests -------------------------------------------
 
@@ -488,7 +491,9 @@ class NetworkHost:
             if self.helper is not None and self.helper.poll() is None:
                 # The veths went with the containers' namespaces.
                 with contextlib.suppress(RuntimeFailure):
-                    await self._request({"op": "unbridge", "bridge": network.bridge})
+                    await self._request(
+                        {"op": "unbridge", "bridge": network.bridge, "isolate": str(ADDRESS_SPACE)}
+                    )
         finally:
             self.book.retiring.discard(network.index)
 
