@@ -9,6 +9,7 @@ runtime.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -429,3 +430,47 @@ async def test_a_replaced_container_is_reached_at_once_by_a_peer_that_knew_the_o
     assert time.monotonic() - began < 1.0
     for container in (new, knower):
         await runtime.stop(container.id, grace=0)
+
+
+@pytest.fixture(scope="session")
+def musl_fetch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/probes/fetch.c built static against musl, Alpine's C library."""
+    compiler = shutil.which("musl-gcc")
+    assert compiler is not None, "musl-gcc is missing (scripts/setup --test installs musl-tools)"
+    built = tmp_path_factory.mktemp("probes") / "fetch"
+    source = Path(__file__).with_name("probes") / "fetch.c"
+    subprocess.run([compiler, "-static", "-O2", "-o", str(built), str(source)], check=True)
+    return built
+
+
+async def test_a_musl_program_resolves_a_peer_by_name(
+    runtime: BwrapRuntime, base_rootfs: Path, www: Path, musl_fetch: Path
+) -> None:
+    """musl's resolver (what an Alpine base has) reads the same hosts file."""
+    server = await runtime.start(web(base_rootfs, www, "db", "backend"))
+    event, log = await run_to_exit(
+        runtime,
+        ContainerSpec(
+            name="alpine-like",
+            rootfs=base_rootfs,
+            command="/sdk/fetch",
+            args=("db", "8080"),
+            mounts=(Mount(musl_fetch, "/sdk/fetch", rw=False),),
+            networks=("backend",),
+        ),
+    )
+    assert event.exit_code == 0, log
+    assert "200 OK" in log and "served by name" in log
+    _, log = await run_to_exit(
+        runtime,
+        ContainerSpec(
+            name="stranger",
+            rootfs=base_rootfs,
+            command="/sdk/fetch",
+            args=("db", "8080"),
+            mounts=(Mount(musl_fetch, "/sdk/fetch", rw=False),),
+            networks=("elsewhere",),
+        ),
+    )
+    assert "fetch: db:" in log  # not known on another network
+    await runtime.stop(server.id)
