@@ -21,11 +21,7 @@ alike; each prints median and p90 per series and the ratio to its anchor:
    wget against httpd) is in it and not in the anchor: ``named`` is the
    like-for-like figure. A third container stays on the network throughout,
    so every sample finds its bridge up. The peer is started afresh
-   (untimed) before each sample: the new container gets the address its
-   predecessor had (the lowest free one), and a peer that had talked to the
-   predecessor keeps the old MAC in its neighbour cache (nothing announces
-   the new one), so it would not reach the new container for tens of
-   seconds.
+   (untimed) before each sample, so that every sample is a first contact.
 2. Host memory per container: ``--containers`` busybox ``sleep`` containers
    on one named network, then as many each with a slirp4netns of its own
    (the anchor), each set on a runtime of its own (nothing else of squish
@@ -39,8 +35,8 @@ alike; each prints median and p90 per series and the ratio to its anchor:
    assumed), from a new container to one on the same named network by name,
    against the same two scripts in two plain network namespaces joined by a
    veth (made here, as this user: a user namespace by ``unshare``, the
-   second network namespace and the veth by pyroute2; both veths at the
-   default MTU, 1500, as the runtime's), the anchor. The sender times from
+   second network namespace by ``unshare``, the veth by ``ip``; both ends at
+   the runtime's MTU, 65520), the anchor. The sender times from
    connect to the receiver's count after its EOF; p90 is the rate of the
    slow tenth (the 90th percentile of the times).
 4. Container to the host outside: the same transfer to a receiver on this
@@ -143,7 +139,6 @@ print(json.dumps({"bytes": count, "seconds": seconds}), flush=True)
 # and the receiver in B; then one transfer A -> B per line on stdin.
 VETH_PAIR = """
 import ctypes, ctypes.util, os, subprocess, sys
-from pyroute2 import IPRoute
 
 CLONE_NEWNET = 0x40000000
 libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -153,21 +148,22 @@ def check(result, what):
     if result != 0:
         raise OSError(ctypes.get_errno(), what)
 
+def ip(*args, netns=None):
+    enter = ["nsenter", f"--net={netns}"] if netns else []
+    subprocess.run([*enter, "ip", *args], check=True)
+
 a = os.open("/proc/self/ns/net", os.O_RDONLY)
 check(libc.unshare(CLONE_NEWNET), "unshare")
-b = os.open("/proc/self/ns/net", os.O_RDONLY)
-in_b = IPRoute()  # a netlink socket stays in the namespace it was made in
-check(libc.setns(a, CLONE_NEWNET), "setns")
-in_a = IPRoute()
-in_a.link("add", ifname="va", kind="veth", peer={"ifname": "vb", "net_ns_fd": b})
-for ipr, ifname, address in ((in_a, "va", "10.99.0.1"), (in_b, "vb", "10.99.0.2")):
-    ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-    index = ipr.link_lookup(ifname=ifname)[0]
-    ipr.addr("add", index=index, address=address, prefixlen=24)
-    ipr.link("set", index=index, state="up")
-check(libc.setns(b, CLONE_NEWNET), "setns")
 receiver = subprocess.Popen([python, "-c", sink, "0.0.0.0", "5001"], stdout=subprocess.PIPE)
+b = f"/proc/{receiver.pid}/ns/net"  # B, for as long as the receiver runs
 check(libc.setns(a, CLONE_NEWNET), "setns")
+# The runtime's MTU on both ends (slirp4netns's, 65520): like for like.
+ip("link", "add", "va", "mtu", "65520", "type", "veth", "peer", "name", "vb", "mtu", "65520",
+   "netns", str(receiver.pid))
+for netns, ifname, address in ((None, "va", "10.99.0.1"), (b, "vb", "10.99.0.2")):
+    ip("link", "set", "lo", "up", netns=netns)
+    ip("addr", "add", f"{address}/24", "dev", ifname, netns=netns)
+    ip("link", "set", ifname, "up", netns=netns)
 receiver.stdout.readline()
 print("ready", flush=True)
 try:
