@@ -259,15 +259,18 @@ class NetworkHost:
         """Start the helper and slirp4netns; on failure nothing is left."""
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
-            # In the loop's thread: PDEATHSIG follows the spawning thread.
-            self.helper = subprocess.Popen(  # noqa: ASYNC220
-                [sys.executable, str(_HELPER), str(os.getpid())],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                env=HELPER_ENV,
-                start_new_session=True,
-            )
+            # In the loop's thread: PDEATHSIG follows the spawning thread. -S:
+            # it needs nothing beyond the standard library. What it says on
+            # stderr (a traceback, if it ever crashes) goes to a file there.
+            with (self.run_dir / "helper.log").open("ab") as log:
+                self.helper = subprocess.Popen(  # noqa: ASYNC220
+                    [sys.executable, "-S", str(_HELPER), str(os.getpid())],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    env=HELPER_ENV,
+                    start_new_session=True,
+                )
         except OSError as exc:
             raise RuntimeFailure(f"cannot start the network helper: {exc}") from exc
         try:
@@ -388,7 +391,7 @@ class NetworkHost:
                     except BlockingIOError:
                         continue
                     if not chunk:
-                        raise RuntimeFailure(f"the network helper died ({what})")
+                        raise RuntimeFailure(f"the network helper died ({what}){self._said()}")
                     self._buffer += chunk
         except TimeoutError:
             raise RuntimeFailure(
@@ -401,6 +404,14 @@ class NetworkHost:
             raise RuntimeFailure(f"the network helper said {line[:80]!r} ({what})") from None
         if "error" in reply:
             raise RuntimeFailure(f"network set-up failed ({what}): {reply['error']}")
+
+    def _said(self) -> str:
+        """The last line the helper wrote on stderr, as ": ..." (or nothing)."""
+        try:
+            lines = (self.run_dir / "helper.log").read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return f": {lines[-1]}" if lines else ""
 
     # -- members ---------------------------------------------------------
 
