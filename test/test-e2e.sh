@@ -166,6 +166,12 @@ out = { path = "$work/net", target = "/out", rw = true }
 command = "/bin/sh"
 args = ["-c", "sleep 1; timeout 3 wget -q -O - http://db:8080/ > /out/lone-by-name 2>&1; echo \$? >> /out/lone-by-name; while true; do sleep 1; done"]
 EOF
+cat > "$work/peek.toml" <<EOF
+networks = ["backend"]
+[run]
+command = "/bin/sh"
+args = ["-c", "timeout 5 wget -q -O - http://10.0.2.2:$metrics_port/metrics; echo wget=\$?; sleep 30"]
+EOF
 eventually "a container reaches another on its network by name" \
   eval "[ \"\$(cat '$work/net/app' 2>/dev/null)\" = 'hello from the e2e site' ]"
 check "a published port of a container on a network serves" body_is "$net_port" "hello from the e2e site"
@@ -177,6 +183,11 @@ check "network ls lists backend, both running" \
 check "network ls lists elsewhere" grep -q '^elsewhere ' "$work/networks.txt"
 db_ip=$(squish network inspect backend | python3 -c "import json,sys; print(next(m['address'] for m in json.load(sys.stdin)[0]['members'] if m['name']=='db'))")
 check "ps --json shows db's address on backend" test "$(ps_field db networks)" = "{'backend': '$db_ip'}"
+squish create "$work/peek.toml" >/dev/null 2>"$work/peek.err" || true
+eventually "a container on a network cannot reach the daemon's metrics on the host's loopback" \
+  eval "squish logs peek | grep -q 'wget=1'"
+check "and got none of them" eval "! squish logs peek | grep -q squish_build_info"
+squish delete peek >/dev/null
 check "metrics: two containers on backend" \
   eval "curl -sf http://127.0.0.1:$metrics_port/metrics | grep -q '^squish_network_containers{network=\"backend\"} 2.0'"
 

@@ -474,3 +474,32 @@ async def test_a_musl_program_resolves_a_peer_by_name(
     )
     assert "fetch: db:" in log  # not known on another network
     await runtime.stop(server.id)
+
+
+async def test_a_udp_forward_of_a_container_on_a_network(runtime: BwrapRuntime) -> None:
+    port = free_port(socket.SOCK_DGRAM)
+    echo = await runtime.start(
+        ContainerSpec(
+            name="echo",
+            rootfs=Path("/"),
+            command=host_python(),
+            args=("-c", UDP_ECHO),
+            networks=("u",),
+            ports=(PortForward(port, 9000, "udp"),),
+        )
+    )
+    await log_of(echo, "listening")
+
+    def exchange() -> bytes:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(0.2)
+            for _ in range(100):
+                client.sendto(b"ping", ("127.0.0.1", port))
+                try:
+                    return client.recv(2048)
+                except TimeoutError:
+                    continue
+        raise AssertionError("no UDP answer")
+
+    assert await anyio.to_thread.run_sync(exchange) == b"echo:ping"
+    await runtime.stop(echo.id)
