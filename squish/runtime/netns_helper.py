@@ -3,14 +3,15 @@
 Started by ``squish.runtime.networks.NetworkHost`` (once per runtime, when
 the first container on a named network starts) as a script, not a module of
 the package: it imports nothing of squish and nothing beyond the standard
-library, and speaks rtnetlink itself (``Netlink`` below), a handful of
-messages sent in batches. pyroute2 did this first: it cost 17 MB in the
-helper and 3.5 ms per container wired, most of it an event loop run for
-each synchronous call; wiring a container is now two batches, about 0.5 ms. It makes a user
-namespace of its own (root inside = the runtime's user outside) and a
-network namespace in it, the "host namespace" of the networks, and then
-wires containers into it on request, as podman's rootless network
-namespace does:
+library, and speaks rtnetlink itself (``Netlink`` below): a handful of
+message kinds, sent in batches, so that wiring a container is two round
+trips to the kernel. (pyroute2 did it first, at 17 MB more in the helper and
+3.5 ms per container, mostly an event loop run for each call.)
+
+It makes a user namespace of its own (root inside = the runtime's user
+outside) and a network namespace in it, the "host namespace" of the
+networks, and then wires containers into it on request, as podman's
+rootless network namespace does:
 
 - a bridge per network (``sqbrN``, the network's gateway address on it);
 - a veth pair per container and network, made in one request: one end up
