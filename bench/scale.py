@@ -5,6 +5,7 @@ squish importable by this interpreter:
 
     .venv/bin/python bench/scale.py -m 200
     .venv/bin/python bench/scale.py -m 200 -m 1000
+    .venv/bin/python bench/scale.py -m 200 --network scale
 
 Each ``-m`` is a run of its own, one after the other, each on a fresh
 daemon; with several, the all-running times are compared at the end, each
@@ -49,13 +50,37 @@ removed first, so that the built-in base is built before the clock runs):
    after 2 unmeasured rounds of each; median and p90 of each and the ratio.
    After the CPU window, so as not to disturb it.
 
+With ``--network NAME`` every container of the run is on the named network
+NAME: the httpd half keep their forward (through the network's shared
+slirp4netns), the other half run ``sleep 3600`` on it instead of
+``network = "none"``. Besides the above:
+
+5. Time to all answering by name. Right after the last rename a probe
+   container on NAME (busybox ``sh``; its start is not timed) is renamed
+   in. It loops over the httpd containers' names, fetching
+   ``http://NAME:8080/`` from each that has not answered yet (``timeout 2
+   wget``; 50 ms of sleep between rounds while any is left), and appends
+   each name that answered, then ``done ROUNDS``, to a file in an rw bind
+   mount. A thread here reads that file every 5 ms and stamps each line as
+   it appears. Prints the time from the first rename until the probe has
+   had an answer by name from every httpd container, median, p90 and p99
+   of the per-container times of the first answer by name, and the
+   daemon's CPU (utime + stime from ``/proc``) from the first rename until
+   the ``done`` line, in seconds and in % of one core over that time. The
+   probe is then removed, and waited for until the API no longer lists
+   it, before the idle window: the idle figures are of the M containers.
+   In 3., both halves' overhead is bwrap x2 (no slirp4netns of their own),
+   and the network's shared processes (its helper and its slirp4netns) are
+   measured apart, and amortized over the M containers. A network is a
+   /24: at most 253 members, the probe one of them.
+
 Then SIGTERM to the daemon (which stops every container): its exit status,
 the time until it exited, a check that this is within the daemon's stop
 timeout (``--stop-timeout``, default ``DEFAULT_STOP_GRACE``, 10 s: the most
 a container may take to go after SIGTERM) + 5 s, and a check that no bwrap
-or slirp4netns process of this run is left. ``--nofile N`` raises the soft
-open-files limit the daemon inherits (to find where the default 1024 stops
-being enough).
+or slirp4netns process of this run (nor, with ``--network``, the network's
+helper) is left. ``--nofile N`` raises the soft open-files limit the daemon
+inherits (to find where the default 1024 stops being enough).
 
 Anchor: the targets of the issues on this 2-core machine: all running in
 <= 10 s, idle CPU <= 2 % of a core, RSS <= 150 MB; at 1000 containers
@@ -72,13 +97,16 @@ import resource
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cli_latency import time_command
 from daemon_under_test import (
+    HTTPD_PORT,
     DaemonUnderTest,
     StartWatcher,
     container_processes,
@@ -113,6 +141,35 @@ TARGET_RATIO = {(200, 1000): 5.5}
 STOP_SLACK_S = 5.0
 CLI_WARMUP = 2
 RECONCILE_HISTOGRAM = "squish_reconcile_duration_seconds"
+PROBE = "probe"  # the probe container's name (its squishfile's stem), with --network
+PROBE_TARGET = "/probe"  # its rw bind mount, where it reports
+PROBE_FILE = "answered"
+PROBE_POLL_S = 0.005
+# The probe, on the network: "$@" are the httpd containers' names. A round
+# fetches from every name that has not answered yet; each that answers is
+# appended to the file, then "done ROUNDS" once all have. ``timeout``, not
+# wget's -T (which segfaults in busybox 1.35), bounds a fetch from an
+# address that is listed but not wired yet.
+PROBE_SCRIPT = f"""
+out={PROBE_TARGET}/{PROBE_FILE}
+todo="$*"
+rounds=0
+while [ -n "$todo" ]; do
+  rounds=$((rounds + 1))
+  left=
+  for name in $todo; do
+    if timeout 2 wget -q -O /dev/null "http://$name:{HTTPD_PORT}/" 2>/dev/null; then
+      echo "$name" >> "$out"
+    else
+      left="$left $name"
+    fi
+  done
+  todo=$left
+  [ -z "$todo" ] || usleep 50000
+done
+echo "done $rounds" >> "$out"
+exec sleep 3600
+"""
 
 
 def container_names(count: int) -> list[tuple[str, bool]]:
@@ -120,14 +177,46 @@ def container_names(count: int) -> list[tuple[str, bool]]:
     return [(f"c-{index:04d}", index % 2 == 0) for index in range(count)]
 
 
-def drop_all(
-    daemon: DaemonUnderTest, staging: Path, site: Path, count: int
-) -> tuple[float, float, dict[str, int | None], float]:
-    """Stage ``count`` squishfiles, rename them in.
+def on_network(network: str, text: str) -> str:
+    """A squishfile's text (tables only, no top-level key) joining ``network``."""
+    return f"networks = {json.dumps([network])}\n\n{text}"
 
-    Returns the clock's start (perf_counter and wall clock), the host port of
-    each container (None: no network) and how long the renames took.
-    """
+
+def network_sleep_squishfile(network: str) -> str:
+    """``sleep_squishfile``'s container, on ``network`` instead of ``network = "none"``."""
+    return on_network(
+        network,
+        '[layers]\nbase = "busybox"\n\n[run]\ncommand = "sleep"\nargs = ["3600"]\n',
+    )
+
+
+def probe_squishfile(network: str, report_dir: Path, names: list[str]) -> str:
+    """The probe on ``network``: fetches from every one of ``names`` by name (``PROBE_SCRIPT``)."""
+    return on_network(
+        network,
+        '[layers]\nbase = "busybox"\n'
+        f"probe = {{ path = {json.dumps(str(report_dir))}, "
+        f'target = "{PROBE_TARGET}", rw = true }}\n'
+        '\n[run]\ncommand = "sh"\n'
+        f"args = {json.dumps(['-c', PROBE_SCRIPT, PROBE, *names])}\n",
+    )
+
+
+@dataclass
+class Drop:
+    """The drop: when the clock started, the host port of each container, the renames."""
+
+    started: float  # perf_counter, before the first rename
+    wall: float  # time.time() then
+    cpu: float  # the daemon's utime + stime then
+    host_ports: dict[str, int | None]  # None: no forward (the sleep half)
+    rename_s: float  # first rename to the last one's return
+
+
+def drop_all(
+    daemon: DaemonUnderTest, staging: Path, site: Path, count: int, network: str | None
+) -> Drop:
+    """Stage ``count`` squishfiles (on ``network``, if given), rename them in."""
     names = container_names(count)
     ports = iter(free_ports(sum(1 for _, networked in names if networked)))
     host_ports: dict[str, int | None] = {}
@@ -135,12 +224,88 @@ def drop_all(
     for name, networked in names:
         port = next(ports) if networked else None
         host_ports[name] = port
-        text = httpd_squishfile(site, port) if port is not None else sleep_squishfile()
+        if network is None:
+            text = httpd_squishfile(site, port) if port is not None else sleep_squishfile()
+        elif port is not None:
+            text = on_network(network, httpd_squishfile(site, port))
+        else:
+            text = network_sleep_squishfile(network)
         (staging / f"{name}.toml").write_text(text)
+    cpu = cpu_seconds(daemon.pid)
     wall, started = time.time(), time.perf_counter()
     for name, _ in names:
         os.rename(staging / f"{name}.toml", daemon.manifests / f"{name}.toml")
-    return started, wall, host_ports, time.perf_counter() - started
+    rename_s = time.perf_counter() - started
+    return Drop(started, wall, cpu, host_ports, rename_s)
+
+
+def drop_probe(daemon: DaemonUnderTest, staging: Path, report_dir: Path, drop: Drop, network: str):
+    """Stage the probe for the httpd containers of ``drop``, rename it in."""
+    names = [name for name, port in drop.host_ports.items() if port is not None]
+    report_dir.mkdir()
+    staged = staging / f"{PROBE}.toml"
+    staged.write_text(probe_squishfile(network, report_dir, names))
+    os.rename(staged, daemon.manifests / f"{PROBE}.toml")
+
+
+class AnswerWatcher(threading.Thread):
+    """Reads the probe's file as it grows: when each name first answered, when all had.
+
+    Every ``PROBE_POLL_S``; a line is stamped when it is first read
+    (perf_counter, less the drop's start). On the ``done`` line it reads
+    the daemon's CPU and ends; ``stop()`` ends it before that.
+    """
+
+    def __init__(self, path: Path, drop: Drop, daemon_pid: int) -> None:
+        super().__init__(name="answer-watcher", daemon=True)
+        self.path = path
+        self.drop = drop
+        self.daemon_pid = daemon_pid
+        self.answered: dict[str, float] = {}
+        self.done_at: float | None = None
+        self.cpu_at_done: float | None = None
+        self.rounds: int | None = None
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        offset, pending = 0, b""
+        while not self._stopping.is_set():
+            try:
+                with self.path.open("rb") as file:
+                    file.seek(offset)
+                    chunk = file.read()
+            except FileNotFoundError:
+                chunk = b""
+            if chunk:
+                now = time.perf_counter() - self.drop.started
+                offset += len(chunk)
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    words = line.decode(errors="replace").split()
+                    if words[:1] == ["done"]:
+                        self.cpu_at_done = cpu_seconds(self.daemon_pid)
+                        self.rounds = int(words[1]) if len(words) > 1 else None
+                        self.done_at = now
+                        return
+                    if words:
+                        self.answered.setdefault(words[0], now)
+            self._stopping.wait(PROBE_POLL_S)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(timeout=5)
+
+
+def remove_probe(daemon: DaemonUnderTest, timeout: float = 30.0) -> float | None:
+    """Unlink the probe's squishfile; seconds until the API no longer lists it (None: never)."""
+    began = time.perf_counter()
+    (daemon.manifests / f"{PROBE}.toml").unlink()
+    with daemon.client(timeout=30.0) as client:
+        while time.perf_counter() - began < timeout:
+            if not any(status["name"] == PROBE for status in client.containers()):
+                return time.perf_counter() - began
+            time.sleep(0.05)
+    return None
 
 
 def wait_all_ready(
@@ -149,8 +314,13 @@ def wait_all_ready(
     host_ports: dict[str, int | None],
     started: float,
     args: argparse.Namespace,
+    *,
+    answers: AnswerWatcher | None = None,
 ) -> dict[str, Any]:
-    """Until the API lists every container running and every forward answers."""
+    """Until the API lists every container running and every forward answers.
+
+    And, with ``answers``, until the probe has had an answer from every name.
+    """
     serving_at: dict[str, float] = {}
     api_seconds: list[float] = []
     api_errors: list[str] = []
@@ -185,7 +355,11 @@ def wait_all_ready(
                 assert port is not None
                 if name in watcher.started and name not in serving_at and http_answers(port, 0.5):
                     serving_at[name] = time.perf_counter() - started
-            if api_all_running_at is not None and len(serving_at) == len(networked):
+            if (
+                api_all_running_at is not None
+                and len(serving_at) == len(networked)
+                and (answers is None or answers.done_at is not None)
+            ):
                 break
             time.sleep(args.poll_interval)
     return {
@@ -199,19 +373,43 @@ def wait_all_ready(
 
 
 def container_pss(daemon: DaemonUnderTest, uid: int) -> dict[str, Any]:
-    """PSS of each running container's bwrap pair, slirp4netns and command."""
+    """PSS of each running container's bwrap pair, slirp4netns and command.
+
+    A container with forwards (``ports``) is "networked"; one on named
+    networks has no slirp4netns of its own: the network helper's (and the
+    helper) are measured once, apart, in ``shared_kib``.
+    """
     with daemon.client(timeout=30.0) as client:
         statuses = [s for s in client.containers() if s["phase"] == "running"]
     procs = processes(uid)
-    # slirp4netns's argv ends with the sandbox's pid 1 and "tap0".
+    # slirp4netns's argv ends with the sandbox's pid 1 (or the network
+    # helper's pid) and "tap0".
     slirp_by_init = {
         proc.argv[-2]: proc.pid
         for proc in procs.values()
         if proc.comm == "slirp4netns" and len(proc.argv) >= 2
     }
+    # The network helper: "python -S .../netns_helper.py DAEMON_PID".
+    helpers = [
+        proc.pid
+        for proc in procs.values()
+        if len(proc.argv) >= 2
+        and proc.argv[-2].endswith("netns_helper.py")
+        and proc.argv[-1] == str(daemon.pid)
+    ]
+    shared: dict[str, int] = {}
+    pids: dict[int, str] = {}
+    for helper in helpers:
+        for label, pid in (("helper", helper), ("slirp4netns", slirp_by_init.get(str(helper)))):
+            if pid is None:
+                continue
+            try:
+                shared[label] = shared.get(label, 0) + pss_kib(pid)
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            pids[pid] = procs[pid].comm
     overhead: dict[bool, list[int]] = {True: [], False: []}
     workload: dict[bool, list[int]] = {True: [], False: []}
-    pids: dict[int, str] = {}
     missing = []
     for status in statuses:
         command = status.get("pid")
@@ -222,7 +420,7 @@ def container_pss(daemon: DaemonUnderTest, uid: int) -> dict[str, Any]:
                 raise LookupError(f"{command} is not bwrap's grandchild")
             networked = bool(status.get("ports"))
             ours = [monitor, init]
-            if networked:
+            if networked and not status.get("networks"):
                 ours.append(slirp_by_init[str(init)])
             overhead[networked].append(sum(pss_kib(pid) for pid in ours))
             workload[networked].append(pss_kib(command))
@@ -231,7 +429,42 @@ def container_pss(daemon: DaemonUnderTest, uid: int) -> dict[str, Any]:
             continue
         for pid in (*ours, command):
             pids[pid] = procs[pid].comm
-    return {"overhead_kib": overhead, "workload_kib": workload, "pids": pids, "missing": missing}
+    return {
+        "overhead_kib": overhead,
+        "workload_kib": workload,
+        "shared_kib": shared,
+        "pids": pids,
+        "missing": missing,
+    }
+
+
+def by_name(
+    daemon: DaemonUnderTest, watcher: StartWatcher, answers: AnswerWatcher, drop: Drop
+) -> dict[str, Any]:
+    """What the probe saw, and the daemon's CPU until it had seen every name; then removes it."""
+    expected = [name for name, port in drop.host_ports.items() if port is not None]
+    done_at, cpu_at_done = answers.done_at, answers.cpu_at_done
+    probe_start = watcher.started.get(PROBE)
+    cpu = None if cpu_at_done is None else cpu_at_done - drop.cpu
+    found: dict[str, Any] = {
+        "probe_started_s": None if probe_start is None else round(probe_start - drop.wall, 3),
+        "all_answered": done_at is not None,
+        "all_answered_s": None if done_at is None else round(done_at, 3),
+        "answered_count": len(answers.answered),
+        "expected": len(expected),
+        "rounds": answers.rounds,
+        "per_container": seconds_summary(list(answers.answered.values())),
+        "daemon_cpu_s": None if cpu is None else round(cpu, 2),
+        "daemon_cpu_pct": None if cpu is None or not done_at else round(100 * cpu / done_at, 1),
+        "unanswered": [name for name in expected if name not in answers.answered][:10],
+        "probe_failed": watcher.failed.get(PROBE),
+        "probe_log": []
+        if done_at is not None
+        else _tail(daemon.state / "logs" / f"{PROBE}.log", 5),
+    }
+    removed = remove_probe(daemon)
+    found["probe_removed_s"] = None if removed is None else round(removed, 3)
+    return found
 
 
 def reconciles(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
@@ -323,19 +556,33 @@ def run(args: argparse.Namespace, work: Path, m: int) -> dict[str, Any]:
     site = make_site(work / "site")
     extra = ("--parallelism", str(args.parallelism)) if args.parallelism else ()
     networked_count = m - m // 2
+    network: str | None = args.network
     result: dict[str, Any] = {
         "m": m,
         "networked": networked_count,
         "nofile_soft_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
     }
+    if network is not None:
+        result["network"] = network
     with DaemonUnderTest(work / "daemon", extra_args=extra) as daemon:
         watcher = StartWatcher(daemon.socket)
         watcher.start()
         warm_up(daemon, watcher)
         fds_idle = daemon.fd_count()
         scrape_before = daemon.metrics()
-        started, wall, host_ports, rename_s = drop_all(daemon, work / "staging", site, m)
-        ready = wait_all_ready(daemon, watcher, host_ports, started, args)
+        drop = drop_all(daemon, work / "staging", site, m, network)
+        started, wall, host_ports, rename_s = (
+            drop.started,
+            drop.wall,
+            drop.host_ports,
+            drop.rename_s,
+        )
+        answers = None
+        if network is not None:
+            answers = AnswerWatcher(work / "probe" / PROBE_FILE, drop, daemon.pid)
+            answers.start()
+            drop_probe(daemon, work / "staging", work / "probe", drop, network)
+        ready = wait_all_ready(daemon, watcher, host_ports, started, args, answers=answers)
         scrape_ready = daemon.metrics()
         running = [watcher.started[name] - wall for name in host_ports if name in watcher.started]
         serving = list(ready["serving_at"].values())
@@ -371,6 +618,9 @@ def run(args: argparse.Namespace, work: Path, m: int) -> dict[str, Any]:
             name: _tail(daemon.state / "logs" / f"{name}.log", 5)
             for name in list(watcher.failed)[:5]
         }
+        if answers is not None:
+            answers.stop()
+            result["by_name"] = by_name(daemon, watcher, answers, drop)
         time.sleep(args.idle)
         # Scrapes just outside the window: the exporter reads /proc for every
         # container, which is the daemon's CPU too.
@@ -403,6 +653,7 @@ def run(args: argparse.Namespace, work: Path, m: int) -> dict[str, Any]:
                 listing.append(time.perf_counter() - asked)
         result["api_list_idle_ms"] = round(statistics.median(listing) * 1e3, 1)
         pss = container_pss(daemon, uid)
+        shared = pss["shared_kib"]
         result["pss_kib"] = {
             "networked_overhead_mean": mean_kib(pss["overhead_kib"][True]),
             "none_overhead_mean": mean_kib(pss["overhead_kib"][False]),
@@ -412,6 +663,12 @@ def run(args: argparse.Namespace, work: Path, m: int) -> dict[str, Any]:
             "none_n": len(pss["overhead_kib"][False]),
             "unmeasured": pss["missing"][:10],
         }
+        if network is not None:
+            result["pss_kib"]["network_shared"] = {
+                **shared,
+                "total": sum(shared.values()),
+                "per_container": round(sum(shared.values()) / m, 1),
+            }
         result["container_processes_before_stop"] = len(container_processes(work, uid))
         try:
             result["daemon_exit_code"] = daemon.stop(timeout=args.stop_timeout)
@@ -450,9 +707,18 @@ def report(result: dict[str, Any]) -> None:
         return "met" if ok else "NOT met"
 
     m, networked = result["m"], result["networked"]
+    network = result.get("network")
     met = result["met"]
     print(f"-- m = {m}")
-    print(f"dropped                     {m} ({networked} httpd + forward, {m - networked} none)")
+    if network is None:
+        print(
+            f"dropped                     {m} ({networked} httpd + forward, {m - networked} none)"
+        )
+    else:
+        print(
+            f"dropped                     {m} ({networked} httpd + forward, "
+            f"{m - networked} sleep), all on network {network}; then the probe"
+        )
     print(f"renaming all in             {result['rename_all_s'] * 1e3:.1f} ms")
     print(
         f"all running (events)        {sec(result['all_running_s'])}  "
@@ -469,6 +735,8 @@ def report(result: dict[str, Any]) -> None:
             f"per container, {label:<8}     n={row['n']}  median {sec(row['median_s'])}  "
             f"p90 {sec(row['p90_s'])}  p99 {sec(row['p99_s'])}"
         )
+    if network is not None:
+        report_by_name(result["by_name"], network)
     api = result["api_list_ms"]
     print(
         f"API list while starting     {api['calls']} calls, median {api['median']} ms, "
@@ -504,14 +772,32 @@ def report(result: dict[str, Any]) -> None:
         f"{result['nofile_soft_limit']}); {result['daemon_threads']} threads"
     )
     pss = result["pss_kib"]
-    print(
-        f"PSS per networked container {pss['networked_overhead_mean']} KiB: bwrap x2 + "
-        f"slirp4netns (n={pss['networked_n']}); httpd itself {pss['networked_command_mean']} KiB"
-    )
-    print(
-        f"PSS per no-network one      {pss['none_overhead_mean']} KiB: bwrap x2 "
-        f"(n={pss['none_n']}); sleep itself {pss['none_command_mean']} KiB"
-    )
+    if network is None:
+        print(
+            f"PSS per networked container {pss['networked_overhead_mean']} KiB: bwrap x2 + "
+            f"slirp4netns (n={pss['networked_n']}); "
+            f"httpd itself {pss['networked_command_mean']} KiB"
+        )
+        print(
+            f"PSS per no-network one      {pss['none_overhead_mean']} KiB: bwrap x2 "
+            f"(n={pss['none_n']}); sleep itself {pss['none_command_mean']} KiB"
+        )
+    else:
+        print(
+            f"PSS per httpd container     {pss['networked_overhead_mean']} KiB: bwrap x2 "
+            f"(n={pss['networked_n']}); httpd itself {pss['networked_command_mean']} KiB"
+        )
+        print(
+            f"PSS per sleep container     {pss['none_overhead_mean']} KiB: bwrap x2 "
+            f"(n={pss['none_n']}); sleep itself {pss['none_command_mean']} KiB"
+        )
+        shared = pss["network_shared"]
+        print(
+            f"PSS shared by the network   {shared['total']} KiB: "
+            f"helper {shared.get('helper', '-')} + "
+            f"slirp4netns {shared.get('slirp4netns', '-')} KiB; "
+            f"{shared['per_container']} KiB per container"
+        )
     for line in pss["unmeasured"]:
         print(f"  not measured: {line}")
     cli = result["cli"]
@@ -546,6 +832,38 @@ def report(result: dict[str, Any]) -> None:
     print(f"daemon log: {len(problems)} warning/error records")
     for record in problems[:5]:
         print("  " + record.replace("\n", "\n  "))
+
+
+def report_by_name(found: dict[str, Any], network: str) -> None:
+    """The probe's figures (``by_name``), for ``report``."""
+
+    def sec(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f} s"
+
+    print(
+        f"all answer by name          {sec(found['all_answered_s'])}  "
+        f"[{found['answered_count']}/{found['expected']} httpd answered http://NAME:{HTTPD_PORT}/ "
+        f"on {network}; probe started at {sec(found['probe_started_s'])}, "
+        f"{found['rounds'] if found['rounds'] is not None else '-'} rounds]"
+    )
+    row = found["per_container"]
+    print(
+        f"per container, by name      n={row['n']}  median {sec(row['median_s'])}  "
+        f"p90 {sec(row['p90_s'])}  p99 {sec(row['p99_s'])}"
+    )
+    cpu, pct = found["daemon_cpu_s"], found["daemon_cpu_pct"]
+    print(
+        "daemon CPU until then       "
+        + ("-" if cpu is None else f"{cpu:.2f} s ({pct} % of one core over that time)")
+    )
+    if not found["all_answered"]:
+        print(f"  never answered: {', '.join(found['unanswered']) or '-'}")
+        if found["probe_failed"]:
+            print(f"  probe failed: {found['probe_failed']}")
+        for line in found["probe_log"]:
+            print(f"  {PROBE}.log: {line}")
+    if found["probe_removed_s"] is None:
+        print("  the probe was still listed 30 s after its squishfile was removed")
 
 
 def compare(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -628,6 +946,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--nofile", type=int, default=0, help="raise the daemon's soft open-files limit to this"
+    )
+    parser.add_argument(
+        "--network",
+        metavar="NAME",
+        help='every container on the named network NAME (no network = "none", forwards kept), '
+        "and the time until a probe on it has had an answer by name from every httpd "
+        "container, with the daemon's CPU until then",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()

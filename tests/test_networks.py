@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -23,7 +24,7 @@ from squish.layers import Mount
 from squish.runtime import Container, ContainerSpec, PortForward
 from squish.runtime.bwrap_runtime import BwrapRuntime
 from tests.conftest import free_port
-from tests.test_runtime import alive, http_get, live_children, run_to_exit
+from tests.test_runtime import alive, http_get, live_children, run_to_exit, web_spec
 
 pytestmark = pytest.mark.anyio
 
@@ -40,15 +41,8 @@ def on(rootfs: Path, name: str, script: str, *networks: str, **kw: object) -> Co
 
 
 def web(rootfs: Path, www: Path, name: str, *networks: str, **kw: object) -> ContainerSpec:
-    return ContainerSpec(
-        name=name,
-        rootfs=rootfs,
-        command="httpd",
-        args=("-f", "-p", "8080", "-h", "/app/www"),
-        mounts=(Mount(www, "/app/www", rw=False),),
-        networks=networks,
-        **kw,  # type: ignore[arg-type]
-    )
+    """test_runtime's busybox httpd serving ``www``, on ``networks``."""
+    return replace(web_spec(rootfs, www, name=name), networks=networks, **kw)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -448,30 +442,21 @@ async def test_a_musl_program_resolves_a_peer_by_name(
 ) -> None:
     """musl's resolver (what an Alpine base has) reads the same hosts file."""
     server = await runtime.start(web(base_rootfs, www, "db", "backend"))
-    event, log = await run_to_exit(
-        runtime,
-        ContainerSpec(
-            name="alpine-like",
+
+    def fetch(name: str, network: str) -> ContainerSpec:
+        return ContainerSpec(
+            name=name,
             rootfs=base_rootfs,
             command="/sdk/fetch",
             args=("db", "8080"),
             mounts=(Mount(musl_fetch, "/sdk/fetch", rw=False),),
-            networks=("backend",),
-        ),
-    )
+            networks=(network,),
+        )
+
+    event, log = await run_to_exit(runtime, fetch("alpine-like", "backend"))
     assert event.exit_code == 0, log
     assert "200 OK" in log and "served by name" in log
-    _, log = await run_to_exit(
-        runtime,
-        ContainerSpec(
-            name="stranger",
-            rootfs=base_rootfs,
-            command="/sdk/fetch",
-            args=("db", "8080"),
-            mounts=(Mount(musl_fetch, "/sdk/fetch", rw=False),),
-            networks=("elsewhere",),
-        ),
-    )
+    _, log = await run_to_exit(runtime, fetch("stranger", "elsewhere"))
     assert "fetch: db:" in log  # not known on another network
     await runtime.stop(server.id)
 

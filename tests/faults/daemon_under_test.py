@@ -163,22 +163,29 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-def slirps_of(pid: int) -> list[int]:
-    """The live slirp4netns processes whose parent is ``pid``."""
+def children_of(pid: int, *, name: str = "", cmdline: bytes = b"") -> list[int]:
+    """The live children of ``pid`` with that process name, or that bytes in their cmdline."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             status = (entry / "status").read_text()
+            argv = (entry / "cmdline").read_bytes() if cmdline else b""
         except OSError:
             continue
         fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
         ours = fields.get("PPid", "").strip() == str(pid)
         dead = fields.get("State", "").startswith("Z")
-        if fields.get("Name") == "slirp4netns" and ours and not dead:
+        wanted = (not name or fields.get("Name") == name) and cmdline in argv
+        if wanted and ours and not dead:
             found.append(int(entry.name))
     return found
+
+
+def slirps_of(pid: int) -> list[int]:
+    """The live slirp4netns processes whose parent is ``pid``."""
+    return children_of(pid, name="slirp4netns")
 
 
 def http_answers(port: int, needle: bytes) -> bool | None:

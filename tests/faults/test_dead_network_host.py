@@ -19,7 +19,7 @@ import pytest
 
 from squish.cli.client import Client
 from tests.conftest import eventually, free_port
-from tests.faults.daemon_under_test import http_answers, slirps_of
+from tests.faults.daemon_under_test import children_of, http_answers, slirps_of
 from tests.test_daemon import daemon, wait_for_socket
 
 DB = """\
@@ -46,21 +46,7 @@ args = ["-c", "while :; do wget -qO /tmp/got http://db:8080/ && cp /tmp/got /out
 
 def helpers_of(pid: int) -> list[int]:
     """The live network helpers whose parent is ``pid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = (entry / "status").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
-        ours = fields.get("PPid", "").strip() == str(pid)
-        dead = fields.get("State", "").startswith("Z")
-        if b"netns_helper.py" in cmdline and ours and not dead:
-            found.append(int(entry.name))
-    return found
+    return children_of(pid, cmdline=b"netns_helper.py")
 
 
 @pytest.fixture
