@@ -148,8 +148,8 @@ PROBE_POLL_S = 0.005
 # The probe, on the network: "$@" are the httpd containers' names. A round
 # fetches from every name that has not answered yet; each that answers is
 # appended to the file, then "done ROUNDS" once all have. ``timeout``, not
-# wget's -T (which segfaults in busybox 1.35), bounds a fetch from an
-# address that is listed but not wired yet.
+# wget's -T (which segfaults in busybox 1.35), bounds each fetch: a peer
+# that accepts and never answers would hold the round.
 PROBE_SCRIPT = f"""
 out={PROBE_TARGET}/{PROBE_FILE}
 todo="$*"
@@ -239,7 +239,9 @@ def drop_all(
     return Drop(started, wall, cpu, host_ports, rename_s)
 
 
-def drop_probe(daemon: DaemonUnderTest, staging: Path, report_dir: Path, drop: Drop, network: str):
+def drop_probe(
+    daemon: DaemonUnderTest, staging: Path, report_dir: Path, drop: Drop, network: str
+) -> None:
     """Stage the probe for the httpd containers of ``drop``, rename it in."""
     names = [name for name, port in drop.host_ports.items() if port is not None]
     report_dir.mkdir()
@@ -375,9 +377,9 @@ def wait_all_ready(
 def container_pss(daemon: DaemonUnderTest, uid: int) -> dict[str, Any]:
     """PSS of each running container's bwrap pair, slirp4netns and command.
 
-    A container with forwards (``ports``) is "networked"; one on named
-    networks has no slirp4netns of its own: the network helper's (and the
-    helper) are measured once, apart, in ``shared_kib``.
+    A container with forwards (``ports``) is "networked". One on named
+    networks has no slirp4netns of its own: the network's helper and its
+    slirp4netns are measured once, apart, in ``shared_kib``.
     """
     with daemon.client(timeout=30.0) as client:
         statuses = [s for s in client.containers() if s["phase"] == "running"]
@@ -571,12 +573,7 @@ def run(args: argparse.Namespace, work: Path, m: int) -> dict[str, Any]:
         fds_idle = daemon.fd_count()
         scrape_before = daemon.metrics()
         drop = drop_all(daemon, work / "staging", site, m, network)
-        started, wall, host_ports, rename_s = (
-            drop.started,
-            drop.wall,
-            drop.host_ports,
-            drop.rename_s,
-        )
+        started, wall, host_ports = drop.started, drop.wall, drop.host_ports
         answers = None
         if network is not None:
             answers = AnswerWatcher(work / "probe" / PROBE_FILE, drop, daemon.pid)
@@ -590,7 +587,7 @@ def run(args: argparse.Namespace, work: Path, m: int) -> dict[str, Any]:
         all_serving = all_running and len(serving) == networked_count
         result.update(
             {
-                "rename_all_s": round(rename_s, 4),
+                "rename_all_s": round(drop.rename_s, 4),
                 "all_running": all_running,
                 "all_serving": all_serving,
                 "running_count": len(running),
