@@ -35,6 +35,8 @@ ARITY = {
     "--new-session": 0,
     "--info-fd": 1,
     "--userns-block-fd": 1,
+    "--userns": 1,
+    "--sync-fd": 1,
     "--block-fd": 1,
     "--hostname": 1,
     "--ro-bind": 2,
@@ -190,6 +192,20 @@ def test_handshake_fds_each_go_to_their_own_option(container: ContainerSpec) -> 
         ("--userns-block-fd", ("8",)),
         ("--block-fd", ("9",)),
     ]
+
+
+def test_on_a_named_network_the_network_hosts_user_namespace_is_joined_not_made() -> None:
+    fds = HandshakeFds(info=7, block=9, userns=11)
+    options, _ = parse(bwrap_argv(spec(networks=("backend",)), fds, host=FakeHost()))
+    flags = [name for name, _ in options]
+
+    assert "--unshare-user" not in flags
+    assert ("--userns", ("11",)) in options
+    # bwrap never closes a --userns fd: as --sync-fd too, the sandbox closes it
+    # before the command runs (tests/faults/test_stray_fds.py checks it for real).
+    assert ("--sync-fd", ("11",)) in options
+    assert {"--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts"} <= set(flags)
+    assert ("--cap-drop", ("ALL",)) in options
 
 
 @pytest.mark.parametrize("container", SPECS)

@@ -8,7 +8,9 @@ handshake with bwrap (see ``bwrap_runtime`` for the dance):
   namespace, which the sandbox is made in instead of a new one of its own,
   so that the network host can wire its network namespace
   (``squish.runtime.networks``). Root inside is the daemon's user outside
-  there too, and the command has no capabilities in it.
+  there too, and the command has no capabilities in it. bwrap never closes
+  that fd; given as ``--sync-fd`` as well, it is closed before the command
+  runs.
 - ``--userns-block-fd`` (networked containers only): bwrap waits until the
   runtime has written the user namespace's uid/gid maps. The runtime writes
   them itself (instead of letting bwrap do it inside the child) so that they
@@ -75,7 +77,10 @@ def bwrap_argv(
     """Build the full argv that runs ``spec`` under bwrap (``pinned``: see ``plan_mounts``)."""
     argv = [bwrap]
     if fds.userns is not None:
-        argv += ["--userns", str(fds.userns)]
+        # The same fd as --sync-fd too: bwrap never closes a --userns fd, and
+        # would pass it on to the command; the sandbox closes its --sync-fd
+        # before it execs the command (its pid 1 keeps it, as bwrap's own).
+        argv += ["--userns", str(fds.userns), "--sync-fd", str(fds.userns)]
     else:
         argv += ["--unshare-user"]
     argv += [

@@ -22,16 +22,22 @@ from squish.runtime.bwrap_runtime import BwrapRuntime
 pytestmark = pytest.mark.anyio
 
 
-def spec(rootfs: Path, script: str, *, network: bool) -> ContainerSpec:
-    name = "networked" if network else "offline"
+def spec(rootfs: Path, script: str, *, network: str) -> ContainerSpec:
     return ContainerSpec(
-        name=name, rootfs=rootfs, command="/bin/sh", args=("-c", script), network=network
+        name=network,
+        rootfs=rootfs,
+        command="/bin/sh",
+        args=("-c", script),
+        network=network != "none",
+        # On a named network, bwrap is given the network host's user namespace
+        # as an fd (--userns), which it would pass on to the command.
+        networks=("n",) if network == "named" else (),
     )
 
 
-@pytest.mark.parametrize("network", [True, False], ids=["networked", "no-network"])
+@pytest.mark.parametrize("network", ["slirp4netns", "none", "named"])
 async def test_the_command_sees_only_stdio(
-    runtime: BwrapRuntime, base_rootfs: Path, network: bool
+    runtime: BwrapRuntime, base_rootfs: Path, network: str
 ) -> None:
     # ls opens /proc/self/fd itself: the lowest free number, 3 when 0-2 are all.
     script = "ls /proc/self/fd; echo end; exec sleep 30"
@@ -61,7 +67,7 @@ async def test_a_layer_bound_from_an_fd_leaves_it_nowhere_inside(
     (layer / "hello").write_text("from the layer\n")
     container = await runtime.start(
         replace(
-            spec(base_rootfs, "cat /data/hello; exec sleep 30", network=True),
+            spec(base_rootfs, "cat /data/hello; exec sleep 30", network="slirp4netns"),
             mounts=(Mount(source=layer, target="/data", rw=False),),
         )
     )
