@@ -247,6 +247,19 @@ status_is "sources lists the directory" 0 squish sources
 check "... with the manifests directory" grep -q "$manifests" "$work/out"
 status_is "sync without a git source exits 1" 1 squish sync
 check "... saying there is none" eval "one_line '$work/err' && grep -q 'no git source' '$work/err'"
+status_is "network ls with no network named prints the header" 0 squish network ls
+check "... and nothing else" eval "[ \"\$(cat '$work/out')\" = 'NAME  SUBNET  GATEWAY  RUNNING  CONTAINERS' ]"
+status_is "network inspect of a network nobody names exits 1" 1 squish network inspect nowhere
+check "... in one line naming it" eval "one_line '$work/err' && grep -q \"no network 'nowhere'\" '$work/err'"
+status_is "network without an action is a usage error" 2 squish network
+printf 'networks = ["journey"]\n[run]\ncommand = "/bin/sleep"\nargs = ["1000"]\n' > "$work/member.toml"
+status_is "create of a squishfile on a network" 0 squish create "$work/member.toml"
+status_is "network inspect --json of it" 0 squish network inspect journey --json
+check "... lists the member with its address" python3 -c "import json; (n,) = json.load(open('$work/out')); assert n['containers'] == ['member'] and n['members'][0]['address'].startswith('10.89.')"
+status_is "delete of it" 0 squish delete member
+printf 'network = "none"\nnetworks = ["journey"]\n[run]\ncommand = "/bin/true"\n' > "$work/both.toml"
+status_is "validate refuses networks with network = none" 1 squish validate "$work/both.toml"
+check "... naming the field" grep -q 'both.toml:2: networks: cannot join networks with network = "none"' "$work/err"
 status_is "layer ls" 0 squish layer ls
 status_is "layer pull from a registry that is down is an error" 1 squish --socket "$SQUISH_SOCKET" layer pull python 3.11
 check "... in one line" one_line "$work/err"
