@@ -37,6 +37,8 @@ DEFAULT_HOST_IP = "127.0.0.1"
 DEFAULT_TMP_SIZE = 64 * 1024 * 1024
 DEFAULT_STOP_GRACE = 10.0
 DEFAULT_START_TIMEOUT = 30.0
+DEFAULT_EXEC_TIMEOUT = 60.0
+EXEC_OUTPUT_LIMIT = 64 * 1024  # what an exec keeps of its command's output, at most
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,24 @@ class Container:
 
 
 @dataclass(frozen=True)
+class ExecResult:
+    """A command run inside a running container (``Runtime.exec``).
+
+    ``exit_code``: the command's (128+N for death by signal N); 124 when it
+    was killed at its timeout (``timed_out``), 125 when the container could
+    not be entered, 126 or 127 when the command could not be run or found.
+    ``output``: its stdout and stderr together, at most ``EXEC_OUTPUT_LIMIT``
+    bytes of it (``truncated`` says so), decoded as UTF-8 with replacements.
+    """
+
+    exit_code: int
+    output: str
+    seconds: float
+    timed_out: bool = False
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
 class NetworkInfo:
     """A named network that has members, as the runtime wired it."""
 
@@ -168,6 +188,13 @@ class Runtime(Protocol):
         ...
 
     async def update_ports(self, container_id: str, ports: Sequence[PortForward]) -> Container: ...
+
+    async def exec(
+        self, container_id: str, argv: Sequence[str], *, timeout: float = DEFAULT_EXEC_TIMEOUT
+    ) -> ExecResult:
+        """Run ``argv`` inside the running container: its namespaces, root and env, no
+        capabilities; killed (with what it started) at ``timeout``."""
+        ...
 
     def subscribe(self) -> MemoryObjectReceiveStream[ExitEvent]: ...
 

@@ -25,11 +25,13 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from squish.broadcast import Broadcast
 from squish.errors import ContainerNotFound, PortInUse, RuntimeFailure
 from squish.runtime import (
+    DEFAULT_EXEC_TIMEOUT,
     DEFAULT_HOST_IP,
     DEFAULT_STOP_GRACE,
     Container,
     ContainerSpec,
     ContainerState,
+    ExecResult,
     ExitEvent,
     NetworkInfo,
     PortForward,
@@ -50,6 +52,8 @@ class FakeRuntime:
         self._pids = itertools.count(1000)
         # The real runtime's bookkeeping of named networks, without the wiring.
         self._book = NetworkBook()
+        # What exec answers, by container name (default: exit 0, no output).
+        self.exec_results: dict[str, ExecResult] = {}
 
     async def __aenter__(self) -> FakeRuntime:
         return self
@@ -160,6 +164,17 @@ class FakeRuntime:
         await anyio.lowlevel.checkpoint()
         self._exit(container, 143, stopped=True)
         return replace(container)
+
+    async def exec(
+        self, container_id: str, argv: Sequence[str], *, timeout: float = DEFAULT_EXEC_TIMEOUT
+    ) -> ExecResult:
+        """What ``exec_results`` says for the container's name, as the real one would."""
+        self.calls.append(("exec", container_id))
+        container = self._get(container_id)
+        if not argv:
+            raise RuntimeFailure(f"{container.name}: exec needs a command")
+        await anyio.lowlevel.checkpoint()
+        return self.exec_results.get(container.name, ExecResult(0, "", 0.0))
 
     async def update_ports(self, container_id: str, ports: Sequence[PortForward]) -> Container:
         self.calls.append(("update_ports", container_id))
