@@ -260,6 +260,28 @@ class StartRequest(TypedDict):
     timeout: NotRequired[float]
 
 
+class ExecRequest(TypedDict):
+    """``POST /v1/containers/{ref}/exec``: run ``command`` inside the running container."""
+
+    command: list[str]
+    """The program and its arguments; no shell is involved."""
+    timeout: NotRequired[float]
+    """Seconds until it is killed, with what it started (default 30)."""
+
+
+class ExecResult(TypedDict):
+    """What a command run inside a container did."""
+
+    exit_code: int
+    """Its exit status; 128+N when killed by signal N, 124 at its timeout, 126 or 127
+    when it could not be run or found."""
+    output: str
+    """Its stdout and stderr together (at most 64 KiB)."""
+    seconds: float
+    timed_out: bool
+    truncated: bool
+
+
 class PullRequest(TypedDict):
     name: str
     version: str

@@ -80,11 +80,21 @@ check "the command is pid 2" test "$(cat "$work/data/pid")" = "pid=2"
 check "a ro file bind reads" test "$(cat "$work/data/conf")" = "read-only config"
 check "the root is read-only" grep -q "Read-only file system" "$work/data/ro-error"
 check "an rw bind writes through to the host" test -s "$work/data/greeting"
+check "exec runs inside the container: its files, its env, its pid namespace" \
+  test "$(squish exec web sh -c 'cat /etc/app.conf; echo $GREETING; ps -o args | grep -c "^httpd"')" \
+  = "$(printf 'read-only config\nhi there\n1')"
+squish exec web -- sh -c 'exit 3'
+check "exec exits with the command's status" test $? = 3
+check "exec runs a program with no shell, found on the container's PATH" \
+  eval "squish exec web cat /etc/os-release | grep -q 'squish busybox base'"
 
 stopped=$(squish stop web)
 check "stop prints the id" test "$stopped" = "$id"
 check "ps shows nothing running after stop" test "$(ps_count)" = 0
 check "ps -a shows it stopped" test "$(psa_field web phase)" = stopped
+squish exec web true 2>"$work/exec.err"
+check "exec in a stopped container exits 1, saying it is not running" \
+  eval "[ $? = 1 ] && grep -q 'web is not running (stopped)' '$work/exec.err'"
 sleep 1.5
 check "a stopped container stays stopped through a resync" test "$(ps_count)" = 0
 id2=$(cd "$work" && squish create web.toml)

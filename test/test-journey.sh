@@ -254,6 +254,10 @@ check "... in one line naming it" eval "one_line '$work/err' && grep -q \"no net
 status_is "network without an action is a usage error" 2 squish network
 printf 'networks = ["journey"]\n[run]\ncommand = "/bin/sleep"\nargs = ["1000"]\n' > "$work/member.toml"
 status_is "create of a squishfile on a network" 0 squish create "$work/member.toml"
+status_is "exec in it passes the command's status on" 5 squish exec member sh -c 'echo inside; exit 5'
+check "... and prints its output" grep -qx inside "$work/out"
+status_is "exec without a command is a usage error" 2 squish exec member
+status_is "exec --timeout kills a command that hangs (124)" 124 squish exec --timeout 0.3 member sleep 100
 status_is "network inspect --json of it" 0 squish network inspect journey --json
 check "... lists the member with its address" python3 -c "import json; (n,) = json.load(open('$work/out')); assert n['containers'] == ['member'] and n['members'][0]['address'].startswith('10.89.')"
 status_is "delete of it" 0 squish delete member

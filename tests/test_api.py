@@ -158,6 +158,34 @@ async def test_networks_and_their_members(api: httpx.AsyncClient, plane: Plane) 
     assert inspected["applied"]["networks"] == ["n1"]
 
 
+async def test_exec_runs_in_the_running_container_and_answers_its_status(
+    api: httpx.AsyncClient, plane: Plane
+) -> None:
+    from squish.runtime import ExecResult
+
+    plane.write("web", squishfile())
+    await running(plane, "web")
+    plane.runtime.exec_results["web"] = ExecResult(3, "said something\n", 0.01)
+    response = await api.post("/v1/containers/web/exec", json={"command": ["cat", "/x"]})
+    assert response.status_code == 200  # the command's failure is in the answer
+    result = conforms(schema.ExecResult, response.json())
+    assert (result["exit_code"], result["output"]) == (3, "said something\n")
+    assert ("exec", plane.ids()["web"]) in plane.runtime.calls
+    for bad in ({"command": []}, {"command": "ls"}, {"command": ["a\u0000b"]}, {}):
+        refused = await api.post("/v1/containers/web/exec", json=bad)
+        assert refused.status_code == 400, bad
+        assert "\n" not in refused.json()["error"]
+    timeout = await api.post("/v1/containers/web/exec", json={"command": ["ls"], "timeout": -1})
+    assert timeout.status_code == 400
+    assert (await api.post("/v1/containers/nope/exec", json={"command": ["ls"]})).status_code == 404
+    assert (await api.post("/v1/containers/web/stop")).status_code == 200
+    stopped = await api.post("/v1/containers/web/exec", json={"command": ["ls"]})
+    assert stopped.status_code == 409
+    assert stopped.json() == {
+        "error": "web is not running (stopped): exec needs a running container"
+    }
+
+
 async def test_create_waits_until_it_runs(api: httpx.AsyncClient, plane: Plane) -> None:
     response = await api.post(
         "/v1/containers", json={"name": "web", "manifest": MANIFEST, "timeout": 12}

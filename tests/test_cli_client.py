@@ -590,3 +590,22 @@ def test_network_ls_and_inspect(daemon: Daemon, capsys: pytest.CaptureFixture[st
     assert daemon.squish("inspect", "db") == 0
     (db,) = json.loads(capsys.readouterr().out)
     assert db["networks"] == {"backend": backend["members"][1]["address"]}
+
+
+def test_exec_prints_the_output_and_exits_with_the_commands_status(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from squish.runtime import ExecResult
+
+    daemon.write("web", squishfile())
+    daemon.wait_running("web")
+    daemon.plane.runtime.exec_results["web"] = ExecResult(7, "from inside\n", 0.01)
+    capsys.readouterr()
+    assert daemon.squish("exec", "web", "--", "sh", "-c", "exit 7") == 7
+    assert capsys.readouterr().out == "from inside\n"
+    assert daemon.squish("--json", "exec", "web", "true") == 0  # --json: the answer, exit 0
+    assert json.loads(capsys.readouterr().out)["exit_code"] == 7
+    assert daemon.squish("exec", "web") == 2
+    assert "name the command" in capsys.readouterr().err
+    assert daemon.squish("exec", "nope", "true") == 1
+    assert capsys.readouterr().err == "squish: no such container 'nope'\n"

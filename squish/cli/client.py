@@ -179,6 +179,14 @@ class Client:
         )
         return cast("schema.Container", self._object(response))
 
+    def exec(self, ref: str, command: list[str], *, timeout: float = 30.0) -> schema.ExecResult:
+        """Run ``command`` inside the running container ``ref``; its status and output."""
+        body: schema.ExecRequest = {"command": command, "timeout": timeout}
+        response = self._call(
+            "POST", f"/v1/containers/{_segment(ref)}/exec", body=body, timeout=timeout + _SLACK
+        )
+        return cast("schema.ExecResult", self._object(response))
+
     def delete(self, ref: str) -> schema.Container:
         path = f"/v1/containers/{_segment(ref)}"
         return cast("schema.Container", self._object(self._call("DELETE", path, timeout=None)))

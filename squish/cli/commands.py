@@ -423,6 +423,43 @@ def _run_stop(args: argparse.Namespace) -> int:
     return status
 
 
+def _configure_exec(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_WAIT,
+        help="seconds until the command is killed, with what it started (default: %(default)s)",
+    )
+    parser.add_argument(
+        "ref",
+        metavar="NAME-OR-ID",
+        help="the running container: its name, or a prefix of its id that no other id has",
+    )
+    parser.add_argument(
+        "argv",  # not "command": that is the verb's
+        nargs=argparse.REMAINDER,
+        metavar="COMMAND [ARG...]",
+        help="the program to run inside it (found on the container's PATH) and its arguments",
+    )
+
+
+def _run_exec(args: argparse.Namespace) -> int:
+    """Run a command inside a running container; exit with its status, as podman exec."""
+    command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not command:
+        print("squish exec: name the command to run after the container", file=sys.stderr)
+        return EXIT_USAGE
+    with _client(args) as client:
+        result = client.exec(args.ref, command, timeout=args.timeout)
+    if args.json:
+        _print_json(result)
+        return EXIT_OK
+    sys.stdout.write(result["output"])
+    if result["truncated"]:
+        print("squish exec: output cut at 64 KiB", file=sys.stderr)
+    return result["exit_code"]
+
+
 def _configure_start(parser: argparse.ArgumentParser) -> None:
     _add_refs(parser, "the stopped containers to start again")
     parser.add_argument(
@@ -815,6 +852,15 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         configure=_configure_logs,
         run=_run_logs,
         examples=("squish logs web", "squish logs -f --tail 20 web"),
+    ),
+    "exec": Subcommand(
+        help="run a command inside a running container; its exit status is the command's",
+        configure=_configure_exec,
+        run=_run_exec,
+        examples=(
+            "squish exec web cat /etc/os-release",
+            "squish exec --timeout 5 db -- /bin/sh -c 'ls /data | wc -l'",
+        ),
     ),
     "inspect": Subcommand(
         help="everything about containers, as a JSON array",

@@ -105,6 +105,11 @@ class ControlPlane(Protocol):
         """Every named network: those a squishfile names, and those with members."""
         ...
 
+    async def exec(self, ref: str, command: list[str], *, timeout: float) -> schema.ExecResult:
+        """Run ``command`` inside the running container ``ref`` names (``RuntimeFailure``
+        when it does not run)."""
+        ...
+
     def network(self, name: str) -> schema.Network:
         """One network; ``NetworkNotFound`` when nothing names it."""
         ...
@@ -171,6 +176,22 @@ class DaemonControl:
             "log": str(self.reconciler.log_dir / f"{name}.log"),
             "last_error": (record.failure if record else None) or row["manifest_error"],
             "stopped_by_user": bool(record and record.stopped_by_user),
+        }
+
+    async def exec(self, ref: str, command: list[str], *, timeout: float) -> schema.ExecResult:
+        name = self.reconciler.resolve(ref)
+        record = self.reconciler.records.get(name)
+        container_id = record.container_id if record is not None and record.running else None
+        if container_id is None or container_id not in self.reconciler.runtime.ids():
+            phase = self.reconciler.phase(name).phase
+            raise RuntimeFailure(f"{name} is not running ({phase}): exec needs a running container")
+        result = await self.reconciler.runtime.exec(container_id, command, timeout=timeout)
+        return {
+            "exit_code": result.exit_code,
+            "output": result.output,
+            "seconds": result.seconds,
+            "timed_out": result.timed_out,
+            "truncated": result.truncated,
         }
 
     def networks(self) -> list[schema.Network]:

@@ -19,6 +19,7 @@ Routes (all under ``/v1``; the shapes are :mod:`squish.api_schema`'s, and
     GET    /containers/{ref}            ContainerDetail (inspect)
     POST   /containers/{ref}/stop       Container
     POST   /containers/{ref}/start      StartRequest (optional) -> Container
+    POST   /containers/{ref}/exec       ExecRequest -> ExecResult (the command's status, not HTTP's)
     DELETE /containers/{ref}            Container (as it was)
     GET    /containers/{ref}/logs       ?follow=1&tail=N&since=T&until=T&timestamps=1 (T: Unix
                                         seconds), text/plain stream; with timestamps each line
@@ -68,7 +69,7 @@ from squish.daemon.api.requests import (
 from squish.daemon.api.streams import Drain, LogQuery, Stream, Write, follow_log
 from squish.daemon.control import ControlPlane
 from squish.daemon.layer_admin import LayerAdmin
-from squish.daemon.openapi import NDJSON, OCTETS, TEXT, Operation, Param, document
+from squish.daemon.openapi import NDJSON, OCTETS, TEXT, BadRequest, Operation, Param, document
 from squish.daemon.source_admin import SourceAdmin
 from squish.errors import LayerError, SquishError
 from squish.layers import Limits
@@ -134,6 +135,15 @@ def _container_operations(control: ControlPlane, drain: Drain) -> list[Operation
 
     async def delete(request: Request) -> Response:
         return json_response(await control.delete(ref_of(request)))
+
+    async def exec_in(request: Request) -> Response:
+        ref = ref_of(request)
+        body = await read_body(request, schema.ExecRequest)
+        command = body["command"]
+        if not command or any("\0" in part for part in command):
+            raise BadRequest("command must be a non-empty list of strings without NUL bytes")
+        timeout = valid_timeout(body.get("timeout"))
+        return json_response(await control.exec(ref, command, timeout=timeout))
 
     async def logs(request: Request) -> Response:
         query = LogQuery(
@@ -214,6 +224,15 @@ def _container_operations(control: ControlPlane, drain: Drain) -> list[Operation
             schema.Container,
             body=schema.StartRequest,
             body_required=False,
+            errors=by_ref,
+        ),
+        Operation(
+            "POST",
+            "/v1/containers/{ref}/exec",
+            "run a command inside a running container; answers its exit status and output",
+            exec_in,
+            schema.ExecResult,
+            body=schema.ExecRequest,
             errors=by_ref,
         ),
         Operation(
