@@ -95,6 +95,17 @@ class Placement(TypedDict):
     labels: dict[str, str]
 
 
+class HealthSpec(TypedDict):
+    """A squishfile's ``[health]``, in seconds."""
+
+    command: list[str]
+    interval: float
+    timeout: float
+    retries: int
+    start_period: float
+    on_failure: str
+
+
 class Squishfile(TypedDict):
     """A validated squishfile, as ``inspect`` shows what was applied and what is wanted."""
 
@@ -108,6 +119,7 @@ class Squishfile(TypedDict):
     network: str
     networks: list[str]
     restart: str
+    health: HealthSpec | None
     placement: Placement
 
 

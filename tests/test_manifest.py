@@ -149,6 +149,20 @@ def test_minimal_squishfile_gets_the_defaults() -> None:
     assert squishfile.placement.everywhere
 
 
+def test_health_durations_and_defaults() -> None:
+    health = parse(
+        MINIMAL + '[health]\ncommand = ["/bin/check", "-q"]\ninterval = "1m30s"\n'
+        'timeout = 2.5\nstart_period = "500ms"\non_failure = "restart"\n'
+    ).health
+    assert health is not None
+    assert health.command == ("/bin/check", "-q")
+    assert (health.interval, health.timeout, health.start_period) == (90.0, 2.5, 0.5)
+    assert (health.retries, health.on_failure) == (3, "restart")
+    assert parse(MINIMAL).health is None
+    plain = parse(MINIMAL + '[health]\ncommand = ["x"]\n').health
+    assert plain is not None and (plain.interval, plain.timeout, plain.start_period) == (30, 30, 0)
+
+
 def test_networks_keep_the_files_order() -> None:
     assert parse('networks = ["front", "back"]\n' + MINIMAL).networks == ("front", "back")
 
@@ -483,6 +497,37 @@ BAD = [
         'networks = ["a", "b", "a"]\n' + MINIMAL,
         "networks",
         "names 'a' more than once",
+    ),
+    (
+        "health-without-command",
+        MINIMAL + "[health]\ninterval = 1\n",
+        "health.command",
+        "is required",
+    ),
+    ("health-empty-command", MINIMAL + "[health]\ncommand = []\n", "health.command", "must name"),
+    (
+        "health-bad-duration",
+        MINIMAL + '[health]\ncommand = ["x"]\ninterval = "10 s"\n',
+        "health.interval",
+        'must be a duration such as "500ms"',
+    ),
+    (
+        "health-zero-timeout",
+        MINIMAL + '[health]\ncommand = ["x"]\ntimeout = "0s"\n',
+        "health.timeout",
+        "must be more than 0",
+    ),
+    (
+        "health-retries",
+        MINIMAL + '[health]\ncommand = ["x"]\nretries = 1.5\n',
+        "health.retries",
+        "must be an integer between 1 and 1000",
+    ),
+    (
+        "health-on-failure",
+        MINIMAL + '[health]\ncommand = ["x"]\non_failure = "kill"\n',
+        "health.on_failure",
+        "must be 'none' or 'restart'",
     ),
     (
         "networks-with-network-none",
@@ -867,6 +912,7 @@ CHANGES = [
         Change.REPLACE,
     ),
     ("networks-empty-is-none", MINIMAL, "networks = []\n" + MINIMAL, Change.SAME),
+    ("health-added", MINIMAL, MINIMAL + '[health]\ncommand = ["x"]\n', Change.REPLACE),
     (
         "ports-and-command",
         MINIMAL,

@@ -20,22 +20,11 @@ import re
 from datetime import datetime
 
 from squish.errors import SquishError
+from squish.model.duration import parse_duration
 
 __all__ = ["parse_moment"]
 
-_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-    "d": 86400.0,
-}
 _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
-_PART = re.compile(rf"({_NUMBER})(ns|us|µs|ms|s|m|h|d)")
-_DURATION = re.compile(rf"(?:{_NUMBER}(?:ns|us|µs|ms|s|m|h|d))+")
 _UNIX = re.compile(_NUMBER)
 # A date first: fromisoformat alone would also take "20261201", which is a
 # Unix time here.
@@ -54,8 +43,8 @@ def parse_moment(text: str, *, now: float, what: str = "time") -> float:
             moment = None
     elif _UNIX.fullmatch(value):
         moment = float(value)
-    elif _DURATION.fullmatch(value):
-        moment = now - sum(float(n) * _UNITS[unit] for n, unit in _PART.findall(value))
+    elif (seconds := parse_duration(value)) is not None:
+        moment = now - seconds
     if moment is None or not math.isfinite(moment):
         raise SquishError(
             f"{what}: expected a time (2026-12-01T10:00:00Z), a Unix time or a duration "

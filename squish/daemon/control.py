@@ -425,6 +425,16 @@ def _squishfile_json(squishfile: Squishfile) -> schema.Squishfile:
         "network": squishfile.network,
         "networks": list(squishfile.networks),
         "restart": squishfile.restart,
+        "health": None
+        if squishfile.health is None
+        else {
+            "command": list(squishfile.health.command),
+            "interval": squishfile.health.interval,
+            "timeout": squishfile.health.timeout,
+            "retries": squishfile.health.retries,
+            "start_period": squishfile.health.start_period,
+            "on_failure": squishfile.health.on_failure,
+        },
         "placement": {
             "nodes": list(squishfile.placement.nodes),
             "labels": dict(squishfile.placement.labels),

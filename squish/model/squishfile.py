@@ -54,6 +54,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from squish.errors import ManifestError, ManifestProblem
+from squish.model.duration import parse_duration
 from squish.model.placement import (
     Placement,
     label_key_problem,
@@ -69,6 +70,7 @@ __all__ = [
     "MAX_ENV_KEYS",
     "MAX_SQUISHFILE_BYTES",
     "Change",
+    "Health",
     "HostPath",
     "Layer",
     "LayerPathError",
@@ -85,6 +87,7 @@ __all__ = [
 
 PortProtocol = Literal["tcp", "udp"]
 RestartPolicy = Literal["always", "on-failure", "never"]
+HealthAction = Literal["none", "restart"]
 Network = Literal["slirp4netns", "none"]
 
 # Layers with these names are the base rootfs, mounted at "/".
@@ -159,6 +162,24 @@ class Layer:
         return self.name in BASE_LAYER_NAMES
 
 
+@dataclass(frozen=True)
+class Health:
+    """``[health]``: a command run inside the container now and then, as compose's healthcheck.
+
+    Seconds throughout. ``retries`` consecutive failures make it unhealthy;
+    failures in the first ``start_period`` do not count (a success there
+    does: healthy at once). ``on_failure = "restart"`` replaces an unhealthy
+    container's process, counted as a restart, with a crash's back-off.
+    """
+
+    command: tuple[str, ...]
+    interval: float = 30.0
+    timeout: float = 30.0
+    retries: int = 3
+    start_period: float = 0.0
+    on_failure: HealthAction = "none"
+
+
 def _empty_env() -> Mapping[str, str]:
     return MappingProxyType({})
 
@@ -183,6 +204,7 @@ class Squishfile:
     networks: tuple[str, ...] = ()
     # What to do when the command ends by itself (the kubelet's restartPolicy).
     restart: RestartPolicy = "always"
+    health: Health | None = None
     # Which nodes of a fleet may run it; not part of the spec (see _spec).
     placement: Placement = field(default_factory=Placement)
 
@@ -233,6 +255,15 @@ class Squishfile:
         if self.networks:
             # Only when set: the hash of every squishfile without it is as before.
             spec["networks"] = list(self.networks)
+        if self.health is not None:
+            spec["health"] = {
+                "command": list(self.health.command),
+                "interval": self.health.interval,
+                "timeout": self.health.timeout,
+                "retries": self.health.retries,
+                "start_period": self.health.start_period,
+                "on_failure": self.health.on_failure,
+            }
         if with_ports:
             spec["ports"] = sorted(
                 (
@@ -495,6 +526,46 @@ def _network_names(value: list[str]) -> list[str]:
     return value
 
 
+_MAX_DURATION = 86400.0
+
+
+def _duration(value: object) -> float:
+    """A duration: ``"500ms"``, ``"10s"``, ``"1m30s"``, or a number of seconds."""
+    seconds: float | None
+    if type(value) in (int, float):
+        seconds = float(value)  # type: ignore[arg-type]
+    elif isinstance(value, str):
+        seconds = parse_duration(value)
+    else:
+        seconds = None
+    if seconds is None:
+        raise ValueError(
+            'must be a duration such as "500ms", "10s" or "1m30s", or a number of seconds, '
+            f"got {_describe(value)}"
+        )
+    if not 0 <= seconds <= _MAX_DURATION:
+        raise ValueError(f"must be between 0 and 24h, got {_describe(value)}")
+    return seconds
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be more than 0")
+    return value
+
+
+def _retries(value: object) -> int:
+    if type(value) is not int or not 1 <= value <= 1000:
+        raise ValueError(f"must be an integer between 1 and 1000, got {_describe(value)}")
+    return value
+
+
+def _health_command(value: list[str]) -> list[str]:
+    if not value or not value[0]:
+        raise ValueError('must name the program to run, e.g. ["/bin/busybox", "wget", "-q", URL]')
+    return value
+
+
 def _env_key(value: str) -> str:
     if not _ENV_KEY.fullmatch(value):
         raise ValueError(
@@ -581,6 +652,10 @@ _Command = Annotated[str, AfterValidator(_command)]
 _PortNumber = Annotated[int, PlainValidator(_port_number)]
 _HostIp = Annotated[str, AfterValidator(host_ip)]
 _LayerName = Annotated[str, AfterValidator(_layer_name)]
+_Duration = Annotated[float, PlainValidator(_duration)]
+_PositiveDuration = Annotated[float, PlainValidator(_duration), AfterValidator(_positive)]
+_Retries = Annotated[int, PlainValidator(_retries)]
+_HealthCommand = Annotated[list[_NoNul], AfterValidator(_health_command)]
 _NetworkNames = Annotated[
     list[Annotated[str, AfterValidator(_network_name)]], AfterValidator(_network_names)
 ]
@@ -653,6 +728,15 @@ class _RawRestart(_Raw):
     policy: RestartPolicy = "always"
 
 
+class _RawHealth(_Raw):
+    command: _HealthCommand
+    interval: _PositiveDuration = 30.0
+    timeout: _PositiveDuration = 30.0
+    retries: _Retries = 3
+    start_period: _Duration = 0.0
+    on_failure: HealthAction = "none"
+
+
 class _RawPlacement(_Raw):
     nodes: _NodePatterns | None = None
     labels: dict[_LabelKey, _LabelValue] = Field(default_factory=dict)
@@ -666,6 +750,7 @@ class _RawSquishfile(_Raw):
     env: dict[_EnvKey, _NoNul] = Field(default_factory=dict)
     ports: list[_RawPort] = Field(default_factory=list)
     restart: _RawRestart = Field(default_factory=_RawRestart)
+    health: _RawHealth | None = None
     placement: _RawPlacement = Field(default_factory=_RawPlacement)
 
 
@@ -753,6 +838,8 @@ def _allowed_keys(parent: tuple[int | str, ...]) -> list[str]:
             model = _RawRun
         case ("restart",):
             model = _RawRestart
+        case ("health",):
+            model = _RawHealth
         case ("placement",):
             model = _RawPlacement
         case ("layers", str()):
@@ -850,6 +937,16 @@ def _resolve(
         network=raw.network,
         networks=tuple(raw.networks),
         restart=raw.restart.policy,
+        health=None
+        if raw.health is None
+        else Health(
+            command=tuple(raw.health.command),
+            interval=raw.health.interval,
+            timeout=raw.health.timeout,
+            retries=raw.health.retries,
+            start_period=raw.health.start_period,
+            on_failure=raw.health.on_failure,
+        ),
         placement=Placement(tuple(raw.placement.nodes or ()), raw.placement.labels),
     )
 
