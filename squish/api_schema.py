@@ -70,6 +70,8 @@ class Container(TypedDict):
     spec_hash: str | None
     networks: dict[str, str]
     """Its address on each named network it is on, while it runs (network -> address)."""
+    health: Literal["starting", "healthy", "unhealthy"] | None
+    """While it runs, if its squishfile has ``[health]``."""
 
 
 class LayerSpec(TypedDict):
@@ -136,6 +138,23 @@ class Mounts(TypedDict):
     mounts: list[Mount]
 
 
+class HealthCheck(TypedDict):
+    """One health check: when it ran (Unix seconds), its exit status, its first lines."""
+
+    start: float
+    end: float
+    exit_code: int
+    output: str
+
+
+class HealthDetail(TypedDict):
+    status: Literal["starting", "healthy", "unhealthy"]
+    failing_streak: int
+    """Consecutive failed checks (that counted) until now."""
+    log: list[HealthCheck]
+    """The last 5 checks, oldest first."""
+
+
 class ContainerDetail(Container):
     """``squish inspect``: the row and everything behind it."""
 
@@ -148,6 +167,8 @@ class ContainerDetail(Container):
     """The log file on the daemon's host."""
     last_error: str | None
     stopped_by_user: bool
+    health_checks: HealthDetail | None
+    """While it runs, if its squishfile has ``[health]``."""
 
 
 class NetworkMember(TypedDict):

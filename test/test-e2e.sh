@@ -201,6 +201,38 @@ squish delete peek >/dev/null
 check "metrics: two containers on backend" \
   eval "curl -sf http://127.0.0.1:$metrics_port/metrics | grep -q '^squish_network_containers{network=\"backend\"} 2.0'"
 
+# -- health checks ----------------------------------------------------------------
+cat > "$manifests/checked.toml" <<EOF
+network = "none"
+[layers]
+site = { path = "$work/site", target = "/app/site" }
+[run]
+command = "httpd"
+args = ["-f", "-p", "8080", "-h", "/app/site"]
+[health]
+command = ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"]
+interval = "200ms"
+EOF
+cat > "$manifests/sick.toml" <<EOF
+network = "none"
+[run]
+command = "sleep"
+args = ["1000"]
+[health]
+command = ["/bin/sh", "-c", "echo no database; exit 2"]
+interval = "200ms"
+retries = 2
+EOF
+eventually "a passing check: ps says running (healthy)" \
+  eval "squish ps | grep -Eq '^[0-9a-f]{7} +checked +[0-9]+ +running \(healthy\) '"
+eventually "a failing check: running (unhealthy)" \
+  eval "squish ps | grep -Eq ' sick +[0-9]+ +running \(unhealthy\) '"
+check "inspect keeps the last checks with their output" \
+  eval "squish inspect sick | python3 -c \"import json,sys; h=json.load(sys.stdin)[0]['health_checks']; assert h['status']=='unhealthy' and h['log'][-1]['exit_code']==2 and h['log'][-1]['output']=='no database'\""
+check "metrics: the health of each" \
+  eval "curl -sf http://127.0.0.1:$metrics_port/metrics | grep -q '^squish_container_health{container=\"sick\",status=\"unhealthy\"} 1.0'"
+rm "$manifests/checked.toml" "$manifests/sick.toml"
+
 # -- kill -9 of the daemon --------------------------------------------------------
 before=$(descendants "$daemon_pid" | sort -u)
 check "the daemon has container processes" test -n "$before"

@@ -74,7 +74,8 @@ def reason(status: schema.Container) -> str:
 def ps_row(
     status: schema.Container, *, with_reason: bool, now: float, full_id: bool = False
 ) -> list[str]:
-    """One ``ps`` row. No cell but the trailing REASON holds a space (scripts split on them)."""
+    """One ``ps`` row. No cell holds a space (scripts split on them) but the trailing
+    REASON and the STATUS of a container with health checks (``running (healthy)``)."""
     container_id = status.get("id")
     pid = status.get("pid")
     started = status.get("started_at")
@@ -86,7 +87,10 @@ def ps_row(
         shown_id,
         status["name"],
         str(pid) if running and pid is not None else "-",
-        status["phase"],
+        # podman's way: "running (healthy)" for a container with health checks.
+        f"{status['phase']} ({status['health']})"
+        if running and status.get("health")
+        else status["phase"],
         duration(now - started) if running and started is not None else "-",
         str(status.get("restarts", 0)),
         ",".join(port(forward) for forward in status.get("ports") or []) or "-",
@@ -178,7 +182,9 @@ def _bold(line: str) -> str:
 def _coloured(line: str, header: Sequence[str], row: Sequence[str]) -> str:
     # The status cell is found by its column's place in the padded line.
     status = row[list(header).index("STATUS")]
-    style = _PHASE_STYLES.get(status)
+    style = _PHASE_STYLES.get(status.split(" ")[0])
+    if status.endswith("(unhealthy)"):
+        style = "red"
     if not style:
         return line
     at = line.find(f"  {status}")

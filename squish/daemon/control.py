@@ -37,6 +37,7 @@ from squish.errors import (
 )
 from squish.model.host import host_paths
 from squish.model.squishfile import Layer, Squishfile, parse_squishfile
+from squish.reconcile.health import HealthState
 from squish.reconcile.reconciler import Reconciler
 from squish.reconcile.status import ContainerStatus, Event, Phase
 from squish.runtime import NetworkInfo
@@ -176,6 +177,7 @@ class DaemonControl:
             "log": str(self.reconciler.log_dir / f"{name}.log"),
             "last_error": (record.failure if record else None) or row["manifest_error"],
             "stopped_by_user": bool(record and record.stopped_by_user),
+            "health_checks": _health_json(self.reconciler.health_of(name)),
         }
 
     async def exec(self, ref: str, command: list[str], *, timeout: float) -> schema.ExecResult:
@@ -379,6 +381,19 @@ def _noted(error: SquishError, note: str) -> SquishError:
         return type(error)(f"{error}; {note}")
     except TypeError:  # a class with other constructor arguments
         return RuntimeFailure(f"{error}; {note}")
+
+
+def _health_json(state: HealthState | None) -> schema.HealthDetail | None:
+    if state is None:
+        return None
+    return {
+        "status": state.status,
+        "failing_streak": state.failing_streak,
+        "log": [
+            {"start": c.start, "end": c.end, "exit_code": c.exit_code, "output": c.output}
+            for c in state.log
+        ],
+    }
 
 
 def _network_json(name: str, named_by: list[str], wired: NetworkInfo | None) -> schema.Network:

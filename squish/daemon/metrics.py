@@ -53,6 +53,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from squish.errors import SquishError
+from squish.reconcile.health import HEALTH_STATUSES
 from squish.reconcile.status import Phase
 from squish.runtime.kernel import Kernel, LinuxKernel
 from squish.runtime.logs import DROP_REASONS, DropReason
@@ -205,6 +206,19 @@ class Metrics:
         self.registry.register(self._networks)
         self._phases = _ContainerPhaseCollector()
         self.registry.register(self._phases)
+        self._health = Gauge(
+            "squish_container_health",
+            "Each container's health ([health] checks): 1 for the current status, 0 for the "
+            "others; no series for a container without checks.",
+            ["container", "status"],
+            registry=self.registry,
+        )
+        self._health_checks = Histogram(
+            "squish_health_check_duration_seconds",
+            "Time one health check took, from spawning it into the container until it exited.",
+            buckets=START_BUCKETS,
+            registry=self.registry,
+        )
         # The daemon's own RSS, CPU and fds, read from /proc/self at scrape time.
         ProcessCollector(registry=self.registry)
 
@@ -243,6 +257,14 @@ class Metrics:
     def set_container_phase(self, name: str, phase: Phase) -> None:
         """Set one container's ``squish_container_state`` (the others stay as they are)."""
         self._phases.set(name, phase)
+
+    def set_health(self, name: str, status: str) -> None:
+        """Set ``name``'s ``squish_container_health``: 1 for ``status``, 0 for the others."""
+        for each in HEALTH_STATUSES:
+            self._health.labels(name, each).set(1 if each == status else 0)
+
+    def observe_health_check(self, seconds: float) -> None:
+        self._health_checks.observe(seconds)
 
     def container_seen(self, name: str) -> None:
         """Export ``name``'s restart and start-failure counters, at 0 if new."""
@@ -320,6 +342,9 @@ class Metrics:
         for reason in DROP_REASONS:
             with contextlib.suppress(KeyError):
                 self._log_dropped.remove(name, reason)
+        for status in HEALTH_STATUSES:
+            with contextlib.suppress(KeyError):
+                self._health.remove(name, status)
 
     def exposition(self) -> bytes:
         """The current samples in Prometheus' text format (what a scrape gets)."""

@@ -54,6 +54,7 @@ from squish.errors import (
 from squish.layers import LayerStore
 from squish.model.manifest import Manifest
 from squish.model.squishfile import Squishfile
+from squish.reconcile.health import CheckResult, HealthState, first_lines
 from squish.reconcile.plan import Action, Backoff, Kind, Record, plan
 from squish.reconcile.spec import container_spec
 from squish.reconcile.status import ContainerStatus, Event, Phase
@@ -104,6 +105,10 @@ class ReconcileMetrics(Protocol):
     def set_container_phase(self, name: str, phase: Phase) -> None: ...
 
     def track_process(self, name: str, pid: int) -> None: ...
+
+    def set_health(self, name: str, status: str) -> None: ...
+
+    def observe_health_check(self, seconds: float) -> None: ...
 
 
 class Reconciler:
@@ -172,6 +177,8 @@ class Reconciler:
         self._source_errors: dict[str, str] = {}
         self._rounds = 0
         self._tg: TaskGroup | None = None
+        # The health of each name's current container (its [health] checks).
+        self._health: dict[str, HealthState] = {}
         self._started = time.time()
         self.default_host_ip = default_host_ip
         self._stops_file = None if state_dir is None else state_dir / "stopped.json"
@@ -554,6 +561,14 @@ class Reconciler:
             record.restarts += 1
             if self.metrics is not None:
                 self.metrics.container_restarted(record.name)
+        self._health.pop(record.name, None)
+        if squishfile.health is not None:
+            state = HealthState(container.id, squishfile.health, record.started_at)
+            self._health[record.name] = state
+            if self.metrics is not None:
+                self.metrics.set_health(record.name, state.status)
+            assert self._tg is not None
+            self._tg.start_soon(self._watch_health, record.name, state)
         if self.metrics is not None:
             self.metrics.container_started(time.perf_counter() - began)
             if container.init_pid is not None:
@@ -646,7 +661,75 @@ class Reconciler:
         if first:
             self.emit("container.failed", record.name, reason)
 
+    # -- health checks -------------------------------------------------------
+
+    def health_of(self, name: str) -> HealthState | None:
+        """The health of ``name``'s running container, if its squishfile has ``[health]``."""
+        record = self.records.get(name)
+        state = self._health.get(name)
+        if record is None or state is None or not record.running:
+            return None
+        return state if state.container_id == record.container_id else None
+
+    async def _watch_health(self, name: str, state: HealthState) -> None:
+        """Check ``state``'s container every interval, one check at a time, until it is gone."""
+        health = state.health
+        while True:
+            await anyio.sleep(health.interval)
+            if self.health_of(name) is not state:
+                return  # stopped, replaced, removed
+            began = time.time()
+            try:
+                result = await self.runtime.exec(
+                    state.container_id, health.command, timeout=health.timeout
+                )
+            except RuntimeFailure:
+                return  # gone while the check started (ContainerNotFound is one too)
+            if self.health_of(name) is not state:
+                return
+            check = CheckResult(began, time.time(), result.exit_code, first_lines(result.output))
+            if self.metrics is not None:
+                self.metrics.observe_health_check(result.seconds)
+            if not state.record(check):
+                continue
+            said = check.output.splitlines()[-1] if check.output.strip() else ""
+            message: str = state.status
+            if not check.passed:
+                message += f": the check exited with {check.exit_code}" + (
+                    f": {said}" if said else ""
+                )
+            self.emit("container.health", name, message, status=state.status)
+            if self.metrics is not None:
+                self.metrics.set_health(name, state.status)
+            self._notify()
+            if state.status == "unhealthy" and health.on_failure == "restart":
+                await self._restart_unhealthy(name, state, message)
+                return
+
+    async def _restart_unhealthy(self, name: str, state: HealthState, why: str) -> None:
+        """Replace the process of an unhealthy container, as a crash: counted, backed off."""
+        record = self.records.get(name)
+        if record is None or record.container_id != state.container_id or record.in_flight:
+            return  # something else is being done to it: that decides
+        record.in_flight = True
+        try:
+            try:
+                stopped = await self.runtime.stop(state.container_id, grace=self.stop_grace)
+                code = stopped.exit_code if stopped.exit_code is not None else 143
+            except ContainerNotFound:
+                code = 137
+            record.running = False
+            self._crashed(record, code, f"restarted: {why}")
+            self.emit(
+                "container.exited", name, f"exited with code {code}: restarted, {why}", code=code
+            )
+        finally:
+            record.in_flight = False
+            self.trigger({name})
+            self._notify()
+
     def _forget(self, name: str) -> None:
+        self._health.pop(name, None)
         if (gone := self.records.pop(name, None)) is not None and gone.stopped_by_user:
             self._stops_changed = True
         self._conflicted.discard(name)
@@ -769,6 +852,8 @@ class Reconciler:
                     status.pid = container.pid
                     status.ports = container.ports
                     status.networks = container.addresses
+                if (health := self.health_of(name)) is not None:
+                    status.health = health.status
             case Phase.PENDING if record.in_flight:
                 if record.resolving:
                     status.reason = "waiting for its layers (downloading or unpacking)"

@@ -12,7 +12,7 @@ import enum
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from squish import api_schema as schema
 from squish.runtime import DEFAULT_HOST_IP, PortForward
@@ -48,6 +48,8 @@ class ContainerStatus:
     next_restart_at: float | None = None
     spec_hash: str | None = None
     networks: Mapping[str, str] = field(default_factory=dict)  # network -> address (running)
+    # When it runs and its squishfile has [health].
+    health: Literal["starting", "healthy", "unhealthy"] | None = None
 
     def to_json(self, default_host_ip: str = DEFAULT_HOST_IP) -> schema.Container:
         """The API's shape; a port bound to the runtime's default shows that address."""
@@ -74,6 +76,7 @@ class ContainerStatus:
             "next_restart_at": self.next_restart_at,
             "spec_hash": self.spec_hash,
             "networks": dict(self.networks),
+            "health": self.health,
         }
 
 
