@@ -317,7 +317,7 @@ def test_ps_json_and_format(populated: Daemon, capsys: pytest.CaptureFixture[str
     assert len(json.loads(capsys.readouterr().out)) == 2
     assert populated.squish("ps", "--format", "{nope}") == 1
     err = capsys.readouterr().err
-    assert err.startswith("squish: --format: no field 'nope' (fields: exit_code, id,")
+    assert err.startswith("squish: --format: no field 'nope' (fields: exit_code, health, id,")
     assert populated.squish("ps", "--format", "{name") == 1
     assert capsys.readouterr().err.startswith("squish: --format: ")
 
