@@ -8,6 +8,7 @@ fail with a message saying so instead of testing something squish never does.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -20,6 +21,18 @@ from squish.layers import LayerStore
 from squish.runtime.bwrap_runtime import MARK_FILE, BwrapRuntime
 from tests.fake_http import Mirror, Registry
 from tests.git_repo import Remote, git
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Undo a SIGINT ignored on entry: what the suite starts must see Ctrl-C as a user would.
+
+    A suite run in the background by a non-interactive shell (``cmd &``) gets
+    SIGINT ignored, and so would every process it starts: scripts/run-daemon
+    could not trap the SIGINT test_demo sends it.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 T = TypeVar("T")
 

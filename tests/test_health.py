@@ -143,3 +143,19 @@ async def test_a_container_without_health_has_none(tmp_path: Path) -> None:
         web: schema.Container = plane.control.containers()[0]
         assert web["health"] is None
         assert not [call for call in plane.runtime.calls if call[0] == "exec"]
+
+
+async def test_a_check_that_cannot_run_is_a_failure(tmp_path: Path) -> None:
+    from squish.errors import RuntimeFailure
+
+    async with real_plane(tmp_path) as plane:
+        plane.runtime.exec_results["web"] = RuntimeFailure("cannot exec: Too many open files")
+        plane.write("web", CHECKED)
+        await until(lambda: row(plane, "web").get("health") == "unhealthy")
+        checks = plane.control.inspect("web")["health_checks"]
+        assert checks is not None
+        assert checks["log"][-1]["exit_code"] == 125
+        assert (
+            "the check could not run: cannot exec: Too many open files"
+            in checks["log"][-1]["output"]
+        )

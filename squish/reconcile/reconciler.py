@@ -64,6 +64,7 @@ from squish.runtime import (
     DEFAULT_STOP_GRACE,
     Container,
     ContainerSpec,
+    ExecResult,
     ExitEvent,
     Runtime,
 )
@@ -683,8 +684,12 @@ class Reconciler:
                 result = await self.runtime.exec(
                     state.container_id, health.command, timeout=health.timeout
                 )
-            except RuntimeFailure:
-                return  # gone while the check started (ContainerNotFound is one too)
+            except ContainerNotFound:
+                return  # gone while the check started
+            except Exception as exc:  # the check could not run (no fds left, ...): a failure
+                if not isinstance(exc, SquishError):
+                    log.exception("health check of %s", name)
+                result = ExecResult(125, f"the check could not run: {exc}", 0.0)
             if self.health_of(name) is not state:
                 return
             check = CheckResult(began, time.time(), result.exit_code, first_lines(result.output))

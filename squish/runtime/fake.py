@@ -52,8 +52,9 @@ class FakeRuntime:
         self._pids = itertools.count(1000)
         # The real runtime's bookkeeping of named networks, without the wiring.
         self._book = NetworkBook()
-        # What exec answers, by container name (default: exit 0, no output).
-        self.exec_results: dict[str, ExecResult] = {}
+        # What exec answers, by container name (default: exit 0, no output);
+        # an exception is raised, as the real one's when it cannot spawn.
+        self.exec_results: dict[str, ExecResult | RuntimeFailure] = {}
 
     async def __aenter__(self) -> FakeRuntime:
         return self
@@ -174,7 +175,10 @@ class FakeRuntime:
         if not argv:
             raise RuntimeFailure(f"{container.name}: exec needs a command")
         await anyio.lowlevel.checkpoint()
-        return self.exec_results.get(container.name, ExecResult(0, "", 0.0))
+        result = self.exec_results.get(container.name, ExecResult(0, "", 0.0))
+        if isinstance(result, RuntimeFailure):
+            raise result
+        return result
 
     async def update_ports(self, container_id: str, ports: Sequence[PortForward]) -> Container:
         self.calls.append(("update_ports", container_id))
