@@ -24,7 +24,14 @@ from squish.layers import Mount
 from squish.runtime import Container, ContainerSpec, PortForward
 from squish.runtime.bwrap_runtime import BwrapRuntime
 from tests.conftest import free_port
-from tests.test_runtime import alive, http_get, live_children, run_to_exit, web_spec
+from tests.test_runtime import (
+    alive,
+    http_get,
+    live_children,
+    run_to_exit,
+    udp_exchange,
+    web_spec,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -475,16 +482,5 @@ async def test_a_udp_forward_of_a_container_on_a_network(runtime: BwrapRuntime) 
     )
     await log_of(echo, "listening")
 
-    def exchange() -> bytes:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
-            client.settimeout(0.2)
-            for _ in range(100):
-                client.sendto(b"ping", ("127.0.0.1", port))
-                try:
-                    return client.recv(2048)
-                except TimeoutError:
-                    continue
-        raise AssertionError("no UDP answer")
-
-    assert await anyio.to_thread.run_sync(exchange) == b"echo:ping"
+    assert await anyio.to_thread.run_sync(udp_exchange, port) == b"echo:ping"
     await runtime.stop(echo.id)

@@ -307,6 +307,19 @@ while True:
 """
 
 
+def udp_exchange(port: int) -> bytes:
+    """A datagram to 127.0.0.1:``port`` and its answer, retried while nothing answers yet."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(0.2)
+        for _ in range(100):
+            client.sendto(b"ping", ("127.0.0.1", port))
+            try:
+                return client.recv(2048)
+            except TimeoutError:
+                continue
+    raise AssertionError("no UDP answer")
+
+
 async def test_udp_forward(runtime: BwrapRuntime, tmp_path: Path) -> None:
     # busybox has no UDP server, so this container runs the host's Python on
     # the host's root filesystem, mounted read-only like any base.
@@ -320,18 +333,7 @@ async def test_udp_forward(runtime: BwrapRuntime, tmp_path: Path) -> None:
     )
     container = await runtime.start(spec)
 
-    def exchange() -> bytes:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
-            client.settimeout(0.2)
-            for _ in range(100):
-                client.sendto(b"ping", ("127.0.0.1", port))
-                try:
-                    return client.recv(2048)
-                except TimeoutError:
-                    continue
-        raise AssertionError("no UDP answer")
-
-    assert await anyio.to_thread.run_sync(exchange) == b"echo:ping"
+    assert await anyio.to_thread.run_sync(udp_exchange, port) == b"echo:ping"
     await runtime.stop(container.id)
 
 
