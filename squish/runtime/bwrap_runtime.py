@@ -458,7 +458,7 @@ class BwrapRuntime:
                 userns = net.userns_fd()
                 fds.append(userns)
                 child_fds.append(userns)
-                # Its own /etc/hosts: every member of its networks, kept current.
+                # An /etc/hosts of every member of its networks, kept current.
                 mounted = replace(spec, mounts=(*spec.mounts, Mount(hosts, "/etc/hosts", rw=False)))
                 handshake = HandshakeFds(info_w, block=block_child, userns=userns)
             elif spec.network:
