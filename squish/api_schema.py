@@ -116,6 +116,7 @@ class Squishfile(TypedDict):
     layers: list[LayerSpec]
     command: str
     args: list[str]
+    workdir: str
     env: dict[str, str]
     ports: list[ManifestPort]
     network: str

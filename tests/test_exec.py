@@ -17,7 +17,7 @@ import pytest
 from squish.errors import RuntimeFailure
 from squish.runtime import EXEC_OUTPUT_LIMIT, ContainerSpec
 from squish.runtime.bwrap_runtime import BwrapRuntime
-from tests.test_runtime import alive, live_children
+from tests.test_runtime import alive, live_children, run_to_exit
 
 pytestmark = pytest.mark.anyio
 
@@ -127,3 +127,27 @@ async def test_an_exec_cancelled_leaves_nothing(runtime: BwrapRuntime, base_root
     await runtime.stop(container.id, grace=0)
     assert os.getpid()  # nothing of the exec left among this process's children either
     assert not [pid for pid in live_children() if alive(pid)]
+
+
+async def test_workdir_is_where_the_command_and_an_exec_start(
+    runtime: BwrapRuntime, base_rootfs: Path
+) -> None:
+    spec = ContainerSpec(
+        name="wd",
+        rootfs=base_rootfs,
+        command="/bin/sh",
+        args=("-c", "pwd > /tmp/where; exec sleep 1000"),
+        workdir="/etc",
+        network=False,
+    )
+    container = await runtime.start(spec)
+    result = await runtime.exec(container.id, ["/bin/sh", "-c", "cat /tmp/where; pwd"])
+    assert result.output.split() == ["/etc", "/etc"]
+    await runtime.stop(container.id, grace=0)
+    missing = ContainerSpec(
+        name="nowhere", rootfs=base_rootfs, command="/bin/true", workdir="/no/such", network=False
+    )
+    # bwrap changes directory last, just before the command: it ends at once, saying why.
+    event, _ = await run_to_exit(runtime, missing)
+    assert event.exit_code == 1
+    assert "Can't chdir to /no/such" in event.reason, event.reason

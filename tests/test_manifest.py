@@ -267,7 +267,7 @@ BAD = [
         "unknown-run",
         run('command = "x"', 'cmd = "x"'),
         "run",
-        "unknown key 'cmd' (allowed: command, args)",
+        "unknown key 'cmd' (allowed: command, args, workdir)",
     ),
     (
         "unknown-layer-table",
@@ -484,6 +484,18 @@ BAD = [
         placement(f'labels = {{ {"k" * 64} = "web" }}'),
         f"placement.labels.{'k' * 64}",
         "at most 63 characters",
+    ),
+    (
+        "workdir-relative",
+        run('command = "x"\nworkdir = "app"'),
+        "run.workdir",
+        "must be an absolute, normalised container path",
+    ),
+    (
+        "workdir-not-normal",
+        run('command = "x"\nworkdir = "/app/../etc"'),
+        "run.workdir",
+        "must be an absolute, normalised container path",
     ),
     ("networks-not-a-list", 'networks = "backend"\n' + MINIMAL, "networks", "must be an array"),
     (
@@ -912,6 +924,13 @@ CHANGES = [
         Change.REPLACE,
     ),
     ("networks-empty-is-none", MINIMAL, "networks = []\n" + MINIMAL, Change.SAME),
+    (
+        "workdir-default-is-root",
+        MINIMAL,
+        run('command = "/bin/true"', 'workdir = "/"'),
+        Change.SAME,
+    ),
+    ("workdir-changed", MINIMAL, run('command = "/bin/true"', 'workdir = "/app"'), Change.REPLACE),
     ("health-added", MINIMAL, MINIMAL + '[health]\ncommand = ["x"]\n', Change.REPLACE),
     (
         "ports-and-command",

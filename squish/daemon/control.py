@@ -427,6 +427,7 @@ def _squishfile_json(squishfile: Squishfile) -> schema.Squishfile:
         "layers": [_layer_json(layer) for layer in squishfile.layers],
         "command": squishfile.command,
         "args": list(squishfile.args),
+        "workdir": squishfile.workdir,
         "env": dict(squishfile.env),
         "ports": [
             {

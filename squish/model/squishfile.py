@@ -194,6 +194,7 @@ class Squishfile:
     layers: tuple[Layer, ...] = ()
     command: str
     args: tuple[str, ...] = ()
+    workdir: str = "/"  # where the command starts, inside the container
     # A read-only view in file order; excluded from __hash__ because a mapping
     # is not hashable (equality still compares it).
     env: Mapping[str, str] = field(default_factory=_empty_env, hash=False)
@@ -255,6 +256,8 @@ class Squishfile:
         if self.networks:
             # Only when set: the hash of every squishfile without it is as before.
             spec["networks"] = list(self.networks)
+        if self.workdir != "/":
+            spec["workdir"] = self.workdir
         if self.health is not None:
             spec["health"] = {
                 "command": list(self.health.command),
@@ -609,6 +612,15 @@ def _target(value: str) -> str:
     return value
 
 
+def _workdir(value: str) -> str:
+    _no_nul(value)
+    if not value.startswith("/") or posixpath.normpath(value) != value or value.startswith("//"):
+        raise ValueError(
+            f"must be an absolute, normalised container path such as /app, got {value!r}"
+        )
+    return value
+
+
 def _sha256(value: str) -> str:
     if not _SHA256.fullmatch(value):
         raise ValueError(f"must be a sha256 hex digest (64 hex digits), got {_describe(value)}")
@@ -715,6 +727,7 @@ class _RawLayer(_Raw):
 class _RawRun(_Raw):
     command: _Command
     args: list[_NoNul] = Field(default_factory=list)
+    workdir: Annotated[str, AfterValidator(_workdir)] = "/"
 
 
 class _RawPort(_Raw):
@@ -932,6 +945,7 @@ def _resolve(
         layers=layers_found,
         command=raw.run.command,
         args=tuple(raw.run.args),
+        workdir=raw.run.workdir,
         env=raw.env,
         ports=ports_found,
         network=raw.network,

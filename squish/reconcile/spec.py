@@ -27,4 +27,5 @@ def container_spec(squishfile: Squishfile, store: LayerStore) -> ContainerSpec:
         ),
         network=squishfile.network != "none",
         networks=squishfile.networks,
+        workdir=squishfile.workdir,
     )

@@ -74,6 +74,7 @@ class ContainerSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     ports: tuple[PortForward, ...] = ()
     network: bool = True
+    workdir: str = "/"  # where the command starts (it must exist in the rootfs)
     # Named networks it joins (``squish.runtime.networks``); none: a
     # slirp4netns of its own, reachable only through its forwards.
     networks: tuple[str, ...] = ()

@@ -116,7 +116,7 @@ def bwrap_argv(
         Special("/tmp", "tmpfs", size=spec.tmp_size),  # noqa: S108 (inside the container)
     ]
     argv += plan_mounts(spec.rootfs, spec.mounts, specials, host, pinned)
-    argv += ["--chdir", "/", "--clearenv"]
+    argv += ["--chdir", spec.workdir, "--clearenv"]
     for key, value in container_env(spec).items():
         argv += ["--setenv", key, value]
     argv += ["--", spec.command, *spec.args]

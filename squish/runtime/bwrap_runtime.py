@@ -859,7 +859,10 @@ async def _exec_in(
 ) -> ExecResult:
     """Run ``argv`` in the sandbox whose pid 1 is ``init_pid`` (see exec_helper)."""
     # A file, not a pipe: an env of 128 KiB would fill a pipe first.
-    request = _memfd("exec", json.dumps({"argv": list(argv), "env": container_env(spec)}).encode())
+    request = _memfd(
+        "exec",
+        json.dumps({"argv": list(argv), "env": container_env(spec), "cwd": spec.workdir}).encode(),
+    )
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     began = time.perf_counter()
     try:

@@ -8,7 +8,7 @@ cgroup), so the command sees the container's root, processes, network and
 hostname; it forks once (a process joins a pid namespace only through its
 children), and the child drops every capability, sets no_new_privs, keeps
 only fds 0 to 2, and execs the command with the container's environment,
-from its root. No shell is needed in the image.
+in its working directory. No shell is needed in the image.
 
 A timeout is enforced here: the command runs in a process group of its
 own, and at the deadline the whole group is SIGKILLed (what it started
@@ -98,7 +98,7 @@ def drop_privileges() -> None:
     _check(_libc.capset(ctypes.byref(header), data), "capset")
 
 
-def run(argv: list[str], env: dict[str, str], timeout: float) -> int:
+def run(argv: list[str], env: dict[str, str], cwd: str, timeout: float) -> int:
     child = 0
 
     def end(signum: int, frame: object) -> None:
@@ -122,7 +122,7 @@ def run(argv: list[str], env: dict[str, str], timeout: float) -> int:
             _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             drop_privileges()
             os.closerange(3, 65536)
-            os.chdir("/")
+            os.chdir(cwd)
             program = argv[0]
             if "/" not in program:
                 found = shutil.which(program, path=env.get("PATH", ""))
@@ -165,7 +165,7 @@ def main(args: list[str]) -> int:
     # Joined as root of its user namespace: so the privileges stay, and the
     # credentials change, PDEATHSIG is armed again.
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    return run(list(request["argv"]), dict(request["env"]), timeout)
+    return run(list(request["argv"]), dict(request["env"]), request.get("cwd", "/"), timeout)
 
 
 if __name__ == "__main__":
