@@ -98,9 +98,13 @@ def plant_debris(directory: Path) -> None:
     (directory / "x.toml").mkdir()
     (directory / "x.toml" / "inner.toml").write_text(text)
     os.mkfifo(directory / "y.toml")  # opened for reading, it blocks until a writer comes
-    unreadable = directory / "z.toml"
+    # Unreadable from its first moment (renamed in once chmodded): a readable
+    # z.toml, even for an instant, is a valid squishfile that starts, and then
+    # keeps running as its last good version.
+    unreadable = directory / ".z.toml.tmp"
     unreadable.write_text(text)
     unreadable.chmod(0o000)
+    unreadable.rename(directory / "z.toml")
 
 
 def test_debris_never_becomes_a_container_nor_disturbs_one(daemon: Daemon) -> None:
