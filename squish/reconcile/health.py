@@ -68,10 +68,6 @@ class HealthState:
                 self.status = "unhealthy"
         return self.status != before
 
-    @property
-    def last(self) -> CheckResult | None:
-        return self.log[-1] if self.log else None
-
 
 def first_lines(output: str, lines: int = 5) -> str:
     """What is kept of a check's output: its first lines, at most ``KEPT_OUTPUT`` bytes."""

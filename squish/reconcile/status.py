@@ -12,9 +12,10 @@ import enum
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from squish import api_schema as schema
+from squish.reconcile.health import HealthStatus
 from squish.runtime import DEFAULT_HOST_IP, PortForward
 
 
@@ -49,7 +50,7 @@ class ContainerStatus:
     spec_hash: str | None = None
     networks: Mapping[str, str] = field(default_factory=dict)  # network -> address (running)
     # When it runs and its squishfile has [health].
-    health: Literal["starting", "healthy", "unhealthy"] | None = None
+    health: HealthStatus | None = None
 
     def to_json(self, default_host_ip: str = DEFAULT_HOST_IP) -> schema.Container:
         """The API's shape; a port bound to the runtime's default shows that address."""

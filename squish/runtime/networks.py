@@ -217,10 +217,6 @@ class NetworkBook:
                 lines.append(f"{address}\t{peer.name}\n")
         return "".join(lines)
 
-    def addresses(self, container_id: str) -> dict[str, str]:
-        member = self._members.get(container_id)
-        return dict(member.addresses) if member is not None else {}
-
     def networks(self) -> tuple[NetworkInfo, ...]:
         infos = []
         for network in sorted(self._networks.values(), key=lambda n: n.name):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,6 @@ import pytest
 from squish.cli.client import Client
 from tests.conftest import eventually, free_port
 from tests.faults.daemon_under_test import children_of, http_answers, slirps_of
-from tests.test_daemon import daemon, wait_for_socket
 
 DB = """\
 networks = ["backend"]
@@ -49,24 +47,11 @@ def helpers_of(pid: int) -> list[int]:
     return children_of(pid, cmdline=b"netns_helper.py")
 
 
-@pytest.fixture
-def running(tmp_path: Path, rootless: None) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    (tmp_path / "manifests").mkdir()
-    process = daemon(tmp_path, "d", state=tmp_path / "state")
-    try:
-        wait_for_socket(tmp_path / "d.sock", process)
-        yield process, tmp_path / "d.sock"
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=30)
-
-
 @pytest.mark.parametrize("victim", ["helper", "slirp4netns"])
 def test_a_killed_network_host_restarts_its_containers_on_a_new_one(
-    tmp_path: Path, running: tuple[subprocess.Popen[bytes], Path], victim: str
+    tmp_path: Path, running_daemon: tuple[subprocess.Popen[bytes], Path], victim: str
 ) -> None:
-    process, sock = running
+    process, sock = running_daemon
     www, out = tmp_path / "www", tmp_path / "out"
     for directory in (www, out):
         directory.mkdir()

@@ -13,15 +13,11 @@ import os
 import signal
 import subprocess
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from squish.cli.client import Client
 from tests.conftest import eventually, free_port
 from tests.faults.daemon_under_test import http_answers, slirps_of
-from tests.test_daemon import daemon, wait_for_socket
 
 WEB = """\
 [layers]
@@ -37,23 +33,10 @@ host = {port}
 """
 
 
-@pytest.fixture
-def web(tmp_path: Path, rootless: None) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    (tmp_path / "manifests").mkdir()
-    process = daemon(tmp_path, "d", state=tmp_path / "state")
-    try:
-        wait_for_socket(tmp_path / "d.sock", process)
-        yield process, tmp_path / "d.sock"
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=30)
-
-
 def test_a_killed_slirp4netns_restarts_its_container_with_a_network(
-    tmp_path: Path, web: tuple[subprocess.Popen[bytes], Path]
+    tmp_path: Path, running_daemon: tuple[subprocess.Popen[bytes], Path]
 ) -> None:
-    process, sock = web
+    process, sock = running_daemon
     www = tmp_path / "www"
     www.mkdir()
     (www / "index.html").write_text("still here\n")
