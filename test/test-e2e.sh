@@ -199,7 +199,7 @@ eventually "a container on a network cannot reach the daemon's metrics on the ho
 check "and got none of them" eval "! squish logs peek | grep -q squish_build_info"
 squish delete peek >/dev/null
 check "metrics: two containers on backend" \
-  eval "curl -sf http://127.0.0.1:$metrics_port/metrics | grep -q '^squish_network_containers{network=\"backend\"} 2.0'"
+  eval "curl -sf http://127.0.0.1:$metrics_port/metrics > '$work/scrape-net.txt' && grep -q '^squish_network_containers{network=\"backend\"} 2.0' '$work/scrape-net.txt'"
 
 # -- health checks ----------------------------------------------------------------
 cat > "$manifests/checked.toml" <<EOF
@@ -230,7 +230,7 @@ eventually "a failing check: running (unhealthy)" \
 check "inspect keeps the last checks with their output" \
   eval "squish inspect sick | python3 -c \"import json,sys; h=json.load(sys.stdin)[0]['health_checks']; assert h['status']=='unhealthy' and h['log'][-1]['exit_code']==2 and h['log'][-1]['output']=='no database'\""
 check "metrics: the health of each" \
-  eval "curl -sf http://127.0.0.1:$metrics_port/metrics | grep -q '^squish_container_health{container=\"sick\",status=\"unhealthy\"} 1.0'"
+  eval "curl -sf http://127.0.0.1:$metrics_port/metrics > '$work/scrape-health.txt' && grep -q '^squish_container_health{container=\"sick\",status=\"unhealthy\"} 1.0' '$work/scrape-health.txt'"
 rm "$manifests/checked.toml" "$manifests/sick.toml"
 
 # -- kill -9 of the daemon --------------------------------------------------------
