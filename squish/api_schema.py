@@ -24,7 +24,9 @@ from typing_extensions import TypedDict
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 """Container, layer, version and source names in paths: they become file names."""
 
-PhaseName = Literal["pending", "running", "stopped", "exited", "failed", "backoff", "invalid"]
+PhaseName = Literal[
+    "pending", "running", "stopped", "exited", "failed", "backoff", "waiting", "invalid"
+]
 Protocol = Literal["tcp", "udp"]
 
 

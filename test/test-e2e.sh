@@ -233,6 +233,72 @@ check "metrics: the health of each" \
   eval "curl -sf http://127.0.0.1:$metrics_port/metrics > '$work/scrape-health.txt' && grep -q '^squish_container_health{container=\"sick\",status=\"unhealthy\"} 1.0' '$work/scrape-health.txt'"
 rm "$manifests/checked.toml" "$manifests/sick.toml"
 
+# -- start order (depends_on) -------------------------------------------------------
+cat > "$work/front.toml" <<EOF
+network = "none"
+[run]
+command = "sleep"
+args = ["1000"]
+[depends_on]
+store = "healthy"
+EOF
+check "create of a container whose dependency is missing is accepted, saying what it waits for" \
+  eval "squish create '$work/front.toml' 2>&1 >/dev/null | grep -q '^front is waiting for store to be healthy: no squishfile names it; it starts then$'"
+check "ps -a says what it waits for and why" \
+  eval "squish ps -a | grep -Eq ' front +- +waiting .*waiting for store to be healthy: no squishfile names it'"
+cat > "$manifests/store.toml" <<EOF
+network = "none"
+[run]
+command = "sleep"
+args = ["1000"]
+[health]
+command = ["test", "-e", "/tmp/ready"]
+interval = "200ms"
+retries = 1
+EOF
+eventually "while its dependency is not healthy, it waits, saying so" \
+  eval "squish ps -a | grep -q 'waiting for store to be healthy: it is unhealthy'"
+check "exec into the dependency" squish exec store touch /tmp/ready
+eventually "once it is healthy, the dependent starts" \
+  eval "squish ps | grep -Eq ' front +[0-9]+ +running '"
+check "the daemon's log has the container.waiting event" \
+  grep -q 'container.waiting front: waiting for store to be healthy' "$work/daemon.log"
+cat > "$work/store.toml" <<EOF
+network = "none"
+[run]
+command = "sleep"
+args = ["1000"]
+[depends_on]
+front = "started"
+EOF
+check "create that makes a cycle fails, naming it" \
+  eval "! squish create '$work/store.toml' 2>'$work/cycle.err' && grep -q 'dependency cycle: store -> front -> store' '$work/cycle.err'"
+check "and the running dependency was left as it was" \
+  eval "squish ps | grep -Eq ' store +[0-9]+ +running \(healthy\) '"
+check "validate names the cycle in each file" \
+  eval "! squish validate '$work/store.toml' '$work/front.toml' 2>'$work/validate-cycle.err' && [ \$(grep -c 'dependency cycle' '$work/validate-cycle.err') = 2 ]"
+squish delete front >/dev/null
+rm "$manifests/store.toml"
+
+# -- the process's user ------------------------------------------------------------
+mkdir -p "$work/userdata"
+cat > "$manifests/runas.toml" <<EOF
+[layers]
+data = { path = "$work/userdata", target = "/data", rw = true }
+[run]
+command = "/bin/sh"
+args = ["-c", "id > /data/id; exec sleep 1000"]
+user = "1000:1000"
+workdir = "/data"
+EOF
+eventually "a container with run.user runs as that user" \
+  eval "grep -q '^uid=1000 gid=1000' '$work/userdata/id'"
+check "what it writes to an rw bind is the daemon's user's outside" \
+  test "$(stat -c %u "$work/userdata/id")" = "$(id -u)"
+check "exec runs as the container's user, in its workdir" \
+  eval "[ \"\$(squish exec runas /bin/sh -c 'id -u; pwd')\" = \"\$(printf '1000\n/data')\" ]"
+rm "$manifests/runas.toml"
+
 # -- kill -9 of the daemon --------------------------------------------------------
 before=$(descendants "$daemon_pid" | sort -u)
 check "the daemon has container processes" test -n "$before"

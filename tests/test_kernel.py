@@ -312,13 +312,13 @@ def test_release_userns_maps_root_to_us_then_releases_bwrap() -> None:
     ours, bwraps = socket.socketpair()
     with ours, bwraps:
         release_userns(kernel, INIT, ours.fileno())
-        assert kernel.calls == [Call("map_root_to", (INIT, os.getuid(), os.getgid()))]
+        assert kernel.calls == [Call("map_ids", (INIT, (0, 0), (os.getuid(), os.getgid())))]
         assert bwraps.recv(1) == b"1"
 
 
 def test_a_failed_id_map_never_releases_bwrap() -> None:
     refused = PermissionError(1, "Operation not permitted")
-    kernel = RecordingKernel(failures={"map_root_to": refused})
+    kernel = RecordingKernel(failures={"map_ids": refused})
     ours, bwraps = socket.socketpair()
     with ours, bwraps:
         with pytest.raises(PermissionError):

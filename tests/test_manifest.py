@@ -267,7 +267,7 @@ BAD = [
         "unknown-run",
         run('command = "x"', 'cmd = "x"'),
         "run",
-        "unknown key 'cmd' (allowed: command, args, workdir)",
+        "unknown key 'cmd' (allowed: command, args, workdir, user)",
     ),
     (
         "unknown-layer-table",

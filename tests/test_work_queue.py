@@ -109,9 +109,10 @@ async def queue(
         now: float,
         *,
         names: Collection[str] | None = None,
+        **options: Any,
     ) -> list[Action]:
         planned.append(None if names is None else frozenset(names))
-        return real_plan(desired, records, running, now, names=names)
+        return real_plan(desired, records, running, now, names=names, **options)
 
     monkeypatch.setattr(reconciler_module, "plan", spy)
     source = CountingSource(*manifests)

@@ -43,12 +43,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from squish import __version__, paths
 from squish.cli import output as cli_output
 from squish.cli.client import ApiError, Client, DaemonUnreachable
-from squish.errors import ManifestError, SquishError
+from squish.errors import ManifestError, ManifestProblem, SquishError
 
 if TYPE_CHECKING:
     import threading
 
     from squish import api_schema as schema
+    from squish.model.squishfile import Squishfile
 
 # What a verb needs beyond talking to the daemon is imported inside that verb:
 # imported up front, the daemon, the runtime, the layer store and the manifest
@@ -92,31 +93,40 @@ def _configure_validate(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_validate(args: argparse.Namespace) -> int:
-    """Check every file, reporting each, a line per problem; fail if any is bad."""
+    """Check every file, reporting each, a line per problem; fail if any is bad.
+
+    Then what spans files, among those given: ``[depends_on]`` cycles, and a
+    ``"healthy"`` condition on a container without ``[health]``.
+    """
     from squish.model.host import load_squishfile
 
-    results: list[dict[str, Any]] = []
-    failed = False
+    loaded: dict[str, Squishfile] = {}
+    errors: dict[str, ManifestError] = {}
     for file in args.files:
         try:
-            squishfile = load_squishfile(file)
+            loaded[file] = load_squishfile(file)
         except ManifestError as exc:
-            failed = True
-            errors = [
+            errors[file] = exc
+    errors.update(_across_files(loaded))
+    results: list[dict[str, Any]] = []
+    for file in args.files:
+        if (error := errors.get(file)) is not None:
+            problems = [
                 {
-                    "message": problem.describe(exc.file),
+                    "message": problem.describe(error.file),
                     "field": problem.field,
                     "line": problem.line,
                     "reason": problem.message,
                 }
-                for problem in exc.errors
+                for problem in error.errors
             ]
             # "error" is the first of "errors", as before there were several.
-            results.append({"file": file, "ok": False, "error": errors[0], "errors": errors})
+            results.append({"file": file, "ok": False, "error": problems[0], "errors": problems})
             if not args.json:
-                for error in errors:
-                    print(error["message"], file=sys.stderr)
+                for problem in problems:
+                    print(problem["message"], file=sys.stderr)
         else:
+            squishfile = loaded[file]
             results.append(
                 {
                     "file": file,
@@ -129,7 +139,54 @@ def _run_validate(args: argparse.Namespace) -> int:
                 print(f"{file}: ok")
     if args.json:
         print(json.dumps({"files": results}, indent=2))
-    return EXIT_FAILURE if failed else EXIT_OK
+    return EXIT_FAILURE if errors else EXIT_OK
+
+
+def _across_files(loaded: Mapping[str, Squishfile]) -> dict[str, ManifestError]:
+    """The errors of ``loaded`` (file -> squishfile) that only the files together show."""
+    from squish.model.dependencies import cycle_error, find_cycles
+    from squish.model.toml_lines import KeyLines
+
+    by_name = {squishfile.name: (file, squishfile) for file, squishfile in loaded.items()}
+    problems: dict[str, list[ManifestProblem]] = {}
+    cycles = find_cycles(
+        {
+            name: [dependency.name for dependency in squishfile.depends_on]
+            for name, (_, squishfile) in by_name.items()
+        }
+    )
+    for name, cycle in cycles.items():
+        file = by_name[name][0]
+        problems.setdefault(file, []).extend(cycle_error(file, cycle).errors)
+    for file, squishfile in loaded.items():
+        for dependency in squishfile.depends_on:
+            other = by_name.get(dependency.name)
+            if dependency.condition == "healthy" and other and other[1].health is None:
+                problems.setdefault(file, []).append(
+                    ManifestProblem(
+                        f'waits for {dependency.name} to be "healthy", but {other[0]} has '
+                        "no [health] check: it never will",
+                        f"depends_on.{dependency.name}",
+                    )
+                )
+    found: dict[str, ManifestError] = {}
+    for file, listed in problems.items():
+        try:
+            lines = KeyLines(Path(file).read_text())
+        except (OSError, ValueError):
+            lines = None
+        if lines is not None:
+            listed = [  # noqa: PLW2901 (the same problems, now with their lines)
+                ManifestProblem(p.message, p.field, lines.line(_field_loc(p.field))) for p in listed
+            ]
+        found[file] = ManifestError.of(file, listed)
+    return found
+
+
+def _field_loc(field: str | None) -> tuple[str, ...]:
+    """``depends_on.db`` -> ``("depends_on", "db")`` (the names have no dots but in quotes)."""
+    head, _, rest = (field or "").partition(".")
+    return (head, rest) if rest else (head,)
 
 
 # -- talking to the daemon ----------------------------------------------------
@@ -170,9 +227,15 @@ def _prepare(file: str) -> tuple[str, str]:
 
 
 def _started_id(status: schema.Container) -> str:
-    """The id of a container create or start reported, or why there is none."""
+    """The id of a container create or start reported, or why there is none.
+
+    "" for one that waits for its dependencies (``[depends_on]``): accepted,
+    it starts once they are ready.
+    """
     phase = status.get("phase")
     container_id = status.get("id")
+    if phase == "waiting":
+        return ""
     if not isinstance(container_id, str) or not container_id or phase in ("failed", "invalid"):
         reason = status.get("manifest_error") or status.get("reason") or "no reason given"
         raise SquishError(f"{status.get('name')} did not start ({phase}): {reason}")
@@ -201,8 +264,16 @@ def _run_create(args: argparse.Namespace) -> int:
         _print_json(status)
         _started_id(status)
         return EXIT_OK
-    print(_started_id(status))
+    _print_started(status)
     return EXIT_OK
+
+
+def _print_started(status: schema.Container) -> None:
+    """The id of a started container; of one that waits, what for (on stderr)."""
+    if started := _started_id(status):
+        print(started)
+    else:
+        print(f"{status['name']} is {status.get('reason')}; it starts then", file=sys.stderr)
 
 
 def _configure_apply(parser: argparse.ArgumentParser) -> None:
@@ -483,7 +554,7 @@ def _run_start(args: argparse.Namespace) -> int:
         _print_json(started)
     else:
         for container in started:
-            print(_started_id(container))
+            _print_started(container)
     return status
 
 

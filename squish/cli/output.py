@@ -33,6 +33,7 @@ _PHASE_STYLES = {
     "running": "green",
     "pending": "cyan",
     "backoff": "yellow",
+    "waiting": "cyan",
     "failed": "red",
     "invalid": "red",
     "stopped": "dim",

@@ -30,6 +30,7 @@ from squish import __version__
 from squish import api_schema as schema
 from squish.errors import (
     ContainerNotFound,
+    ManifestError,
     NetworkNotFound,
     RuntimeFailure,
     SourceError,
@@ -257,13 +258,14 @@ class DaemonControl:
     async def create(self, name: str, manifest: bytes, *, timeout: float) -> schema.Container:
         squishfile, previous = self._store(name, manifest)
         spec_hash = squishfile.spec_hash()
+        rounds = self.reconciler.rounds
         # A full round for what changes files (create, apply, delete): the
         # source reads everything again rather than wait for its watcher.
         self.reconciler.trigger()
 
         try:
             result: ContainerStatus | SquishError = await self.reconciler.wait_for(
-                lambda: self.reconciler.start_outcome(name, spec_hash), timeout
+                lambda: self.reconciler.start_outcome(name, spec_hash, since=rounds), timeout
             )
         except TimeoutError:
             undone = self._restore(name, previous)
@@ -329,11 +331,12 @@ class DaemonControl:
             return self._row(name)
         self.reconciler.wanted_again(name, forget_exit=True)
         self.reconciler.save_stops()
+        rounds = self.reconciler.rounds
         self.reconciler.trigger({name})
         spec_hash = manifest.squishfile.spec_hash()
 
         result: ContainerStatus | SquishError = await self.reconciler.wait_for(
-            lambda: self.reconciler.start_outcome(name, spec_hash), timeout
+            lambda: self.reconciler.start_outcome(name, spec_hash, since=rounds), timeout
         )
         if isinstance(result, SquishError):
             raise result
@@ -377,6 +380,10 @@ class DaemonControl:
 
 def _noted(error: SquishError, note: str) -> SquishError:
     """``error`` with ``; note`` added, of the same kind where its class allows."""
+    if isinstance(error, ManifestError):
+        return ManifestError(
+            error.file, f"{error.message}; {note}", field=error.field, line=error.line
+        )
     try:
         return type(error)(f"{error}; {note}")
     except TypeError:  # a class with other constructor arguments

@@ -70,6 +70,7 @@ __all__ = [
     "MAX_ENV_KEYS",
     "MAX_SQUISHFILE_BYTES",
     "Change",
+    "Dependency",
     "Health",
     "HostPath",
     "Layer",
@@ -88,6 +89,8 @@ __all__ = [
 PortProtocol = Literal["tcp", "udp"]
 RestartPolicy = Literal["always", "on-failure", "never"]
 HealthAction = Literal["none", "restart"]
+DependCondition = Literal["started", "healthy", "completed"]
+DEPEND_CONDITIONS: tuple[DependCondition, ...] = ("started", "healthy", "completed")
 Network = Literal["slirp4netns", "none"]
 
 # Layers with these names are the base rootfs, mounted at "/".
@@ -180,6 +183,26 @@ class Health:
     on_failure: HealthAction = "none"
 
 
+@dataclass(frozen=True)
+class Dependency:
+    """One ``[depends_on]`` entry: start only once container ``name`` meets ``condition``.
+
+    Compose's conditions: ``started`` (it runs), ``healthy`` (its ``[health]``
+    check passed), ``completed`` (it exited with 0). ``restart``: when it is
+    restarted or replaced, restart this one with it (once it meets the
+    condition again).
+    """
+
+    name: str
+    condition: DependCondition = "started"
+    restart: bool = False
+
+
+# A uid or gid inside the container: what a Linux uid can be, less the
+# overflow ids (65534 is what unmapped files show as) and -1.
+MAX_ID = 4294967294
+
+
 def _empty_env() -> Mapping[str, str]:
     return MappingProxyType({})
 
@@ -195,6 +218,8 @@ class Squishfile:
     command: str
     args: tuple[str, ...] = ()
     workdir: str = "/"  # where the command starts, inside the container
+    uid: int = 0  # the process's user and group inside (0: root, the daemon's user outside)
+    gid: int = 0
     # A read-only view in file order; excluded from __hash__ because a mapping
     # is not hashable (equality still compares it).
     env: Mapping[str, str] = field(default_factory=_empty_env, hash=False)
@@ -206,6 +231,8 @@ class Squishfile:
     # What to do when the command ends by itself (the kubelet's restartPolicy).
     restart: RestartPolicy = "always"
     health: Health | None = None
+    # What must hold before it starts; not part of the spec (see _spec).
+    depends_on: tuple[Dependency, ...] = ()
     # Which nodes of a fleet may run it; not part of the spec (see _spec).
     placement: Placement = field(default_factory=Placement)
 
@@ -216,6 +243,7 @@ class Squishfile:
         object.__setattr__(self, "args", tuple(self.args))
         object.__setattr__(self, "ports", tuple(self.ports))
         object.__setattr__(self, "networks", tuple(self.networks))
+        object.__setattr__(self, "depends_on", tuple(self.depends_on))
         if not isinstance(self.env, MappingProxyType):
             object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
 
@@ -238,7 +266,8 @@ class Squishfile:
         # touching a squishfile does not change the container it describes.
         # So is the placement: it decides where the container runs, not what
         # it is, and a node that still runs it after a placement edit must
-        # not replace it.
+        # not replace it. And so is depends_on, as with compose: it orders
+        # starts, and a running container is not replaced for a new order.
         spec: dict[str, Any] = {
             "schema": _SPEC_SCHEMA,
             "name": self.name,
@@ -258,6 +287,8 @@ class Squishfile:
             spec["networks"] = list(self.networks)
         if self.workdir != "/":
             spec["workdir"] = self.workdir
+        if self.uid or self.gid:
+            spec["user"] = [self.uid, self.gid]
         if self.health is not None:
             spec["health"] = {
                 "command": list(self.health.command),
@@ -522,6 +553,15 @@ def _network_name(value: str) -> str:
     return value
 
 
+def _container_name(value: str) -> str:
+    if not _CONTAINER_NAME.fullmatch(value):
+        raise ValueError(
+            "container names may contain only letters, digits, '_', '.' and '-' "
+            f"and must start with a letter or digit, got {_describe(value)}"
+        )
+    return value
+
+
 def _network_names(value: list[str]) -> list[str]:
     twice = sorted({name for name in value if value.count(name) > 1})
     if twice:
@@ -567,6 +607,25 @@ def _health_command(value: list[str]) -> list[str]:
     if not value or not value[0]:
         raise ValueError('must name the program to run, e.g. ["/bin/busybox", "wget", "-q", URL]')
     return value
+
+
+def _user(value: object) -> tuple[int, int]:
+    """``run.user``: ``"UID[:GID]"`` or a number; the gid is 0 unless given (docker's way)."""
+    if type(value) is int:
+        parts = [str(value)]
+    elif isinstance(value, str):
+        parts = value.split(":")
+    else:
+        parts = []
+    if not 1 <= len(parts) <= 2 or not all(part.isascii() and part.isdigit() for part in parts):
+        raise ValueError(
+            'must be "UID" or "UID:GID" with numbers such as "1000:1000" '
+            f"(names are not looked up), got {_describe(value)}"
+        )
+    ids = [int(part) for part in parts]
+    if any(id_ > MAX_ID for id_ in ids):
+        raise ValueError(f"ids must be between 0 and {MAX_ID}, got {_describe(value)}")
+    return ids[0], ids[1] if len(ids) == 2 else 0
 
 
 def _env_key(value: str) -> str:
@@ -668,6 +727,7 @@ _Duration = Annotated[float, PlainValidator(_duration)]
 _PositiveDuration = Annotated[float, PlainValidator(_duration), AfterValidator(_positive)]
 _Retries = Annotated[int, PlainValidator(_retries)]
 _HealthCommand = Annotated[list[_NoNul], AfterValidator(_health_command)]
+_ContainerName = Annotated[str, AfterValidator(_container_name)]
 _NetworkNames = Annotated[
     list[Annotated[str, AfterValidator(_network_name)]], AfterValidator(_network_names)
 ]
@@ -728,6 +788,29 @@ class _RawRun(_Raw):
     command: _Command
     args: list[_NoNul] = Field(default_factory=list)
     workdir: Annotated[str, AfterValidator(_workdir)] = "/"
+    user: Annotated[tuple[int, int], PlainValidator(_user)] = (0, 0)
+
+
+class _RawDependency(_Raw):
+    condition: DependCondition = "started"
+    restart: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_string(cls, data: Any) -> Any:
+        # `db = "healthy"` is short for `[depends_on.db] condition = "healthy"`.
+        if isinstance(data, str):
+            if data not in DEPEND_CONDITIONS:
+                raise ValueError(
+                    f'must be "started", "healthy" or "completed", got {_describe(data)}'
+                )
+            return {"condition": data}
+        if not isinstance(data, dict):
+            raise ValueError(
+                'must be a condition ("started", "healthy" or "completed") or a table '
+                f'such as {{ condition = "healthy", restart = true }}, got {_describe(data)}'
+            )
+        return data
 
 
 class _RawPort(_Raw):
@@ -764,6 +847,7 @@ class _RawSquishfile(_Raw):
     ports: list[_RawPort] = Field(default_factory=list)
     restart: _RawRestart = Field(default_factory=_RawRestart)
     health: _RawHealth | None = None
+    depends_on: dict[_ContainerName, _RawDependency] = Field(default_factory=dict)
     placement: _RawPlacement = Field(default_factory=_RawPlacement)
 
 
@@ -853,6 +937,8 @@ def _allowed_keys(parent: tuple[int | str, ...]) -> list[str]:
             model = _RawRestart
         case ("health",):
             model = _RawHealth
+        case ("depends_on", str()):
+            model = _RawDependency
         case ("placement",):
             model = _RawPlacement
         case ("layers", str()):
@@ -939,6 +1025,8 @@ def _resolve(
                 'cannot join networks with network = "none"; remove one of the two',
             )
         )
+    if name in raw.depends_on:
+        problems.append(_Problem(("depends_on", name), "a container cannot depend on itself"))
     return Squishfile(
         name=name,
         base=base,
@@ -946,6 +1034,8 @@ def _resolve(
         command=raw.run.command,
         args=tuple(raw.run.args),
         workdir=raw.run.workdir,
+        uid=raw.run.user[0],
+        gid=raw.run.user[1],
         env=raw.env,
         ports=ports_found,
         network=raw.network,
@@ -960,6 +1050,10 @@ def _resolve(
             retries=raw.health.retries,
             start_period=raw.health.start_period,
             on_failure=raw.health.on_failure,
+        ),
+        depends_on=tuple(
+            Dependency(dependency, raw_dependency.condition, raw_dependency.restart)
+            for dependency, raw_dependency in raw.depends_on.items()
         ),
         placement=Placement(tuple(raw.placement.nodes or ()), raw.placement.labels),
     )

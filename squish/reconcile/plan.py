@@ -23,17 +23,26 @@ Rules, per name:
   changes or ``start``), its restart policy says it is done, or it is in
   back-off after crashing;
 - two manifests claiming one host port: the container already holding it
-  keeps it; the other gets a conflict naming both files.
+  keeps it; the other gets a conflict naming both files;
+- ``[depends_on]``, as compose's: a start (not the restart of a crashed
+  container) waits until each dependency meets its condition, and says
+  for which and why; once running, it keeps running whatever its
+  dependencies do, unless one with ``restart = true`` is restarted or
+  replaced: then it is restarted too, once that one meets its condition
+  again.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Mapping, Set
+from collections.abc import Callable, Collection, Mapping, Set
 from dataclasses import dataclass, field
 
 from squish.model.manifest import Manifest
-from squish.model.squishfile import Change, Squishfile, diff_specs
+from squish.model.squishfile import Change, Dependency, Squishfile, diff_specs
+
+HealthOf = Callable[[str], str | None]
+"""A name's running container's health status (None: no checks, or not running)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,10 @@ class Record:
     # A container found gone before its exit was seen (the exit still on its
     # way, or lost): counted as a crash then; its exit, if it comes, only says why.
     found_dead: str | None = None
+    waiting: str | None = None  # why it does not start yet: a dependency (depends_on)
+    # The containers of its restart = true dependencies when it started: a
+    # new one there restarts it.
+    dependency_ids: Mapping[str, str | None] = field(default_factory=dict)
 
 
 class Kind(enum.StrEnum):
@@ -86,6 +99,7 @@ class Kind(enum.StrEnum):
     HALT = "halt"  # stop it, keep the record: the user stopped it
     CONFLICT = "conflict"  # not an action on the runtime: record the failure
     FORGET = "forget"  # manifest gone, nothing runs: drop the record
+    WAIT = "wait"  # not an action on the runtime: a dependency is not ready (the reason)
 
 
 @dataclass(frozen=True)
@@ -131,6 +145,88 @@ def _halted(record: Record, wanted: Squishfile | None) -> bool:
     return wanted is None or record.stopped_hash in (None, wanted.spec_hash())
 
 
+_CONDITION_WORDS = {
+    "started": "started",
+    "healthy": "healthy",
+    "completed": "completed (exit 0)",
+}
+
+
+@dataclass(frozen=True)
+class _World:
+    """What a round sees of every name: what ``[depends_on]`` is checked against."""
+
+    desired: Mapping[str, Manifest]
+    records: Mapping[str, Record]
+    running: Set[str]
+    health: HealthOf
+
+    def unmet(self, dependency: Dependency) -> str | None:
+        """Why ``dependency`` does not meet its condition now; None if it does."""
+        name = dependency.name
+        manifest = self.desired.get(name)
+        record = self.records.get(name)
+        if manifest is None:
+            return "no squishfile names it"
+        wanted = manifest.squishfile
+        runs = record is not None and record.running and record.container_id in self.running
+        if dependency.condition == "completed":
+            if record is None or runs or record.in_flight:
+                return "it is running" if runs else "it has not run yet"
+            if record.exit_code == 0 and (
+                wanted is None or record.exited_hash == wanted.spec_hash()
+            ):
+                return None
+            if record.exit_code not in (None, 0):
+                return f"it exited with code {record.exit_code}"
+            return "it has not run yet"
+        if not runs or record is None:
+            return _not_running(manifest, record)
+        if dependency.condition == "started":
+            return None
+        if record.applied is not None and record.applied.health is None:
+            return "it has no [health] check, so it never becomes healthy"
+        status = self.health(name)
+        return None if status == "healthy" else f"it is {status or 'starting'}"
+
+    def waits_for(self, squishfile: Squishfile) -> str | None:
+        """Why ``squishfile``'s container cannot start yet (its first unmet dependency)."""
+        for dependency in squishfile.depends_on:
+            if (why := self.unmet(dependency)) is not None:
+                condition = _CONDITION_WORDS[dependency.condition]
+                return f"waiting for {dependency.name} to be {condition}: {why}"
+        return None
+
+    def restarted_dependency(self, record: Record, wanted: Squishfile) -> str | None:
+        """A ``restart = true`` dependency of ``record``'s running container that has a
+        new container since it started, and meets its condition again."""
+        for dependency in wanted.depends_on:
+            if not dependency.restart or dependency.name not in record.dependency_ids:
+                continue
+            other = self.records.get(dependency.name)
+            if other is None or other.container_id == record.dependency_ids[dependency.name]:
+                continue
+            if self.unmet(dependency) is None:
+                return dependency.name
+        return None
+
+
+def _not_running(manifest: Manifest, record: Record | None) -> str:
+    if record is None:
+        return "it is not running yet"
+    if record.stopped_by_user:
+        return "it is stopped (squish start starts it)"
+    if manifest.squishfile is None and record.applied is None:
+        return "its squishfile is invalid"
+    if record.waiting:
+        return f"it is {record.waiting}"
+    if record.failure:
+        return f"it cannot start: {record.failure}"
+    if record.exit_code is not None:
+        return f"it exited with code {record.exit_code}"
+    return "it is not running yet"
+
+
 def plan(
     desired: Mapping[str, Manifest],
     records: Mapping[str, Record],
@@ -138,13 +234,16 @@ def plan(
     now: float,
     *,
     names: Collection[str] | None = None,
+    health: HealthOf = lambda name: None,
 ) -> list[Action]:
     """Actions that make ``running`` (container ids) match ``desired`` for ``names``.
 
     ``names``: the names to plan (None: every name wanted or recorded); one
-    neither wanted nor recorded has nothing to do.
+    neither wanted nor recorded has nothing to do. ``health``: each name's
+    health status, for the ``"healthy"`` condition of ``[depends_on]``.
     """
     actions: list[Action] = []
+    world = _World(desired, records, running, health)
     # Host ports held by running containers: they keep them. Indexed by
     # (port, protocol), from every record, but only once a name of this
     # round claims ports; ``claimed`` is what the names planned so far in
@@ -212,6 +311,20 @@ def plan(
             if manifest.layer_key != record.applied_key:
                 change = Change.REPLACE  # a file layer (an archive) changed on the host
             if change is Change.SAME:
+                if record.dependency_ids and (
+                    restarted := world.restarted_dependency(record, wanted)
+                ):
+                    actions.append(
+                        Action(
+                            Kind.REPLACE,
+                            name,
+                            wanted,
+                            container_id=record.container_id,
+                            reason=f"restarted with its dependency {restarted}",
+                            restart=True,
+                            layer_key=manifest.layer_key,
+                        )
+                    )
                 continue
             spec = wanted.spec_hash()
             waiting = record.backoff_until is not None and record.backoff_until > now
@@ -234,6 +347,11 @@ def plan(
         start, restart = _wants_start(record, wanted, now)
         if not start:
             continue
+        if not restart and wanted.depends_on:
+            why = world.waits_for(wanted)
+            if why is not None:
+                actions.append(Action(Kind.WAIT, name, wanted, reason=why))
+                continue
         if conflict := claim(name, wanted):
             actions.append(Action(Kind.CONFLICT, name, wanted, reason=conflict))
             continue

@@ -54,6 +54,7 @@ from squish.errors import (
 from squish.layers import LayerStore
 from squish.model.manifest import Manifest
 from squish.model.squishfile import Squishfile
+from squish.reconcile.dependencies import DependencyGraph
 from squish.reconcile.health import CheckResult, HealthState, first_lines
 from squish.reconcile.plan import Action, Backoff, Kind, Record, plan
 from squish.reconcile.spec import container_spec
@@ -150,6 +151,8 @@ class Reconciler:
         self._limiter = anyio.CapacityLimiter(parallelism)
         self.records: dict[str, Record] = {}
         self._desired: Mapping[str, Manifest] = {}
+        self._snapshot: Mapping[str, Manifest] = {}
+        """What the sources have, before the dependency cycles are made errors."""
         self._specs: dict[str, ContainerSpec] = {}
         self.about: dict[str, Any] = {}
         """More for ``status()``, set by whoever runs the reconciler (the node)."""
@@ -180,6 +183,8 @@ class Reconciler:
         self._tg: TaskGroup | None = None
         # The health of each name's current container (its [health] checks).
         self._health: dict[str, HealthState] = {}
+        self._graph = DependencyGraph()
+        """Who depends on whom ([depends_on]), and the cycles."""
         self._started = time.time()
         self.default_host_ip = default_host_ip
         self._stops_file = None if state_dir is None else state_dir / "stopped.json"
@@ -343,17 +348,35 @@ class Reconciler:
         result = "success"
         full = names is None
         try:
-            self._desired = self.source.snapshot(rescan=full)
+            self._snapshot = snapshot = self.source.snapshot(rescan=full)
+            recycled = self._graph.update(snapshot, names)
+            self._desired = self._graph.view(snapshot)
             self._rounds += 1
             self._note_sources()
             self._apply_pending_stops()
             if names is None:
                 names = set(self._desired) | set(self.records) | set(self._reported_errors)
+            else:
+                # A change of a name is a change for whoever waits for it.
+                names |= recycled
+                for name in list(names):
+                    names.update(self._graph.dependents(name))
             running = self.runtime.ids()
             self._note_manifests(names, running)
             now = time.time()
-            actions = plan(self._desired, self.records, running, now, names=None if full else names)
+            actions = plan(
+                self._desired,
+                self.records,
+                running,
+                now,
+                names=None if full else names,
+                health=self._health_status,
+            )
+            waits = {action.name: action.reason for action in actions if action.kind is Kind.WAIT}
+            self._note_waits(names, waits)
             for action in actions:
+                if action.kind is Kind.WAIT:
+                    continue
                 record = self.records.setdefault(action.name, Record(action.name))
                 record.in_flight = True
                 if action.kind is Kind.CONFLICT:
@@ -373,6 +396,21 @@ class Reconciler:
         if self.metrics is not None:
             self.metrics.observe_reconcile(time.perf_counter() - started, result, full=full)
         self._notify()
+
+    def _note_waits(self, names: Collection[str], waits: Mapping[str, str]) -> None:
+        """Note why each of ``names`` waits for its dependencies (``waits``), if it does."""
+        for name in names:
+            why = waits.get(name)
+            record = self.records.get(name) if why is None else self.record(name)
+            if record is None or record.waiting == why:
+                continue
+            record.waiting = why
+            if why is not None:
+                self.emit("container.waiting", name, why)
+
+    def _health_status(self, name: str) -> str | None:
+        state = self.health_of(name)
+        return None if state is None else state.status
 
     def _tally(self, names: Collection[str], *, full: bool, now: float) -> bool:
         """After planning ``names``: which run, and each one's phase; whether one backs off.
@@ -490,9 +528,10 @@ class Reconciler:
                         )
                     case Kind.REPLACE:
                         assert action.squishfile is not None and action.container_id is not None
-                        await self._stop(record, action.container_id, "replaced by a new version")
+                        why = action.reason or "replaced by a new version"
+                        await self._stop(record, action.container_id, why)
                         await self._start(
-                            record, action.squishfile, action.layer_key, restart=False
+                            record, action.squishfile, action.layer_key, restart=action.restart
                         )
                     case Kind.STOP:
                         assert action.container_id is not None
@@ -558,6 +597,12 @@ class Reconciler:
         record.failure = record.failed_hash = None
         record.exit_code = record.exited_hash = None
         record.backoff_until = None
+        record.waiting = None
+        record.dependency_ids = {
+            dependency.name: other.container_id
+            for dependency in squishfile.depends_on
+            if dependency.restart and (other := self.records.get(dependency.name)) is not None
+        }
         if restart:
             record.restarts += 1
             if self.metrics is not None:
@@ -706,6 +751,7 @@ class Reconciler:
             self.emit("container.health", name, message, status=state.status)
             if self.metrics is not None:
                 self.metrics.set_health(name, state.status)
+            self.trigger({name})  # its dependents may wait for it to be healthy
             self._notify()
             if state.status == "unhealthy" and health.on_failure == "restart":
                 await self._restart_unhealthy(name, state, message)
@@ -870,6 +916,8 @@ class Reconciler:
                 status.reason = status.manifest_error or ""
             case Phase.STOPPED:
                 status.reason = "stopped by the user"
+            case Phase.WAITING:
+                status.reason = record.waiting or ""
             case Phase.BACKOFF:
                 status.next_restart_at = record.backoff_until
                 if not status.reason and record.exit_code is not None:
@@ -995,13 +1043,29 @@ class Reconciler:
             del self._pending_stops[name]
             self._stops_changed = True
 
-    def start_outcome(self, name: str, spec_hash: str) -> ContainerStatus | SquishError | None:
-        """How the start of ``name`` at ``spec_hash`` went; None while undecided."""
+    def start_outcome(
+        self, name: str, spec_hash: str, *, since: int = -1
+    ) -> ContainerStatus | SquishError | None:
+        """How the start of ``name`` at ``spec_hash`` went; None while undecided.
+
+        ``since``: the round count when the start was asked; what depends on
+        the other manifests (waiting for a dependency, or a cycle with them)
+        is only known from a round after it, ``spec_hash`` being blind to
+        ``[depends_on]``.
+        """
+        fresh = self._rounds > since
+        if fresh and name in self._graph.cycles:
+            # Valid alone, invalid with the others: on a dependency cycle.
+            given, manifest = self._snapshot.get(name), self._desired.get(name)
+            if given and given.squishfile and given.squishfile.spec_hash() == spec_hash:
+                return manifest.error if manifest and manifest.error else None
         record = self.records.get(name)
         if record is None or record.in_flight:
             return None
         if record.running and record.applied and record.applied.spec_hash() == spec_hash:
             return self.phase(name)
+        if fresh and record.waiting is not None:
+            return self.phase(name)  # accepted: it starts once its dependencies are ready
         if record.failure is not None and record.failed_hash == spec_hash:
             # The start's own error, so its kind (a layer, a port) reaches the API.
             error = self._start_errors.get(name)
@@ -1046,6 +1110,8 @@ def _phase_of(manifest: Manifest | None, record: Record | None, now: float) -> P
         return Phase.INVALID
     if record.stopped_by_user:
         return Phase.STOPPED
+    if record.waiting is not None:
+        return Phase.WAITING
     if record.backoff_until is not None and record.backoff_until > now:
         return Phase.BACKOFF
     if record.failure is not None:

@@ -28,4 +28,6 @@ def container_spec(squishfile: Squishfile, store: LayerStore) -> ContainerSpec:
         network=squishfile.network != "none",
         networks=squishfile.networks,
         workdir=squishfile.workdir,
+        uid=squishfile.uid,
+        gid=squishfile.gid,
     )

@@ -28,6 +28,7 @@ class Phase(enum.StrEnum):
     EXITED = "exited"  # ended by itself, restart policy says no more (exit 0 with on-failure)
     FAILED = "failed"  # cannot start (bad layer, port conflict), or ended and policy says never
     BACKOFF = "backoff"  # ended, waiting to be restarted (crash loop)
+    WAITING = "waiting"  # waits for a dependency to meet its condition ([depends_on])
     INVALID = "invalid"  # its manifest is invalid and no earlier version runs
 
 
@@ -87,7 +88,8 @@ class Event:
 
     ``kind`` is dotted: ``container.started``, ``container.exited``,
     ``container.stopped``, ``container.failed``, ``container.backoff``,
-    ``container.ports``, ``manifest.invalid``, ``manifest.removed``,
+    ``container.ports``, ``container.health``, ``container.waiting``,
+    ``manifest.invalid``, ``manifest.removed``,
     ``reconcile.error``, ``source.failed``, ``source.recovered`` (``name`` is
     then the source's).
     """

@@ -75,6 +75,8 @@ class ContainerSpec:
     ports: tuple[PortForward, ...] = ()
     network: bool = True
     workdir: str = "/"  # where the command starts (it must exist in the rootfs)
+    uid: int = 0  # the command's user and group inside; 0 is the runtime's user outside
+    gid: int = 0
     # Named networks it joins (``squish.runtime.networks``); none: a
     # slirp4netns of its own, reachable only through its forwards.
     networks: tuple[str, ...] = ()

@@ -91,12 +91,14 @@ def bwrap_argv(
         "--unshare-uts",
         "--unshare-net",
         "--unshare-cgroup-try",
-        # uid 0 inside, mapped to the daemon's user outside; no capabilities
-        # (bwrap drops them all and sets no_new_privs).
+        # uid 0 inside (or the squishfile's user), the daemon's user outside;
+        # no capabilities (bwrap drops them all and sets no_new_privs). A
+        # user namespace of bwrap's own maps root first (devpts needs it), and
+        # another inside it then maps the user, if it is not root.
         "--uid",
-        "0",
+        str(spec.uid),
         "--gid",
-        "0",
+        str(spec.gid),
         "--cap-drop",
         "ALL",
         "--die-with-parent",

@@ -455,12 +455,16 @@ class BwrapRuntime:
                 run_dir.mkdir(mode=0o700)
                 addresses, hosts = net.reserve(container_id, spec.name, spec.networks)
                 shared = net
-                userns = net.userns_fd()
+                userns = await net.userns_fd(spec.uid, spec.gid)
                 fds.append(userns)
                 child_fds.append(userns)
                 # An /etc/hosts of every member of its networks, kept current.
                 mounted = replace(spec, mounts=(*spec.mounts, Mount(hosts, "/etc/hosts", rw=False)))
                 handshake = HandshakeFds(info_w, block=block_child, userns=userns)
+            elif spec.network and (spec.uid, spec.gid) != (0, 0):
+                # bwrap maps the namespaces itself, nesting the user's in one
+                # mapping root; slirp4netns joins that one (see _connect).
+                handshake = HandshakeFds(info_w, block=block_child)
             elif spec.network:
                 # One fd for both blocks, a byte each: see squish.runtime.bwrap.
                 handshake = HandshakeFds(info_w, block_child, block_child)
@@ -583,15 +587,25 @@ class BwrapRuntime:
         """
         init_pid = live.container.init_pid
         assert init_pid is not None
-        release_userns(self._kernel, init_pid, release)
-        await _wait_loopback(init_pid)
-        live.slirp = await Slirp.start(
-            pid=init_pid,
-            api_socket=live.run_dir / "slirp.sock",
-            log_path=live.run_dir / "slirp4netns.log",
-            slirp4netns=self._slirp_path,
-            kernel=self._kernel,
-        )
+        spec = live.container.spec
+        with contextlib.ExitStack() as held:
+            namespaces: tuple[int, int] | None = None
+            if (spec.uid, spec.gid) == (0, 0):
+                release_userns(self._kernel, init_pid, release)
+                await _wait_loopback(init_pid)
+            else:
+                await _wait_loopback(init_pid)
+                namespaces = await self._root_namespaces(init_pid)
+                for fd in namespaces:
+                    held.callback(os.close, fd)
+            live.slirp = await Slirp.start(
+                pid=init_pid,
+                api_socket=live.run_dir / "slirp.sock",
+                log_path=live.run_dir / "slirp4netns.log",
+                slirp4netns=self._slirp_path,
+                kernel=self._kernel,
+                namespaces=namespaces,
+            )
         # Release the command: its network is up. The forwards are set up
         # on the host side while it starts; a client that comes before its
         # forward is refused just as one that comes before the server
@@ -599,6 +613,29 @@ class BwrapRuntime:
         os.write(release, b"1")
         for port in live.container.spec.ports:
             await self._add_forward(live, port)
+
+    async def _root_namespaces(self, init_pid: int) -> tuple[int, int]:
+        """The user namespace that maps root in the sandbox of ``init_pid``, and its network's.
+
+        For a container running as another user, bwrap maps root in the
+        user namespace it makes first (which the network namespace belongs
+        to), and only then the user in one inside; slirp4netns joins the
+        first, once it is mapped.
+        """
+        netns = os.open(f"/proc/{init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            userns = self._kernel.owning_userns(netns)
+        except OSError:
+            os.close(netns)
+            raise
+        deadline = time.monotonic() + 1.0
+        while not _mapped(init_pid):
+            if time.monotonic() > deadline:
+                os.close(netns)
+                os.close(userns)
+                raise RuntimeFailure("bwrap did not map the sandbox's user namespace within 1 s")
+            await anyio.sleep(0.0002)
+        return userns, netns
 
     async def _join_networks(self, live: _Live, net: NetworkHost, release: int) -> None:
         """Wire the sandbox into its networks and add its forwards, then release it."""
@@ -967,15 +1004,18 @@ def _memfd(name: str, data: bytes) -> int:
     return fd
 
 
-def release_userns(kernel: Kernel, init_pid: int, release: int) -> None:
-    """Map root in the sandbox's user namespace to us, then let bwrap go on.
+def release_userns(
+    kernel: Kernel, init_pid: int, release: int, user: tuple[int, int] = (0, 0)
+) -> None:
+    """Map ``user`` (root, unless the squishfile says) in the sandbox's user
+    namespace to us, then let bwrap go on.
 
     Step 2 of the module docstring, in this order: once released, bwrap goes
     on as root of its user namespace, which it is only once the map exists.
     A failed mapping raises before the release, so bwrap never goes on
     unmapped; the start is aborted.
     """
-    kernel.map_root_to(init_pid, os.getuid(), os.getgid())
+    kernel.map_ids(init_pid, user, (os.getuid(), os.getgid()))
     os.write(release, b"1")
 
 
@@ -1072,6 +1112,15 @@ async def _start_udp_relay(
         relay.wait()
         raise RuntimeFailure(f"cannot forward {port.describe(ip)}: the UDP relay failed to start")
     return relay
+
+
+def _mapped(pid: int) -> bool:
+    """Whether ``pid``'s user namespace (or the one it is nested in) has a uid map yet."""
+    try:
+        with open(f"/proc/{pid}/uid_map", "rb") as ids:
+            return bool(ids.read().strip())
+    except OSError:
+        return True  # gone: the start fails on its own
 
 
 async def _wait_loopback(init_pid: int) -> None:

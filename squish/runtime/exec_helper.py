@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import fcntl
 import json
 import os
 import shutil
@@ -38,8 +39,10 @@ _PR_CAPBSET_DROP = 24
 _CAP_LAST = 63  # beyond the kernel's last capability, PR_CAPBSET_DROP says EINVAL
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 # The user namespace first: it gives the capabilities the others need.
+_CLONE_NEWUSER = 0x10000000
+_NS_GET_USERNS = 0xB701
 _NAMESPACES = (
-    ("user", 0x10000000),
+    ("user", _CLONE_NEWUSER),
     ("ipc", 0x08000000),
     ("uts", 0x04000000),
     ("net", 0x40000000),
@@ -71,7 +74,13 @@ def _check(result: int, what: str) -> None:
 
 
 def join(sandbox: int) -> None:
-    """Join every namespace of ``sandbox`` (opened first: joining mnt changes /proc)."""
+    """Join every namespace of ``sandbox`` (opened first: joining mnt changes /proc).
+
+    A container running as another user than root has its user namespace
+    nested in the one its other namespaces belong to (bwrap's, or the
+    network host's, mapping root): that one is joined first, for the
+    capabilities over them, and the container's own last.
+    """
     fds = []
     for name, flag in _NAMESPACES:
         try:
@@ -79,6 +88,13 @@ def join(sandbox: int) -> None:
         except FileNotFoundError:
             if name != "cgroup":  # a kernel without cgroup namespaces
                 raise
+    net = next(fd for name, _, fd in fds if name == "net")
+    owner = fcntl.ioctl(net, _NS_GET_USERNS)
+    own = os.fstat(fds[0][2]).st_ino
+    if os.fstat(owner).st_ino != own:
+        fds = [("user", _CLONE_NEWUSER, owner), *fds[1:], fds[0]]
+    else:
+        os.close(owner)
     own_user = os.stat("/proc/self/ns/user").st_ino
     for name, flag, fd in fds:
         if name == "user" and os.fstat(fd).st_ino == own_user:

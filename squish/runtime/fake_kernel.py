@@ -97,8 +97,8 @@ class RecordingKernel:
         self._record("owning_userns", ns_fd)
         return os.dup(ns_fd)  # an fd the caller may close, as it closes the real one
 
-    def map_root_to(self, pid: int, uid: int, gid: int) -> None:
-        self._record("map_root_to", pid, uid, gid)
+    def map_ids(self, pid: int, inside: tuple[int, int], outside: tuple[int, int]) -> None:
+        self._record("map_ids", pid, inside, outside)
 
     def children(self, pid: int) -> list[int]:
         self._record("children", pid)

@@ -56,8 +56,8 @@ class Kernel(Protocol):
         """A new fd for the user namespace that owns namespace ``ns_fd``."""
         ...
 
-    def map_root_to(self, pid: int, uid: int, gid: int) -> None:
-        """Map uid/gid 0 of ``pid``'s user namespace to ``uid``/``gid`` outside."""
+    def map_ids(self, pid: int, inside: tuple[int, int], outside: tuple[int, int]) -> None:
+        """Map uid, gid ``inside`` ``pid``'s user namespace to ``outside`` ones (one each)."""
         ...
 
     def children(self, pid: int) -> list[int]:
@@ -114,12 +114,12 @@ class LinuxKernel:
     def owning_userns(self, ns_fd: int) -> int:
         return fcntl.ioctl(ns_fd, _NS_GET_USERNS)
 
-    def map_root_to(self, pid: int, uid: int, gid: int) -> None:
+    def map_ids(self, pid: int, inside: tuple[int, int], outside: tuple[int, int]) -> None:
         # An unprivileged process may write exactly one mapping of its own
         # ids, and only after denying setgroups.
-        _write_proc(f"/proc/{pid}/uid_map", f"0 {uid} 1\n")
+        _write_proc(f"/proc/{pid}/uid_map", f"{inside[0]} {outside[0]} 1\n")
         _write_proc(f"/proc/{pid}/setgroups", "deny")
-        _write_proc(f"/proc/{pid}/gid_map", f"0 {gid} 1\n")
+        _write_proc(f"/proc/{pid}/gid_map", f"{inside[1]} {outside[1]} 1\n")
 
     def children(self, pid: int) -> list[int]:
         # The children file (CONFIG_PROC_CHILDREN) is per thread: a child

@@ -194,6 +194,46 @@ class Host:
         self.nl.batch(("lo up", _RTM_NEWLINK, 0, _ifinfo(lo, up=True)))
         _write("/proc/sys/net/ipv4/ip_forward", "1")
 
+    def userns(self, uid: int, gid: int) -> int:
+        """A user namespace in this one, ``uid``/``gid`` in it being root here: its fd.
+
+        For a container that runs as that user (bwrap joins it with
+        ``--userns``): its own namespaces then belong to it, which this
+        process, root of the parent, still configures. A child makes it and
+        maps itself (an unprivileged process may map its own ids), and is
+        held until its namespace is open here; the runtime opens this
+        process's fd of it. Kept open: the namespace lives as long as it is.
+        """
+        ready_r, ready_w = os.pipe()
+        hold_r, hold_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child, which only ever _exits
+            code = 1
+            try:
+                os.close(ready_r)
+                os.close(hold_w)
+                _check(_libc.unshare(_CLONE_NEWUSER), "unshare")
+                _write("/proc/self/uid_map", f"{uid} 0 1")
+                _write("/proc/self/setgroups", "deny")
+                _write("/proc/self/gid_map", f"{gid} 0 1")
+                os.write(ready_w, b"1")
+                os.read(hold_r, 1)
+                code = 0
+            except OSError as exc:
+                sys.stderr.write(f"user namespace for {uid}:{gid}: {exc}\n")
+            finally:
+                os._exit(code)
+        os.close(ready_w)
+        os.close(hold_r)
+        try:
+            if os.read(ready_r, 1) != b"1":
+                raise OSError(f"cannot make a user namespace for uid {uid}, gid {gid}")
+            return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            os.close(ready_r)
+            os.close(hold_w)
+            os.waitpid(pid, 0)
+
     def uplink(self, ifname: str) -> None:
         """slirp4netns's tap is up: answer ARP on it for the containers' addresses.
 
@@ -341,9 +381,12 @@ def serve(host: Host) -> None:
                 host.attach(**request)
             elif op == "uplink":
                 host.uplink(**request)
+            elif op == "userns":
+                reply: dict[str, Any] = {"ok": host.userns(**request)}
             else:
                 raise ValueError(f"unknown request {op!r}")
-            reply: dict[str, Any] = {"ok": True}
+            if op != "userns":
+                reply = {"ok": True}
         except (OSError, ValueError, TypeError, KeyError) as exc:
             reply = {"error": str(exc) or type(exc).__name__}
         sys.stdout.write(json.dumps(reply) + "\n")

@@ -248,6 +248,9 @@ class NetworkHost:
         self._hosts: dict[tuple[str, ...], Path] = {}
         self._hosts_users: dict[tuple[str, ...], int] = {}
         self._hosts_count = 0
+        # The user namespaces of containers running as another user than
+        # root, by (uid, gid): see userns_fd.
+        self._user_namespaces: dict[tuple[int, int], int] = {}
 
     # -- life ------------------------------------------------------------
 
@@ -328,6 +331,9 @@ class NetworkHost:
             await self._close()
 
     async def _close(self) -> None:
+        for held in self._user_namespaces.values():
+            os.close(held)
+        self._user_namespaces.clear()
         if self.slirp is not None:
             await self.slirp.close()
             self.slirp = None
@@ -362,7 +368,8 @@ class NetworkHost:
 
     # -- the helper's requests -------------------------------------------
 
-    async def _request(self, request: dict[str, Any]) -> None:
+    async def _request(self, request: dict[str, Any]) -> object:
+        """Send ``request``; its answer's ``ok``."""
         async with self._lock:
             helper = self.helper
             if helper is None or helper.stdin is None:
@@ -372,9 +379,9 @@ class NetworkHost:
                 helper.stdin.flush()
             except (OSError, ValueError) as exc:  # ValueError: closed by close()
                 raise RuntimeFailure(f"the network helper is gone: {exc}") from exc
-            await self._reply(str(request["op"]))
+            return await self._reply(str(request["op"]))
 
-    async def _reply(self, what: str) -> None:
+    async def _reply(self, what: str) -> object:
         assert self.helper is not None and self.helper.stdout is not None
         fd = self.helper.stdout.fileno()
         os.set_blocking(fd, False)
@@ -400,6 +407,7 @@ class NetworkHost:
             raise RuntimeFailure(f"the network helper said {line[:80]!r} ({what})") from None
         if "error" in reply:
             raise RuntimeFailure(f"network set-up failed ({what}): {reply['error']}")
+        return reply.get("ok")
 
     def _said(self) -> str:
         """The last line the helper wrote on stderr, as ": ..." (or nothing)."""
@@ -411,10 +419,23 @@ class NetworkHost:
 
     # -- members ---------------------------------------------------------
 
-    def userns_fd(self) -> int:
-        """An fd of the helper's user namespace, for bwrap's ``--userns`` (caller closes)."""
-        assert self.helper is not None
-        return os.open(f"/proc/{self.helper.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    async def userns_fd(self, uid: int = 0, gid: int = 0) -> int:
+        """An fd of the user namespace for bwrap's ``--userns`` (the caller closes it).
+
+        The helper's own for root; for another user, one inside it where
+        that user is the helper's root, made by the helper once per user.
+        """
+        helper = self.helper
+        if helper is None:
+            raise RuntimeFailure("the network helper is gone (the runtime is stopping)")
+        if (uid, gid) == (0, 0):
+            return os.open(f"/proc/{helper.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        held = self._user_namespaces.get((uid, gid))
+        if held is None:
+            number = await self._request({"op": "userns", "uid": uid, "gid": gid})
+            held = os.open(f"/proc/{helper.pid}/fd/{number}", os.O_RDONLY | os.O_CLOEXEC)
+            self._user_namespaces[(uid, gid)] = held
+        return os.dup(held)
 
     def reserve(
         self, container_id: str, name: str, networks: Sequence[str]

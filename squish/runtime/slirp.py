@@ -56,10 +56,29 @@ class Slirp:
         log_path: Path,
         slirp4netns: str = "slirp4netns",
         kernel: Kernel | None = None,
+        namespaces: tuple[int, int] | None = None,
     ) -> Slirp:
+        """Start it for the network namespace of ``pid``, joining ``pid``'s user namespace.
+
+        ``namespaces``: (user, network) namespace fds to join instead, for a
+        sandbox whose user namespace does not map root (a container running
+        as another user: bwrap nests that user's namespace in one mapping
+        root, which owns the network namespace). slirp4netns's sandbox needs
+        to be root where it runs: it is started in that user namespace, by
+        nsenter (as itself: it is root there), and joins the network one by path.
+        """
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         exit_r, exit_w = os.pipe2(os.O_CLOEXEC)
+        prefix: list[str] = []
+        target = [str(pid)]
+        passed = [ready_w, exit_r]
+        if namespaces is not None:
+            userns, netns = namespaces
+            prefix = ["nsenter", "--preserve-credentials", f"--user=/proc/self/fd/{userns}", "--"]
+            target = ["--netns-type=path", f"/proc/self/fd/{netns}"]
+            passed += namespaces
         argv = [
+            *prefix,
             slirp4netns,
             "--configure",
             f"--mtu={MTU}",
@@ -76,7 +95,7 @@ class Slirp:
             # pid's user namespace itself, which its sandbox needs
             # (--enable-sandbox fails with --userns-path, slirp4netns #317).
             # The pid is the sandbox's pid 1, held on bwrap's --block-fd.
-            str(pid),
+            *target,
             "tap0",
         ]
         try:
@@ -89,7 +108,7 @@ class Slirp:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,
-                    pass_fds=(ready_w, exit_r),
+                    pass_fds=passed,
                     env=HELPER_ENV,
                     start_new_session=True,
                 )
