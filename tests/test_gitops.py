@@ -244,3 +244,38 @@ def test_a_signed_webhook_syncs_at_once(
     assert signed.status_code == 202 and signed.json() == {"syncing": ["git"]}
     squish.until(lambda r: set(r) == {"web", "api"}, 10)
     assert squish.source()["applied_revision"] == pushed
+
+
+def test_a_dependency_in_git_orders_a_container_of_the_directory(
+    remote: Remote, start: Callable[..., Squish], tmp_path: Path
+) -> None:
+    # [depends_on] names containers of the node, from whichever source.
+    manifests = tmp_path / "manifests"
+    manifests.mkdir(exist_ok=True)
+    (manifests / "web.toml").write_text(SLEEPER + '[depends_on]\ndb = "healthy"\n')
+    squish = start("--git", remote.url, "--git-path", "apps", "--sync-interval", "1")
+    row = eventually(lambda: r if (r := squish.rows().get("web", {})).get("phase") else None, 10)
+    assert row["phase"] == "waiting"
+    assert row["reason"] == "waiting for db to be healthy: no squishfile names it"
+    remote.write(
+        "apps/db.toml",
+        SLEEPER + '[health]\ncommand = ["test", "-e", "/tmp/ready"]\ninterval = "100ms"\n',
+    )
+    remote.push("db")
+    assert squish.cli("sync").returncode == 0
+    squish.until(lambda r: "db" in r, 10)
+    assert squish.rows()["web"]["reason"].endswith("it is starting")
+    done = squish.cli("exec", "db", "touch", "/tmp/ready")
+    assert done.returncode == 0, done.stderr
+    squish.until(lambda r: set(r) == {"db", "web"}, 10)
+    # A cycle across the two sources is an error of both files.
+    remote.write(
+        "apps/db.toml",
+        SLEEPER + '[health]\ncommand = ["true"]\n[depends_on]\nweb = "started"\n',
+    )
+    remote.push("db waits for web")
+    assert squish.cli("sync").returncode == 0
+    rows = eventually(lambda: r if (r := squish.rows())["web"].get("manifest_error") else None, 10)
+    assert "dependency cycle: web -> db -> web" in rows["web"]["manifest_error"]
+    assert "dependency cycle: db -> web -> db" in rows["db"]["manifest_error"]
+    assert rows["db"]["manifest_error"].startswith("apps/db.toml@")
