@@ -9,6 +9,7 @@ started at its timeout.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import anyio
@@ -17,6 +18,7 @@ import pytest
 from squish.errors import RuntimeFailure
 from squish.runtime import EXEC_OUTPUT_LIMIT, ContainerSpec
 from squish.runtime.bwrap_runtime import BwrapRuntime
+from squish.runtime.kernel import LinuxKernel
 from tests.test_runtime import alive, live_children, run_to_exit
 
 pytestmark = pytest.mark.anyio
@@ -90,7 +92,53 @@ async def test_exec_at_its_timeout_kills_what_it_started(
     check = await runtime.exec(container.id, ["/bin/sh", "-c", "ps -o comm | grep -c sleep"])
     assert check.output.strip() == "1"  # only the container's own sleep is left
     await runtime.stop(container.id, grace=0)
-    assert not [pid for pid in live_children() if alive(pid)]
+    assert left_over() == []
+
+
+def left_over() -> list[int]:
+    """What an exec left: live children of this process but the exec server, and the
+    server's children (its runners; the commands of a dead one would come to us)."""
+    servers = [pid for pid in live_children() if _is_exec_server(pid)]
+    assert len(servers) <= 1
+    others = [pid for pid in live_children() if pid not in servers]
+    runners = [pid for server in servers for pid in LinuxKernel().children(server) if alive(pid)]
+    return [_described(pid) for pid in others + runners]
+
+
+def _described(pid: int) -> str:
+    try:
+        status = dict(
+            line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        )
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return f"{pid} (gone)"
+    return f"{pid} {status.get('State')} ppid {status.get('PPid')}: {argv}"
+
+
+def _is_exec_server(pid: int) -> bool:
+    try:
+        return b"exec_helper.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+async def test_the_exec_server_is_started_once_and_again_if_it_died(
+    runtime: BwrapRuntime, base_rootfs: Path
+) -> None:
+    container = await runtime.start(sleeper(base_rootfs, network=False))
+    for _ in range(3):
+        assert (await runtime.exec(container.id, ["true"])).exit_code == 0
+    (server,) = [pid for pid in live_children() if _is_exec_server(pid)]
+    os.kill(server, signal.SIGKILL)
+    with anyio.fail_after(5):
+        while alive(server):
+            await anyio.sleep(0.01)
+    result = await runtime.exec(container.id, ["id", "-u"])
+    assert result.exit_code == 0 and result.output == "0\n"
+    (again,) = [pid for pid in live_children() if _is_exec_server(pid)]
+    assert again != server
+    await runtime.stop(container.id, grace=0)
 
 
 async def test_exec_output_is_capped(runtime: BwrapRuntime, base_rootfs: Path) -> None:
@@ -125,8 +173,7 @@ async def test_an_exec_cancelled_leaves_nothing(runtime: BwrapRuntime, base_root
                 break
             await anyio.sleep(0.05)
     await runtime.stop(container.id, grace=0)
-    assert os.getpid()  # nothing of the exec left among this process's children either
-    assert not [pid for pid in live_children() if alive(pid)]
+    assert left_over() == []  # nothing of the exec left among this process's children either
 
 
 async def test_workdir_is_where_the_command_and_an_exec_start(

@@ -79,7 +79,6 @@ from squish.runtime import (
     DEFAULT_EXEC_TIMEOUT,
     DEFAULT_HOST_IP,
     DEFAULT_STOP_GRACE,
-    EXEC_OUTPUT_LIMIT,
     HELPER_ENV,
     Container,
     ContainerSpec,
@@ -90,6 +89,7 @@ from squish.runtime import (
     PortForward,
 )
 from squish.runtime.bwrap import HandshakeFds, args_data, bwrap_argv, container_env
+from squish.runtime.execs import ExecServer
 from squish.runtime.kernel import Kernel, LinuxKernel
 from squish.runtime.logs import (
     DEFAULT_KEEP,
@@ -258,6 +258,7 @@ class BwrapRuntime:
         self._net: NetworkHost | None = None
         self._nets_made = 0
         self._net_lock = anyio.Lock()
+        self._execs = ExecServer(self._kernel)
         # bwrap's argv[0], which its sandbox keeps until it runs the command
         # (and then as its pid 1): how a later owner of run_dir finds them.
         self._mark = f"bwrap-{secrets.token_hex(8)}"
@@ -301,6 +302,7 @@ class BwrapRuntime:
             if self._net is not None:
                 await self._net.close()
                 self._net = None
+            self._execs.close()
         self._exits.close()
         return await self._exit_stack.__aexit__(exc_type, exc, tb)
 
@@ -860,7 +862,10 @@ class BwrapRuntime:
             raise RuntimeFailure(f"{container.name}: cannot exec while {container.state}")
         if not argv:
             raise RuntimeFailure(f"{container.name}: exec needs a command")
-        return await _exec_in(self._kernel, container.init_pid, container.spec, argv, timeout)
+        spec = container.spec
+        return await self._execs.run(
+            container.init_pid, argv, container_env(spec), spec.workdir, timeout
+        )
 
     # -- ports -----------------------------------------------------------
 
@@ -883,102 +888,6 @@ class BwrapRuntime:
             await self._add_forward(live, port)
         container.ports = tuple(live.forwards)
         return self._snapshot(live)
-
-
-_EXEC_HELPER = Path(__file__).with_name("exec_helper.py")
-# Past the command's own timeout (enforced by the helper), how long before
-# the helper itself is killed.
-_EXEC_GRACE = 5.0
-
-
-async def _exec_in(
-    kernel: Kernel, init_pid: int, spec: ContainerSpec, argv: Sequence[str], timeout: float
-) -> ExecResult:
-    """Run ``argv`` in the sandbox whose pid 1 is ``init_pid`` (see exec_helper)."""
-    # A file, not a pipe: an env of 128 KiB would fill a pipe first.
-    request = _memfd(
-        "exec",
-        json.dumps({"argv": list(argv), "env": container_env(spec), "cwd": spec.workdir}).encode(),
-    )
-    out_r, out_w = os.pipe2(os.O_CLOEXEC)
-    began = time.perf_counter()
-    try:
-        # In the loop's thread: PDEATHSIG follows the spawning thread.
-        helper = subprocess.Popen(  # noqa: ASYNC220
-            [
-                sys.executable,
-                "-S",
-                str(_EXEC_HELPER),
-                str(os.getpid()),
-                str(init_pid),
-                f"{timeout:.3f}",
-            ],
-            stdin=request,
-            stdout=out_w,
-            stderr=out_w,
-            env=HELPER_ENV,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        os.close(out_r)
-        raise RuntimeFailure(f"{spec.name}: cannot exec: {exc}") from exc
-    finally:
-        os.close(request)
-        os.close(out_w)
-    pidfd = kernel.pidfd_open(helper.pid)
-    output = bytearray()
-    truncated = False
-    os.set_blocking(out_r, False)
-
-    def drain() -> bool:
-        """Read what is there; False at end of file."""
-        nonlocal truncated
-        while True:
-            try:
-                chunk = os.read(out_r, 65536)
-            except BlockingIOError:
-                return True
-            if not chunk:
-                return False
-            room = EXEC_OUTPUT_LIMIT - len(output)
-            output.extend(chunk[:room])
-            truncated = truncated or len(chunk) > room
-
-    try:
-        with anyio.move_on_after(timeout + _EXEC_GRACE):
-            async with anyio.create_task_group() as tg:
-
-                async def read() -> None:
-                    while drain():
-                        await anyio.wait_readable(out_r)
-
-                tg.start_soon(read)
-                await anyio.wait_readable(pidfd)
-                tg.cancel_scope.cancel()  # what a leftover child still holds open is not ours
-        if helper.poll() is None:
-            helper.kill()
-            helper.wait()
-        drain()
-    finally:
-        if helper.poll() is None:
-            # Cancelled: it ends the command's whole group and reaps it first.
-            helper.terminate()
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_KILL_WAIT):
-                await anyio.wait_readable(pidfd)
-            if helper.poll() is None:
-                helper.kill()
-            helper.wait()
-        os.close(pidfd)
-        os.close(out_r)
-    code = helper.returncode
-    code = code if code >= 0 else 128 - code
-    return ExecResult(
-        exit_code=code,
-        output=output.decode(errors="replace"),
-        seconds=time.perf_counter() - began,
-        timed_out=code == 124 and output.endswith(f"timed out after {timeout:g} s\n".encode()),
-        truncated=truncated,
-    )
 
 
 def _args_file(args: Sequence[str]) -> int:
