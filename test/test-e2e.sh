@@ -290,6 +290,8 @@ command = "/bin/sh"
 args = ["-c", "id > /data/id; exec sleep 1000"]
 user = "1000:1000"
 workdir = "/data"
+[limits]
+nofile = 256
 EOF
 eventually "a container with run.user runs as that user" \
   eval "grep -q '^uid=1000 gid=1000' '$work/userdata/id'"
@@ -297,6 +299,12 @@ check "what it writes to an rw bind is the daemon's user's outside" \
   test "$(stat -c %u "$work/userdata/id")" = "$(id -u)"
 check "exec runs as the container's user, in its workdir" \
   eval "[ \"\$(squish exec runas /bin/sh -c 'id -u; pwd')\" = \"\$(printf '1000\n/data')\" ]"
+check "its limits hold for its processes and execs" \
+  eval "[ \"\$(squish exec runas /bin/sh -c 'ulimit -n')\" = 256 ]"
+printf '[run]\ncommand = "sleep"\n[limits]\nmemory = "512M"\n' > "$work/memory.toml"
+status_is "validate refuses memory limits" 1 squish validate "$work/memory.toml"
+check "saying they are not supported yet, and why" \
+  grep -q 'limits.memory: memory limits are not supported yet (they need cgroup v2' "$work/err"
 rm "$manifests/runas.toml"
 
 # -- kill -9 of the daemon --------------------------------------------------------

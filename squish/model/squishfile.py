@@ -55,6 +55,7 @@ from pydantic_core import ErrorDetails
 
 from squish.errors import ManifestError, ManifestProblem
 from squish.model.duration import parse_duration
+from squish.model.limits import LimitError, parse_limits
 from squish.model.placement import (
     Placement,
     label_key_problem,
@@ -233,6 +234,8 @@ class Squishfile:
     health: Health | None = None
     # What must hold before it starts; not part of the spec (see _spec).
     depends_on: tuple[Dependency, ...] = ()
+    # [limits]: (name, soft, hard) of each rlimit set, by name.
+    limits: tuple[tuple[str, int, int], ...] = ()
     # Which nodes of a fleet may run it; not part of the spec (see _spec).
     placement: Placement = field(default_factory=Placement)
 
@@ -244,6 +247,7 @@ class Squishfile:
         object.__setattr__(self, "ports", tuple(self.ports))
         object.__setattr__(self, "networks", tuple(self.networks))
         object.__setattr__(self, "depends_on", tuple(self.depends_on))
+        object.__setattr__(self, "limits", tuple(self.limits))
         if not isinstance(self.env, MappingProxyType):
             object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
 
@@ -289,6 +293,8 @@ class Squishfile:
             spec["workdir"] = self.workdir
         if self.uid or self.gid:
             spec["user"] = [self.uid, self.gid]
+        if self.limits:
+            spec["limits"] = [list(limit) for limit in self.limits]
         if self.health is not None:
             spec["health"] = {
                 "command": list(self.health.command),
@@ -848,6 +854,7 @@ class _RawSquishfile(_Raw):
     restart: _RawRestart = Field(default_factory=_RawRestart)
     health: _RawHealth | None = None
     depends_on: dict[_ContainerName, _RawDependency] = Field(default_factory=dict)
+    limits: dict[str, Any] = Field(default_factory=dict)
     placement: _RawPlacement = Field(default_factory=_RawPlacement)
 
 
@@ -1027,6 +1034,11 @@ def _resolve(
         )
     if name in raw.depends_on:
         problems.append(_Problem(("depends_on", name), "a container cannot depend on itself"))
+    limits: tuple[tuple[str, int, int], ...] = ()
+    try:
+        limits = parse_limits(raw.limits)
+    except LimitError as exc:
+        problems.append(_Problem(("limits", exc.key), str(exc)))
     return Squishfile(
         name=name,
         base=base,
@@ -1055,6 +1067,7 @@ def _resolve(
             Dependency(dependency, raw_dependency.condition, raw_dependency.restart)
             for dependency, raw_dependency in raw.depends_on.items()
         ),
+        limits=limits,
         placement=Placement(tuple(raw.placement.nodes or ()), raw.placement.labels),
     )
 

@@ -7,6 +7,7 @@ layers it joins: the manifest model, the layer store and the runtime types.
 from __future__ import annotations
 
 from squish.layers import LayerStore
+from squish.model.limits import LIMITS
 from squish.model.squishfile import Squishfile
 from squish.runtime import ContainerSpec, PortForward
 
@@ -30,4 +31,7 @@ def container_spec(squishfile: Squishfile, store: LayerStore) -> ContainerSpec:
         workdir=squishfile.workdir,
         uid=squishfile.uid,
         gid=squishfile.gid,
+        rlimits=tuple(
+            (name, LIMITS[name][0], soft, hard) for name, soft, hard in squishfile.limits
+        ),
     )

@@ -77,6 +77,8 @@ class ContainerSpec:
     workdir: str = "/"  # where the command starts (it must exist in the rootfs)
     uid: int = 0  # the command's user and group inside; 0 is the runtime's user outside
     gid: int = 0
+    # Resource limits of its processes: (name, RLIMIT_*, soft, hard) each.
+    rlimits: tuple[tuple[str, int, int, int], ...] = ()
     # Named networks it joins (``squish.runtime.networks``); none: a
     # slirp4netns of its own, reachable only through its forwards.
     networks: tuple[str, ...] = ()

@@ -56,6 +56,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -472,7 +473,8 @@ class BwrapRuntime:
                 handshake = HandshakeFds(info_w, block_child, block_child)
             else:
                 handshake = HandshakeFds(info_w, block=block_child)
-                os.write(block, b"1")  # nothing to wait for: set up at full speed
+                if not spec.rlimits:
+                    os.write(block, b"1")  # nothing to wait for: set up at full speed
             # Each source opened once, as checked, and bound from that fd.
             pinned = Pinned()
             try:
@@ -530,15 +532,18 @@ class BwrapRuntime:
             live = _Live(container, monitor, monitor_pidfd, _SandboxInfo(info_r), run_dir)
             live.shared = shared
             shared = None  # released by _abort or _watch from here on
+            if live.shared is not None or spec.network or spec.rlimits:
+                if await self._wait_init(live) is None:
+                    await self._wait_gone(live)
+                    raise RuntimeFailure(f"{spec.name}: bwrap failed: {_pending_complaint(log_r)}")
+                # Before anything lets the command go: its processes inherit them.
+                _set_limits(spec, container.init_pid)
             if live.shared is not None:
-                if await self._wait_init(live) is None:
-                    await self._wait_gone(live)
-                    raise RuntimeFailure(f"{spec.name}: bwrap failed: {_pending_complaint(log_r)}")
                 await self._join_networks(live, live.shared, block)
-            elif spec.network:
-                if await self._wait_init(live) is None:
-                    await self._wait_gone(live)
-                    raise RuntimeFailure(f"{spec.name}: bwrap failed: {_pending_complaint(log_r)}")
+            elif not spec.network:
+                if spec.rlimits:
+                    os.write(block, b"1")
+            else:
                 try:
                     await self._connect(live, block)
                 except RuntimeFailure as exc:
@@ -864,7 +869,12 @@ class BwrapRuntime:
             raise RuntimeFailure(f"{container.name}: exec needs a command")
         spec = container.spec
         return await self._execs.run(
-            container.init_pid, argv, container_env(spec), spec.workdir, timeout
+            container.init_pid,
+            argv,
+            env=container_env(spec),
+            cwd=spec.workdir,
+            timeout=timeout,
+            rlimits=[(rlimit, soft, hard) for _, rlimit, soft, hard in spec.rlimits],
         )
 
     # -- ports -----------------------------------------------------------
@@ -1021,6 +1031,24 @@ async def _start_udp_relay(
         relay.wait()
         raise RuntimeFailure(f"cannot forward {port.describe(ip)}: the UDP relay failed to start")
     return relay
+
+
+def _set_limits(spec: ContainerSpec, init_pid: int | None) -> None:
+    """Set ``spec``'s rlimits on the sandbox's pid 1, which forks the command."""
+    assert init_pid is not None
+    for name, rlimit, soft, hard in spec.rlimits:
+        try:
+            resource.prlimit(init_pid, rlimit, (soft, hard))
+        except (ValueError, PermissionError) as exc:
+            ours = resource.getrlimit(rlimit)[1]
+            shown = "unlimited" if ours == resource.RLIM_INFINITY else str(ours)
+            raise RuntimeFailure(
+                f"{spec.name}: cannot set limits.{name}: its hard limit is above the daemon's "
+                f"({shown}); raise the daemon's (ulimit -H, or LimitNOFILE= and the like "
+                f"in its unit) or lower it ({exc})"
+            ) from None
+        except ProcessLookupError:
+            return  # the sandbox is gone; the start fails on its own
 
 
 def _mapped(pid: int) -> bool:

@@ -40,12 +40,14 @@ import ctypes
 import fcntl
 import json
 import os
+import resource
 import select
 import shutil
 import signal
 import socket
 import sys
 import time
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NO_NEW_PRIVS = 38
@@ -154,7 +156,7 @@ def drop_privileges() -> None:
     _check(_libc.capset(ctypes.byref(header), data), "capset")
 
 
-def run(argv: list[str], env: dict[str, str], cwd: str, timeout: float, ctl: socket.socket) -> int:
+def run(request: dict[str, Any], ctl: socket.socket) -> int:
     """Run the command; its exit status, once it ended, timed out, or ``ctl`` was shut.
 
     The runner makes itself what the command must be (no capabilities,
@@ -165,7 +167,17 @@ def run(argv: list[str], env: dict[str, str], cwd: str, timeout: float, ctl: soc
     SIGPIPE). It has only fds 0 to 2: everything else here is close-on-exec.
     Being in the container's pid namespace, it dies with the container.
     """
+    argv: list[str] = list(request["argv"])
+    env: dict[str, str] = dict(request["env"])
+    cwd: str = request.get("cwd", "/")
+    timeout = float(request["timeout"])
     drop_privileges()
+    try:
+        for rlimit, soft, hard in request.get("rlimits", []):  # the container's, as it started
+            resource.setrlimit(rlimit, (soft, hard))
+    except (OSError, ValueError) as exc:
+        _say(f"cannot set the container's limits: {exc}")
+        return 125
     try:
         os.chdir(cwd)
     except OSError as exc:
@@ -252,13 +264,7 @@ def runner(server: int, request_fd: int, out: int, ctl: socket.socket) -> int:
         # Joined as root of its user namespace: so the privileges stay, and
         # the credentials change, PDEATHSIG is armed again.
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        code = run(
-            list(request["argv"]),
-            dict(request["env"]),
-            request.get("cwd", "/"),
-            float(request["timeout"]),
-            ctl,
-        )
+        code = run(request, ctl)
     ctl.sendall(f"{code}\n".encode())
     return code
 

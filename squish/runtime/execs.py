@@ -90,11 +90,16 @@ class ExecServer:
         self,
         sandbox: int,
         argv: Sequence[str],
+        *,
         env: Mapping[str, str],
         cwd: str,
         timeout: float,
+        rlimits: Sequence[tuple[int, int, int]] = (),
     ) -> ExecResult:
-        """Run ``argv`` in the sandbox whose pid 1 is ``sandbox``, within ``timeout``."""
+        """Run ``argv`` in the sandbox whose pid 1 is ``sandbox``, within ``timeout``.
+
+        ``rlimits``: (RLIMIT_*, soft, hard) for the command, as the container's.
+        """
         requests = self._server()
         # A file, not the message: an env of 128 KiB is more than a datagram.
         request = os.memfd_create("exec", os.MFD_CLOEXEC)
@@ -104,7 +109,7 @@ class ExecServer:
         try:
             data = json.dumps(
                 {"sandbox": sandbox, "argv": list(argv), "env": dict(env), "cwd": cwd}
-                | {"timeout": timeout}
+                | {"timeout": timeout, "rlimits": [list(limit) for limit in rlimits]}
             ).encode()
             while data:
                 data = data[os.write(request, data) :]
