@@ -4,12 +4,17 @@ Run as an ordinary user (squish is rootless):
 
     .venv/bin/python bench/start_latency.py -n 100
 
-Three series, interleaved so that machine noise hits them alike:
+Five series, interleaved so that machine noise hits them alike:
 
 - ``bwrap``: raw bwrap with the same isolation squish uses (all namespaces,
   fresh /proc, /dev and /tmp, the built-in base read-only), spawned from
   Python with ``subprocess.Popen``: the anchor.
-- ``squish``: ``BwrapRuntime.start`` of a ``network = "none"`` container.
+- ``bwrap + filter``: the same with squish's default seccomp filter
+  (``--seccomp``), the anchor of squish's default start.
+- ``squish``: ``BwrapRuntime.start`` of a ``network = "none"`` container
+  (with the default seccomp filter, as every container has by default).
+- ``squish unconfined``: the same with ``seccomp = "unconfined"``: what the
+  filter costs a start is the ratio of the two.
 - ``squish+net``: ``BwrapRuntime.start`` with slirp4netns and one TCP
   forward, until busybox httpd answers an HTTP request through the forward.
 
@@ -36,6 +41,7 @@ from stats import median_p90
 from squish.layers import LayerStore, Mount
 from squish.runtime import DEFAULT_PATH, ContainerSpec, PortForward
 from squish.runtime.bwrap_runtime import BwrapRuntime
+from squish.runtime.seccomp import default_filter
 
 READY = "/mnt/ready"
 
@@ -92,11 +98,22 @@ class Fifo:
         self.path.unlink(missing_ok=True)
 
 
-async def time_raw(rootfs: Path, bench_dir: Path) -> float:
+async def time_raw(rootfs: Path, bench_dir: Path, *, seccomp: bool = False) -> float:
     fifo = Fifo(bench_dir)
+    argv = raw_bwrap_argv(rootfs, bench_dir)
+    passed: tuple[int, ...] = ()
     try:
         started = time.perf_counter()
-        process = subprocess.Popen(raw_bwrap_argv(rootfs, bench_dir))
+        if seccomp:
+            # The same filter squish gives, in a memfd bwrap reads and closes.
+            program = os.memfd_create("seccomp")
+            os.write(program, default_filter())
+            os.lseek(program, 0, os.SEEK_SET)
+            passed = (program,)
+            argv[1:1] = ["--seccomp", str(program)]
+        process = subprocess.Popen(argv, pass_fds=passed)
+        for fd in passed:
+            os.close(fd)
         ready = await fifo.wait()
         process.kill()
         process.wait()
@@ -105,7 +122,9 @@ async def time_raw(rootfs: Path, bench_dir: Path) -> float:
         fifo.close()
 
 
-async def time_squish(runtime: BwrapRuntime, rootfs: Path, bench_dir: Path) -> float:
+async def time_squish(
+    runtime: BwrapRuntime, rootfs: Path, bench_dir: Path, *, seccomp: bool = True
+) -> float:
     fifo = Fifo(bench_dir)
     spec = ContainerSpec(
         name="bench",
@@ -114,6 +133,7 @@ async def time_squish(runtime: BwrapRuntime, rootfs: Path, bench_dir: Path) -> f
         args=("-c", f"echo > {READY}; exec sleep 1000"),
         mounts=(Mount(bench_dir, "/mnt", rw=True),),
         network=False,
+        seccomp=seccomp,
     )
     try:
         started = time.perf_counter()
@@ -181,17 +201,29 @@ async def main() -> None:
         site = work / "site"
         site.mkdir()
         (site / "index.html").write_text("ok\n")
-        series: dict[str, list[float]] = {"bwrap": [], "squish": [], "squish+net": []}
+        series: dict[str, list[float]] = {
+            "bwrap": [],
+            "bwrap + filter": [],
+            "squish": [],
+            "squish unconfined": [],
+            "squish+net": [],
+        }
         async with BwrapRuntime(run_dir=work / "run", log_dir=work / "logs") as runtime:
             for _ in range(3):  # warm caches for every series
                 await time_raw(rootfs, bench_dir)
+                await time_raw(rootfs, bench_dir, seccomp=True)
                 await time_squish(runtime, rootfs, bench_dir)
+                await time_squish(runtime, rootfs, bench_dir, seccomp=False)
                 await time_networked(runtime, rootfs, site)
             for _ in range(args.n):
                 # A start that never comes is a failure to report, not a hang.
                 with anyio.fail_after(10):
                     series["bwrap"].append(await time_raw(rootfs, bench_dir))
+                    series["bwrap + filter"].append(await time_raw(rootfs, bench_dir, seccomp=True))
                     series["squish"].append(await time_squish(runtime, rootfs, bench_dir))
+                    series["squish unconfined"].append(
+                        await time_squish(runtime, rootfs, bench_dir, seccomp=False)
+                    )
                     series["squish+net"].append(await time_networked(runtime, rootfs, site))
     anchor, _ = summary(series["bwrap"])
     rows = []
@@ -209,12 +241,17 @@ async def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'series':<12} {'n':>4} {'median ms':>10} {'p90 ms':>8} {'x bwrap':>8}")
+    print(f"{'series':<18} {'n':>4} {'median ms':>10} {'p90 ms':>8} {'x bwrap':>8}")
     for row in rows:
         print(
-            f"{row['series']:<12} {row['n']:>4} {row['median_ms']:>10.2f} "
+            f"{row['series']:<18} {row['n']:>4} {row['median_ms']:>10.2f} "
             f"{row['p90_ms']:>8.2f} {row['ratio_to_bwrap']:>8.2f}"
         )
+    confined, _ = summary(series["squish"])
+    unconfined, _ = summary(series["squish unconfined"])
+    filtered, _ = summary(series["bwrap + filter"])
+    print(f"the default seccomp filter: {confined / unconfined:.2f}x a start without it")
+    print(f"squish with it: {confined / filtered:.2f}x bwrap with the same filter")
 
 
 if __name__ == "__main__":

@@ -307,6 +307,30 @@ check "saying they are not supported yet, and why" \
   grep -q 'limits.memory: memory limits are not supported yet (they need cgroup v2' "$work/err"
 rm "$manifests/runas.toml"
 
+# -- seccomp -------------------------------------------------------------------------
+cat > "$manifests/filtered.toml" <<EOF
+network = "none"
+[run]
+command = "sleep"
+args = ["1000"]
+EOF
+cat > "$manifests/unfiltered.toml" <<EOF
+network = "none"
+[run]
+command = "sleep"
+args = ["1000"]
+[security]
+seccomp = "unconfined"
+EOF
+eventually "two containers, one with the default seccomp filter, one unconfined" \
+  eval "squish ps | grep -q ' filtered ' && squish ps | grep -q ' unfiltered '"
+check "the default filter refuses a user namespace from inside" \
+  eval "squish exec filtered sh -c 'unshare -U true 2>&1; echo rc=\$?' | grep -q 'unshare(0x10000000): Operation not permitted'"
+check "unconfined, the kernel allows it" squish exec unfiltered unshare -U true
+check "the filter is on the container's own processes too" \
+  eval "[ \"\$(grep -c '^Seccomp:.2' /proc/\$(ps_field filtered pid)/status)\" = 1 ]"
+rm "$manifests/filtered.toml" "$manifests/unfiltered.toml"
+
 # -- kill -9 of the daemon --------------------------------------------------------
 before=$(descendants "$daemon_pid" | sort -u)
 check "the daemon has container processes" test -n "$before"

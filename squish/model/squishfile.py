@@ -93,6 +93,7 @@ HealthAction = Literal["none", "restart"]
 DependCondition = Literal["started", "healthy", "completed"]
 DEPEND_CONDITIONS: tuple[DependCondition, ...] = ("started", "healthy", "completed")
 Network = Literal["slirp4netns", "none"]
+Seccomp = Literal["default", "unconfined"]
 
 # Layers with these names are the base rootfs, mounted at "/".
 BASE_LAYER_NAMES = ("alpine", "base")
@@ -236,6 +237,8 @@ class Squishfile:
     depends_on: tuple[Dependency, ...] = ()
     # [limits]: (name, soft, hard) of each rlimit set, by name.
     limits: tuple[tuple[str, int, int], ...] = ()
+    # [security] seccomp: the default filter, or none.
+    seccomp: Seccomp = "default"
     # Which nodes of a fleet may run it; not part of the spec (see _spec).
     placement: Placement = field(default_factory=Placement)
 
@@ -295,6 +298,8 @@ class Squishfile:
             spec["user"] = [self.uid, self.gid]
         if self.limits:
             spec["limits"] = [list(limit) for limit in self.limits]
+        if self.seccomp != "default":
+            spec["seccomp"] = self.seccomp
         if self.health is not None:
             spec["health"] = {
                 "command": list(self.health.command),
@@ -839,6 +844,10 @@ class _RawHealth(_Raw):
     on_failure: HealthAction = "none"
 
 
+class _RawSecurity(_Raw):
+    seccomp: Seccomp = "default"
+
+
 class _RawPlacement(_Raw):
     nodes: _NodePatterns | None = None
     labels: dict[_LabelKey, _LabelValue] = Field(default_factory=dict)
@@ -855,6 +864,7 @@ class _RawSquishfile(_Raw):
     health: _RawHealth | None = None
     depends_on: dict[_ContainerName, _RawDependency] = Field(default_factory=dict)
     limits: dict[str, Any] = Field(default_factory=dict)
+    security: _RawSecurity = Field(default_factory=_RawSecurity)
     placement: _RawPlacement = Field(default_factory=_RawPlacement)
 
 
@@ -948,6 +958,8 @@ def _allowed_keys(parent: tuple[int | str, ...]) -> list[str]:
             model = _RawDependency
         case ("placement",):
             model = _RawPlacement
+        case ("security",):
+            model = _RawSecurity
         case ("layers", str()):
             model = _RawLayer
         case ("ports", int()):
@@ -1068,6 +1080,7 @@ def _resolve(
             for dependency, raw_dependency in raw.depends_on.items()
         ),
         limits=limits,
+        seccomp=raw.security.seccomp,
         placement=Placement(tuple(raw.placement.nodes or ()), raw.placement.labels),
     )
 

@@ -34,4 +34,5 @@ def container_spec(squishfile: Squishfile, store: LayerStore) -> ContainerSpec:
         rlimits=tuple(
             (name, LIMITS[name][0], soft, hard) for name, soft, hard in squishfile.limits
         ),
+        seccomp=squishfile.seccomp == "default",
     )

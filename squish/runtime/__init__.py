@@ -79,6 +79,7 @@ class ContainerSpec:
     gid: int = 0
     # Resource limits of its processes: (name, RLIMIT_*, soft, hard) each.
     rlimits: tuple[tuple[str, int, int, int], ...] = ()
+    seccomp: bool = True  # the default seccomp filter (squish.runtime.seccomp); False: none
     # Named networks it joins (``squish.runtime.networks``); none: a
     # slirp4netns of its own, reachable only through its forwards.
     networks: tuple[str, ...] = ()

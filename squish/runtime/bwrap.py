@@ -57,6 +57,7 @@ class HandshakeFds:
     userns_block: int | None = None
     block: int | None = None
     userns: int | None = None  # join this user namespace instead of making one
+    seccomp: int | None = None  # the seccomp filter (BPF) to load before the command
 
 
 def container_env(spec: ContainerSpec) -> dict[str, str]:
@@ -111,6 +112,8 @@ def bwrap_argv(
         argv += ["--userns-block-fd", str(fds.userns_block)]
     if fds.block is not None:
         argv += ["--block-fd", str(fds.block)]
+    if fds.seccomp is not None:
+        argv += ["--seccomp", str(fds.seccomp)]
     argv += ["--hostname", spec.name]
     specials = [
         Special("/proc", "proc"),

@@ -102,6 +102,7 @@ from squish.runtime.logs import (
 )
 from squish.runtime.mounts import Pinned, pin
 from squish.runtime.networks import Network, NetworkHost
+from squish.runtime.seccomp import default_filter
 from squish.runtime.slirp import Slirp
 
 # How long stop() looks for pid 2 when called right after start(), before
@@ -259,7 +260,7 @@ class BwrapRuntime:
         self._net: NetworkHost | None = None
         self._nets_made = 0
         self._net_lock = anyio.Lock()
-        self._execs = ExecServer(self._kernel)
+        self._execs = ExecServer(self._kernel, default_filter)
         # bwrap's argv[0], which its sandbox keeps until it runs the command
         # (and then as its pid 1): how a later owner of run_dir finds them.
         self._mark = f"bwrap-{secrets.token_hex(8)}"
@@ -273,6 +274,10 @@ class BwrapRuntime:
                 raise RuntimeFailure(f"{tool} is not installed (run scripts/setup as root)")
         self._bwrap_path = found[self.bwrap] or self.bwrap
         self._slirp_path = found[self.slirp4netns] or self.slirp4netns
+        try:
+            default_filter()  # built once, here: the first start need not wait for it
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot build the default seccomp filter: {exc}") from exc
         self._kernel.become_subreaper()
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -475,6 +480,12 @@ class BwrapRuntime:
                 handshake = HandshakeFds(info_w, block=block_child)
                 if not spec.rlimits:
                     os.write(block, b"1")  # nothing to wait for: set up at full speed
+            if spec.seccomp:
+                # bwrap reads it, loads it before the command, and closes it.
+                filter_fd = _memfd("seccomp", default_filter())
+                fds.append(filter_fd)
+                child_fds.append(filter_fd)
+                handshake = replace(handshake, seccomp=filter_fd)
             # Each source opened once, as checked, and bound from that fd.
             pinned = Pinned()
             try:
@@ -875,6 +886,7 @@ class BwrapRuntime:
             cwd=spec.workdir,
             timeout=timeout,
             rlimits=[(rlimit, soft, hard) for _, rlimit, soft, hard in spec.rlimits],
+            seccomp=spec.seccomp,
         )
 
     # -- ports -----------------------------------------------------------

@@ -30,7 +30,7 @@ runtime shuts the channel (it gave up on the exec), the runner ends the
 command's group the same way, reaps it, and says so: nothing is left as a
 zombie.
 
-Usage: exec_helper.py PARENT_PID  (stdin: the socket)
+Usage: exec_helper.py PARENT_PID SECCOMP_FD  (stdin: the socket; the fd: the default filter)
 """
 
 from __future__ import annotations
@@ -178,6 +178,12 @@ def run(request: dict[str, Any], ctl: socket.socket) -> int:
     except (OSError, ValueError) as exc:
         _say(f"cannot set the container's limits: {exc}")
         return 125
+    if request.get("seccomp", True):
+        try:
+            _load_filter()  # the container's own, after no_new_privs (which it needs)
+        except OSError as exc:
+            _say(f"cannot load the container's seccomp filter: {exc}")
+            return 125
     try:
         os.chdir(cwd)
     except OSError as exc:
@@ -223,6 +229,25 @@ def run(request: dict[str, Any], ctl: socket.socket) -> int:
             return 128 + signal.SIGTERM
         _say(f"timed out after {timeout:g} s")
         return TIMED_OUT
+
+
+class _SockFilterProgram(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+
+_PR_SET_SECCOMP = 22
+_SECCOMP_MODE_FILTER = 2
+_FILTER = b""  # the default seccomp filter (BPF), read at the server's start
+
+
+def _load_filter() -> None:
+    if not _FILTER:
+        raise OSError("the exec server was given no filter")
+    program = _SockFilterProgram(len(_FILTER) // 8, _FILTER)
+    _check(
+        _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(program), 0, 0),
+        "seccomp",
+    )
 
 
 def _say(line: str) -> None:
@@ -308,7 +333,12 @@ def serve(requests: socket.socket) -> None:
 
 
 def main(args: list[str]) -> int:
+    global _FILTER  # noqa: PLW0603 (read once, before any runner is forked)
     parent = int(args[0])
+    if len(args) > 1:
+        seccomp = int(args[1])
+        _FILTER = _read_all(seccomp)
+        os.close(seccomp)
     _check(_libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
     if os.getppid() != parent:
         return 1  # the runtime died before PDEATHSIG was armed

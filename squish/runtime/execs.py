@@ -24,7 +24,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import anyio
@@ -41,8 +41,9 @@ _TIMED_OUT = 124
 
 
 class ExecServer:
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: Kernel, seccomp_filter: Callable[[], bytes]) -> None:
         self._kernel = kernel
+        self._filter = seccomp_filter
         self._process: subprocess.Popen[bytes] | None = None
         self._requests: socket.socket | None = None
 
@@ -53,13 +54,21 @@ class ExecServer:
             return self._requests
         self.close()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # The default seccomp filter, read once by the server, loaded by the
+        # runners of containers that have it.
+        seccomp = os.memfd_create("seccomp", os.MFD_CLOEXEC)
         try:
+            data = self._filter()
+            while data:
+                data = data[os.write(seccomp, data) :]
+            os.lseek(seccomp, 0, os.SEEK_SET)
             # Its stderr is the runtime's (the daemon's log): what a runner
             # says goes to its exec's output, so only the server's own
             # failure would show there.
             self._process = subprocess.Popen(
-                [sys.executable, "-S", str(_HELPER), str(os.getpid())],
+                [sys.executable, "-S", str(_HELPER), str(os.getpid()), str(seccomp)],
                 stdin=theirs.fileno(),
+                pass_fds=(seccomp,),
                 stdout=subprocess.DEVNULL,
                 env=HELPER_ENV,
                 start_new_session=True,
@@ -69,6 +78,7 @@ class ExecServer:
             raise RuntimeFailure(f"cannot start the exec helper: {exc}") from exc
         finally:
             theirs.close()
+            os.close(seccomp)
         ours.setblocking(False)
         self._requests = ours
         return ours
@@ -95,10 +105,12 @@ class ExecServer:
         cwd: str,
         timeout: float,
         rlimits: Sequence[tuple[int, int, int]] = (),
+        seccomp: bool = True,
     ) -> ExecResult:
         """Run ``argv`` in the sandbox whose pid 1 is ``sandbox``, within ``timeout``.
 
-        ``rlimits``: (RLIMIT_*, soft, hard) for the command, as the container's.
+        ``rlimits``: (RLIMIT_*, soft, hard) for the command, as the container's;
+        ``seccomp``: whether it gets the default seccomp filter, as the container.
         """
         requests = self._server()
         # A file, not the message: an env of 128 KiB is more than a datagram.
@@ -110,6 +122,7 @@ class ExecServer:
             data = json.dumps(
                 {"sandbox": sandbox, "argv": list(argv), "env": dict(env), "cwd": cwd}
                 | {"timeout": timeout, "rlimits": [list(limit) for limit in rlimits]}
+                | {"seccomp": seccomp}
             ).encode()
             while data:
                 data = data[os.write(request, data) :]
