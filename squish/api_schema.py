@@ -193,6 +193,25 @@ class Network(TypedDict):
     """The containers on it now, by address."""
 
 
+class Volume(TypedDict):
+    """A named volume of the node (``squish volume ls``, ``inspect``)."""
+
+    name: str
+    path: str
+    """The host directory containers mount."""
+    created_at: float
+    containers: list[str]
+    """The squishfiles that name it (its last good version, for an invalid one)."""
+    size: int | None
+    """Bytes of its files (``inspect``; ``None`` in a listing: walking every volume
+    costs)."""
+
+
+class VolumePrune(TypedDict):
+    removed: list[Volume]
+    """The volumes no squishfile named, removed (with their size then)."""
+
+
 class Event(TypedDict):
     """One line of ``squish events``.
 

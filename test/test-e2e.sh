@@ -331,6 +331,31 @@ check "the filter is on the container's own processes too" \
   eval "[ \"\$(grep -c '^Seccomp:.2' /proc/\$(ps_field filtered pid)/status)\" = 1 ]"
 rm "$manifests/filtered.toml" "$manifests/unfiltered.toml"
 
+# -- named volumes -----------------------------------------------------------------
+cat > "$manifests/keeper.toml" <<EOF
+network = "none"
+[run]
+command = "/bin/sh"
+args = ["-c", "date +%s%N >> /data/starts; exec sleep 1000"]
+[volumes]
+kept = "/data"
+EOF
+eventually "a container with a volume runs" eval "squish ps | grep -q ' keeper '"
+check "volume ls lists it with who names it" \
+  eval "squish volume ls | grep -Eq '^kept +[0-9]+s +keeper$'"
+sed -i 's/sleep 1000/sleep 1001/' "$manifests/keeper.toml"
+eventually "its replacement finds what the first one wrote" \
+  eval "[ \"\$(squish exec keeper sh -c 'wc -l < /data/starts' 2>/dev/null)\" = 2 ]"
+status_is "volume rm is refused while a squishfile names it" 1 squish volume rm kept
+check "naming who" grep -q 'volume kept is used by keeper' "$work/err"
+check "volume inspect has its size" \
+  eval "squish volume inspect kept | python3 -c \"import json,sys; v=json.load(sys.stdin)[0]; assert v['size'] > 0 and v['containers'] == ['keeper']\""
+rm "$manifests/keeper.toml"
+eventually "the container goes with its squishfile" eval "! squish ps -a | grep -q ' keeper '"
+check "the volume stays" eval "squish volume ls | grep -q '^kept '"
+check "prune removes what no squishfile names" eval "[ \"\$(squish volume prune 2>/dev/null)\" = kept ]"
+check "and it is gone" eval "! squish volume ls | grep -q '^kept '"
+
 # -- kill -9 of the daemon --------------------------------------------------------
 before=$(descendants "$daemon_pid" | sort -u)
 check "the daemon has container processes" test -n "$before"

@@ -25,19 +25,22 @@ from squish.layers import LayerStore
 from squish.model.squishfile import Squishfile
 from squish.reconcile.plan import Backoff
 from squish.reconcile.reconciler import Reconciler
+from squish.reconcile.spec import volume_mounts
 from squish.reconcile.status import Phase
 from squish.runtime import ContainerSpec, PortForward
 from squish.runtime.fake import FakeRuntime
 from squish.sources.directory import DirectorySource
 
 
-def resolve(squishfile: Squishfile, _store: LayerStore) -> ContainerSpec:
-    """The container spec without touching any layer (the fake runtime mounts nothing)."""
+def resolve(squishfile: Squishfile, store: LayerStore) -> ContainerSpec:
+    """The container spec without touching any layer (the fake runtime mounts nothing);
+    its volumes are made, as the daemon makes them."""
     return ContainerSpec(
         name=squishfile.name,
         rootfs=Path("/rootfs"),
         command=squishfile.command,
         args=squishfile.args,
+        mounts=volume_mounts(squishfile, store),
         env=dict(squishfile.env),
         ports=tuple(
             PortForward(p.host, p.container, p.protocol, p.host_ip) for p in squishfile.ports

@@ -238,6 +238,23 @@ class Client:
         answer = self._object(self._call("GET", f"/v1/networks/{_segment(name)}"))
         return cast("schema.Network", answer)
 
+    # -- volumes ------------------------------------------------------------
+
+    def volumes(self) -> list[schema.Volume]:
+        return cast("list[schema.Volume]", self._list(self._call("GET", "/v1/volumes")))
+
+    def volume(self, name: str) -> schema.Volume:
+        answer = self._object(self._call("GET", f"/v1/volumes/{_segment(name)}", timeout=None))
+        return cast("schema.Volume", answer)
+
+    def remove_volume(self, name: str) -> schema.Volume:
+        answer = self._object(self._call("DELETE", f"/v1/volumes/{_segment(name)}", timeout=None))
+        return cast("schema.Volume", answer)
+
+    def prune_volumes(self) -> schema.VolumePrune:
+        answer = self._object(self._call("POST", "/v1/volumes/prune", timeout=None))
+        return cast("schema.VolumePrune", answer)
+
     # -- sources ------------------------------------------------------------
 
     def sources(self) -> list[schema.SourceStatus]:

@@ -838,6 +838,86 @@ def _run_network(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _configure_volume(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="volume_command", metavar="ACTION", required=True)
+
+    def action(name: str, help: str, example: str) -> argparse.ArgumentParser:
+        return actions.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=f"Example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    listing = action("ls", "every named volume of the node and who names it", "squish volume ls")
+    inspect = action(
+        "inspect",
+        "volumes in full, as JSON: where they are, who names them, their size",
+        "squish volume inspect pgdata",
+    )
+    inspect.add_argument("names", nargs="+", metavar="NAME", help="the volumes to describe")
+    remove = action(
+        "rm",
+        "delete volumes and their data (refused while a squishfile names one)",
+        "squish volume rm pgdata",
+    )
+    remove.add_argument("names", nargs="+", metavar="NAME", help="the volumes to delete")
+    prune = action("prune", "delete every volume no squishfile names", "squish volume prune")
+    for sub in (listing, inspect, remove, prune):
+        sub.add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
+        )
+
+
+def _run_volume(args: argparse.Namespace) -> int:
+    """``squish volume ls``, ``inspect``, ``rm``, ``prune``."""
+    with _client(args) as client:
+        if args.volume_command in ("inspect", "rm"):
+            call = client.volume if args.volume_command == "inspect" else client.remove_volume
+            found: list[schema.Volume] = []
+            status = EXIT_OK
+            for name in args.names:
+                try:
+                    found.append(call(name))
+                except DaemonUnreachable:
+                    raise
+                except SquishError as exc:
+                    print(f"squish: {exc}", file=sys.stderr)
+                    status = EXIT_FAILURE
+            if args.volume_command == "inspect" or args.json:
+                _print_json(found)
+            else:
+                for volume in found:
+                    print(volume["name"])
+            return status
+        if args.volume_command == "prune":
+            pruned = client.prune_volumes()
+            if args.json:
+                _print_json(pruned)
+            else:
+                for volume in pruned["removed"]:
+                    print(volume["name"])
+                total = sum(volume["size"] or 0 for volume in pruned["removed"])
+                print(f"removed {len(pruned['removed'])} volumes, {total} bytes", file=sys.stderr)
+            return EXIT_OK
+        volumes = client.volumes()
+    if args.json:
+        _print_json(volumes)
+        return EXIT_OK
+    now = time.time()
+    rows = [
+        [
+            volume["name"],
+            cli_output.duration(now - volume["created_at"]),
+            ", ".join(volume["containers"]) or "-",
+        ]
+        for volume in volumes
+    ]
+    _print_plain_table(["NAME", "CREATED", "CONTAINERS"], rows)
+    return EXIT_OK
+
+
 def _configure_layer(parser: argparse.ArgumentParser) -> None:
     from squish.cli import layers as cli_layers
 
@@ -966,6 +1046,12 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         configure=_configure_network,
         run=_run_network,
         examples=("squish network ls", "squish network inspect backend"),
+    ),
+    "volume": Subcommand(
+        help="named volumes ([volumes] in squishfiles): ls, inspect, rm, prune",
+        configure=_configure_volume,
+        run=_run_volume,
+        examples=("squish volume ls", "squish volume inspect pgdata", "squish volume prune"),
     ),
     "sources": Subcommand(
         help="where the manifests come from: directories and git sources, their revisions",

@@ -18,12 +18,14 @@ candidates) and touches nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
 from typing import Protocol
 
 import anyio
+import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from squish import __version__
@@ -35,7 +37,9 @@ from squish.errors import (
     RuntimeFailure,
     SourceError,
     SquishError,
+    VolumeNotFound,
 )
+from squish.layers.volumes import Volume
 from squish.model.host import host_paths
 from squish.model.squishfile import Layer, Squishfile, parse_squishfile
 from squish.reconcile.health import HealthState
@@ -118,6 +122,22 @@ class ControlPlane(Protocol):
 
     def subscribe(self) -> MemoryObjectReceiveStream[Event]:
         """Every event from now on, until the subscription is closed."""
+        ...
+
+    async def volumes(self) -> list[schema.Volume]:
+        """Every volume of the node, with who names it."""
+        ...
+
+    async def volume(self, name: str) -> schema.Volume:
+        """One volume, with its size; ``VolumeNotFound`` when there is none."""
+        ...
+
+    async def remove_volume(self, name: str) -> schema.Volume:
+        """Delete a volume and its data; refused (``RuntimeFailure``) while named."""
+        ...
+
+    async def prune_volumes(self) -> schema.VolumePrune:
+        """Delete every volume no squishfile names."""
         ...
 
 
@@ -214,6 +234,50 @@ class DaemonControl:
             if network["name"] == name:
                 return network
         raise NetworkNotFound(f"no network {name!r}: no squishfile names it")
+
+    # -- volumes ---------------------------------------------------------------
+
+    def _volume_users(self) -> dict[str, list[str]]:
+        """Volume name -> the squishfiles that name it (the wanted and the running ones)."""
+        wanted, _ = self.reconciler.layer_users()
+        users: dict[str, list[str]] = {}
+        for name, squishfile in sorted(wanted.items()):
+            for volume in squishfile.volumes:
+                users.setdefault(volume.name, []).append(name)
+        return users
+
+    async def volumes(self) -> list[schema.Volume]:
+        users = self._volume_users()
+        found = await anyio.to_thread.run_sync(self.reconciler.store.volumes.list)
+        return [_volume_json(volume, users.get(volume.name, []), None) for volume in found]
+
+    async def volume(self, name: str) -> schema.Volume:
+        users = self._volume_users()
+        volumes = self.reconciler.store.volumes
+
+        def look() -> tuple[Volume, int]:
+            return volumes.get(name), volumes.size(name)
+
+        found, size = await anyio.to_thread.run_sync(look)
+        return _volume_json(found, users.get(name, []), size)
+
+    async def remove_volume(self, name: str) -> schema.Volume:
+        row = await self.volume(name)
+        if row["containers"]:
+            raise RuntimeFailure(
+                f"volume {name} is used by {', '.join(row['containers'])}; "
+                "remove it from those squishfiles (or remove them) first"
+            )
+        await anyio.to_thread.run_sync(self.reconciler.store.volumes.remove, name)
+        return row
+
+    async def prune_volumes(self) -> schema.VolumePrune:
+        removed = []
+        for row in await self.volumes():
+            if not row["containers"]:
+                with contextlib.suppress(VolumeNotFound):
+                    removed.append(await self.remove_volume(row["name"]))
+        return {"removed": removed}
 
     def log_path(self, ref: str) -> Path:
         try:
@@ -388,6 +452,16 @@ def _noted(error: SquishError, note: str) -> SquishError:
         return type(error)(f"{error}; {note}")
     except TypeError:  # a class with other constructor arguments
         return RuntimeFailure(f"{error}; {note}")
+
+
+def _volume_json(volume: Volume, containers: list[str], size: int | None) -> schema.Volume:
+    return {
+        "name": volume.name,
+        "path": str(volume.path),
+        "created_at": volume.created_at,
+        "containers": containers,
+        "size": size,
+    }
 
 
 def _health_json(state: HealthState | None) -> schema.HealthDetail | None:

@@ -80,6 +80,7 @@ __all__ = [
     "Placement",
     "Port",
     "Squishfile",
+    "VolumeMount",
     "diff_specs",
     "host_ip",
     "parse_squishfile",
@@ -200,6 +201,15 @@ class Dependency:
     restart: bool = False
 
 
+@dataclass(frozen=True)
+class VolumeMount:
+    """One ``[volumes]`` entry: the node's named volume ``name``, mounted at ``target``."""
+
+    name: str
+    target: str
+    ro: bool = False
+
+
 # A uid or gid inside the container: what a Linux uid can be, less the
 # overflow ids (65534 is what unmapped files show as) and -1.
 MAX_ID = 4294967294
@@ -239,6 +249,8 @@ class Squishfile:
     limits: tuple[tuple[str, int, int], ...] = ()
     # [security] seccomp: the default filter, or none.
     seccomp: Seccomp = "default"
+    # [volumes]: the node's named volumes it mounts, by name.
+    volumes: tuple[VolumeMount, ...] = ()
     # Which nodes of a fleet may run it; not part of the spec (see _spec).
     placement: Placement = field(default_factory=Placement)
 
@@ -251,6 +263,7 @@ class Squishfile:
         object.__setattr__(self, "networks", tuple(self.networks))
         object.__setattr__(self, "depends_on", tuple(self.depends_on))
         object.__setattr__(self, "limits", tuple(self.limits))
+        object.__setattr__(self, "volumes", tuple(self.volumes))
         if not isinstance(self.env, MappingProxyType):
             object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
 
@@ -300,6 +313,8 @@ class Squishfile:
             spec["limits"] = [list(limit) for limit in self.limits]
         if self.seccomp != "default":
             spec["seccomp"] = self.seccomp
+        if self.volumes:
+            spec["volumes"] = [[v.name, v.target, v.ro] for v in self.volumes]
         if self.health is not None:
             spec["health"] = {
                 "command": list(self.health.command),
@@ -573,6 +588,16 @@ def _container_name(value: str) -> str:
     return value
 
 
+def volume_name(value: str) -> str:
+    """A volume's name: a directory of the state directory, a label, a command's argument."""
+    if not _CONTAINER_NAME.fullmatch(value):
+        raise ValueError(
+            "volume names may contain only letters, digits, '_', '.' and '-' "
+            f"and must start with a letter or digit, got {_describe(value)}"
+        )
+    return value
+
+
 def _network_names(value: list[str]) -> list[str]:
     twice = sorted({name for name in value if value.count(name) > 1})
     if twice:
@@ -739,6 +764,7 @@ _PositiveDuration = Annotated[float, PlainValidator(_duration), AfterValidator(_
 _Retries = Annotated[int, PlainValidator(_retries)]
 _HealthCommand = Annotated[list[_NoNul], AfterValidator(_health_command)]
 _ContainerName = Annotated[str, AfterValidator(_container_name)]
+_VolumeName = Annotated[str, AfterValidator(volume_name)]
 _NetworkNames = Annotated[
     list[Annotated[str, AfterValidator(_network_name)]], AfterValidator(_network_names)
 ]
@@ -844,6 +870,24 @@ class _RawHealth(_Raw):
     on_failure: HealthAction = "none"
 
 
+class _RawVolume(_Raw):
+    target: _Target
+    ro: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_string(cls, data: Any) -> Any:
+        # `pgdata = "/var/lib/postgresql"` is short for `{ target = "..." }`.
+        if isinstance(data, str):
+            return {"target": data}
+        if not isinstance(data, dict):
+            raise ValueError(
+                'must be a target path such as "/var/lib/data" or a table such as '
+                f'{{ target = "/data", ro = true }}, got {_describe(data)}'
+            )
+        return data
+
+
 class _RawSecurity(_Raw):
     seccomp: Seccomp = "default"
 
@@ -865,6 +909,7 @@ class _RawSquishfile(_Raw):
     depends_on: dict[_ContainerName, _RawDependency] = Field(default_factory=dict)
     limits: dict[str, Any] = Field(default_factory=dict)
     security: _RawSecurity = Field(default_factory=_RawSecurity)
+    volumes: dict[_VolumeName, _RawVolume] = Field(default_factory=dict)
     placement: _RawPlacement = Field(default_factory=_RawPlacement)
 
 
@@ -960,6 +1005,8 @@ def _allowed_keys(parent: tuple[int | str, ...]) -> list[str]:
             model = _RawPlacement
         case ("security",):
             model = _RawSecurity
+        case ("volumes", str()):
+            model = _RawVolume
         case ("layers", str()):
             model = _RawLayer
         case ("ports", int()):
@@ -1081,8 +1128,36 @@ def _resolve(
         ),
         limits=limits,
         seccomp=raw.security.seccomp,
+        volumes=_resolve_volumes(raw.volumes, layers_found, base, problems),
         placement=Placement(tuple(raw.placement.nodes or ()), raw.placement.labels),
     )
+
+
+def _resolve_volumes(
+    raw: dict[str, _RawVolume],
+    layers: tuple[Layer, ...],
+    base: Layer | None,
+    problems: list[_Problem],
+) -> tuple[VolumeMount, ...]:
+    """The volumes, each at a target no layer and no other volume has."""
+    taken = {layer.target: f"layers.{layer.name}" for layer in layers}
+    if base is not None:
+        taken["/"] = f"layers.{base.name}"
+    found = []
+    for name, volume in raw.items():
+        other = taken.get(volume.target)
+        if other is not None:
+            problems.append(
+                _Problem(
+                    ("volumes", name),
+                    f"target {volume.target} is already used by {other}; "
+                    "give one of them a different target",
+                )
+            )
+            continue
+        taken[volume.target] = f"volumes.{name}"
+        found.append(VolumeMount(name, volume.target, volume.ro))
+    return tuple(found)
 
 
 def _capped_env(doc: dict[str, Any], problems: list[_Problem]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ uses :func:`json_response` and :func:`error_response`. A
 
     400  ManifestError, LayerError, a malformed request (BadRequest)
     404  ContainerNotFound (a container the daemon does not know), NoSuchSource,
-         NetworkNotFound, no such route
+         NetworkNotFound, VolumeNotFound, no such route
     409  RuntimeFailure, PortInUse (the request was fine; the host said no),
          AmbiguousName (with the candidates), SourceError (no git source to sync,
          a delete the prune guard holds)
@@ -37,6 +37,7 @@ from squish.errors import (
     RuntimeFailure,
     SourceError,
     SquishError,
+    VolumeNotFound,
 )
 
 __all__ = ["Endpoint", "error_response", "handled", "http_error", "json_response", "one_line"]
@@ -49,7 +50,7 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 def _status_for(exc: Exception) -> int:
     # ContainerNotFound is a RuntimeFailure, so it is checked first.
-    if isinstance(exc, ContainerNotFound | NoSuchSource | NetworkNotFound):
+    if isinstance(exc, ContainerNotFound | NoSuchSource | NetworkNotFound | VolumeNotFound):
         return 404
     if isinstance(exc, SourceError):
         return 409

@@ -27,6 +27,10 @@ Routes (all under ``/v1``; the shapes are :mod:`squish.api_schema`'s, and
     GET    /events                      x-ndjson stream of Event
     GET    /networks                    [Network]
     GET    /networks/{name}             Network
+    GET    /volumes                     [Volume]
+    GET    /volumes/{name}              Volume (with its size)
+    DELETE /volumes/{name}              Volume (409 while a squishfile names it)
+    POST   /volumes/prune               VolumePrune
     GET    /layers                      [LayerInfo]
     POST   /layers/pull                 PullRequest -> x-ndjson PullLine
     PUT    /layers/{name}/{version}     ?sha256=&source=; the body is the archive
@@ -177,6 +181,21 @@ def _container_operations(control: ControlPlane, drain: Drain) -> list[Operation
             control.network(valid_name(request.path_params["name"], "network name"))
         )
 
+    def volume_name(request: Request) -> str:
+        return valid_name(request.path_params["name"], "volume name")
+
+    async def list_volumes(request: Request) -> Response:
+        return json_response(await control.volumes())
+
+    async def volume(request: Request) -> Response:
+        return json_response(await control.volume(volume_name(request)))
+
+    async def remove_volume(request: Request) -> Response:
+        return json_response(await control.remove_volume(volume_name(request)))
+
+    async def prune_volumes(request: Request) -> Response:
+        return json_response(await control.prune_volumes())
+
     by_ref = (400, 404, 409)
     return [
         Operation("GET", "/v1/status", "the daemon's status", status, schema.DaemonStatus),
@@ -263,6 +282,36 @@ def _container_operations(control: ControlPlane, drain: Drain) -> list[Operation
             network,
             schema.Network,
             errors=(400, 404),
+        ),
+        Operation(
+            "GET",
+            "/v1/volumes",
+            "every named volume of the node",
+            list_volumes,
+            list[schema.Volume],
+        ),
+        Operation(
+            "GET",
+            "/v1/volumes/{name}",
+            "one volume: where it is, who names it, its size",
+            volume,
+            schema.Volume,
+            errors=(400, 404),
+        ),
+        Operation(
+            "DELETE",
+            "/v1/volumes/{name}",
+            "delete a volume and its data (refused while a squishfile names it)",
+            remove_volume,
+            schema.Volume,
+            errors=(400, 404, 409),
+        ),
+        Operation(
+            "POST",
+            "/v1/volumes/prune",
+            "delete every volume no squishfile names",
+            prune_volumes,
+            schema.VolumePrune,
         ),
     ]
 

@@ -1,0 +1,107 @@
+"""Named volumes: directories of the node that containers mount rw, and keep.
+
+A volume is made empty the first time a container that names it starts
+(``[volumes] pgdata = "/var/lib/postgresql"``), under the state directory,
+owned by the daemon's user; it outlives the container's replacement, its
+restarts and the daemon's, and every container that names it shares it.
+``squish volume ...`` lists, inspects and removes them through the daemon
+(``squish.daemon.volume_admin``), which knows who uses which.
+
+Layout: ``ROOT/NAME/data`` is what containers mount; ``ROOT/NAME/created``
+holds when it was made (Unix seconds). A volume is made in a temporary
+directory renamed into place, so a half-made one is never seen.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from squish.errors import LayerError, VolumeNotFound
+from squish.layers.cache import tree_size
+from squish.model.squishfile import volume_name
+
+
+@dataclass(frozen=True)
+class Volume:
+    name: str
+    path: Path
+    """What containers mount."""
+    created_at: float
+
+
+class Volumes:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _dir(self, name: str) -> Path:
+        try:
+            volume_name(name)
+        except ValueError as exc:
+            raise LayerError(f"volume {name!r}: {exc}") from None
+        return self.root / name
+
+    def ensure(self, name: str) -> Path:
+        """The data directory of volume ``name``, made empty if there is none yet."""
+        home = self._dir(name)
+        data = home / "data"
+        if data.is_dir():
+            return data
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            making = self.root / f".{name}.{os.getpid()}.{time.monotonic_ns()}"
+            (making / "data").mkdir(parents=True, mode=0o755)
+            (making / "created").write_text(f"{time.time():.3f}\n")
+            try:
+                making.rename(home)
+            except OSError:
+                shutil.rmtree(making, ignore_errors=True)
+                if not data.is_dir():  # not another start that made it meanwhile
+                    raise
+        except OSError as exc:
+            raise LayerError(f"cannot make volume {name} in {self.root}: {exc}") from exc
+        return data
+
+    def get(self, name: str) -> Volume:
+        home = self._dir(name)
+        data = home / "data"
+        if not data.is_dir():
+            raise VolumeNotFound(f"no volume {name!r}; see squish volume ls")
+        try:
+            created = float((home / "created").read_text())
+        except (OSError, ValueError):
+            created = data.stat().st_mtime
+        return Volume(name, data, created)
+
+    def list(self) -> list[Volume]:
+        try:
+            names = sorted(entry.name for entry in self.root.iterdir())
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            if name.startswith("."):
+                continue
+            try:
+                found.append(self.get(name))
+            except LayerError:
+                continue  # not a volume (a stray file)
+        return found
+
+    def size(self, name: str) -> int:
+        return tree_size(self.get(name).path)
+
+    def remove(self, name: str) -> None:
+        """Delete volume ``name`` and what it holds (the caller checked nobody uses it)."""
+        home = self._dir(name)
+        self.get(name)
+        # Renamed away first: a start that comes meanwhile makes a new, empty one.
+        doomed = self.root / f".{name}.removing.{time.monotonic_ns()}"
+        try:
+            home.rename(doomed)
+        except OSError as exc:
+            raise LayerError(f"cannot remove volume {name}: {exc}") from exc
+        shutil.rmtree(doomed, ignore_errors=True)
