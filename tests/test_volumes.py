@@ -8,7 +8,10 @@ The e2e suite runs ``squish volume`` against a real daemon.
 
 from __future__ import annotations
 
+import io
 import os
+import tarfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -136,3 +139,66 @@ async def test_a_volume_keeps_its_data_across_containers_and_is_shared(
     assert event.exit_code != 0
     assert (data / "file").read_text() == "kept\nmore\n"
     assert (data / "file").stat().st_uid == os.getuid()  # the daemon's user's, outside
+
+
+def test_export_and_import_round_trip_and_a_refused_archive_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    volumes = Volumes(tmp_path / "volumes")
+    data = volumes.ensure("src")
+    (data / "dir").mkdir()
+    (data / "dir" / "file").write_text("hello\n")
+    (data / "link").symlink_to("dir/file")
+    archive = tmp_path / "src.tar"
+    with archive.open("wb") as sink:
+        volumes.export("src", sink)
+    with tarfile.open(archive) as listing:
+        assert sorted(listing.getnames()) == ["dir", "dir/file", "link"]
+    target = volumes.ensure("dst")
+    (target / "old").write_text("replaced\n")
+    volumes.import_archive("dst", archive)
+    assert sorted(p.name for p in target.iterdir()) == ["dir", "link"]  # exactly the archive
+    assert (target / "link").readlink() == Path("dir/file")
+    assert (target / "dir" / "file").read_text() == "hello\n"
+    # Made if need be.
+    volumes.import_archive("fresh", archive)
+    assert (volumes.get("fresh").path / "dir" / "file").exists()
+    # An archive that writes outside is refused whole: the volume is as it was.
+    evil = tmp_path / "evil.tar"
+    with tarfile.open(evil, "w") as out:
+        member = tarfile.TarInfo("../escaped")
+        member.size = 1
+        out.addfile(member, io.BytesIO(b"x"))
+    with pytest.raises(LayerError, match=r"\.\./escaped"):
+        volumes.import_archive("dst", evil)
+    assert sorted(p.name for p in target.iterdir()) == ["dir", "link"]
+    assert not (tmp_path / "volumes" / "escaped").exists()
+    assert [p.name for p in (tmp_path / "volumes").iterdir() if p.name.startswith(".")] == []
+
+
+async def test_import_is_refused_while_a_running_container_mounts_the_volume(
+    tmp_path: Path,
+) -> None:
+    archive = tmp_path / "one.tar"
+    with tarfile.open(archive, "w") as out:
+        member = tarfile.TarInfo("restored")
+        member.size = 5
+        out.addfile(member, io.BytesIO(b"data\n"))
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield archive.read_bytes()
+
+    async with real_plane(tmp_path) as plane:
+        plane.write("a", VOLUMED)
+        await running(plane, "a")
+        with pytest.raises(RuntimeFailure, match="volume shared is mounted by a; stop them"):
+            await plane.control.import_volume("shared", chunks())
+        await plane.control.stop("a")
+        imported = await plane.control.import_volume("shared", chunks())
+        assert imported["containers"] == ["a"] and imported["size"] == 5
+        with pytest.raises(LayerError, match=r"^the archive for volume shared is not an archive"):
+            await plane.control.import_volume("shared", not_an_archive())
+
+
+async def not_an_archive() -> AsyncIterator[bytes]:
+    yield b"plain text, not a tar\n"

@@ -251,6 +251,17 @@ class Client:
         answer = self._object(self._call("DELETE", f"/v1/volumes/{_segment(name)}", timeout=None))
         return cast("schema.Volume", answer)
 
+    def export_volume(self, name: str) -> Iterator[bytes]:
+        """Volume ``name`` as a tar, in chunks as they come."""
+        with self._stream("GET", f"/v1/volumes/{_segment(name)}/export") as response:
+            yield from self._translate_stream(response.iter_bytes())
+
+    def import_volume(self, name: str, archive: Iterator[bytes]) -> schema.Volume:
+        """Make volume ``name`` hold what ``archive`` (its chunks) holds."""
+        path = f"/v1/volumes/{_segment(name)}/import"
+        answer = self._call("PUT", path, content=archive, timeout=None)
+        return cast("schema.Volume", self._object(answer))
+
     def prune_volumes(self) -> schema.VolumePrune:
         answer = self._object(self._call("POST", "/v1/volumes/prune", timeout=None))
         return cast("schema.VolumePrune", answer)

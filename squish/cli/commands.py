@@ -36,7 +36,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -864,7 +864,20 @@ def _configure_volume(parser: argparse.ArgumentParser) -> None:
     )
     remove.add_argument("names", nargs="+", metavar="NAME", help="the volumes to delete")
     prune = action("prune", "delete every volume no squishfile names", "squish volume prune")
-    for sub in (listing, inspect, remove, prune):
+    export = action(
+        "export", "write a volume as a tar ('-': to stdout)", "squish volume export pgdata pg.tar"
+    )
+    export.add_argument("name", metavar="NAME", help="the volume")
+    export.add_argument("file", metavar="FILE.tar", help="where to write it, or - for stdout")
+    load = action(
+        "import",
+        "make a volume (made if need be) hold exactly what a tar holds ('-': from stdin); "
+        "refused while a running container mounts it",
+        "squish volume import pgdata pg.tar",
+    )
+    load.add_argument("name", metavar="NAME", help="the volume")
+    load.add_argument("file", metavar="FILE.tar", help="the archive, or - for stdin")
+    for sub in (listing, inspect, remove, prune, load):
         sub.add_argument(
             "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
         )
@@ -873,6 +886,16 @@ def _configure_volume(parser: argparse.ArgumentParser) -> None:
 def _run_volume(args: argparse.Namespace) -> int:
     """``squish volume ls``, ``inspect``, ``rm``, ``prune``."""
     with _client(args) as client:
+        if args.volume_command == "export":
+            _export_volume(client, args.name, args.file)
+            return EXIT_OK
+        if args.volume_command == "import":
+            imported = client.import_volume(args.name, _read_chunks(args.file))
+            if args.json:
+                _print_json(imported)
+            else:
+                print(f"{imported['name']}: {imported['size']} bytes", file=sys.stderr)
+            return EXIT_OK
         if args.volume_command in ("inspect", "rm"):
             call = client.volume if args.volume_command == "inspect" else client.remove_volume
             found: list[schema.Volume] = []
@@ -916,6 +939,44 @@ def _run_volume(args: argparse.Namespace) -> int:
     ]
     _print_plain_table(["NAME", "CREATED", "CONTAINERS"], rows)
     return EXIT_OK
+
+
+def _export_volume(client: Client, name: str, file: str) -> None:
+    """Write the volume's tar to ``file`` (``-``: stdout); a file is whole or not there."""
+    chunks = client.export_volume(name)
+    if file == "-":
+        for chunk in chunks:
+            sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+        return
+    target = Path(file)
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        with partial.open("wb") as sink:
+            for chunk in chunks:
+                sink.write(chunk)
+        partial.rename(target)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise SquishError(f"{file}: cannot write it: {exc.strerror or exc}") from exc
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def _read_chunks(file: str) -> Iterator[bytes]:
+    """The chunks of ``file`` (``-``: stdin), opened before the first is asked for."""
+    try:
+        source = sys.stdin.buffer if file == "-" else open(file, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise SquishError(f"{file}: cannot read it: {exc.strerror or exc}") from exc
+
+    def chunks() -> Iterator[bytes]:
+        with source:
+            while chunk := source.read(1 << 16):
+                yield chunk
+
+    return chunks()
 
 
 def _configure_layer(parser: argparse.ArgumentParser) -> None:
@@ -1048,7 +1109,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         examples=("squish network ls", "squish network inspect backend"),
     ),
     "volume": Subcommand(
-        help="named volumes ([volumes] in squishfiles): ls, inspect, rm, prune",
+        help="named volumes ([volumes] in squishfiles): ls, inspect, rm, prune, export, import",
         configure=_configure_volume,
         run=_run_volume,
         examples=("squish volume ls", "squish volume inspect pgdata", "squish volume prune"),

@@ -19,8 +19,11 @@ candidates) and touches nothing.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
@@ -32,6 +35,7 @@ from squish import __version__
 from squish import api_schema as schema
 from squish.errors import (
     ContainerNotFound,
+    LayerError,
     ManifestError,
     NetworkNotFound,
     RuntimeFailure,
@@ -39,6 +43,8 @@ from squish.errors import (
     SquishError,
     VolumeNotFound,
 )
+from squish.layers import Limits
+from squish.layers.download import write
 from squish.layers.volumes import Volume
 from squish.model.host import host_paths
 from squish.model.squishfile import Layer, Squishfile, parse_squishfile
@@ -138,6 +144,16 @@ class ControlPlane(Protocol):
 
     async def prune_volumes(self) -> schema.VolumePrune:
         """Delete every volume no squishfile names."""
+        ...
+
+    async def export_volume(self, name: str, fd: int) -> None:
+        """Write volume ``name`` to the file descriptor ``fd`` as a tar (in a worker
+        thread), and close it."""
+        ...
+
+    async def import_volume(self, name: str, archive: AsyncIterator[bytes]) -> schema.Volume:
+        """Make ``name`` hold what the archive (its chunks) holds; refused while a running
+        container mounts it."""
         ...
 
 
@@ -278,6 +294,56 @@ class DaemonControl:
                 with contextlib.suppress(VolumeNotFound):
                     removed.append(await self.remove_volume(row["name"]))
         return {"removed": removed}
+
+    async def export_volume(self, name: str, fd: int) -> None:
+        volumes = self.reconciler.store.volumes
+
+        def export() -> None:
+            with os.fdopen(fd, "wb") as sink:
+                volumes.export(name, sink)
+
+        try:
+            await anyio.to_thread.run_sync(export)
+        except OSError as exc:  # closing it, when the reader went away
+            raise LayerError(f"cannot export volume {name}: {exc}") from exc
+
+    async def import_volume(self, name: str, archive: AsyncIterator[bytes]) -> schema.Volume:
+        mounted = sorted(
+            container
+            for container, record in self.reconciler.records.items()
+            if record.running
+            and record.applied is not None
+            and any(volume.name == name for volume in record.applied.volumes)
+        )
+        if mounted:
+            raise RuntimeFailure(
+                f"volume {name} is mounted by {', '.join(mounted)}; "
+                "stop them first (squish stop), then import"
+            )
+        volumes = self.reconciler.store.volumes
+        limit = Limits().total_bytes  # no archive bigger than what one may unpack to
+        received = 0
+        try:
+            volumes.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            upload = tempfile.NamedTemporaryFile(dir=volumes.root, prefix=".upload-")  # noqa: SIM115
+        except OSError as exc:
+            raise LayerError(f"cannot receive the archive for volume {name}: {exc}") from exc
+        with upload:
+            async for chunk in archive:
+                received += len(chunk)
+                if received > limit:
+                    raise LayerError(f"an archive larger than {limit} bytes is refused")
+                write(upload, chunk)  # a full disk is a LayerError, not a 500
+            upload.flush()
+            await anyio.to_thread.run_sync(
+                functools.partial(
+                    volumes.import_archive,
+                    name,
+                    Path(upload.name),
+                    label=f"the archive for volume {name}",
+                )
+            )
+        return await self.volume(name)
 
     def log_path(self, ref: str) -> Path:
         try:

@@ -38,6 +38,7 @@ JSON = "application/json"
 NDJSON = "application/x-ndjson"
 TEXT = "text/plain"
 OCTETS = "application/octet-stream"
+TAR = "application/x-tar"
 
 _REQUESTS = (schema.CreateRequest, schema.StartRequest, schema.PullRequest, schema.SyncRequest)
 

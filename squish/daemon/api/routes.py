@@ -31,6 +31,8 @@ Routes (all under ``/v1``; the shapes are :mod:`squish.api_schema`'s, and
     GET    /volumes/{name}              Volume (with its size)
     DELETE /volumes/{name}              Volume (409 while a squishfile names it)
     POST   /volumes/prune               VolumePrune
+    GET    /volumes/{name}/export       application/x-tar stream
+    PUT    /volumes/{name}/import       the body is a tar (or compressed tar) -> Volume
     GET    /layers                      [LayerInfo]
     POST   /layers/pull                 PullRequest -> x-ndjson PullLine
     PUT    /layers/{name}/{version}     ?sha256=&source=; the body is the archive
@@ -48,6 +50,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict
 
 import anyio
@@ -60,7 +63,7 @@ from starlette.routing import Route
 
 from squish import __version__
 from squish import api_schema as schema
-from squish.daemon.api.errors import handled, http_error, json_response, one_line
+from squish.daemon.api.errors import handled, http_error, json_response, logger, one_line
 from squish.daemon.api.requests import (
     query_count,
     query_flag,
@@ -73,7 +76,16 @@ from squish.daemon.api.requests import (
 from squish.daemon.api.streams import Drain, LogQuery, Stream, Write, follow_log
 from squish.daemon.control import ControlPlane
 from squish.daemon.layer_admin import LayerAdmin
-from squish.daemon.openapi import NDJSON, OCTETS, TEXT, BadRequest, Operation, Param, document
+from squish.daemon.openapi import (
+    NDJSON,
+    OCTETS,
+    TAR,
+    TEXT,
+    BadRequest,
+    Operation,
+    Param,
+    document,
+)
 from squish.daemon.source_admin import SourceAdmin
 from squish.errors import LayerError, SquishError
 from squish.layers import Limits
@@ -196,6 +208,44 @@ def _container_operations(control: ControlPlane, drain: Drain) -> list[Operation
     async def prune_volumes(request: Request) -> Response:
         return json_response(await control.prune_volumes())
 
+    async def export_volume(request: Request) -> Response:
+        name = volume_name(request)
+        await control.volume(name)  # before the 200: a missing one is a 404
+
+        async def pump(write: Write) -> None:
+            read_end, write_end = os.pipe2(os.O_CLOEXEC)
+            os.set_blocking(read_end, False)
+
+            async def produce() -> None:
+                try:
+                    await control.export_volume(name, write_end)
+                except SquishError as exc:
+                    # Mid-stream: the tar ends without its end marker, which
+                    # tar reports; the reason goes to the daemon's log.
+                    logger.warning("export of volume %s: %s", name, exc)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(produce)
+                try:
+                    while True:
+                        await anyio.wait_readable(read_end)
+                        try:
+                            chunk = os.read(read_end, 1 << 16)
+                        except BlockingIOError:
+                            continue
+                        if not chunk:
+                            break
+                        await write(chunk)
+                finally:
+                    # The client gone: the writer's next write fails, and it ends.
+                    os.close(read_end)
+
+        return Stream(pump, TAR, drain)
+
+    async def import_volume(request: Request) -> Response:
+        name = volume_name(request)
+        return json_response(await control.import_volume(name, request.stream()))
+
     by_ref = (400, 404, 409)
     return [
         Operation("GET", "/v1/status", "the daemon's status", status, schema.DaemonStatus),
@@ -312,6 +362,22 @@ def _container_operations(control: ControlPlane, drain: Drain) -> list[Operation
             "delete every volume no squishfile names",
             prune_volumes,
             schema.VolumePrune,
+        ),
+        Operation(
+            "GET",
+            "/v1/volumes/{name}/export",
+            "the volume as a tar stream",
+            export_volume,
+            media=TAR,
+            errors=(400, 404),
+        ),
+        Operation(
+            "PUT",
+            "/v1/volumes/{name}/import",
+            "make the volume hold what the tar in the body holds (made if need be)",
+            import_volume,
+            schema.Volume,
+            errors=(400, 409),
         ),
     ]
 
