@@ -9,6 +9,7 @@ import pytest
 from squish.daemon.config import (
     GuardSettings,
     LayerSettings,
+    allowed_host_paths,
     config_path,
     guard_settings,
     layer_settings,
@@ -28,6 +29,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         "SQUISH_REGISTRY",
         "SQUISH_PRUNE_GUARD",
         "SQUISH_ALLOW_PRUNE_ALL",
+        "SQUISH_ALLOW_HOST_PATH",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
@@ -177,3 +179,35 @@ def test_the_prune_guard_from_flags_environment_and_file(
 def test_prune_guard_mistakes_are_one_line(tmp_path: Path, text: str, why: str) -> None:
     with pytest.raises(SquishError, match=why):
         guard_settings(read_config(write(tmp_path, text)))
+
+
+def test_allowed_host_paths_from_flags_environment_and_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("a", "b", "c", "real"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    path = tmp_path / "config.toml"
+    path.write_text(f'[sources]\nallow_host_paths = ["{tmp_path / "c"}", "{tmp_path / "a"}"]\n')
+    monkeypatch.setenv("SQUISH_ALLOW_HOST_PATH", f"{tmp_path / 'b'}:{tmp_path / 'link'}")
+    found = allowed_host_paths(read_config(path), [str(tmp_path / "a")])
+    # All of them, each once, resolved.
+    assert found == tuple(tmp_path.resolve() / name for name in ("a", "b", "real", "c"))
+
+
+@pytest.mark.parametrize(
+    ("given", "why"),
+    [
+        ("relative/dir", "--allow-host-path: 'relative/dir' must be an absolute path"),
+        ("/no/such/dir", "--allow-host-path: '/no/such/dir': "),
+        ("/", "--allow-host-path: allowing '/' would allow every path of the host"),
+    ],
+)
+def test_allowed_host_path_mistakes(tmp_path: Path, given: str, why: str) -> None:
+    with pytest.raises(SquishError) as caught:
+        allowed_host_paths(read_config(None), [given])
+    assert str(caught.value).startswith(why)
+    path = tmp_path / "config.toml"
+    path.write_text('[sources]\nallow_host_paths = "/srv"\n')
+    with pytest.raises(SquishError, match=r"sources\.allow_host_paths must be an array of paths"):
+        allowed_host_paths(read_config(path))

@@ -280,9 +280,15 @@ async def test_a_dependent_waits_until_its_dependency_is_healthy(tmp_path: Path)
             "waiting for db to be healthy: it is starting",
             "waiting for db to be healthy: it is unhealthy",
         ]
+        # The gauges follow at the round after the start.
+        await until(
+            lambda: (
+                'squish_container_state{container="web",state="running"} 1.0'
+                in plane.metrics.exposition().decode()
+            )
+        )
         scrape = plane.metrics.exposition().decode()
         assert 'squish_container_state{container="web",state="waiting"} 0.0' in scrape
-        assert 'squish_container_state{container="web",state="running"} 1.0' in scrape
 
 
 @pytest.mark.anyio

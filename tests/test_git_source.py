@@ -797,3 +797,38 @@ async def test_a_failed_sync_is_retried_well_before_the_interval(
             await changes.next()
     assert set(source.snapshot()) == {"web"}
     assert source.status().error is None
+
+
+def test_host_paths_under_an_allowed_directory_are_mounted_as_named(
+    remote: Remote, make_source: MakeSource, tmp_path: Path
+) -> None:
+    allowed = tmp_path / "allowed"
+    (allowed / "data").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (allowed / "out").symlink_to(elsewhere)  # under the allowed one, leading out of it
+    remote.write("ok.toml", RUN + f'[layers]\nd = {{ path = "{allowed}/data", target = "/d" }}\n')
+    remote.write("out.toml", RUN + f'[layers]\nd = {{ path = "{allowed}/out", target = "/d" }}\n')
+    remote.write("far.toml", RUN + f'[layers]\nd = {{ path = "{elsewhere}", target = "/d" }}\n')
+    remote.write("none.toml", RUN + f'[layers]\nd = {{ path = "{allowed}/no", target = "/d" }}\n')
+    remote.push()
+    source = make_source(remote.url, host_paths=(allowed.resolve(),))
+    source.sync_now()
+    snapshot = source.snapshot()
+    ok = snapshot["ok"].squishfile
+    assert ok is not None
+    assert [layer.path for layer in ok.layers] == [(allowed / "data").resolve()]
+    for name, words in (
+        ("out", f"is not under a host path this node allows (it leads to {elsewhere.resolve()})"),
+        ("far", "is not under a host path this node allows; allowed: "),
+        ("none", "does not exist on this host"),
+    ):
+        error = snapshot[name].error
+        assert error is not None and error.field == "layers.d.path", name
+        assert words in error.message, error.message
+    # Without any allowed, the hint says how.
+    plain = make_source(remote.url, name="plain", work_dir=tmp_path / "state" / "git2")
+    plain.sync_now()
+    error = plain.snapshot()["ok"].error
+    assert error is not None
+    assert "(or allow host paths on the node with --allow-host-path DIR)" in error.message

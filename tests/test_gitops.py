@@ -279,3 +279,35 @@ def test_a_dependency_in_git_orders_a_container_of_the_directory(
     assert "dependency cycle: web -> db -> web" in rows["web"]["manifest_error"]
     assert "dependency cycle: db -> web -> db" in rows["db"]["manifest_error"]
     assert rows["db"]["manifest_error"].startswith("apps/db.toml@")
+
+
+def test_a_git_squishfile_mounts_a_host_path_the_node_allows(
+    remote: Remote, start: Callable[..., Squish], tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "greeting").write_text("from the host\n")
+    writer = (
+        'network = "none"\n[run]\ncommand = "/bin/sh"\n'
+        'args = ["-c", "cat /srv/greeting > /srv/seen; exec sleep 1000"]\n'
+        f'[layers]\nsrv = {{ path = "{shared}", target = "/srv", rw = true }}\n'
+    )
+    remote.write("apps/writer.toml", writer)
+    remote.push("a host path")
+    refused = start("--git", remote.url, "--git-path", "apps", name="refused")
+    row = eventually(
+        lambda: r if (r := refused.rows().get("writer", {})).get("manifest_error") else None, 10
+    )
+    assert "--allow-host-path DIR" in row["manifest_error"]
+    allowed = start(
+        "--git",
+        remote.url,
+        "--git-path",
+        "apps",
+        "--allow-host-path",
+        str(tmp_path),
+        name="allowed",
+    )
+    allowed.until(lambda r: "writer" in r, 10)
+    eventually(lambda: (shared / "seen").exists() or None, 10)
+    assert (shared / "seen").read_text() == "from the host\n"

@@ -772,8 +772,11 @@ def _run_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _configure_network(parser: argparse.ArgumentParser) -> None:
-    actions = parser.add_subparsers(dest="network_command", metavar="ACTION", required=True)
+def _actions(
+    parser: argparse.ArgumentParser, dest: str
+) -> Callable[[str, str, str], argparse.ArgumentParser]:
+    """``action(name, help, example)``: a sub-action of ``parser`` (``squish network ls``)."""
+    actions = parser.add_subparsers(dest=dest, metavar="ACTION", required=True)
 
     def action(name: str, help: str, example: str) -> argparse.ArgumentParser:
         return actions.add_parser(
@@ -783,6 +786,12 @@ def _configure_network(parser: argparse.ArgumentParser) -> None:
             epilog=f"Example:\n  {example}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
+
+    return action
+
+
+def _configure_network(parser: argparse.ArgumentParser) -> None:
+    action = _actions(parser, "network_command")
 
     listing = action(
         "ls", "every named network: its subnet, gateway and containers", "squish network ls"
@@ -839,16 +848,7 @@ def _run_network(args: argparse.Namespace) -> int:
 
 
 def _configure_volume(parser: argparse.ArgumentParser) -> None:
-    actions = parser.add_subparsers(dest="volume_command", metavar="ACTION", required=True)
-
-    def action(name: str, help: str, example: str) -> argparse.ArgumentParser:
-        return actions.add_parser(
-            name,
-            help=help,
-            description=help,
-            epilog=f"Example:\n  {example}",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
+    action = _actions(parser, "volume_command")
 
     listing = action("ls", "every named volume of the node and who names it", "squish volume ls")
     inspect = action(

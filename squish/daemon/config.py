@@ -17,6 +17,7 @@ TOML, ``--config PATH`` or ``$SQUISH_CONFIG``, else
     [sources]
     prune_guard = 100                     # percent of the running containers
     allow_prune_all = false
+    allow_host_paths = ["/srv/data"]      # host paths a git source's squishfile may name
 
 A flag wins over the environment (``SQUISH_DEFAULT_BASE``,
 ``SQUISH_ALPINE_MIRROR``, ``SQUISH_REGISTRY`` for the default registry),
@@ -46,7 +47,8 @@ DEFAULT_BASE_ENV = "SQUISH_DEFAULT_BASE"
 
 _ALPINE_BASE = re.compile(r"alpine:[0-9]+\.[0-9]+")
 _SECTIONS = {"layers", "sources"}
-_SOURCE_KEYS = {"prune_guard", "allow_prune_all"}
+_SOURCE_KEYS = {"prune_guard", "allow_prune_all", "allow_host_paths"}
+HOST_PATHS_ENV = "SQUISH_ALLOW_HOST_PATH"
 _LAYER_KEYS = {
     "default_base",
     "alpine_mirror",
@@ -204,6 +206,41 @@ def guard_settings(
         raise SquishError(f"{where}: sources.allow_prune_all must be true or false")
     allow = allow_prune_all or os.environ.get("SQUISH_ALLOW_PRUNE_ALL") == "1" or allow
     return GuardSettings(percent=percent, enabled=not allow)
+
+
+def allowed_host_paths(config: ConfigFile, given: Sequence[str] = ()) -> tuple[Path, ...]:
+    """The host directories a git source's squishfiles may name (as absolute path layers).
+
+    From ``--allow-host-path DIR`` (each), ``$SQUISH_ALLOW_HOST_PATH``
+    (colon-separated) and ``[sources] allow_host_paths``, all of them;
+    each resolved now (symlinks followed), and it must be a directory.
+    """
+    where = config.where
+    table = config.section("sources", _SOURCE_KEYS)
+    listed = table.get("allow_host_paths", [])
+    if not isinstance(listed, list) or not all(isinstance(item, str) for item in listed):
+        raise SquishError(f"{where}: sources.allow_host_paths must be an array of paths")
+    found: list[Path] = []
+    env = [part for part in os.environ.get(HOST_PATHS_ENV, "").split(":") if part]
+    named = [
+        *((raw, "--allow-host-path") for raw in given),
+        *((raw, f"${HOST_PATHS_ENV}") for raw in env),
+        *((raw, f"{where}: sources.allow_host_paths") for raw in listed),
+    ]
+    for raw, origin in named:
+        path = Path(raw)
+        if not path.is_absolute():
+            raise SquishError(f"{origin}: {raw!r} must be an absolute path")
+        try:
+            resolved = path.resolve(strict=True)
+        except (OSError, RuntimeError) as exc:
+            raise SquishError(f"{origin}: {raw!r}: {exc}") from exc
+        if not resolved.is_dir():
+            raise SquishError(f"{origin}: {raw!r} is not a directory")
+        if resolved == Path("/"):
+            raise SquishError(f"{origin}: allowing '/' would allow every path of the host")
+        found.append(resolved)
+    return tuple(dict.fromkeys(found))
 
 
 def _read(path: Path) -> dict[str, Any]:

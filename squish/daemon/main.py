@@ -36,6 +36,7 @@ from squish.daemon import sdnotify
 from squish.daemon.api import check_socket, make_app, serve, serve_tcp, webhook_app
 from squish.daemon.config import (
     LayerSettings,
+    allowed_host_paths,
     checked_host_ip,
     guard_settings,
     layer_settings,
@@ -245,6 +246,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="apply such changes anyway: no prune guard ($SQUISH_ALLOW_PRUNE_ALL=1)",
     )
     parser.add_argument(
+        "--allow-host-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="let squishfiles from the git source name host paths under DIR as path layers "
+        "(repeatable; also $SQUISH_ALLOW_HOST_PATH, colon-separated, and the config file's "
+        "[sources] allow_host_paths); checked after resolving symlinks",
+    )
+    parser.add_argument(
         "--allow-root",
         action="store_true",
         help="run as root anyway (containers are then not rootless; not recommended)",
@@ -354,6 +364,7 @@ def run(args: argparse.Namespace) -> int:
     args.guard = guard_settings(
         config, percent=args.prune_guard, allow_prune_all=args.allow_prune_all
     )
+    args.host_paths = allowed_host_paths(config, args.allow_host_path)
     args.layers = layer_settings(
         config,
         default_base=args.default_base,
@@ -466,6 +477,7 @@ async def _serve(
                             interval=args.sync_interval,
                             metrics=metrics,
                             guard=guard,
+                            host_paths=args.host_paths,
                         )
                     )
                 reconciler = Reconciler(

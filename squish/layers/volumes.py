@@ -21,6 +21,7 @@ whole, so a refused archive leaves the volume as it was.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tarfile
 import time
@@ -31,7 +32,6 @@ from typing import IO
 from squish.errors import LayerError, VolumeNotFound
 from squish.layers.cache import tree_size
 from squish.layers.unpack import unpack_file
-from squish.model.squishfile import volume_name
 
 
 @dataclass(frozen=True)
@@ -42,15 +42,21 @@ class Volume:
     created_at: float
 
 
+# As the squishfile's rule for volume names (squish.model.squishfile.volume_name),
+# which this layer may not import: a name is one directory, never a path.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
 class Volumes:
     def __init__(self, root: Path) -> None:
         self.root = root
 
     def _dir(self, name: str) -> Path:
-        try:
-            volume_name(name)
-        except ValueError as exc:
-            raise LayerError(f"volume {name!r}: {exc}") from None
+        if not _NAME.fullmatch(name):
+            raise LayerError(
+                f"volume {name!r}: volume names may contain only letters, digits, '_', '.' "
+                "and '-' and must start with a letter or digit"
+            )
         return self.root / name
 
     def ensure(self, name: str) -> Path:

@@ -570,32 +570,24 @@ def _layer_name(value: str) -> str:
     return value
 
 
-def _network_name(value: str) -> str:
-    if not _CONTAINER_NAME.fullmatch(value):
-        raise ValueError(
-            "network names may contain only letters, digits, '_', '.' and '-' "
-            f"and must start with a letter or digit, got {_describe(value)}"
-        )
-    return value
+def _name_rule(kind: str) -> Callable[[str], str]:
+    """The check of a ``kind`` name (a network's, a container's, ...): the container name rules."""
+
+    def check(value: str) -> str:
+        if not _CONTAINER_NAME.fullmatch(value):
+            raise ValueError(
+                f"{kind} names may contain only letters, digits, '_', '.' and '-' "
+                f"and must start with a letter or digit, got {_describe(value)}"
+            )
+        return value
+
+    return check
 
 
-def _container_name(value: str) -> str:
-    if not _CONTAINER_NAME.fullmatch(value):
-        raise ValueError(
-            "container names may contain only letters, digits, '_', '.' and '-' "
-            f"and must start with a letter or digit, got {_describe(value)}"
-        )
-    return value
-
-
-def volume_name(value: str) -> str:
-    """A volume's name: a directory of the state directory, a label, a command's argument."""
-    if not _CONTAINER_NAME.fullmatch(value):
-        raise ValueError(
-            "volume names may contain only letters, digits, '_', '.' and '-' "
-            f"and must start with a letter or digit, got {_describe(value)}"
-        )
-    return value
+_network_name = _name_rule("network")
+_container_name = _name_rule("container")
+volume_name = _name_rule("volume")
+"""A volume's name: a directory of the state directory, a label, a command's argument."""
 
 
 def _network_names(value: list[str]) -> list[str]:

@@ -186,10 +186,7 @@ class Revision:
 
         def locate(raw: str, field: str) -> HostPath:
             if raw.startswith("/"):
-                raise LayerPathError(
-                    f"{raw!r} is an absolute path; in a git repository a path layer is "
-                    'relative to the squishfile, e.g. "./app"'
-                )
+                return self._host_path(raw)
             repo_path = posixpath.normpath(posixpath.join(directory, raw))
             if repo_path == ".." or repo_path.startswith("../"):
                 raise LayerPathError(
@@ -210,8 +207,8 @@ class Revision:
         squishfile = parse_squishfile(data, file=file, name=name, paths=locate)
 
         def exported(layer: Layer) -> Layer:
-            if layer.path is None:
-                return layer
+            if layer.path is None or layer.path not in located:
+                return layer  # not a path layer, or a host path the node allows
             repo_path, entry, field = located[layer.path]
             try:
                 path = self.source.exporter.export(repo_path, entry, self)
@@ -230,6 +227,37 @@ class Revision:
             base=None if squishfile.base is None else exported(squishfile.base),
             layers=tuple(exported(layer) for layer in squishfile.layers),
         )
+
+    def _host_path(self, raw: str) -> HostPath:
+        """An absolute path layer: refused, unless under a directory the node allows.
+
+        Checked once resolved (symlinks followed), so a link under an allowed
+        directory cannot lead out of it.
+        """
+        allowed = self.source.host_paths
+        hint = (
+            'in a git repository a path layer is relative to the squishfile, e.g. "./app"; '
+            "a named volume ([volumes]) keeps data without naming a host path"
+        )
+        if not allowed:
+            raise LayerPathError(
+                f"{raw!r} is an absolute path; {hint} (or allow host paths on the node "
+                "with --allow-host-path DIR)"
+            )
+        try:
+            resolved = Path(raw).resolve(strict=True)
+        except FileNotFoundError:
+            raise LayerPathError(f"{raw!r} does not exist on this host") from None
+        except (OSError, RuntimeError) as exc:
+            raise LayerPathError(f"cannot access {raw!r}: {exc}") from exc
+        if not any(resolved == top or resolved.is_relative_to(top) for top in allowed):
+            shown = ", ".join(str(top) for top in allowed)
+            leads = "" if str(resolved) == raw else f" (it leads to {resolved})"
+            raise LayerPathError(
+                f"{raw!r} is not under a host path this node allows{leads}; "
+                f"allowed: {shown} (--allow-host-path)"
+            )
+        return HostPath(resolved, resolved.name)
 
     # -- the objects a layer is exported from (squish.layers.git_tree.GitObjects)
 

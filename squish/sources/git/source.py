@@ -104,8 +104,10 @@ class GitSource:
     ``work_dir`` is this source's private directory (the bare clone lives
     there); ``cache`` is the layer store's cache, which path layers are
     exported into. ``interval``: seconds between fetches in ``run()``.
-    ``guard``: see ``Guard``. Blocking methods are thread-safe; syncs are
-    serialised.
+    ``guard``: see ``Guard``. ``host_paths``: host directories (resolved)
+    under which a squishfile of the repository may name absolute path
+    layers (``--allow-host-path``); none by default. Blocking methods are
+    thread-safe; syncs are serialised.
     """
 
     kind = "git"
@@ -123,7 +125,9 @@ class GitSource:
         metrics: SyncMetrics | None = None,
         limits: GitLimits = GitLimits(),
         guard: Guard | None = None,
+        host_paths: tuple[Path, ...] = (),
     ) -> None:
+        self.host_paths = host_paths
         self._credentials = Credentials.of(url)
         self.url = self._credentials.redacted
         if not _REF.fullmatch(ref) or ".." in ref or ref.endswith((".lock", "/", ".")):
