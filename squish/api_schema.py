@@ -212,6 +212,16 @@ class VolumePrune(TypedDict):
     """The volumes no squishfile named, removed (with their size then)."""
 
 
+class Secret(TypedDict):
+    """A node secret (``squish secret ls``): its name and users, never its value."""
+
+    name: str
+    created_at: float
+    """When its value was last set."""
+    containers: list[str]
+    """The squishfiles that name it."""
+
+
 class Event(TypedDict):
     """One line of ``squish events``.
 

@@ -10,7 +10,7 @@ nothing above the adapters ever sees an ``OSError`` or a pydantic error.
     ├── LayerError         a layer cannot be resolved to a host path
     │   └── ArchiveRefused an archive's content is refused: unsafe, corrupt, cut short, too big
     ├── AmbiguousName      an id prefix that several containers share
-    ├── NetworkNotFound, VolumeNotFound
+    ├── NetworkNotFound, VolumeNotFound, SecretNotFound
     ├── SourceError        a source cannot do what was asked (no git source to sync)
     │   └── NoSuchSource
     └── RuntimeFailure     the runtime could not start, stop or change a container
@@ -119,6 +119,10 @@ class NetworkNotFound(SquishError):
 
 class VolumeNotFound(SquishError):
     """The node has no volume of that name."""
+
+
+class SecretNotFound(SquishError):
+    """The node has no secret of that name."""
 
 
 class AmbiguousName(SquishError):

@@ -364,6 +364,36 @@ check "prune removes what no squishfile names" \
   eval "[ \"\$(squish volume prune 2>/dev/null | sort | tr '\n' ' ')\" = 'copy kept ' ]"
 check "and it is gone" eval "! squish volume ls | grep -q '^kept '"
 
+# -- secrets -------------------------------------------------------------------------
+secret_value="e2e-secret-value-$$-$RANDOM"
+cat > "$manifests/vault.toml" <<EOF
+network = "none"
+[run]
+command = "/bin/sh"
+args = ["-c", "cat /run/secrets/token > /tmp/seen; exec sleep 1000"]
+[secrets]
+token = "e2e-token"
+EOF
+eventually "a container waits for a secret the node does not have, saying so" \
+  eval "squish ps -a | grep -q 'waiting for secret e2e-token: the node has no such secret'"
+check "secret create from stdin" eval "printf '%s' '$secret_value' | squish secret create e2e-token - >/dev/null"
+eventually "then it starts" eval "squish ps | grep -q ' vault '"
+check "and reads the value at /run/secrets/token" \
+  eval "[ \"\$(squish exec vault cat /tmp/seen)\" = '$secret_value' ]"
+check "secret ls names it and who uses it" eval "squish secret ls | grep -Eq '^e2e-token +[0-9]+s +vault$'"
+status_is "secret rm is refused while a squishfile names it" 1 squish secret rm e2e-token
+first_vault=$(ps_field vault id)
+check "a new value replaces the container" eval "echo rotated | squish secret create e2e-token - >/dev/null"
+eventually "with the new value" eval "[ \"\$(squish exec vault cat /tmp/seen 2>/dev/null)\" = rotated ]"
+check "(a new container)" test "$(ps_field vault id)" != "$first_vault"
+{ squish ps -a --json; squish inspect vault; squish secret ls --json; squish events --help; \
+  curl -sf "http://127.0.0.1:$metrics_port/metrics"; cat "$work/daemon.log"; } > "$work/everything" 2>&1
+check "the value shows nowhere: ps, inspect, secret ls, metrics, the daemon's log" \
+  eval "! grep -q '$secret_value' '$work/everything'"
+rm "$manifests/vault.toml"
+eventually "gone with its squishfile" eval "! squish ps -a | grep -q ' vault '"
+check "then secret rm works" squish secret rm e2e-token
+
 # -- kill -9 of the daemon --------------------------------------------------------
 before=$(descendants "$daemon_pid" | sort -u)
 check "the daemon has container processes" test -n "$before"

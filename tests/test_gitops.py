@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import shutil
 import subprocess
@@ -311,3 +312,22 @@ def test_a_git_squishfile_mounts_a_host_path_the_node_allows(
     allowed.until(lambda r: "writer" in r, 10)
     eventually(lambda: (shared / "seen").exists() or None, 10)
     assert (shared / "seen").read_text() == "from the host\n"
+
+
+def test_a_git_squishfile_may_use_a_named_volume(
+    remote: Remote, start: Callable[..., Squish], tmp_path: Path
+) -> None:
+    remote.write(
+        "apps/keeper.toml",
+        SLEEPER.replace('args = ["1000"]', 'args = ["1001"]') + '[volumes]\nkept = "/data"\n',
+    )
+    remote.push("a volume")
+    squish = start("--git", remote.url, "--git-path", "apps", "--sync-interval", "1")
+    squish.until(lambda r: "keeper" in r, 10)
+    done = squish.cli("exec", "keeper", "sh", "-c", "echo from-git > /data/note")
+    assert done.returncode == 0, done.stderr
+    listed = squish.cli("volume", "ls", "--json")
+    assert listed.returncode == 0, listed.stderr
+    (volume,) = json.loads(listed.stdout)
+    assert volume["name"] == "kept" and volume["containers"] == ["keeper"]
+    assert (Path(volume["path"]) / "note").read_text() == "from-git\n"

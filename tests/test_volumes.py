@@ -69,6 +69,8 @@ def test_the_store_makes_lists_sizes_and_removes(tmp_path: Path) -> None:
     (data / "table").write_bytes(b"x" * 1000)
     assert volumes.ensure("pgdata") == data  # the same, with what it holds
     assert (data / "table").exists()
+    # As a daemon started again finds it.
+    assert Volumes(tmp_path / "volumes").ensure("pgdata") == data and (data / "table").exists()
     assert [volume.name for volume in volumes.list()] == ["pgdata"]
     assert volumes.size("pgdata") == 1000
     assert data.stat().st_uid == os.getuid()

@@ -251,6 +251,17 @@ class Client:
         answer = self._object(self._call("DELETE", f"/v1/volumes/{_segment(name)}", timeout=None))
         return cast("schema.Volume", answer)
 
+    def secrets(self) -> list[schema.Secret]:
+        return cast("list[schema.Secret]", self._list(self._call("GET", "/v1/secrets")))
+
+    def create_secret(self, name: str, value: Iterator[bytes]) -> schema.Secret:
+        answer = self._call("PUT", f"/v1/secrets/{_segment(name)}", content=value)
+        return cast("schema.Secret", self._object(answer))
+
+    def remove_secret(self, name: str) -> schema.Secret:
+        answer = self._object(self._call("DELETE", f"/v1/secrets/{_segment(name)}"))
+        return cast("schema.Secret", answer)
+
     def export_volume(self, name: str) -> Iterator[bytes]:
         """Volume ``name`` as a tar, in chunks as they come."""
         with self._stream("GET", f"/v1/volumes/{_segment(name)}/export") as response:

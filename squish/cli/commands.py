@@ -941,6 +941,72 @@ def _run_volume(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _configure_secret(parser: argparse.ArgumentParser) -> None:
+    action = _actions(parser, "action_of_secret")
+    create = action(
+        "create",
+        "store a secret of the node from FILE ('-': stdin), replacing an earlier value "
+        "(and the containers that use it)",
+        "squish secret create pg-password ./pg-password.txt",
+    )
+    create.add_argument("name", metavar="NAME", help="the secret's name")
+    create.add_argument("file", metavar="FILE", help="the value: a file, or - for stdin")
+    listing = action(
+        "ls", "every secret of the node and who names it (never a value)", "squish secret ls"
+    )
+    remove = action(
+        "rm",
+        "delete secrets (refused while a squishfile names one)",
+        "squish secret rm pg-password",
+    )
+    remove.add_argument("names", nargs="+", metavar="NAME", help="the secrets to delete")
+    for sub in (create, listing, remove):
+        sub.add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
+        )
+
+
+def _run_secret(args: argparse.Namespace) -> int:
+    """``squish secret create``, ``ls``, ``rm``: the node's secrets, never their values."""
+    action: str = args.action_of_secret
+    with _client(args) as client:
+        if action == "create":
+            made = client.create_secret(args.name, _read_chunks(args.file))
+            if args.json:
+                _print_json(made)
+            else:
+                print(made["name"])
+            return EXIT_OK
+        if action == "rm":
+            status = EXIT_OK
+            removed: list[schema.Secret] = []
+            for name in args.names:
+                try:
+                    removed.append(client.remove_secret(name))
+                except DaemonUnreachable:
+                    raise
+                except SquishError as exc:
+                    print(f"squish: {exc}", file=sys.stderr)
+                    status = EXIT_FAILURE
+            if args.json:
+                _print_json(removed)
+            else:
+                for secret in removed:
+                    print(secret["name"])
+            return status
+        secrets = client.secrets()
+    if args.json:
+        _print_json(secrets)
+        return EXIT_OK
+    now = time.time()
+    rows = [
+        [s["name"], cli_output.duration(now - s["created_at"]), ", ".join(s["containers"]) or "-"]
+        for s in secrets
+    ]
+    _print_plain_table(["NAME", "CREATED", "CONTAINERS"], rows)
+    return EXIT_OK
+
+
 def _export_volume(client: Client, name: str, file: str) -> None:
     """Write the volume's tar to ``file`` (``-``: stdout); a file is whole or not there."""
     chunks = client.export_volume(name)
@@ -1113,6 +1179,12 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         configure=_configure_volume,
         run=_run_volume,
         examples=("squish volume ls", "squish volume inspect pgdata", "squish volume prune"),
+    ),
+    "secret": Subcommand(
+        help="the node's secrets ([secrets] in squishfiles): create, ls, rm",
+        configure=_configure_secret,
+        run=_run_secret,
+        examples=("squish secret create pg-password ./pg.txt", "squish secret ls"),
     ),
     "sources": Subcommand(
         help="where the manifests come from: directories and git sources, their revisions",

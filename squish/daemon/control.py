@@ -45,6 +45,7 @@ from squish.errors import (
 )
 from squish.layers import Limits
 from squish.layers.download import write
+from squish.layers.secrets import MAX_SECRET_BYTES
 from squish.layers.volumes import Volume
 from squish.model.host import host_paths
 from squish.model.squishfile import Layer, Squishfile, parse_squishfile
@@ -144,6 +145,18 @@ class ControlPlane(Protocol):
 
     async def prune_volumes(self) -> schema.VolumePrune:
         """Delete every volume no squishfile names."""
+        ...
+
+    async def secrets(self) -> list[schema.Secret]:
+        """Every secret of the node, with who names it (never a value)."""
+        ...
+
+    async def create_secret(self, name: str, value: AsyncIterator[bytes]) -> schema.Secret:
+        """Store (or replace) a secret; the containers that use it are replaced."""
+        ...
+
+    async def remove_secret(self, name: str) -> schema.Secret:
+        """Delete a secret; refused while a squishfile names it."""
         ...
 
     async def export_volume(self, name: str, fd: int) -> None:
@@ -294,6 +307,53 @@ class DaemonControl:
                 with contextlib.suppress(VolumeNotFound):
                     removed.append(await self.remove_volume(row["name"]))
         return {"removed": removed}
+
+    # -- secrets ---------------------------------------------------------------
+
+    def _secret_users(self) -> dict[str, list[str]]:
+        wanted, _ = self.reconciler.layer_users()
+        users: dict[str, list[str]] = {}
+        for container, squishfile in sorted(wanted.items()):
+            for _, secret in squishfile.secrets:
+                users.setdefault(secret, []).append(container)
+        return users
+
+    async def secrets(self) -> list[schema.Secret]:
+        users = self._secret_users()
+        found = await anyio.to_thread.run_sync(self.reconciler.store.secrets.list)
+        return [
+            {"name": s.name, "created_at": s.created_at, "containers": users.get(s.name, [])}
+            for s in found
+        ]
+
+    async def create_secret(self, name: str, value: AsyncIterator[bytes]) -> schema.Secret:
+        data = bytearray()
+        async for chunk in value:
+            data.extend(chunk)
+            if len(data) > MAX_SECRET_BYTES:
+                raise LayerError(
+                    f"secret {name}: the value is over {MAX_SECRET_BYTES} bytes (512 KiB)"
+                )
+        store = self.reconciler.store.secrets
+        made = await anyio.to_thread.run_sync(store.create, name, bytes(data))
+        self.reconciler.trigger()  # who waits for it starts; who uses it is replaced
+        return {
+            "name": made.name,
+            "created_at": made.created_at,
+            "containers": self._secret_users().get(name, []),
+        }
+
+    async def remove_secret(self, name: str) -> schema.Secret:
+        store = self.reconciler.store.secrets
+        found = await anyio.to_thread.run_sync(store.get, name)
+        users = self._secret_users().get(name, [])
+        if users:
+            raise RuntimeFailure(
+                f"secret {name} is used by {', '.join(users)}; "
+                "remove it from those squishfiles (or remove them) first"
+            )
+        await anyio.to_thread.run_sync(store.remove, name)
+        return {"name": found.name, "created_at": found.created_at, "containers": []}
 
     async def export_volume(self, name: str, fd: int) -> None:
         volumes = self.reconciler.store.volumes

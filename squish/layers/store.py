@@ -43,6 +43,7 @@ from squish.layers.model import (
 from squish.layers.path import PathResolver
 from squish.layers.registry import DEFAULT, REGISTRY_ENV, RegistryResolver
 from squish.layers.resolver import Resolver
+from squish.layers.secrets import Secrets
 from squish.layers.volumes import Volumes
 
 
@@ -113,6 +114,7 @@ class LayerStore:
         self._default_base = _DefaultBase.configured(default_base)
         self.cache = LayerCache(self.state_dir / "layers")
         self.volumes = Volumes(self.state_dir / "volumes")
+        self.secrets = Secrets(self.state_dir / "secrets")
         self._busybox_base = BusyboxBase(self.cache, busybox=busybox)
         given = dict(resolvers or {})
         # Path layers whose content is a tarball go to the archive resolver,

@@ -251,6 +251,8 @@ class Squishfile:
     seccomp: Seccomp = "default"
     # [volumes]: the node's named volumes it mounts, by name.
     volumes: tuple[VolumeMount, ...] = ()
+    # [secrets]: (key, the node's secret's name): the value at /run/secrets/KEY.
+    secrets: tuple[tuple[str, str], ...] = ()
     # Which nodes of a fleet may run it; not part of the spec (see _spec).
     placement: Placement = field(default_factory=Placement)
 
@@ -264,6 +266,7 @@ class Squishfile:
         object.__setattr__(self, "depends_on", tuple(self.depends_on))
         object.__setattr__(self, "limits", tuple(self.limits))
         object.__setattr__(self, "volumes", tuple(self.volumes))
+        object.__setattr__(self, "secrets", tuple(self.secrets))
         if not isinstance(self.env, MappingProxyType):
             object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
 
@@ -315,6 +318,10 @@ class Squishfile:
             spec["seccomp"] = self.seccomp
         if self.volumes:
             spec["volumes"] = [[v.name, v.target, v.ro] for v in self.volumes]
+        if self.secrets:
+            # The names only: a new value replaces the container all the
+            # same (the reconciler compares the secrets' versions).
+            spec["secrets"] = [list(secret) for secret in self.secrets]
         if self.health is not None:
             spec["health"] = {
                 "command": list(self.health.command),
@@ -757,6 +764,8 @@ _Retries = Annotated[int, PlainValidator(_retries)]
 _HealthCommand = Annotated[list[_NoNul], AfterValidator(_health_command)]
 _ContainerName = Annotated[str, AfterValidator(_container_name)]
 _VolumeName = Annotated[str, AfterValidator(volume_name)]
+_SecretKey = Annotated[str, AfterValidator(_name_rule("secret key"))]
+_SecretName = Annotated[str, AfterValidator(_name_rule("secret"))]
 _NetworkNames = Annotated[
     list[Annotated[str, AfterValidator(_network_name)]], AfterValidator(_network_names)
 ]
@@ -902,6 +911,7 @@ class _RawSquishfile(_Raw):
     limits: dict[str, Any] = Field(default_factory=dict)
     security: _RawSecurity = Field(default_factory=_RawSecurity)
     volumes: dict[_VolumeName, _RawVolume] = Field(default_factory=dict)
+    secrets: dict[_SecretKey, _SecretName] = Field(default_factory=dict)
     placement: _RawPlacement = Field(default_factory=_RawPlacement)
 
 
@@ -1121,6 +1131,7 @@ def _resolve(
         limits=limits,
         seccomp=raw.security.seccomp,
         volumes=_resolve_volumes(raw.volumes, layers_found, base, problems),
+        secrets=tuple(raw.secrets.items()),
         placement=Placement(tuple(raw.placement.nodes or ()), raw.placement.labels),
     )
 

@@ -43,6 +43,8 @@ from squish.model.squishfile import Change, Dependency, Squishfile, diff_specs
 
 HealthOf = Callable[[str], str | None]
 """A name's running container's health status (None: no checks, or not running)."""
+SecretVersion = Callable[[str], str | None]
+"""A node secret's version (changed whenever its value is), None if there is no such secret."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,24 @@ class _World:
     records: Mapping[str, Record]
     running: Set[str]
     health: HealthOf
+    secret_version: SecretVersion
+
+    def key(self, manifest: Manifest, wanted: Squishfile) -> str:
+        """What the container's files are: its file layers', and its secrets' values."""
+        if not wanted.secrets:
+            return manifest.layer_key
+        versions = ",".join(str(self.secret_version(name)) for _, name in wanted.secrets)
+        return f"{manifest.layer_key}|secrets:{versions}"
+
+    def missing_secret(self, wanted: Squishfile) -> str | None:
+        """Why it cannot start for want of a secret; None if it has them all."""
+        for _, name in wanted.secrets:
+            if self.secret_version(name) is None:
+                return (
+                    f"waiting for secret {name}: the node has no such secret "
+                    f"(squish secret create {name} FILE)"
+                )
+        return None
 
     def unmet(self, dependency: Dependency) -> str | None:
         """Why ``dependency`` does not meet its condition now; None if it does."""
@@ -235,15 +255,18 @@ def plan(
     *,
     names: Collection[str] | None = None,
     health: HealthOf = lambda name: None,
+    secret_version: SecretVersion = lambda name: None,
 ) -> list[Action]:
     """Actions that make ``running`` (container ids) match ``desired`` for ``names``.
 
     ``names``: the names to plan (None: every name wanted or recorded); one
     neither wanted nor recorded has nothing to do. ``health``: each name's
-    health status, for the ``"healthy"`` condition of ``[depends_on]``.
+    health status, for the ``"healthy"`` condition of ``[depends_on]``;
+    ``secret_version``: the node's secrets, for ``[secrets]`` (a new value
+    replaces the containers that use it; a missing one makes them wait).
     """
     actions: list[Action] = []
-    world = _World(desired, records, running, health)
+    world = _World(desired, records, running, health, secret_version)
     # Host ports held by running containers: they keep them. Indexed by
     # (port, protocol), from every record, but only once a name of this
     # round claims ports; ``claimed`` is what the names planned so far in
@@ -308,7 +331,8 @@ def plan(
         if is_running:
             assert record is not None and record.applied is not None
             change = diff_specs(record.applied, wanted)
-            if manifest.layer_key != record.applied_key:
+            key = world.key(manifest, wanted)
+            if key != record.applied_key:
                 change = Change.REPLACE  # a file layer (an archive) changed on the host
             if change is Change.SAME:
                 if record.dependency_ids and (
@@ -322,7 +346,7 @@ def plan(
                             container_id=record.container_id,
                             reason=f"restarted with its dependency {restarted}",
                             restart=True,
-                            layer_key=manifest.layer_key,
+                            layer_key=key,
                         )
                     )
                 continue
@@ -340,22 +364,23 @@ def plan(
                     name,
                     wanted,
                     container_id=record.container_id,
-                    layer_key=manifest.layer_key,
+                    layer_key=key,
                 )
             )
             continue
         start, restart = _wants_start(record, wanted, now)
         if not start:
             continue
-        if not restart and wanted.depends_on:
+        why = world.missing_secret(wanted)
+        if why is None and not restart and wanted.depends_on:
             why = world.waits_for(wanted)
-            if why is not None:
-                actions.append(Action(Kind.WAIT, name, wanted, reason=why))
-                continue
+        if why is not None:
+            actions.append(Action(Kind.WAIT, name, wanted, reason=why))
+            continue
         if conflict := claim(name, wanted):
             actions.append(Action(Kind.CONFLICT, name, wanted, reason=conflict))
             continue
         actions.append(
-            Action(Kind.START, name, wanted, restart=restart, layer_key=manifest.layer_key)
+            Action(Kind.START, name, wanted, restart=restart, layer_key=world.key(manifest, wanted))
         )
     return actions

@@ -371,6 +371,7 @@ class Reconciler:
                 now,
                 names=None if full else names,
                 health=self._health_status,
+                secret_version=self.store.secrets.version,
             )
             waits = {action.name: action.reason for action in actions if action.kind is Kind.WAIT}
             self._note_waits(names, waits)

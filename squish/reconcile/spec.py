@@ -44,4 +44,5 @@ def container_spec(squishfile: Squishfile, store: LayerStore) -> ContainerSpec:
             (name, LIMITS[name][0], soft, hard) for name, soft, hard in squishfile.limits
         ),
         seccomp=squishfile.seccomp == "default",
+        secrets=tuple((key, store.secrets.get(secret).path) for key, secret in squishfile.secrets),
     )

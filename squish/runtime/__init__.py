@@ -80,6 +80,8 @@ class ContainerSpec:
     # Resource limits of its processes: (name, RLIMIT_*, soft, hard) each.
     rlimits: tuple[tuple[str, int, int, int], ...] = ()
     seccomp: bool = True  # the default seccomp filter (squish.runtime.seccomp); False: none
+    # (key, host file): each value copied to /run/secrets/KEY, a tmpfs of its own, 0400.
+    secrets: tuple[tuple[str, Path], ...] = ()
     # Named networks it joins (``squish.runtime.networks``); none: a
     # slirp4netns of its own, reachable only through its forwards.
     networks: tuple[str, ...] = ()

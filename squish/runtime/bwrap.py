@@ -48,6 +48,9 @@ from dataclasses import dataclass
 from squish.runtime import DEFAULT_PATH, ContainerSpec
 from squish.runtime.mounts import HostView, Pinned, Special, plan_mounts
 
+SECRETS_DIR = "/run/secrets"
+SECRETS_TMPFS = 8 << 20  # bytes: room for 16 values of the largest size
+
 
 @dataclass(frozen=True)
 class HandshakeFds:
@@ -58,6 +61,7 @@ class HandshakeFds:
     block: int | None = None
     userns: int | None = None  # join this user namespace instead of making one
     seccomp: int | None = None  # the seccomp filter (BPF) to load before the command
+    secrets: tuple[tuple[str, int], ...] = ()  # (key, fd of its value) for /run/secrets
 
 
 def container_env(spec: ContainerSpec) -> dict[str, str]:
@@ -120,7 +124,15 @@ def bwrap_argv(
         Special("/dev", "dev"),
         Special("/tmp", "tmpfs", size=spec.tmp_size),  # noqa: S108 (inside the container)
     ]
+    if fds.secrets:
+        # A tmpfs of the container's own: never the shared base, never a layer.
+        specials.append(Special(SECRETS_DIR, "tmpfs", size=SECRETS_TMPFS))
     argv += plan_mounts(spec.rootfs, spec.mounts, specials, host, pinned)
+    for key, fd in fds.secrets:
+        # bwrap copies the value from the fd (and closes it), owned by the user.
+        argv += ["--perms", "0400", "--file", str(fd), f"{SECRETS_DIR}/{key}"]
+    if fds.secrets:
+        argv += ["--remount-ro", SECRETS_DIR]  # mounted read-only, as a secret is
     argv += ["--chdir", spec.workdir, "--clearenv"]
     for key, value in container_env(spec).items():
         argv += ["--setenv", key, value]

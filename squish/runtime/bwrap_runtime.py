@@ -480,6 +480,20 @@ class BwrapRuntime:
                 handshake = HandshakeFds(info_w, block=block_child)
                 if not spec.rlimits:
                     os.write(block, b"1")  # nothing to wait for: set up at full speed
+            if spec.secrets:
+                values = []
+                for key, path in spec.secrets:
+                    try:
+                        value = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                    except OSError as exc:
+                        raise RuntimeFailure(
+                            f"{spec.name}: cannot read the secret for /run/secrets/{key}: "
+                            f"{exc.strerror or exc}"
+                        ) from None
+                    fds.append(value)
+                    child_fds.append(value)
+                    values.append((key, value))
+                handshake = replace(handshake, secrets=tuple(values))
             if spec.seccomp:
                 # bwrap reads it, loads it before the command, and closes it.
                 filter_fd = _memfd("seccomp", default_filter())

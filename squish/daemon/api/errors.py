@@ -8,7 +8,7 @@ uses :func:`json_response` and :func:`error_response`. A
 
     400  ManifestError, LayerError, a malformed request (BadRequest)
     404  ContainerNotFound (a container the daemon does not know), NoSuchSource,
-         NetworkNotFound, VolumeNotFound, no such route
+         NetworkNotFound, VolumeNotFound, SecretNotFound, no such route
     409  RuntimeFailure, PortInUse (the request was fine; the host said no),
          AmbiguousName (with the candidates), SourceError (no git source to sync,
          a delete the prune guard holds)
@@ -35,6 +35,7 @@ from squish.errors import (
     NetworkNotFound,
     NoSuchSource,
     RuntimeFailure,
+    SecretNotFound,
     SourceError,
     SquishError,
     VolumeNotFound,
@@ -50,7 +51,9 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 def _status_for(exc: Exception) -> int:
     # ContainerNotFound is a RuntimeFailure, so it is checked first.
-    if isinstance(exc, ContainerNotFound | NoSuchSource | NetworkNotFound | VolumeNotFound):
+    if isinstance(
+        exc, ContainerNotFound | NoSuchSource | NetworkNotFound | VolumeNotFound | SecretNotFound
+    ):
         return 404
     if isinstance(exc, SourceError):
         return 409

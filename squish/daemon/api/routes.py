@@ -31,6 +31,9 @@ Routes (all under ``/v1``; the shapes are :mod:`squish.api_schema`'s, and
     GET    /volumes/{name}              Volume (with its size)
     DELETE /volumes/{name}              Volume (409 while a squishfile names it)
     POST   /volumes/prune               VolumePrune
+    GET    /secrets                     [Secret] (names and users, never values)
+    PUT    /secrets/{name}              the body is the value -> Secret
+    DELETE /secrets/{name}              Secret (409 while a squishfile names it)
     GET    /volumes/{name}/export       application/x-tar stream
     PUT    /volumes/{name}/import       the body is a tar (or compressed tar) -> Volume
     GET    /layers                      [LayerInfo]
@@ -208,6 +211,18 @@ def _container_operations(control: ControlPlane, drain: Drain) -> list[Operation
     async def prune_volumes(request: Request) -> Response:
         return json_response(await control.prune_volumes())
 
+    def secret_name(request: Request) -> str:
+        return valid_name(request.path_params["name"], "secret name")
+
+    async def list_secrets(request: Request) -> Response:
+        return json_response(await control.secrets())
+
+    async def create_secret(request: Request) -> Response:
+        return json_response(await control.create_secret(secret_name(request), request.stream()))
+
+    async def remove_secret(request: Request) -> Response:
+        return json_response(await control.remove_secret(secret_name(request)))
+
     async def export_volume(request: Request) -> Response:
         name = volume_name(request)
         await control.volume(name)  # before the 200: a missing one is a 404
@@ -362,6 +377,30 @@ def _container_operations(control: ControlPlane, drain: Drain) -> list[Operation
             "delete every volume no squishfile names",
             prune_volumes,
             schema.VolumePrune,
+        ),
+        Operation(
+            "GET",
+            "/v1/secrets",
+            "every secret of the node (never a value)",
+            list_secrets,
+            list[schema.Secret],
+        ),
+        Operation(
+            "PUT",
+            "/v1/secrets/{name}",
+            "store a secret (the body is its value, at most 512 KiB), replacing the containers "
+            "that use it",
+            create_secret,
+            schema.Secret,
+            errors=(400,),
+        ),
+        Operation(
+            "DELETE",
+            "/v1/secrets/{name}",
+            "delete a secret (refused while a squishfile names it)",
+            remove_secret,
+            schema.Secret,
+            errors=(400, 404, 409),
         ),
         Operation(
             "GET",
