@@ -29,7 +29,10 @@ Rules, per name:
   for which and why; once running, it keeps running whatever its
   dependencies do, unless one with ``restart = true`` is restarted or
   replaced: then it is restarted too, once that one meets its condition
-  again.
+  again;
+- ``[secrets]``: a start waits until the node has each secret it names; a
+  new value of one replaces the running container (its version is part of
+  what the container's files are, with the file layers').
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ class Record:
     # A container found gone before its exit was seen (the exit still on its
     # way, or lost): counted as a crash then; its exit, if it comes, only says why.
     found_dead: str | None = None
-    waiting: str | None = None  # why it does not start yet: a dependency (depends_on)
+    waiting: str | None = None  # why it does not start yet: a dependency, a missing secret
     # The containers of its restart = true dependencies when it started: a
     # new one there restarts it.
     dependency_ids: Mapping[str, str | None] = field(default_factory=dict)
@@ -101,7 +104,7 @@ class Kind(enum.StrEnum):
     HALT = "halt"  # stop it, keep the record: the user stopped it
     CONFLICT = "conflict"  # not an action on the runtime: record the failure
     FORGET = "forget"  # manifest gone, nothing runs: drop the record
-    WAIT = "wait"  # not an action on the runtime: a dependency is not ready (the reason)
+    WAIT = "wait"  # not an action on the runtime: a dependency or a secret is missing (why)
 
 
 @dataclass(frozen=True)

@@ -399,7 +399,7 @@ class Reconciler:
         self._notify()
 
     def _note_waits(self, names: Collection[str], waits: Mapping[str, str]) -> None:
-        """Note why each of ``names`` waits for its dependencies (``waits``), if it does."""
+        """Note why each of ``names`` waits (a dependency, a secret: ``waits``), if it does."""
         for name in names:
             why = waits.get(name)
             record = self.records.get(name) if why is None else self.record(name)
