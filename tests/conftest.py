@@ -8,8 +8,10 @@ fail with a message saying so instead of testing something squish never does.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -70,6 +72,16 @@ def rootless() -> None:
 async def runtime(tmp_path: Path, rootless: None) -> AsyncIterator[BwrapRuntime]:
     async with BwrapRuntime(run_dir=tmp_path / "run", log_dir=tmp_path / "logs") as rt:
         yield rt
+
+
+def musl_probe(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """tests/probes/NAME.c built static against musl (Alpine's C library), once a session."""
+    compiler = shutil.which("musl-gcc")
+    assert compiler is not None, "musl-gcc is missing (scripts/setup --test installs musl-tools)"
+    built = tmp_path_factory.mktemp("probes") / name
+    source = Path(__file__).with_name("probes") / f"{name}.c"
+    subprocess.run([compiler, "-static", "-O2", "-o", str(built), str(source)], check=True)
+    return built
 
 
 def container_dirs(run_dir: Path) -> list[Path]:

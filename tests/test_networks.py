@@ -9,7 +9,6 @@ runtime.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import pytest
 from squish.layers import Mount
 from squish.runtime import Container, ContainerSpec, PortForward
 from squish.runtime.bwrap_runtime import BwrapRuntime
-from tests.conftest import free_port
+from tests.conftest import free_port, musl_probe
 from tests.test_runtime import (
     alive,
     http_get,
@@ -436,12 +435,7 @@ async def test_a_replaced_container_is_reached_at_once_by_a_peer_that_knew_the_o
 @pytest.fixture(scope="session")
 def musl_fetch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tests/probes/fetch.c built static against musl, Alpine's C library."""
-    compiler = shutil.which("musl-gcc")
-    assert compiler is not None, "musl-gcc is missing (scripts/setup --test installs musl-tools)"
-    built = tmp_path_factory.mktemp("probes") / "fetch"
-    source = Path(__file__).with_name("probes") / "fetch.c"
-    subprocess.run([compiler, "-static", "-O2", "-o", str(built), str(source)], check=True)
-    return built
+    return musl_probe(tmp_path_factory, "fetch")
 
 
 async def test_a_musl_program_resolves_a_peer_by_name(

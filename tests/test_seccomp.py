@@ -12,8 +12,6 @@ too.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from squish.model.host import load_squishfile
 from squish.runtime import ContainerSpec, Mount
 from squish.runtime.bwrap_runtime import BwrapRuntime
 from squish.runtime.seccomp import default_filter
+from tests.conftest import musl_probe
 from tests.test_runtime import run_to_exit
 
 pytestmark = pytest.mark.anyio
@@ -57,12 +56,7 @@ KERNEL_ANSWERS_OTHERWISE = {"keyctl", "add_key", "tiocsti", "tiocsti_high_bits",
 
 @pytest.fixture(scope="session")
 def probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    compiler = shutil.which("musl-gcc")
-    assert compiler is not None, "musl-gcc is missing (scripts/setup --test installs musl-tools)"
-    built = tmp_path_factory.mktemp("probes") / "syscalls"
-    source = Path(__file__).with_name("probes") / "syscalls.c"
-    subprocess.run([compiler, "-static", "-O2", "-o", str(built), str(source)], check=True)
-    return built
+    return musl_probe(tmp_path_factory, "syscalls")
 
 
 def answers(log: str) -> dict[str, str]:
