@@ -283,6 +283,29 @@ status_is "layer rm of one that is not there exits 1" 1 squish layer rm python 3
 check "... in one line" one_line "$work/err"
 status_is "layer gc" 0 squish layer gc
 
+# -- waiting, volumes, secrets, as a newcomer meets them ------------------------------
+printf 'network = "none"\n[run]\ncommand = "/bin/sleep"\nargs = ["1000"]\n[depends_on]\nmissing-database = "healthy"\n[secrets]\ntoken = "not-created-yet"\n' > "$manifests/waiter.toml"
+eventually "a container waiting for a secret shows in ps -a as waiting (compose's wait)" \
+  eval "squish ps -a | grep -q ' waiter .*waiting '"
+script -qec "stty cols 80; squish ps -a" /dev/null | sed 's/\x1b\[[0-9;]*m//g; s/\r$//' > "$work/tty-wait"
+check "... on an 80-column terminal its row is one line of at most 80" \
+  python3 -c "rows=[l for l in open('$work/tty-wait').read().splitlines() if ' waiter ' in l]; assert len(rows) == 1 and len(rows[0]) <= 80, rows"
+check "... with the whole reason in ps -a --json" \
+  eval "[ \"\$(field waiter reason)\" = 'waiting for secret not-created-yet: the node has no such secret (squish secret create not-created-yet FILE)' ]"
+status_is "volume rm of a volume that does not exist exits 1" 1 squish volume rm no-such-volume
+check "... in one line naming it" eval "one_line '$work/err' && grep -q \"no volume 'no-such-volume'\" '$work/err'"
+head -c 600000 /dev/zero > "$work/big-secret"
+status_is "secret create of a value over 512 KiB exits 1" 1 squish secret create big "$work/big-secret"
+check "... in one line saying the limit" eval "one_line '$work/err' && grep -q 'at most 524288' '$work/err'"
+status_is "secret rm of a secret that does not exist exits 1" 1 squish secret rm no-such-secret
+check "... in one line saying how to make it" \
+  eval "one_line '$work/err' && grep -q 'squish secret create no-such-secret FILE' '$work/err'"
+for verb in volume secret; do
+  status_is "squish $verb --help exits 0" 0 squish "$verb" --help
+  check "... and lists its actions" grep -q 'ACTION' "$work/out"
+done
+rm "$manifests/waiter.toml"
+
 # -- metrics ----------------------------------------------------------------------
 curl -sf "http://127.0.0.1:$metrics_port/metrics" > "$work/scrape.txt"
 check "a healthy container's restart counter exists at 0" grep -q '^squish_container_restarts_total{container="site"} 0.0' "$work/scrape.txt"

@@ -332,7 +332,8 @@ class DaemonControl:
             data.extend(chunk)
             if len(data) > MAX_SECRET_BYTES:
                 raise LayerError(
-                    f"secret {name}: the value is over {MAX_SECRET_BYTES} bytes (512 KiB)"
+                    f"secret {name}: the value is more than {MAX_SECRET_BYTES} bytes; "
+                    f"at most {MAX_SECRET_BYTES} (512 KiB)"
                 )
         store = self.reconciler.store.secrets
         made = await anyio.to_thread.run_sync(store.create, name, bytes(data))
