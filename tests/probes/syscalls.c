@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
+#include <sys/timex.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -59,6 +60,11 @@ int main(int argc, char **argv) {
     TRY("tiocsti_high_bits", syscall(SYS_ioctl, 0, (1UL << 32) | TIOCSTI, "x"));
     TRY("tioclinux", syscall(SYS_ioctl, 0, TIOCLINUX, "x"));
     TRY("clone3", syscall(435 /* clone3 */, 0, 0));
+    TRY("io_uring_setup", syscall(425 /* io_uring_setup */, 1, 0));
+    {
+        struct timex query = {0}; /* modes 0: only reads the clock's state */
+        TRY("adjtimex_query", syscall(SYS_adjtimex, &query));
+    }
     TRY("ptrace_outside", syscall(SYS_ptrace, 16 /* PTRACE_ATTACH */, outside, 0, 0));
     TRY("getpid", syscall(SYS_getpid));
     TRY("fionread", syscall(SYS_ioctl, 0, FIONREAD, &outside));
