@@ -71,7 +71,9 @@ def test_the_store_makes_lists_sizes_and_removes(tmp_path: Path) -> None:
     assert (data / "table").exists()
     # As a daemon started again finds it.
     assert Volumes(tmp_path / "volumes").ensure("pgdata") == data and (data / "table").exists()
-    assert [volume.name for volume in volumes.list()] == ["pgdata"]
+    (tmp_path / "volumes" / "stray").write_text("not a volume\n")
+    (tmp_path / "volumes" / "half").mkdir()  # no data directory in it
+    assert [volume.name for volume in volumes.list()] == ["pgdata"]  # the others are skipped
     assert volumes.size("pgdata") == 1000
     assert data.stat().st_uid == os.getuid()
     volumes.remove("pgdata")

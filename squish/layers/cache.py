@@ -356,6 +356,15 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def entry_names(root: Path) -> list[str]:
+    """The names in the directory ``root``, sorted, but the hidden (temporary) ones;
+    none if it does not exist (yet)."""
+    try:
+        return sorted(entry.name for entry in root.iterdir() if not entry.name.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
 def tree_size(path: Path) -> int:
     """Bytes of the regular files under ``path`` (hard links counted once)."""
     total = 0

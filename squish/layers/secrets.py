@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from squish.errors import LayerError, SecretNotFound
+from squish.layers.cache import entry_names
 
 MAX_SECRET_BYTES = 512 << 10
 """A value is at most 512 KiB."""
@@ -94,17 +95,12 @@ class Secrets:
             return None
 
     def list(self) -> list[Secret]:
-        try:
-            names = sorted(entry.name for entry in self.root.iterdir())
-        except FileNotFoundError:
-            return []
         found = []
-        for name in names:
-            if not name.startswith("."):
-                try:
-                    found.append(self.get(name))
-                except (SecretNotFound, LayerError):
-                    continue
+        for name in entry_names(self.root):
+            try:
+                found.append(self.get(name))
+            except (SecretNotFound, LayerError):
+                continue  # not a secret (a stray name)
         return found
 
     def remove(self, name: str) -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO
 
 from squish.errors import LayerError, VolumeNotFound
-from squish.layers.cache import tree_size
+from squish.layers.cache import entry_names, tree_size
 from squish.layers.unpack import unpack_file
 
 
@@ -92,17 +92,11 @@ class Volumes:
         return Volume(name, data, created)
 
     def list(self) -> list[Volume]:
-        try:
-            names = sorted(entry.name for entry in self.root.iterdir())
-        except FileNotFoundError:
-            return []
         found = []
-        for name in names:
-            if name.startswith("."):
-                continue
+        for name in entry_names(self.root):
             try:
                 found.append(self.get(name))
-            except LayerError:
+            except (VolumeNotFound, LayerError):
                 continue  # not a volume (a stray file)
         return found
 
