@@ -38,7 +38,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from squish import __version__, paths
 from squish.cli import output as cli_output
@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 
     from squish import api_schema as schema
     from squish.model.squishfile import Squishfile
+
+_T = TypeVar("_T")
 
 # What a verb needs beyond talking to the daemon is imported inside that verb:
 # imported up front, the daemon, the runtime, the layer store and the manifest
@@ -461,22 +463,27 @@ def _add_refs(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def _each(names: Iterable[str], call: Callable[[str], _T]) -> tuple[list[_T], int]:
+    """``call`` for every name in turn, as podman does: errors are reported, the rest goes on."""
+    done: list[_T] = []
+    status = EXIT_OK
+    for name in names:
+        try:
+            done.append(call(name))
+        except DaemonUnreachable:
+            raise
+        except SquishError as exc:
+            print(f"squish: {exc}", file=sys.stderr)
+            status = EXIT_FAILURE
+    return done, status
+
+
 def _each_ref(
     args: argparse.Namespace, call: Callable[[Client, str], schema.Container]
 ) -> tuple[list[schema.Container], int]:
-    """``call`` for every ref in turn, as podman does: errors are reported, the rest goes on."""
-    done: list[schema.Container] = []
-    status = EXIT_OK
+    """``call`` for every ref of the command line (see ``_each``)."""
     with _client(args) as client:
-        for ref in args.refs:
-            try:
-                done.append(call(client, ref))
-            except DaemonUnreachable:
-                raise
-            except SquishError as exc:
-                print(f"squish: {exc}", file=sys.stderr)
-                status = EXIT_FAILURE
-    return done, status
+        return _each(args.refs, lambda ref: call(client, ref))
 
 
 def _configure_stop(parser: argparse.ArgumentParser) -> None:
@@ -583,17 +590,8 @@ def _configure_inspect(parser: argparse.ArgumentParser) -> None:
 
 def _run_inspect(args: argparse.Namespace) -> int:
     """Everything the daemon knows about containers: a JSON array, as podman prints."""
-    found: list[schema.ContainerDetail] = []
-    status = EXIT_OK
     with _client(args) as client:
-        for ref in args.refs:
-            try:
-                found.append(client.inspect(ref))
-            except DaemonUnreachable:
-                raise
-            except SquishError as exc:
-                print(f"squish: {exc}", file=sys.stderr)
-                status = EXIT_FAILURE
+        found, status = _each(args.refs, client.inspect)
     if args.format is not None and args.format != "json" and not args.json:
         _print_formatted(args.format, found)
     else:
@@ -665,15 +663,7 @@ def _run_logs(args: argparse.Namespace) -> int:
                     out.flush()
 
     if not (args.follow and several):
-        status = EXIT_OK
-        for ref in args.refs:
-            try:
-                copy(ref)
-            except DaemonUnreachable:
-                raise
-            except SquishError as exc:
-                print(f"squish: {exc}", file=sys.stderr)
-                status = EXIT_FAILURE
+        _, status = _each(args.refs, copy)
         return status
     # Followed, several: one reader each, lines interleaved as they come.
     failures: list[SquishError] = []
@@ -812,17 +802,8 @@ def _configure_network(parser: argparse.ArgumentParser) -> None:
 def _run_network(args: argparse.Namespace) -> int:
     """``squish network ls`` and ``inspect``: the named networks, as the daemon wired them."""
     if args.network_command == "inspect":
-        found: list[schema.Network] = []
-        status = EXIT_OK
         with _client(args) as client:
-            for name in args.names:
-                try:
-                    found.append(client.network(name))
-                except DaemonUnreachable:
-                    raise
-                except SquishError as exc:
-                    print(f"squish: {exc}", file=sys.stderr)
-                    status = EXIT_FAILURE
+            found, status = _each(args.names, client.network)
         _print_json(found)
         return status
     with _client(args) as client:
@@ -898,16 +879,7 @@ def _run_volume(args: argparse.Namespace) -> int:
             return EXIT_OK
         if args.volume_command in ("inspect", "rm"):
             call = client.volume if args.volume_command == "inspect" else client.remove_volume
-            found: list[schema.Volume] = []
-            status = EXIT_OK
-            for name in args.names:
-                try:
-                    found.append(call(name))
-                except DaemonUnreachable:
-                    raise
-                except SquishError as exc:
-                    print(f"squish: {exc}", file=sys.stderr)
-                    status = EXIT_FAILURE
+            found, status = _each(args.names, call)
             if args.volume_command == "inspect" or args.json:
                 _print_json(found)
             else:
@@ -978,16 +950,7 @@ def _run_secret(args: argparse.Namespace) -> int:
                 print(made["name"])
             return EXIT_OK
         if action == "rm":
-            status = EXIT_OK
-            removed: list[schema.Secret] = []
-            for name in args.names:
-                try:
-                    removed.append(client.remove_secret(name))
-                except DaemonUnreachable:
-                    raise
-                except SquishError as exc:
-                    print(f"squish: {exc}", file=sys.stderr)
-                    status = EXIT_FAILURE
+            removed, status = _each(args.names, client.remove_secret)
             if args.json:
                 _print_json(removed)
             else:
