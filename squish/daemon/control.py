@@ -23,7 +23,7 @@ import functools
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -43,8 +43,7 @@ from squish.errors import (
     SquishError,
     VolumeNotFound,
 )
-from squish.layers import Limits
-from squish.layers.download import write
+from squish.layers.download import receive_archive
 from squish.layers.secrets import MAX_SECRET_BYTES
 from squish.layers.volumes import Volume
 from squish.model.host import host_paths
@@ -266,14 +265,21 @@ class DaemonControl:
 
     # -- volumes ---------------------------------------------------------------
 
-    def _volume_users(self) -> dict[str, list[str]]:
-        """Volume name -> the squishfiles that name it (the wanted and the running ones)."""
+    def _users(self, named: Callable[[Squishfile], Iterable[str]]) -> dict[str, list[str]]:
+        """What ``named`` finds in each squishfile (a volume, a secret) -> the squishfiles
+        that name it (the wanted ones, and the last good version of an invalid one)."""
         wanted, _ = self.reconciler.layer_users()
         users: dict[str, list[str]] = {}
-        for name, squishfile in sorted(wanted.items()):
-            for volume in squishfile.volumes:
-                users.setdefault(volume.name, []).append(name)
+        for container, squishfile in sorted(wanted.items()):
+            for name in named(squishfile):
+                users.setdefault(name, []).append(container)
         return users
+
+    def _volume_users(self) -> dict[str, list[str]]:
+        return self._users(lambda squishfile: (volume.name for volume in squishfile.volumes))
+
+    def _secret_users(self) -> dict[str, list[str]]:
+        return self._users(lambda squishfile: (secret for _, secret in squishfile.secrets))
 
     async def volumes(self) -> list[schema.Volume]:
         users = self._volume_users()
@@ -292,11 +298,7 @@ class DaemonControl:
 
     async def remove_volume(self, name: str) -> schema.Volume:
         row = await self.volume(name)
-        if row["containers"]:
-            raise RuntimeFailure(
-                f"volume {name} is used by {', '.join(row['containers'])}; "
-                "remove it from those squishfiles (or remove them) first"
-            )
+        _refuse_while_named(f"volume {name}", row["containers"])
         await anyio.to_thread.run_sync(self.reconciler.store.volumes.remove, name)
         return row
 
@@ -309,14 +311,6 @@ class DaemonControl:
         return {"removed": removed}
 
     # -- secrets ---------------------------------------------------------------
-
-    def _secret_users(self) -> dict[str, list[str]]:
-        wanted, _ = self.reconciler.layer_users()
-        users: dict[str, list[str]] = {}
-        for container, squishfile in sorted(wanted.items()):
-            for _, secret in squishfile.secrets:
-                users.setdefault(secret, []).append(container)
-        return users
 
     async def secrets(self) -> list[schema.Secret]:
         users = self._secret_users()
@@ -347,12 +341,7 @@ class DaemonControl:
     async def remove_secret(self, name: str) -> schema.Secret:
         store = self.reconciler.store.secrets
         found = await anyio.to_thread.run_sync(store.get, name)
-        users = self._secret_users().get(name, [])
-        if users:
-            raise RuntimeFailure(
-                f"secret {name} is used by {', '.join(users)}; "
-                "remove it from those squishfiles (or remove them) first"
-            )
+        _refuse_while_named(f"secret {name}", self._secret_users().get(name, []))
         await anyio.to_thread.run_sync(store.remove, name)
         return {"name": found.name, "created_at": found.created_at, "containers": []}
 
@@ -382,27 +371,16 @@ class DaemonControl:
                 "stop them first (squish stop), then import"
             )
         volumes = self.reconciler.store.volumes
-        limit = Limits().total_bytes  # no archive bigger than what one may unpack to
-        received = 0
+        what = f"the archive for volume {name}"
         try:
             volumes.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             upload = tempfile.NamedTemporaryFile(dir=volumes.root, prefix=".upload-")  # noqa: SIM115
         except OSError as exc:
             raise LayerError(f"cannot receive the archive for volume {name}: {exc}") from exc
         with upload:
-            async for chunk in archive:
-                received += len(chunk)
-                if received > limit:
-                    raise LayerError(f"an archive larger than {limit} bytes is refused")
-                write(upload, chunk)  # a full disk is a LayerError, not a 500
-            upload.flush()
+            await receive_archive(archive, upload, what=what)
             await anyio.to_thread.run_sync(
-                functools.partial(
-                    volumes.import_archive,
-                    name,
-                    Path(upload.name),
-                    label=f"the archive for volume {name}",
-                )
+                functools.partial(volumes.import_archive, name, Path(upload.name), label=what)
             )
         return await self.volume(name)
 
@@ -579,6 +557,15 @@ def _noted(error: SquishError, note: str) -> SquishError:
         return type(error)(f"{error}; {note}")
     except TypeError:  # a class with other constructor arguments
         return RuntimeFailure(f"{error}; {note}")
+
+
+def _refuse_while_named(what: str, users: list[str]) -> None:
+    """Removing ``what`` is refused while squishfiles (``users``) name it."""
+    if users:
+        raise RuntimeFailure(
+            f"{what} is used by {', '.join(users)}; "
+            "remove it from those squishfiles (or remove them) first"
+        )
 
 
 def _volume_json(volume: Volume, containers: list[str], size: int | None) -> schema.Volume:

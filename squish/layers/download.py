@@ -17,13 +17,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
 import httpx
 
 from squish.errors import LayerError
+from squish.layers.unpack import Limits
 
 Progress = Callable[[int, int | None], None]
 """Told ``(bytes so far, total bytes or None)`` as a download or unpack goes."""
@@ -202,6 +203,22 @@ def write(file: IO[bytes], chunk: bytes) -> None:
         file.write(chunk)
     except OSError as exc:
         raise LayerError(f"cannot write the layer cache: {exc.strerror or exc}") from exc
+
+
+async def receive_archive(chunks: AsyncIterator[bytes], file: IO[bytes], *, what: str) -> None:
+    """Copy an uploaded archive (its chunks) into ``file``.
+
+    One bigger than what an archive may unpack to is refused as it comes,
+    naming ``what``; a full disk is a ``LayerError`` (see ``write``).
+    """
+    limit = Limits().total_bytes
+    received = 0
+    async for chunk in chunks:
+        received += len(chunk)
+        if received > limit:
+            raise LayerError(f"{what}: an archive larger than {limit} bytes is refused")
+        write(file, chunk)
+    file.flush()
 
 
 def one_line(exc: BaseException) -> str:

@@ -90,9 +90,8 @@ from squish.daemon.openapi import (
     document,
 )
 from squish.daemon.source_admin import SourceAdmin
-from squish.errors import LayerError, SquishError
-from squish.layers import Limits
-from squish.layers.download import write
+from squish.errors import SquishError
+from squish.layers.download import receive_archive
 
 __all__ = ["make_app"]
 
@@ -462,14 +461,8 @@ def _layer_operations(layers: LayerAdmin, drain: Drain) -> list[Operation]:
         name, version = layer_name(request)
         sha256 = valid_sha256(request.query_params.get("sha256") or None)
         source = request.query_params.get("source") or "upload"
-        limit = Limits().total_bytes  # no archive bigger than what one may unpack to
-        received = 0
         with layers.store.cache.download_file(prefix=".import-") as file:
-            async for chunk in request.stream():
-                received += len(chunk)
-                if received > limit:
-                    raise LayerError(f"{source}: an archive larger than {limit} bytes is refused")
-                write(file, chunk)  # a full disk is a LayerError, not a 500
+            await receive_archive(request.stream(), file, what=source)
             info = await layers.import_file(name, version, file, source=source, sha256=sha256)
         return json_response(info.to_json())
 
