@@ -562,7 +562,7 @@ class BwrapRuntime:
                     await self._wait_gone(live)
                     raise RuntimeFailure(f"{spec.name}: bwrap failed: {_pending_complaint(log_r)}")
                 # Before anything lets the command go: its processes inherit them.
-                _set_limits(spec, container.init_pid)
+                _set_limits(self._kernel, spec, container.init_pid)
             if live.shared is not None:
                 await self._join_networks(live, live.shared, block)
             elif not spec.network:
@@ -1059,12 +1059,12 @@ async def _start_udp_relay(
     return relay
 
 
-def _set_limits(spec: ContainerSpec, init_pid: int | None) -> None:
+def _set_limits(kernel: Kernel, spec: ContainerSpec, init_pid: int | None) -> None:
     """Set ``spec``'s rlimits on the sandbox's pid 1, which forks the command."""
     assert init_pid is not None
     for name, rlimit, soft, hard in spec.rlimits:
         try:
-            resource.prlimit(init_pid, rlimit, (soft, hard))
+            kernel.set_rlimit(init_pid, rlimit, soft, hard)
         except (ValueError, PermissionError) as exc:
             ours = resource.getrlimit(rlimit)[1]
             shown = "unlimited" if ours == resource.RLIM_INFINITY else str(ours)

@@ -100,6 +100,9 @@ class RecordingKernel:
     def map_ids(self, pid: int, inside: tuple[int, int], outside: tuple[int, int]) -> None:
         self._record("map_ids", pid, inside, outside)
 
+    def set_rlimit(self, pid: int, rlimit: int, soft: int, hard: int) -> None:
+        self._record("set_rlimit", pid, rlimit, soft, hard)
+
     def children(self, pid: int) -> list[int]:
         self._record("children", pid)
         return [child for child in self.children_of.get(pid, []) if child not in self.reaped]

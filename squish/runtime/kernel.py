@@ -23,6 +23,7 @@ import ctypes
 import ctypes.util
 import fcntl
 import os
+import resource
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,6 +59,11 @@ class Kernel(Protocol):
 
     def map_ids(self, pid: int, inside: tuple[int, int], outside: tuple[int, int]) -> None:
         """Map uid, gid ``inside`` ``pid``'s user namespace to ``outside`` ones (one each)."""
+        ...
+
+    def set_rlimit(self, pid: int, rlimit: int, soft: int, hard: int) -> None:
+        """Set ``pid``'s resource limit ``rlimit`` (``resource.RLIMIT_*``); ``ValueError``
+        or ``PermissionError`` above what may be set, ``ProcessLookupError`` if it is gone."""
         ...
 
     def children(self, pid: int) -> list[int]:
@@ -120,6 +126,9 @@ class LinuxKernel:
         _write_proc(f"/proc/{pid}/uid_map", f"{inside[0]} {outside[0]} 1\n")
         _write_proc(f"/proc/{pid}/setgroups", "deny")
         _write_proc(f"/proc/{pid}/gid_map", f"{inside[1]} {outside[1]} 1\n")
+
+    def set_rlimit(self, pid: int, rlimit: int, soft: int, hard: int) -> None:
+        resource.prlimit(pid, rlimit, (soft, hard))
 
     def children(self, pid: int) -> list[int]:
         # The children file (CONFIG_PROC_CHILDREN) is per thread: a child
