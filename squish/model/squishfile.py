@@ -1136,6 +1136,11 @@ def _resolve(
     )
 
 
+def _taken(target: str, owner: str) -> str:
+    """Why a layer or a volume cannot have ``target``: ``owner`` (its field) has it."""
+    return f"target {target} is already used by {owner}; give one of them a different target"
+
+
 def _resolve_volumes(
     raw: dict[str, _RawVolume],
     layers: tuple[Layer, ...],
@@ -1150,13 +1155,7 @@ def _resolve_volumes(
     for name, volume in raw.items():
         other = taken.get(volume.target)
         if other is not None:
-            problems.append(
-                _Problem(
-                    ("volumes", name),
-                    f"target {volume.target} is already used by {other}; "
-                    "give one of them a different target",
-                )
-            )
+            problems.append(_Problem(("volumes", name), _taken(volume.target, other)))
             continue
         taken[volume.target] = f"volumes.{name}"
         found.append(VolumeMount(name, volume.target, volume.ro))
@@ -1280,11 +1279,7 @@ def _resolve_layers(
         if other is not None:
             where = "target" if raw_layer.target is not None else None
             problems.append(
-                _Problem(
-                    _layer_loc(layer_name, where),
-                    f"target {layer.target} is already used by {_layer_field(other)}; "
-                    "give one of them a different target",
-                )
+                _Problem(_layer_loc(layer_name, where), _taken(layer.target, _layer_field(other)))
             )
             continue
         owner_of_target[layer.target] = layer_name
