@@ -143,11 +143,12 @@ def make_site(directory: Path) -> Path:
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` (all its threads, not its children)."""
+def cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """utime + stime of ``pid`` (all its threads); with ``children``, + cutime + cstime
+    (the children it has reaped)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    # After the comm: state is index 0, utime 11, stime 12.
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    # After the comm: state is index 0, utime 11, stime 12, cutime 13, cstime 14.
+    return sum(int(fields[i]) for i in (11, 12, 13, 14)[: 4 if children else 2]) / CLOCK_TICKS
 
 
 def status_kib(pid: int, key: str) -> int:

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from daemon_under_test import CLOCK_TICKS, DaemonUnderTest, cpu_seconds, processes
+from daemon_under_test import DaemonUnderTest, cpu_seconds, processes
 from stats import median_p90
 
 from squish.layers import LayerStore
@@ -55,12 +55,6 @@ from squish.runtime import ContainerSpec
 from squish.runtime.bwrap_runtime import BwrapRuntime
 
 EXEC_SERVER = "exec_helper.py"
-
-
-def with_children_seconds(pid: int) -> float:
-    """utime + stime + cutime + cstime of ``pid``: itself and the children it reaped."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLOCK_TICKS
 
 
 def exec_server(parent: int) -> int | None:
@@ -86,13 +80,13 @@ async def one_check(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             await runtime.exec(container.id, ["/bin/true"])
         server = exec_server(os.getpid())
         assert server is not None, "no exec server found"
-        own_before, server_before = cpu_seconds(os.getpid()), with_children_seconds(server)
+        own_before, server_before = cpu_seconds(os.getpid()), cpu_seconds(server, children=True)
         for _ in range(args.n):
             began = time.perf_counter()
             result = await runtime.exec(container.id, ["/bin/true"])
             squish.append(time.perf_counter() - began)
             assert result.exit_code == 0, result.output
-        own_after, server_after = cpu_seconds(os.getpid()), with_children_seconds(server)
+        own_after, server_after = cpu_seconds(os.getpid()), cpu_seconds(server, children=True)
         for _ in range(args.n):
             began = time.perf_counter()
             subprocess.run(["true"], check=True)  # noqa: ASYNC221 (the anchor: a plain spawn)
@@ -186,12 +180,12 @@ def at_scale(args: argparse.Namespace, work: Path, checked: bool) -> dict[str, A
         server_pct: list[float] = []
         for _ in range(args.windows):
             d0 = cpu_seconds(daemon.pid)
-            s0 = with_children_seconds(server) if server else 0.0
+            s0 = cpu_seconds(server, children=True) if server else 0.0
             began = time.monotonic()
             time.sleep(args.window)
             elapsed = time.monotonic() - began
             daemon_pct.append((cpu_seconds(daemon.pid) - d0) / elapsed * 100)
-            s1 = with_children_seconds(server) if server else 0.0
+            s1 = cpu_seconds(server, children=True) if server else 0.0
             server_pct.append((s1 - s0) / elapsed * 100)
         after = daemon.metrics()
         total, count = (
