@@ -99,10 +99,20 @@ class Placement(TypedDict):
     labels: dict[str, str]
 
 
+class HttpCheckSpec(TypedDict):
+    port: int
+    path: str
+    headers: dict[str, str]
+
+
 class HealthSpec(TypedDict):
-    """A squishfile's ``[health]``, in seconds."""
+    """A squishfile's ``[health]``, in seconds: one of ``command`` (not empty), ``http``
+    and ``tcp``."""
 
     command: list[str]
+    http: HttpCheckSpec | None
+    tcp: int | None
+    """A port."""
     interval: float
     timeout: float
     retries: int

@@ -232,6 +232,36 @@ check "inspect keeps the last checks with their output" \
 check "metrics: the health of each" \
   eval "curl -sf http://127.0.0.1:$metrics_port/metrics > '$work/scrape-health.txt' && grep -q '^squish_container_health{container=\"sick\",status=\"unhealthy\"} 1.0' '$work/scrape-health.txt'"
 rm "$manifests/checked.toml" "$manifests/sick.toml"
+# The daemon's own checks: an HTTP GET and a TCP connection, no process started.
+cat > "$manifests/probed.toml" <<EOF
+[layers]
+site = { path = "$work/site", target = "/app/site" }
+[run]
+command = "httpd"
+args = ["-f", "-p", "8080", "-h", "/app/site"]
+[health]
+http = { port = 8080, path = "/" }
+interval = "200ms"
+EOF
+cat > "$manifests/closed.toml" <<EOF
+network = "none"
+[run]
+command = "sleep"
+args = ["1000"]
+[health]
+tcp = 5432
+interval = "200ms"
+retries = 2
+EOF
+eventually "an http check: running (healthy)" \
+  eval "squish ps | grep -Eq ' probed +[0-9]+ +running \(healthy\) '"
+check "inspect shows the answer's status line" \
+  eval "squish inspect probed | python3 -c \"import json,sys; h=json.load(sys.stdin)[0]['health_checks']; assert h['log'][-1]['output'].startswith('HTTP 200 OK'), h\""
+eventually "a tcp check of a port nothing listens on: running (unhealthy)" \
+  eval "squish ps | grep -Eq ' closed +[0-9]+ +running \(unhealthy\) '"
+check "the event says why, in one line" \
+  grep -q 'container.health closed: unhealthy: 127.0.0.1:5432: Connection refused$' "$work/daemon.log"
+rm "$manifests/probed.toml" "$manifests/closed.toml"
 
 # -- start order (depends_on) -------------------------------------------------------
 cat > "$work/front.toml" <<EOF

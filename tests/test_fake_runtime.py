@@ -15,7 +15,15 @@ import anyio
 import pytest
 
 from squish.errors import ContainerNotFound, PortInUse, RuntimeFailure
-from squish.runtime import Container, ContainerSpec, ContainerState, ExitEvent, PortForward
+from squish.runtime import (
+    Container,
+    ContainerSpec,
+    ContainerState,
+    ExecResult,
+    ExitEvent,
+    PortForward,
+    Probe,
+)
 from squish.runtime.fake import FakeRuntime
 
 pytestmark = pytest.mark.anyio
@@ -174,7 +182,11 @@ async def update_ports(runtime: FakeRuntime, container_id: str) -> Container:
     return await runtime.update_ports(container_id, [tcp(8080)])
 
 
-@pytest.mark.parametrize("action", [stop, crash, update_ports])
+async def probe(runtime: FakeRuntime, container_id: str) -> ExecResult:
+    return await runtime.probe(container_id, Probe(8080), timeout=1)
+
+
+@pytest.mark.parametrize("action", [stop, crash, update_ports, probe])
 @pytest.mark.parametrize("ended_by", [None, stop, crash])
 async def test_unknown_or_ended_containers_are_not_found(
     action: Action, ended_by: Action | None, runtime: FakeRuntime

@@ -159,3 +159,41 @@ async def test_a_check_that_cannot_run_is_a_failure(tmp_path: Path) -> None:
             "the check could not run: cannot exec: Too many open files"
             in checks["log"][-1]["output"]
         )
+
+
+PROBED = squishfile() + '[health]\nhttp = 8080\ninterval = "50ms"\nretries = 1\n'
+
+
+async def test_http_and_tcp_checks_are_the_runtimes_probes_not_execs(tmp_path: Path) -> None:
+    from squish.runtime import Probe
+
+    async with real_plane(tmp_path) as plane:
+        plane.runtime.probe_results["web"] = ExecResult(
+            1, "HTTP 503 Service Unavailable\ndraining\n", 0.001
+        )
+        with plane.reconciler.subscribe() as events:
+            plane.write("web", PROBED)
+            await until(lambda: row(plane, "web").get("health") == "unhealthy")
+            event = await events.receive()
+            while event.kind != "container.health":
+                event = await events.receive()
+        # A probe's first line says what happened (a command's last).
+        assert event.message == "unhealthy: HTTP 503 Service Unavailable"
+        web = plane.ids()["web"]
+        assert ("probe", web) in plane.runtime.calls
+        assert ("exec", web) not in plane.runtime.calls
+        checks = plane.control.inspect("web")["health_checks"]
+        assert checks is not None
+        assert checks["log"][-1]["output"] == "HTTP 503 Service Unavailable\ndraining"
+        applied = plane.control.inspect("web")["applied"]
+        assert applied is not None and (health := applied["health"]) is not None
+        assert health["http"] == {"port": 8080, "path": "/", "headers": {}}
+        assert (health["command"], health["tcp"]) == ([], None)
+        plane.runtime.probe_results.pop("web")
+        await until(lambda: row(plane, "web").get("health") == "healthy")
+
+    squishfile_health = Health(tcp=5432)
+    from squish.reconcile.reconciler import _probe
+
+    assert _probe(squishfile_health) == Probe(5432)
+    assert _probe(Health(("true",))) is None

@@ -23,6 +23,7 @@ from squish.model.host import host_paths, load_squishfile
 from squish.model.squishfile import (
     Change,
     HostPath,
+    HttpCheck,
     Layer,
     LayerPathError,
     Placement,
@@ -161,6 +162,21 @@ def test_health_durations_and_defaults() -> None:
     assert parse(MINIMAL).health is None
     plain = parse(MINIMAL + '[health]\ncommand = ["x"]\n').health
     assert plain is not None and (plain.interval, plain.timeout, plain.start_period) == (30, 30, 0)
+    assert (plain.http, plain.tcp) == (None, None)
+
+
+def test_health_by_http_and_tcp() -> None:
+    tcp = parse(MINIMAL + "[health]\ntcp = 5432\n").health
+    assert tcp is not None and (tcp.command, tcp.http, tcp.tcp) == ((), None, 5432)
+    short = parse(MINIMAL + "[health]\nhttp = 8080\n").health
+    assert short is not None and short.http == HttpCheck(8080, "/", ())
+    full = parse(
+        MINIMAL + '[health]\nhttp = { port = 80, path = "/healthz?full=1", '
+        'headers = { Host = "app.example", X-Probe = "squish" } }\n'
+    ).health
+    assert full is not None and full.http == HttpCheck(
+        80, "/healthz?full=1", (("Host", "app.example"), ("X-Probe", "squish"))
+    )
 
 
 def test_networks_keep_the_files_order() -> None:
@@ -511,10 +527,54 @@ BAD = [
         "names 'a' more than once",
     ),
     (
-        "health-without-command",
+        "health-without-a-check",
         MINIMAL + "[health]\ninterval = 1\n",
-        "health.command",
+        "health",
+        "must have exactly one of 'command' (run inside), 'http' (a GET of a port) or 'tcp' "
+        "(a connection to a port), got none",
+    ),
+    (
+        "health-two-checks",
+        MINIMAL + '[health]\ncommand = ["x"]\ntcp = 80\n',
+        "health",
+        "exactly one of 'command'",
+    ),
+    ("health-tcp-port", MINIMAL + "[health]\ntcp = 0\n", "health.tcp", "between 1 and 65535"),
+    (
+        "health-http-not-a-port",
+        MINIMAL + '[health]\nhttp = "/healthz"\n',
+        "health.http",
+        'must be a port or a table such as { port = 8080, path = "/healthz" }',
+    ),
+    (
+        "health-http-path",
+        MINIMAL + '[health]\nhttp = { port = 80, path = "healthz" }\n',
+        "health.http.path",
+        'must be a path such as "/healthz"',
+    ),
+    (
+        "health-http-no-port",
+        MINIMAL + '[health]\nhttp = { path = "/" }\n',
+        "health.http.port",
         "is required",
+    ),
+    (
+        "health-http-header-name",
+        MINIMAL + '[health]\nhttp = { port = 80, headers = { "X Y" = "1" } }\n',
+        'health.http.headers."X Y"',
+        "is not a header name",
+    ),
+    (
+        "health-http-header-value",
+        MINIMAL + '[health]\nhttp = { port = 80, headers = { X = "a\\r\\nB: c" } }\n',
+        "health.http.headers.X",
+        "must be one line",
+    ),
+    (
+        "health-http-unknown-key",
+        MINIMAL + '[health]\nhttp = { port = 80, scheme = "https" }\n',
+        "health.http",
+        "unknown key 'scheme' (allowed: port, path, headers)",
     ),
     ("health-empty-command", MINIMAL + "[health]\ncommand = []\n", "health.command", "must name"),
     (
@@ -933,6 +993,18 @@ CHANGES = [
     ("workdir-changed", MINIMAL, run('command = "/bin/true"', 'workdir = "/app"'), Change.REPLACE),
     ("health-added", MINIMAL, MINIMAL + '[health]\ncommand = ["x"]\n', Change.REPLACE),
     (
+        "health-by-another-way",
+        MINIMAL + "[health]\ntcp = 80\n",
+        MINIMAL + "[health]\nhttp = 80\n",
+        Change.REPLACE,
+    ),
+    (
+        "health-http-path",
+        MINIMAL + "[health]\nhttp = 80\n",
+        MINIMAL + '[health]\nhttp = { port = 80, path = "/x" }\n',
+        Change.REPLACE,
+    ),
+    (
         "ports-and-command",
         MINIMAL,
         run('command = "/bin/false"') + "[[ports]]\ncontainer = 1\nhost = 80\n",
@@ -1172,6 +1244,15 @@ def test_the_pinned_hash_holds_with_a_placement() -> None:
         labels = { role = "web" }
         """
     assert parse(pinned, name="pinned").spec_hash() == PINNED_HASH
+
+
+def test_the_hash_of_a_command_check_is_as_before_http_and_tcp_checks() -> None:
+    # Squishfiles written before [health] knew http and tcp keep their hash:
+    # a new daemon does not replace their containers.
+    text = '[run]\ncommand = "/bin/sh"\n[health]\ncommand = ["/bin/check"]\ninterval = "5s"\n'
+    assert parse(text, name="pinned").spec_hash() == (
+        "96a422e7f1b358404e0e32085850657510ec6ddcd05fe977ff506415a8885709"
+    )
 
 
 # -- restart policy -------------------------------------------------------------

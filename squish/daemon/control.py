@@ -640,6 +640,10 @@ def _squishfile_json(squishfile: Squishfile) -> schema.Squishfile:
         if squishfile.health is None
         else {
             "command": list(squishfile.health.command),
+            "http": None
+            if (http := squishfile.health.http) is None
+            else {"port": http.port, "path": http.path, "headers": dict(http.headers)},
+            "tcp": squishfile.health.tcp,
             "interval": squishfile.health.interval,
             "timeout": squishfile.health.timeout,
             "retries": squishfile.health.retries,

@@ -169,8 +169,27 @@ class Layer:
 
 
 @dataclass(frozen=True)
+class HttpCheck:
+    """``[health] http``: a GET of ``path`` on the container's port, as the kubelet's httpGet.
+
+    Healthy on a status from 200 to 399. ``headers`` are sent with it (a
+    ``Host`` among them replaces the default, ``127.0.0.1:PORT``).
+    """
+
+    port: int
+    path: str = "/"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class Health:
-    """``[health]``: a command run inside the container now and then, as compose's healthcheck.
+    """``[health]``: a check of the container now and then, as compose's healthcheck.
+
+    Exactly one way of checking: ``command``, run inside the container
+    (compose's, podman's); ``http``, a GET of one of its ports; ``tcp``, a
+    connection to one of its ports (the kubelet's httpGet and tcpSocket).
+    The last two are made by the daemon from the container's own network
+    namespace, with no process started in it.
 
     Seconds throughout. ``retries`` consecutive failures make it unhealthy;
     failures in the first ``start_period`` do not count (a success there
@@ -178,7 +197,9 @@ class Health:
     container's process, counted as a restart, with a crash's back-off.
     """
 
-    command: tuple[str, ...]
+    command: tuple[str, ...] = ()
+    http: HttpCheck | None = None
+    tcp: int | None = None  # a port
     interval: float = 30.0
     timeout: float = 30.0
     retries: int = 3
@@ -331,6 +352,11 @@ class Squishfile:
                 "start_period": self.health.start_period,
                 "on_failure": self.health.on_failure,
             }
+            # Only when set, as above.
+            if (http := self.health.http) is not None:
+                spec["health"]["http"] = [http.port, http.path, [list(h) for h in http.headers]]
+            if self.health.tcp is not None:
+                spec["health"]["tcp"] = self.health.tcp
         if with_ports:
             spec["ports"] = sorted(
                 (
@@ -644,6 +670,31 @@ def _health_command(value: list[str]) -> list[str]:
     return value
 
 
+def _http_path(value: str) -> str:
+    if not value.startswith("/") or any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(
+            'must be a path such as "/healthz" (starting with /, no spaces), '
+            f"got {_describe(value)}"
+        )
+    return value
+
+
+# RFC 9110's token: what a header's name may be made of.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _header_name(value: str) -> str:
+    if not _TOKEN.fullmatch(value):
+        raise ValueError(f"is not a header name, got {_describe(value)}")
+    return value
+
+
+def _header_value(value: str) -> str:
+    if any(c in value for c in "\r\n\x00"):
+        raise ValueError("must be one line (no CR, LF or NUL)")
+    return value
+
+
 def _user(value: object) -> tuple[int, int]:
     """``run.user``: ``"UID[:GID]"`` or a number; the gid is 0 unless given (docker's way)."""
     if type(value) is int:
@@ -762,6 +813,9 @@ _Duration = Annotated[float, PlainValidator(_duration)]
 _PositiveDuration = Annotated[float, PlainValidator(_duration), AfterValidator(_positive)]
 _Retries = Annotated[int, PlainValidator(_retries)]
 _HealthCommand = Annotated[list[_NoNul], AfterValidator(_health_command)]
+_HttpPath = Annotated[str, AfterValidator(_http_path)]
+_HeaderName = Annotated[str, AfterValidator(_header_name)]
+_HeaderValue = Annotated[str, AfterValidator(_header_value)]
 _ContainerName = Annotated[str, AfterValidator(_container_name)]
 _VolumeName = Annotated[str, AfterValidator(volume_name)]
 _SecretKey = Annotated[str, AfterValidator(_name_rule("secret key"))]
@@ -862,13 +916,45 @@ class _RawRestart(_Raw):
     policy: RestartPolicy = "always"
 
 
+class _RawHttpCheck(_Raw):
+    port: _PortNumber
+    path: _HttpPath = "/"
+    headers: dict[_HeaderName, _HeaderValue] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_port(cls, data: Any) -> Any:
+        # `http = 8080` is short for `{ port = 8080 }` (a GET of /).
+        if type(data) is int:
+            return {"port": data}
+        if not isinstance(data, dict):
+            raise ValueError(
+                "must be a port or a table such as "
+                f'{{ port = 8080, path = "/healthz" }}, got {_describe(data)}'
+            )
+        return data
+
+
 class _RawHealth(_Raw):
-    command: _HealthCommand
+    command: _HealthCommand | None = None
+    http: _RawHttpCheck | None = None
+    tcp: _PortNumber | None = None
     interval: _PositiveDuration = 30.0
     timeout: _PositiveDuration = 30.0
     retries: _Retries = 3
     start_period: _Duration = 0.0
     on_failure: HealthAction = "none"
+
+    @model_validator(mode="after")
+    def _one_check(self) -> _RawHealth:
+        given = [key for key in ("command", "http", "tcp") if getattr(self, key) is not None]
+        if len(given) != 1:
+            got = "none" if not given else " and ".join(given)
+            raise ValueError(
+                "must have exactly one of 'command' (run inside), 'http' (a GET of a port) "
+                f"or 'tcp' (a connection to a port), got {got}"
+            )
+        return self
 
 
 class _RawVolume(_Raw):
@@ -1001,6 +1087,8 @@ def _allowed_keys(parent: tuple[int | str, ...]) -> list[str]:
             model = _RawRestart
         case ("health",):
             model = _RawHealth
+        case ("health", "http"):
+            model = _RawHttpCheck
         case ("depends_on", str()):
             model = _RawDependency
         case ("placement",):
@@ -1117,7 +1205,11 @@ def _resolve(
         health=None
         if raw.health is None
         else Health(
-            command=tuple(raw.health.command),
+            command=tuple(raw.health.command or ()),
+            http=None
+            if (http := raw.health.http) is None
+            else HttpCheck(http.port, http.path, tuple(http.headers.items())),
+            tcp=raw.health.tcp,
             interval=raw.health.interval,
             timeout=raw.health.timeout,
             retries=raw.health.retries,

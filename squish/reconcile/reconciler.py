@@ -53,7 +53,7 @@ from squish.errors import (
 )
 from squish.layers import LayerStore
 from squish.model.manifest import Manifest
-from squish.model.squishfile import Squishfile
+from squish.model.squishfile import Health, Squishfile
 from squish.reconcile.dependencies import DependencyGraph
 from squish.reconcile.health import CheckResult, HealthState, first_lines
 from squish.reconcile.plan import Action, Backoff, Kind, Record, plan
@@ -67,6 +67,7 @@ from squish.runtime import (
     ContainerSpec,
     ExecResult,
     ExitEvent,
+    Probe,
     Runtime,
 )
 from squish.runtime.logs import remove_log
@@ -721,15 +722,21 @@ class Reconciler:
     async def _watch_health(self, name: str, state: HealthState) -> None:
         """Check ``state``'s container every interval, one check at a time, until it is gone."""
         health = state.health
+        probe = _probe(health)
         while True:
             await anyio.sleep(health.interval)
             if self.health_of(name) is not state:
                 return  # stopped, replaced, removed
             began = time.time()
             try:
-                result = await self.runtime.exec(
-                    state.container_id, health.command, timeout=health.timeout
-                )
+                if probe is None:
+                    result = await self.runtime.exec(
+                        state.container_id, health.command, timeout=health.timeout
+                    )
+                else:
+                    result = await self.runtime.probe(
+                        state.container_id, probe, timeout=health.timeout
+                    )
             except ContainerNotFound:
                 return  # gone while the check started
             except Exception as exc:  # the check could not run (no fds left, ...): a failure
@@ -743,12 +750,15 @@ class Reconciler:
                 self.metrics.observe_health_check(result.seconds)
             if not state.record(check):
                 continue
-            said = check.output.splitlines()[-1] if check.output.strip() else ""
+            lines = check.output.strip().splitlines()
             message: str = state.status
-            if not check.passed:
-                message += f": the check exited with {check.exit_code}" + (
-                    f": {said}" if said else ""
-                )
+            if check.passed:
+                pass
+            elif probe is None:  # a command's last line says most; a probe's first
+                message += f": the check exited with {check.exit_code}"
+                message += f": {lines[-1]}" if lines else ""
+            else:
+                message += f": {lines[0] if lines else 'the check failed'}"
             self.emit("container.health", name, message, status=state.status)
             if self.metrics is not None:
                 self.metrics.set_health(name, state.status)
@@ -1096,6 +1106,15 @@ class Reconciler:
             for name in names:
                 if (current := self._phases.get(name)) is not None:
                     self.metrics.set_container_phase(name, current)
+
+
+def _probe(health: Health) -> Probe | None:
+    """The daemon's own check of ``[health] http`` or ``tcp``; None for a command."""
+    if health.http is not None:
+        return Probe(health.http.port, health.http.path, health.http.headers)
+    if health.tcp is not None:
+        return Probe(health.tcp)
+    return None
 
 
 def _phase_of(manifest: Manifest | None, record: Record | None, now: float) -> Phase:

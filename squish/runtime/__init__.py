@@ -146,6 +146,26 @@ class ExecResult:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """A health check the daemon makes itself (``Runtime.probe``): of ``port``
+    on the container's own loopback, ``127.0.0.1``.
+
+    Without ``http_path``, passing once a TCP connection is made. With it,
+    a ``GET`` of that path (HTTP/1.1, ``Connection: close``, ``headers``
+    added, a ``Host`` among them replacing ``127.0.0.1:PORT``), passing on a
+    status from 200 to 399.
+    """
+
+    port: int
+    http_path: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def describe(self) -> str:
+        where = f"127.0.0.1:{self.port}"
+        return where if self.http_path is None else f"http://{where}{self.http_path}"
+
+
+@dataclass(frozen=True)
 class NetworkInfo:
     """A named network that has members, as the runtime wired it."""
 
@@ -202,6 +222,11 @@ class Runtime(Protocol):
     ) -> ExecResult:
         """Run ``argv`` inside the running container: its namespaces, root and env, no
         capabilities; killed (with what it started) at ``timeout``."""
+        ...
+
+    async def probe(self, container_id: str, probe: Probe, *, timeout: float) -> ExecResult:
+        """Check the running container's port from its own network namespace, within
+        ``timeout``, with no process started in it (``squish.runtime.probes``)."""
         ...
 
     def subscribe(self) -> MemoryObjectReceiveStream[ExitEvent]: ...

@@ -88,6 +88,7 @@ from squish.runtime import (
     ExitEvent,
     NetworkInfo,
     PortForward,
+    Probe,
 )
 from squish.runtime.bwrap import HandshakeFds, args_data, bwrap_argv, container_env
 from squish.runtime.execs import ExecServer
@@ -102,6 +103,7 @@ from squish.runtime.logs import (
 )
 from squish.runtime.mounts import Pinned, pin
 from squish.runtime.networks import Network, NetworkHost
+from squish.runtime.probes import ProbeSockets, run_probe
 from squish.runtime.seccomp import default_filter
 from squish.runtime.slirp import Slirp
 
@@ -111,6 +113,8 @@ _PID2_WAIT = 0.5
 # How long a process may take to be gone after SIGKILL (or bwrap to say which
 # is the sandbox's pid 1) before we stop waiting for it.
 _KILL_WAIT = 5.0
+# How long the exec server may take to make a batch of sockets for checks.
+_SOCKETS_WAIT = 5.0
 
 
 def check_ports_free(ports: Sequence[PortForward], default_ip: str) -> None:
@@ -212,6 +216,7 @@ class _Live:
     exited: anyio.Event = field(default_factory=anyio.Event)
     stop_requested: bool = False
     lost: str = ""  # why the runtime ended it by itself (its network helper died)
+    probe_sockets: ProbeSockets | None = None  # made on its first http or tcp check
 
 
 class BwrapRuntime:
@@ -789,6 +794,8 @@ class BwrapRuntime:
                 tg.start_soon(self._watch_network, live, live.slirp, network)
             await anyio.wait_readable(live.monitor_pidfd)
             network.cancel()
+            if live.probe_sockets is not None:
+                live.probe_sockets.close()  # they would keep its network namespace
             returncode = live.monitor.wait()
             await self._reap_init(live)
             await self._close_network(live)
@@ -902,6 +909,23 @@ class BwrapRuntime:
             rlimits=[(rlimit, soft, hard) for _, rlimit, soft, hard in spec.rlimits],
             seccomp=spec.seccomp,
         )
+
+    async def probe(self, container_id: str, probe: Probe, *, timeout: float) -> ExecResult:
+        live = self._get(container_id)
+        container = live.container
+        if container.state is not ContainerState.RUNNING or container.init_pid is None:
+            raise RuntimeFailure(f"{container.name}: cannot check while {container.state}")
+        if live.probe_sockets is None:
+            sandbox = container.init_pid
+
+            async def make(count: int) -> list[socket.socket]:
+                try:
+                    return await self._execs.sockets(sandbox, count, timeout=_SOCKETS_WAIT)
+                except RuntimeFailure as exc:
+                    raise OSError(str(exc)) from exc
+
+            live.probe_sockets = ProbeSockets(make)
+        return await run_probe(live.probe_sockets, probe, timeout=timeout)
 
     # -- ports -----------------------------------------------------------
 

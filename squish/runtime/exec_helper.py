@@ -21,7 +21,12 @@ no_new_privs, and spawns the command (a process joins a pid namespace only
 through its children) with the container's environment, in its working
 directory, with only fds 0 to 2. No shell is needed in the image.
 
-On the control channel the runner writes its pid, then, at the end, the
+A request for sockets (``"sockets": N``) is answered otherwise: the
+runner joins the sandbox, makes N TCP sockets there and sends them back on
+the control channel (``make_sockets``), for the daemon's http and tcp
+health checks.
+
+On the control channel the runner of a command writes its pid, then, at the end, the
 command's exit status (128+N for death by signal N; 124, with ``timed
 out`` in the output, when its timeout struck; 125 when it cannot enter the
 container). The command runs in a process group of its own, and at the
@@ -279,6 +284,8 @@ def runner(server: int, request_fd: int, out: int, ctl: socket.socket) -> int:
     os.dup2(out, 1)
     os.dup2(out, 2)
     os.close(out)
+    if "sockets" in request:
+        return make_sockets(int(request["sandbox"]), int(request["sockets"]), ctl)
     ctl.sendall(f"{os.getpid()}\n".encode())
     try:
         join(int(request["sandbox"]))
@@ -292,6 +299,30 @@ def runner(server: int, request_fd: int, out: int, ctl: socket.socket) -> int:
         code = run(request, ctl)
     ctl.sendall(f"{code}\n".encode())
     return code
+
+
+_MAX_SOCKETS = 64
+
+
+def make_sockets(sandbox: int, count: int, ctl: socket.socket) -> int:
+    """Make ``count`` TCP sockets in the sandbox's network namespace and send them on ``ctl``.
+
+    For the daemon's own health checks (http, tcp): a socket belongs to the
+    namespace it was made in, whoever holds it, so the daemon connects
+    through them into the container with no process started there. They
+    go in one message ("sockets"); what went wrong instead, on fd 2.
+    """
+    try:
+        join(sandbox)
+        made = [
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            for _ in range(max(1, min(count, _MAX_SOCKETS)))
+        ]
+    except OSError as exc:
+        _say(f"cannot make sockets in the container: {exc}")
+        return 125
+    socket.send_fds(ctl, [b"sockets"], [each.fileno() for each in made])
+    return 0
 
 
 def _reap(signum: int, frame: object) -> None:

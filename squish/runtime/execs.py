@@ -96,6 +96,62 @@ class ExecServer:
                 self._process.wait()
             self._process = None
 
+    async def sockets(self, sandbox: int, count: int, *, timeout: float) -> list[socket.socket]:
+        """``count`` unconnected TCP sockets made in the network namespace of ``sandbox``.
+
+        Non-blocking and close-on-exec. ``RuntimeFailure``, saying why, when
+        the runner could not make them within ``timeout``.
+        """
+        requests = self._server()
+        request = os.memfd_create("sockets", os.MFD_CLOEXEC)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        ctl, ctl_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            os.write(request, json.dumps({"sandbox": sandbox, "sockets": count}).encode())
+            await self._send(requests, [request, out_w, ctl_theirs.fileno()])
+        except BaseException:
+            os.close(out_r)
+            ctl.close()
+            raise
+        finally:
+            os.close(request)
+            os.close(out_w)
+            ctl_theirs.close()
+        fds: list[int] = []
+        try:
+            with ctl, anyio.move_on_after(timeout):
+                # One message: the sockets; or the end of the channel, with
+                # what went wrong on the output.
+                while True:
+                    await anyio.wait_readable(ctl)
+                    try:
+                        _, fds, _, _ = socket.recv_fds(
+                            ctl, 16, count, socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT
+                        )
+                        break
+                    except BlockingIOError:
+                        continue
+            if not fds:
+                os.set_blocking(out_r, False)
+                with contextlib.suppress(BlockingIOError):
+                    said = os.read(out_r, 4096).decode(errors="replace").strip()
+                    raise RuntimeFailure(said or "the exec helper made no sockets")
+                raise RuntimeFailure(f"the exec helper made no sockets within {timeout:g} s")
+        finally:
+            os.close(out_r)
+        return [socket.socket(fileno=fd) for fd in fds]
+
+    async def _send(self, requests: socket.socket, fds: list[int]) -> None:
+        """Hand one request (its fds) to the server, waiting while its socket is full."""
+        while True:
+            try:
+                socket.send_fds(requests, [b"x"], fds)
+                return
+            except BlockingIOError:
+                await anyio.wait_writable(requests)
+            except OSError as exc:
+                raise RuntimeFailure(f"the exec helper is gone: {exc}") from exc
+
     async def run(
         self,
         sandbox: int,
@@ -126,14 +182,7 @@ class ExecServer:
             ).encode()
             while data:
                 data = data[os.write(request, data) :]
-            while True:
-                try:
-                    socket.send_fds(requests, [b"x"], [request, out_w, ctl_theirs.fileno()])
-                    break
-                except BlockingIOError:
-                    await anyio.wait_writable(requests)
-                except OSError as exc:
-                    raise RuntimeFailure(f"the exec helper is gone: {exc}") from exc
+            await self._send(requests, [request, out_w, ctl_theirs.fileno()])
         except BaseException:
             os.close(out_r)
             ctl.close()

@@ -35,6 +35,7 @@ from squish.runtime import (
     ExitEvent,
     NetworkInfo,
     PortForward,
+    Probe,
 )
 from squish.runtime.networks import NetworkBook
 
@@ -55,6 +56,8 @@ class FakeRuntime:
         # What exec answers, by container name (default: exit 0, no output);
         # an exception is raised, as the real one's when it cannot spawn.
         self.exec_results: dict[str, ExecResult | RuntimeFailure] = {}
+        # The same for the daemon's own checks (probe), by container name.
+        self.probe_results: dict[str, ExecResult | RuntimeFailure] = {}
 
     async def __aenter__(self) -> FakeRuntime:
         return self
@@ -176,6 +179,18 @@ class FakeRuntime:
             raise RuntimeFailure(f"{container.name}: exec needs a command")
         await anyio.lowlevel.checkpoint()
         result = self.exec_results.get(container.name, ExecResult(0, "", 0.0))
+        if isinstance(result, RuntimeFailure):
+            raise result
+        return result
+
+    async def probe(self, container_id: str, probe: Probe, *, timeout: float) -> ExecResult:
+        """What ``probe_results`` says for the container's name, as the real one would."""
+        self.calls.append(("probe", container_id))
+        container = self._get(container_id)
+        await anyio.lowlevel.checkpoint()
+        result = self.probe_results.get(
+            container.name, ExecResult(0, f"connected to {probe.describe()}\n", 0.0)
+        )
         if isinstance(result, RuntimeFailure):
             raise result
         return result

@@ -1,0 +1,192 @@
+"""Health checks made by the daemon itself: a TCP connection, or an HTTP GET, into a container.
+
+The kubelet's tcpSocket and httpGet probes. No process is started in the
+container: a socket belongs to the network namespace it was made in,
+whoever holds it, so the exec server (``squish.runtime.execs``) makes a
+batch of TCP sockets in the container's namespace (``ProbeSockets``), and
+each check takes one and connects it to ``127.0.0.1:PORT`` there. A check
+then costs a connection, not a fork: what lets a node check hundreds of
+containers every second.
+
+Each result is an ``ExecResult``, as a command's: exit code 0 when it
+passed, 1 when it failed (refused, reset, an HTTP status outside 200 to
+399), 124 at its timeout, 125 when no socket could be made; the output
+says what happened (``HTTP 503 Service Unavailable`` and the first lines
+of the body).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import anyio
+
+from squish.runtime import ExecResult, Probe
+
+BATCH = 16
+"""Sockets made in one go: a fork of the exec server per BATCH checks."""
+KEPT_BODY = 4096  # bytes of an HTTP answer's body kept in the output
+_MAX_HEAD = 16384  # an HTTP answer's status line and headers, at most
+_TIMED_OUT = 124
+_NO_SOCKET = 125
+
+
+class ProbeSockets:
+    """The sockets made ahead in one container's network namespace, for its checks.
+
+    ``make(count)`` makes more (the exec server's ``sockets``, bound to
+    the container's sandbox). ``close`` closes every one left: a socket
+    keeps the namespace it belongs to alive, so they go with the container.
+    """
+
+    def __init__(self, make: Callable[[int], Awaitable[list[socket.socket]]]) -> None:
+        self._make = make
+        self._ready: list[socket.socket] = []
+        self._lock = anyio.Lock()
+        self._closed = False
+
+    async def take(self) -> socket.socket:
+        async with self._lock:
+            if not self._ready:
+                made = await self._make(BATCH)
+                if self._closed:  # the container went while they were made
+                    for each in made:
+                        each.close()
+                    raise OSError(errno.ESRCH, "the container is gone")
+                self._ready = made
+            return self._ready.pop()
+
+    def close(self) -> None:
+        self._closed = True
+        for each in self._ready:
+            each.close()
+        self._ready.clear()
+
+
+async def run_probe(sockets: ProbeSockets, probe: Probe, *, timeout: float) -> ExecResult:
+    """Make one check of ``probe`` through a socket of ``sockets``, within ``timeout``."""
+    began = time.perf_counter()
+    output = bytearray()
+
+    def result(code: int, line: str = "") -> ExecResult:
+        if line:
+            output[:0] = (line + "\n").encode()
+        return ExecResult(
+            code,
+            output.decode(errors="replace"),
+            time.perf_counter() - began,
+            timed_out=code == _TIMED_OUT,
+        )
+
+    answer = _Answer()
+    with anyio.move_on_after(timeout) as scope:
+        try:
+            sock = await sockets.take()
+        except OSError as exc:
+            return result(_NO_SOCKET, f"the check could not run: {exc.strerror or exc}")
+        with sock:
+            try:
+                await _connect(sock, probe.port)
+            except OSError as exc:
+                return result(1, f"{probe.describe()}: {exc.strerror or exc}")
+            if probe.http_path is None:
+                return result(0, f"connected to {probe.describe()}")
+            try:
+                await _get(sock, probe, answer)
+            except OSError as exc:
+                return result(1, f"{probe.describe()}: {exc.strerror or exc}")
+            except ValueError as exc:
+                return result(1, f"{probe.describe()}: {exc}")
+    if answer.status is None:
+        assert scope.cancelled_caught
+        return result(_TIMED_OUT, f"{probe.describe()}: timed out after {timeout:g} s")
+    # A timeout while the body came leaves what came: the status decides.
+    output += answer.output
+    return result(0 if 200 <= answer.status < 400 else 1)
+
+
+@dataclass
+class _Answer:
+    """An HTTP answer as far as it came: its status once its headers are in."""
+
+    status: int | None = None
+    output: bytearray = field(default_factory=bytearray)
+
+
+async def _connect(sock: socket.socket, port: int) -> None:
+    code = sock.connect_ex(("127.0.0.1", port))
+    if code == errno.EINPROGRESS:
+        await anyio.wait_writable(sock)
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if code:
+        raise OSError(code, os.strerror(code))
+
+
+async def _get(sock: socket.socket, probe: Probe, answer: _Answer) -> None:
+    """Send the GET and read the answer into ``answer``.
+
+    Its output: the status line, then what of the body arrives before the
+    answer's end (its length, or the connection's end), at most
+    ``KEPT_BODY`` bytes.
+    """
+    data = _request(probe)
+    while data:
+        try:
+            data = data[sock.send(data) :]
+        except BlockingIOError:
+            await anyio.wait_writable(sock)
+    received = bytearray()
+    while (end := received.find(b"\r\n\r\n")) < 0:
+        if len(received) > _MAX_HEAD:
+            raise ValueError("not an HTTP answer (its headers do not end)")
+        chunk = await _read(sock)
+        if not chunk:
+            raise ValueError(
+                "the connection ended within the HTTP answer's headers"
+                if received
+                else "the connection ended with no HTTP answer"
+            )
+        received += chunk
+    status_line, *header_lines = received[:end].decode("latin-1").split("\r\n")
+    version, _, rest = status_line.partition(" ")
+    code, _, reason = rest.partition(" ")
+    if not version.startswith("HTTP/") or len(code) != 3 or not code.isdigit():
+        raise ValueError(f"not an HTTP answer: {status_line[:80]!r}")
+    length = KEPT_BODY
+    for line in header_lines:
+        key, _, value = line.partition(":")
+        if key.strip().lower() == "content-length" and value.strip().isdigit():
+            length = min(length, int(value.strip()))
+    answer.output += f"HTTP {code} {reason}".rstrip().encode() + b"\n"
+    answer.status = int(code)
+    body = received[end + 4 :][:length]
+    answer.output += body
+    got = len(body)
+    with contextlib.suppress(OSError):  # a reset after the status: the status decides
+        while got < length and (chunk := await _read(sock)):
+            answer.output += chunk[: length - got]
+            got += len(chunk)
+
+
+def _request(probe: Probe) -> bytes:
+    headers = dict(probe.headers)
+    lines = [f"GET {probe.http_path} HTTP/1.1"]
+    if not any(key.lower() == "host" for key in headers):
+        lines.append(f"Host: 127.0.0.1:{probe.port}")
+    lines += [f"{key}: {value}" for key, value in headers.items()]
+    lines += ["User-Agent: squish-health", "Accept: */*", "Connection: close", "", ""]
+    return "\r\n".join(lines).encode()
+
+
+async def _read(sock: socket.socket) -> bytes:
+    while True:
+        try:
+            return sock.recv(65536)
+        except BlockingIOError:
+            await anyio.wait_readable(sock)
