@@ -264,6 +264,12 @@ status_is "delete of it" 0 squish delete member
 printf 'network = "none"\nnetworks = ["journey"]\n[run]\ncommand = "/bin/true"\n' > "$work/both.toml"
 status_is "validate refuses networks with network = none" 1 squish validate "$work/both.toml"
 check "... naming the field" grep -q 'both.toml:2: networks: cannot join networks with network = "none"' "$work/err"
+printf '[run]\ncommand = "/bin/true"\n[health]\ncommand = ["true"]\ntcp = 5432\n' > "$work/twochecks.toml"
+status_is "validate refuses two kinds of health check" 1 squish validate "$work/twochecks.toml"
+check "... in one line naming [health] and the kinds" eval "one_line '$work/err' && grep -q \"twochecks.toml:3: health: must have exactly one of 'command' (run inside), 'http' (a GET of a port) or 'tcp' (a connection to a port), got command and tcp\" '$work/err'"
+printf '[run]\ncommand = "/bin/true"\n[health]\nhttp = { port = 8080, path = "healthz" }\n' > "$work/badpath.toml"
+status_is "validate refuses an http check's path without /" 1 squish validate "$work/badpath.toml"
+check "... naming the field" grep -q 'badpath.toml:4: health.http.path: must be a path such as "/healthz"' "$work/err"
 status_is "layer ls" 0 squish layer ls
 status_is "layer pull from a registry that is down is an error" 1 squish --socket "$SQUISH_SOCKET" layer pull python 3.11
 check "... in one line" one_line "$work/err"

@@ -10,19 +10,24 @@ e2e suite runs both through the ``squish`` command.
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
 import anyio
 import pytest
 
-from squish.errors import ContainerNotFound
+from squish.errors import ContainerNotFound, RuntimeFailure
 from squish.runtime import ContainerSpec, Probe
 from squish.runtime.bwrap_runtime import BwrapRuntime
-from squish.runtime.probes import BATCH
+from squish.runtime.execs import ExecServer
+from squish.runtime.kernel import LinuxKernel
+from squish.runtime.probes import MAX_BATCH, ProbeSockets
+from squish.runtime.seccomp import default_filter
 from tests.test_exec import _is_exec_server
-from tests.test_runtime import live_children, web_spec, www
+from tests.test_runtime import alive, live_children, web_spec, www
 
 pytestmark = pytest.mark.anyio
 __all__ = ["www"]  # a fixture of test_runtime
@@ -107,7 +112,7 @@ async def test_many_checks_take_few_forks_and_headers_are_sent(
     )
     container = await runtime.start(spec)
     checked = 0
-    for _ in range(200):
+    for _ in range(400):
         result = await runtime.probe(
             container.id,
             Probe(8080, "/ready?x=1", (("Host", "app.example"), ("X-Probe", "yes"))),
@@ -117,11 +122,11 @@ async def test_many_checks_take_few_forks_and_headers_are_sent(
             checked += 1
             # The body is cut at its Content-Length.
             assert result.output == "HTTP 200 OK\nhello there"
-            if checked == BATCH + 2:
+            if checked == MAX_BATCH + 8:
                 break
         else:
             await anyio.sleep(0.01)  # refused while nc starts again
-    assert checked == BATCH + 2
+    assert checked == MAX_BATCH + 8
     request = await runtime.exec(container.id, ["cat", "/tmp/requests"])
     lines = request.output.split("\r\n")
     assert request.output.count("GET /ready?x=1 HTTP/1.1\r\n") == checked
@@ -181,3 +186,58 @@ async def test_a_check_of_a_stopped_container_is_refused(
     await runtime.stop(web, grace=0)
     with pytest.raises(ContainerNotFound, match="no running container"):
         await runtime.probe(web, Probe(8080), timeout=1)
+
+
+async def test_a_killed_exec_server_is_started_again_for_the_next_batch(
+    runtime: BwrapRuntime, base_rootfs: Path, www: Path
+) -> None:
+    web = await started(runtime, web_spec(base_rootfs, www))
+    (server,) = exec_servers()
+    os.kill(server, signal.SIGKILL)
+    with anyio.fail_after(5):
+        while alive(server):
+            await anyio.sleep(0.01)
+    results = [await runtime.probe(web, Probe(8080, "/"), timeout=5) for _ in range(MAX_BATCH + 1)]
+    assert [result.exit_code for result in results] == [0] * (MAX_BATCH + 1)
+    (again,) = exec_servers()
+    assert again != server
+    await runtime.stop(web, grace=0)
+
+
+async def test_sockets_for_a_sandbox_that_is_gone_are_a_one_line_failure() -> None:
+    server = ExecServer(LinuxKernel(), default_filter)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    try:
+        with pytest.raises(RuntimeFailure) as caught:
+            await server.sockets(gone.pid, 4, timeout=5)
+    finally:
+        server.close()
+    assert str(caught.value) == "cannot make sockets in the container: [Errno 3] No such process"
+
+
+@pytest.mark.parametrize(
+    ("every", "batches"),
+    [
+        pytest.param(1.0, [2, 30, 30], id="a check a second: for 30 s"),
+        pytest.param(0.01, [2, 32, 32], id="many: at most 32"),
+        pytest.param(30.0, [2, 2, 2], id="one every 30 s: two"),
+        pytest.param(10.0, [2, 3, 3], id="one every 10 s: three"),
+    ],
+)
+async def test_sockets_are_made_for_30_s_of_checks_at_the_rate_they_are_taken(
+    every: float, batches: list[int]
+) -> None:
+    now = 0.0
+    made: list[int] = []
+
+    async def make(count: int) -> list[socket.socket]:
+        made.append(count)
+        return [socket.socket() for _ in range(count)]
+
+    sockets = ProbeSockets(make, clock=lambda: now)
+    while len(made) <= len(batches):
+        (await sockets.take()).close()
+        now += every
+    sockets.close()
+    assert made[: len(batches)] == batches
