@@ -752,12 +752,10 @@ class Reconciler:
                 continue
             lines = check.output.strip().splitlines()
             message: str = state.status
-            if check.passed:
-                pass
-            elif probe is None:  # a command's last line says most; a probe's first
+            if not check.passed and probe is None:  # a command's last line says most
                 message += f": the check exited with {check.exit_code}"
                 message += f": {lines[-1]}" if lines else ""
-            else:
+            elif not check.passed:  # a probe's first line
                 message += f": {lines[0] if lines else 'the check failed'}"
             self.emit("container.health", name, message, status=state.status)
             if self.metrics is not None:
