@@ -102,21 +102,9 @@ class ExecServer:
         Non-blocking and close-on-exec. ``RuntimeFailure``, saying why, when
         the runner could not make them within ``timeout``.
         """
-        requests = self._server()
-        request = os.memfd_create("sockets", os.MFD_CLOEXEC)
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        ctl, ctl_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            os.write(request, json.dumps({"sandbox": sandbox, "sockets": count}).encode())
-            await self._send(requests, [request, out_w, ctl_theirs.fileno()])
-        except BaseException:
-            os.close(out_r)
-            ctl.close()
-            raise
-        finally:
-            os.close(request)
-            os.close(out_w)
-            ctl_theirs.close()
+        out_r, ctl = await self._submit(
+            {"sandbox": sandbox, "sockets": count}, socket.SOCK_SEQPACKET
+        )
         fds: list[int] = []
         try:
             with ctl, anyio.move_on_after(timeout):
@@ -141,16 +129,36 @@ class ExecServer:
             os.close(out_r)
         return [socket.socket(fileno=fd) for fd in fds]
 
-    async def _send(self, requests: socket.socket, fds: list[int]) -> None:
-        """Hand one request (its fds) to the server, waiting while its socket is full."""
-        while True:
-            try:
-                socket.send_fds(requests, [b"x"], fds)
-                return
-            except BlockingIOError:
-                await anyio.wait_writable(requests)
-            except OSError as exc:
-                raise RuntimeFailure(f"the exec helper is gone: {exc}") from exc
+    async def _submit(self, request: dict[str, object], ctl_type: int) -> tuple[int, socket.socket]:
+        """Hand ``request`` to the server; the read end of its runner's output, and its
+        control channel (a socketpair of ``ctl_type``), both the caller's to close."""
+        requests = self._server()
+        # A file, not the message: an env of 128 KiB is more than a datagram.
+        request_fd = os.memfd_create("exec", os.MFD_CLOEXEC)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        ctl, ctl_theirs = socket.socketpair(socket.AF_UNIX, ctl_type)
+        try:
+            data = json.dumps(request).encode()
+            while data:
+                data = data[os.write(request_fd, data) :]
+            fds = [request_fd, out_w, ctl_theirs.fileno()]
+            while True:
+                try:
+                    socket.send_fds(requests, [b"x"], fds)
+                    break
+                except BlockingIOError:
+                    await anyio.wait_writable(requests)
+                except OSError as exc:
+                    raise RuntimeFailure(f"the exec helper is gone: {exc}") from exc
+        except BaseException:
+            os.close(out_r)
+            ctl.close()
+            raise
+        finally:
+            os.close(request_fd)
+            os.close(out_w)
+            ctl_theirs.close()
+        return out_r, ctl
 
     async def run(
         self,
@@ -168,29 +176,13 @@ class ExecServer:
         ``rlimits``: (RLIMIT_*, soft, hard) for the command, as the container's;
         ``seccomp``: whether it gets the default seccomp filter, as the container.
         """
-        requests = self._server()
-        # A file, not the message: an env of 128 KiB is more than a datagram.
-        request = os.memfd_create("exec", os.MFD_CLOEXEC)
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        ctl, ctl_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         began = time.perf_counter()
-        try:
-            data = json.dumps(
-                {"sandbox": sandbox, "argv": list(argv), "env": dict(env), "cwd": cwd}
-                | {"timeout": timeout, "rlimits": [list(limit) for limit in rlimits]}
-                | {"seccomp": seccomp}
-            ).encode()
-            while data:
-                data = data[os.write(request, data) :]
-            await self._send(requests, [request, out_w, ctl_theirs.fileno()])
-        except BaseException:
-            os.close(out_r)
-            ctl.close()
-            raise
-        finally:
-            os.close(request)
-            os.close(out_w)
-            ctl_theirs.close()
+        out_r, ctl = await self._submit(
+            {"sandbox": sandbox, "argv": list(argv), "env": dict(env), "cwd": cwd}
+            | {"timeout": timeout, "rlimits": [list(limit) for limit in rlimits]}
+            | {"seccomp": seccomp},
+            socket.SOCK_STREAM,
+        )
         try:
             return await self._follow(ctl, out_r, timeout, began)
         finally:
