@@ -24,7 +24,7 @@ from squish.runtime import ContainerSpec, Probe
 from squish.runtime.bwrap_runtime import BwrapRuntime
 from squish.runtime.execs import ExecServer
 from squish.runtime.kernel import LinuxKernel
-from squish.runtime.probes import MAX_BATCH, ProbeSockets
+from squish.runtime.probes import MAX_BATCH, ProbeSockets, SocketBudget
 from squish.runtime.seccomp import default_filter
 from tests.test_exec import _is_exec_server
 from tests.test_runtime import alive, live_children, web_spec, www
@@ -235,9 +235,38 @@ async def test_sockets_are_made_for_30_s_of_checks_at_the_rate_they_are_taken(
         made.append(count)
         return [socket.socket() for _ in range(count)]
 
-    sockets = ProbeSockets(make, clock=lambda: now)
+    sockets = ProbeSockets(make, SocketBudget(1000), clock=lambda: now)
     while len(made) <= len(batches):
         (await sockets.take()).close()
         now += every
     sockets.close()
     assert made[: len(batches)] == batches
+
+
+async def test_the_sockets_held_for_checks_stay_within_a_budget_of_fds() -> None:
+    made: list[int] = []
+
+    async def make(count: int) -> list[socket.socket]:
+        made.append(count)
+        return [socket.socket() for _ in range(count)]
+
+    budget = SocketBudget(10)
+    first, second = ProbeSockets(make, budget), ProbeSockets(make, budget)
+    for _ in range(3):  # the rate seen is high: each asks for 32 at its second batch
+        (await first.take()).close()
+    assert (made, budget.held) == ([2, 10], 9)
+    (await second.take()).close()
+    assert made[-1] == 1  # none left: one at a time, as checks come
+    assert budget.held == 9
+    first.close()
+    assert budget.held == 0
+    (await second.take()).close()
+    assert made[-1] == 10
+    second.close()
+    assert budget.held == 0
+
+
+def test_the_default_budget_is_a_quarter_of_the_fd_limit() -> None:
+    import resource
+
+    assert SocketBudget().limit == resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4

@@ -103,7 +103,7 @@ from squish.runtime.logs import (
 )
 from squish.runtime.mounts import Pinned, pin
 from squish.runtime.networks import Network, NetworkHost
-from squish.runtime.probes import ProbeSockets, run_probe
+from squish.runtime.probes import ProbeSockets, SocketBudget, run_probe
 from squish.runtime.seccomp import default_filter
 from squish.runtime.slirp import Slirp
 
@@ -266,6 +266,7 @@ class BwrapRuntime:
         self._nets_made = 0
         self._net_lock = anyio.Lock()
         self._execs = ExecServer(self._kernel, default_filter)
+        self._probe_budget: SocketBudget | None = None  # read on the first check
         # bwrap's argv[0], which its sandbox keeps until it runs the command
         # (and then as its pid 1): how a later owner of run_dir finds them.
         self._mark = f"bwrap-{secrets.token_hex(8)}"
@@ -924,7 +925,9 @@ class BwrapRuntime:
                 except RuntimeFailure as exc:
                     raise OSError(str(exc)) from exc
 
-            live.probe_sockets = ProbeSockets(make)
+            if self._probe_budget is None:
+                self._probe_budget = SocketBudget()
+            live.probe_sockets = ProbeSockets(make, self._probe_budget)
         return await run_probe(live.probe_sockets, probe, timeout=timeout)
 
     # -- ports -----------------------------------------------------------

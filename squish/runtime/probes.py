@@ -23,6 +23,7 @@ import contextlib
 import errno
 import math
 import os
+import resource
 import select
 import socket
 import struct
@@ -44,6 +45,27 @@ _TIMED_OUT = 124
 _NO_SOCKET = 125
 
 
+class SocketBudget:
+    """How many sockets made ahead all the containers' ``ProbeSockets`` may hold together.
+
+    They are the daemon's fds: held past its limit, a start, an API
+    connection or a log would fail for want of one. By default a quarter of
+    the soft ``RLIMIT_NOFILE`` as it is when the first check is made (the
+    daemon raises it to the hard limit at its start). Past it, a batch is
+    one socket: a fork of the exec server per check, slower, never an fd
+    short.
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        if limit is None:
+            limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4
+        self.limit = limit
+        self.held = 0
+
+    def grant(self, wanted: int) -> int:
+        return max(1, min(wanted, self.limit - self.held))
+
+
 class ProbeSockets:
     """The sockets made ahead in one container's network namespace, for its checks.
 
@@ -52,7 +74,8 @@ class ProbeSockets:
     as many as the checks of the last ``AHEAD`` seconds at the rate they
     were taken (``MIN_BATCH`` to ``MAX_BATCH``): a check every second
     costs a fork every 30 s, and a socket held costs 3.5 KiB of the
-    kernel's, so one every 30 s holds two. ``close`` closes every one
+    kernel's, so one every 30 s holds two; all of them together stay within
+    a ``SocketBudget``. ``close`` closes every one
     left: a socket keeps the namespace it belongs to alive, so they go
     with the container.
     """
@@ -60,9 +83,11 @@ class ProbeSockets:
     def __init__(
         self,
         make: Callable[[int], Awaitable[list[socket.socket]]],
+        budget: SocketBudget,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._make = make
+        self._budget = budget
         self._clock = clock
         self._ready: list[socket.socket] = []
         self._lock = anyio.Lock()
@@ -71,19 +96,19 @@ class ProbeSockets:
         self._taken = 0  # since then
 
     async def take(self) -> socket.socket:
-        if self._ready:  # mostly: no lock to take
-            self._taken += 1
-            return self._ready.pop()
-        async with self._lock:
-            if not self._ready:
-                made = await self._make(self._batch())
-                if self._closed:  # the container went while they were made
-                    for each in made:
-                        each.close()
-                    raise OSError(errno.ESRCH, "the container is gone")
-                self._ready = made
-            self._taken += 1
-            return self._ready.pop()
+        if not self._ready:
+            async with self._lock:
+                if not self._ready:
+                    made = await self._make(self._budget.grant(self._batch()))
+                    if self._closed:  # the container went while they were made
+                        for each in made:
+                            each.close()
+                        raise OSError(errno.ESRCH, "the container is gone")
+                    self._ready = made
+                    self._budget.held += len(made)
+        self._taken += 1
+        self._budget.held -= 1
+        return self._ready.pop()
 
     def _batch(self) -> int:
         now = self._clock()
@@ -95,6 +120,7 @@ class ProbeSockets:
 
     def close(self) -> None:
         self._closed = True
+        self._budget.held -= len(self._ready)
         for each in self._ready:
             each.close()
         self._ready.clear()
