@@ -270,3 +270,29 @@ def test_the_default_budget_is_a_quarter_of_the_fd_limit() -> None:
     import resource
 
     assert SocketBudget().limit == resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4
+
+
+async def test_the_sockets_made_ahead_reach_no_container(
+    runtime: BwrapRuntime, base_rootfs: Path, www: Path
+) -> None:
+    before = socket_fds() + 1  # and the exec server's
+    web = await started(runtime, web_spec(base_rootfs, www))
+    for _ in range(3):  # past the first batch (of 2): the next holds some
+        await runtime.probe(web, Probe(8080), timeout=5)
+    assert socket_fds() > before
+    script = "ls /proc/self/fd; echo end; exec sleep 30"
+    other = await runtime.start(
+        ContainerSpec(name="other", rootfs=base_rootfs, command="/bin/sh", args=("-c", script))
+    )
+    assert other.log_path is not None
+    with anyio.fail_after(10):
+        while "end" not in other.log_path.read_text():
+            await anyio.sleep(0.02)
+    assert sorted(other.log_path.read_text().split("end")[0].split(), key=int) == [
+        "0",
+        "1",
+        "2",
+        "3",
+    ]
+    await runtime.stop(other.id, grace=0)
+    await runtime.stop(web, grace=0)
