@@ -254,19 +254,25 @@ async def test_the_sockets_held_for_checks_stay_within_a_budget_of_fds() -> None
         return [socket.socket() for _ in range(count)]
 
     budget = SocketBudget(10)
-    first, second = ProbeSockets(make, budget), ProbeSockets(make, budget)
-    for _ in range(3):  # the rate seen is high: each asks for 32 at its second batch
+    first = ProbeSockets(make, budget)
+    for _ in range(3):  # the rate seen is high: it asks for 32 at its second batch
         (await first.take()).close()
-    assert (made, budget.held) == ([2, 10], 9)
+    assert (made, budget.held) == ([2, 10], 9)  # alone: the whole budget
+    second = ProbeSockets(make, budget)
     (await second.take()).close()
     assert made[-1] == 1  # none left: one at a time, as checks come
     assert budget.held == 9
     first.close()
-    assert budget.held == 0
-    (await second.take()).close()
-    assert made[-1] == 10
+    assert (budget.held, budget.pools) == (0, 1)
+    first.close()  # twice: counted once
+    assert budget.pools == 1
+    third = ProbeSockets(make, budget)
+    for _ in range(2):
+        (await second.take()).close()
+    assert made[-1] == 5  # two checked: half the budget each
     second.close()
-    assert budget.held == 0
+    third.close()
+    assert (budget.held, budget.pools) == (0, 0)
 
 
 def test_the_default_budget_is_a_quarter_of_the_fd_limit() -> None:

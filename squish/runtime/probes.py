@@ -51,9 +51,10 @@ class SocketBudget:
     They are the daemon's fds: held past its limit, a start, an API
     connection or a log would fail for want of one. By default a quarter of
     the soft ``RLIMIT_NOFILE`` as it is when the first check is made (the
-    daemon raises it to the hard limit at its start). Past it, a batch is
-    one socket: a fork of the exec server per check, slower, never an fd
-    short.
+    daemon raises it to the hard limit at its start). Each container's
+    batch is at most its fair share of it (the limit over the containers
+    checked so), and what is left; with nothing left, one socket: a fork of
+    the exec server per check, slower, never an fd short.
     """
 
     def __init__(self, limit: int | None = None) -> None:
@@ -61,9 +62,11 @@ class SocketBudget:
             limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4
         self.limit = limit
         self.held = 0
+        self.pools = 0  # the containers' ProbeSockets open now
 
     def grant(self, wanted: int) -> int:
-        return max(1, min(wanted, self.limit - self.held))
+        share = self.limit // max(1, self.pools)
+        return max(1, min(wanted, share, self.limit - self.held))
 
 
 class ProbeSockets:
@@ -88,6 +91,7 @@ class ProbeSockets:
     ) -> None:
         self._make = make
         self._budget = budget
+        budget.pools += 1
         self._clock = clock
         self._ready: list[socket.socket] = []
         self._lock = anyio.Lock()
@@ -119,6 +123,8 @@ class ProbeSockets:
         return max(MIN_BATCH, min(MAX_BATCH, math.ceil(taken / (now - since) * AHEAD)))
 
     def close(self) -> None:
+        if not self._closed:
+            self._budget.pools -= 1
         self._closed = True
         self._budget.held -= len(self._ready)
         for each in self._ready:
