@@ -216,7 +216,9 @@ async def test_sockets_for_a_sandbox_that_is_gone_are_a_one_line_failure() -> No
             await server.sockets(gone.pid, 4, timeout=5)
     finally:
         server.close()
-    assert str(caught.value) == "cannot make sockets in the container: [Errno 3] No such process"
+    assert str(caught.value) == (
+        f"cannot make sockets in the container: its sandbox (pid {gone.pid}) is gone"
+    )
 
 
 @pytest.mark.parametrize(

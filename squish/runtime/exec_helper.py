@@ -22,7 +22,8 @@ through its children) with the container's environment, in its working
 directory, with only fds 0 to 2. No shell is needed in the image.
 
 A request for sockets (``"sockets": N``) is answered otherwise: the
-runner joins the sandbox, makes N TCP sockets there and sends them back on
+runner joins the sandbox's network namespace (through the user namespace
+that owns it), makes N TCP sockets there and sends them back on
 the control channel (``make_sockets``), for the daemon's http and tcp
 health checks.
 
@@ -61,12 +62,13 @@ _CAP_LAST = 63  # beyond the kernel's last capability, PR_CAPBSET_DROP says EINV
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 # The user namespace first: it gives the capabilities the others need.
 _CLONE_NEWUSER = 0x10000000
+_CLONE_NEWNET = 0x40000000
 _NS_GET_USERNS = 0xB701
 _NAMESPACES = (
     ("user", _CLONE_NEWUSER),
     ("ipc", 0x08000000),
     ("uts", 0x04000000),
-    ("net", 0x40000000),
+    ("net", _CLONE_NEWNET),
     ("cgroup", 0x02000000),
     ("pid", 0x20000000),
     ("mnt", 0x00020000),
@@ -148,6 +150,25 @@ def join(sandbox: int) -> None:
             continue  # already in it
         _check(_libc.setns(fd, flag), f"setns {name}")
         os.close(fd)
+
+
+def join_network(sandbox: int) -> None:
+    """Join only the network namespace of ``sandbox``, through the user namespace owning it.
+
+    Enough to make sockets there: two ``setns``, none of the mount, pid and
+    other namespaces a command needs.
+    """
+    net = os.open(f"/proc/{sandbox}/ns/net", os.O_RDONLY)
+    try:
+        owner = fcntl.ioctl(net, _NS_GET_USERNS)
+        try:
+            if os.fstat(owner).st_ino != os.stat("/proc/self/ns/user").st_ino:
+                _check(_libc.setns(owner, _CLONE_NEWUSER), "setns user")
+        finally:
+            os.close(owner)
+        _check(_libc.setns(net, _CLONE_NEWNET), "setns net")
+    finally:
+        os.close(net)
 
 
 def drop_privileges() -> None:
@@ -313,11 +334,14 @@ def make_sockets(sandbox: int, count: int, ctl: socket.socket) -> int:
     go in one message ("sockets"); what went wrong instead, on fd 2.
     """
     try:
-        join(sandbox)
+        join_network(sandbox)
         made = [
             socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
             for _ in range(max(1, min(count, _MAX_SOCKETS)))
         ]
+    except (FileNotFoundError, ProcessLookupError):
+        _say(f"cannot make sockets in the container: its sandbox (pid {sandbox}) is gone")
+        return 125
     except OSError as exc:
         _say(f"cannot make sockets in the container: {exc}")
         return 125
