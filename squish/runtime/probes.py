@@ -78,9 +78,8 @@ class ProbeSockets:
     were taken (``MIN_BATCH`` to ``MAX_BATCH``): a check every second
     costs a fork every 30 s, and a socket held costs 3.5 KiB of the
     kernel's, so one every 30 s holds two; all of them together stay within
-    a ``SocketBudget``. ``close`` closes every one
-    left: a socket keeps the namespace it belongs to alive, so they go
-    with the container.
+    a ``SocketBudget``. ``close`` closes every one left: a socket keeps the
+    namespace it belongs to alive, so they go with the container.
     """
 
     def __init__(
@@ -104,7 +103,7 @@ class ProbeSockets:
             async with self._lock:
                 if not self._ready:
                     made = await self._make(self._budget.grant(self._batch()))
-                    if self._closed:  # the container went while they were made
+                    if self._closed or not made:  # the container went meanwhile
                         for each in made:
                             each.close()
                         raise OSError(errno.ESRCH, "the container is gone")
