@@ -23,18 +23,18 @@ directory, with only fds 0 to 2. No shell is needed in the image.
 
 A request for sockets (``"sockets": N``) is answered otherwise: the
 runner joins the sandbox's network namespace (through the user namespace
-that owns it), makes N TCP sockets there and sends them back on
-the control channel (``make_sockets``), for the daemon's http and tcp
-health checks.
+that owns it), makes N TCP sockets there and sends them back on the
+control channel (``make_sockets``), for the daemon's http and tcp health
+checks.
 
 On the control channel the runner of a command writes its pid, then, at
 the end, the command's exit status (128+N for death by signal N; 124,
 with ``timed out`` in the output, when its timeout struck; 125 when it
-cannot enter the container). The command runs in a process group of its own, and at the
-timeout the whole group is SIGKILLed (what it started too). When the
-runtime shuts the channel (it gave up on the exec), the runner ends the
-command's group the same way, reaps it, and says so: nothing is left as a
-zombie.
+cannot enter the container). The command runs in a process group of its
+own, and at the timeout the whole group is SIGKILLed (what it started
+too). When the runtime shuts the channel (it gave up on the exec), the
+runner ends the command's group the same way, reaps it, and says so:
+nothing is left as a zombie.
 
 Usage: exec_helper.py PARENT_PID SECCOMP_FD  (stdin: the socket; the fd: the default filter)
 """
