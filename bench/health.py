@@ -18,7 +18,7 @@ port 8080, ``network = "none"``, with or without checks.
    the call until the result is back, median and p90, and the CPU each
    costs (this process's, and the exec server's with its runners, which
    it reaps: ``/proc`` utime + stime + cutime + cstime, over the run, per
-   check). Interleaved with the anchor: ``true`` run on the host by
+   check). Then, in the same run, the anchor: ``true`` run on the host by
    ``subprocess.run`` from this process (a process started and waited for,
    no namespaces), and the ratio to it.
 2. At scale. A fresh daemon (``squish daemon`` on temporary directories)
