@@ -92,7 +92,7 @@ from squish.runtime import (
 )
 from squish.runtime.bwrap import HandshakeFds, args_data, bwrap_argv, container_env
 from squish.runtime.execs import ExecServer
-from squish.runtime.kernel import Kernel, LinuxKernel
+from squish.runtime.kernel import Kernel, LinuxKernel, memfd
 from squish.runtime.logs import (
     DEFAULT_KEEP,
     DEFAULT_MAX_BYTES,
@@ -502,7 +502,7 @@ class BwrapRuntime:
                 handshake = replace(handshake, secrets=tuple(values))
             if spec.seccomp:
                 # bwrap reads it, loads it before the command, and closes it.
-                filter_fd = _memfd("seccomp", default_filter())
+                filter_fd = memfd("seccomp", default_filter())
                 fds.append(filter_fd)
                 child_fds.append(filter_fd)
                 handshake = replace(handshake, seccomp=filter_fd)
@@ -959,21 +959,7 @@ def _args_file(args: Sequence[str]) -> int:
     A file, not a pipe: a long command line would fill a pipe before bwrap
     reads it.
     """
-    return _memfd("bwrap-args", args_data(args))
-
-
-def _memfd(name: str, data: bytes) -> int:
-    """A memfd holding ``data``, at its start (the caller closes it)."""
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    try:
-        written = 0
-        while written < len(data):
-            written += os.write(fd, data[written:])
-        os.lseek(fd, 0, os.SEEK_SET)
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
+    return memfd("bwrap-args", args_data(args))
 
 
 def release_userns(

@@ -31,7 +31,7 @@ import anyio
 
 from squish.errors import RuntimeFailure
 from squish.runtime import EXEC_OUTPUT_LIMIT, HELPER_ENV, ExecResult
-from squish.runtime.kernel import Kernel
+from squish.runtime.kernel import Kernel, memfd
 
 _HELPER = Path(__file__).with_name("exec_helper.py")
 GRACE = 5.0
@@ -54,14 +54,11 @@ class ExecServer:
             return self._requests
         self.close()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        # The default seccomp filter, read once by the server, loaded by the
-        # runners of containers that have it.
-        seccomp = os.memfd_create("seccomp", os.MFD_CLOEXEC)
+        seccomp = -1
         try:
-            data = self._filter()
-            while data:
-                data = data[os.write(seccomp, data) :]
-            os.lseek(seccomp, 0, os.SEEK_SET)
+            # The default seccomp filter, read once by the server, loaded by
+            # the runners of containers that have it.
+            seccomp = memfd("seccomp", self._filter())
             # Its stderr is the runtime's (the daemon's log): what a runner
             # says goes to its exec's output, so only the server's own
             # failure would show there.
@@ -78,7 +75,8 @@ class ExecServer:
             raise RuntimeFailure(f"cannot start the exec helper: {exc}") from exc
         finally:
             theirs.close()
-            os.close(seccomp)
+            if seccomp >= 0:
+                os.close(seccomp)
         ours.setblocking(False)
         self._requests = ours
         return ours
@@ -134,13 +132,10 @@ class ExecServer:
         control channel (a socketpair of ``ctl_type``), both the caller's to close."""
         requests = self._server()
         # A file, not the message: an env of 128 KiB is more than a datagram.
-        request_fd = os.memfd_create("exec", os.MFD_CLOEXEC)
+        request_fd = memfd("exec", json.dumps(request).encode())
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         ctl, ctl_theirs = socket.socketpair(socket.AF_UNIX, ctl_type)
         try:
-            data = json.dumps(request).encode()
-            while data:
-                data = data[os.write(request_fd, data) :]
             fds = [request_fd, out_w, ctl_theirs.fileno()]
             while True:
                 try:

@@ -181,6 +181,25 @@ class LinuxKernel:
         return pid
 
 
+def memfd(name: str, data: bytes) -> int:
+    """A close-on-exec memfd holding ``data``, at its start (the caller closes it).
+
+    How the runtime hands a helper more than a pipe or a datagram would
+    hold before it is read: bwrap's arguments, a seccomp filter, an exec's
+    request.
+    """
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        written = 0
+        while written < len(data):
+            written += os.write(fd, data[written:])
+        os.lseek(fd, 0, os.SEEK_SET)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _write_proc(path: str, data: str) -> None:
     # One write() per file: the kernel accepts an id map only in one go, and
     # a buffered file object would hide a failed write in close().
