@@ -44,7 +44,7 @@ from squish.errors import (
     VolumeNotFound,
 )
 from squish.layers.download import receive_archive
-from squish.layers.secrets import MAX_SECRET_BYTES
+from squish.layers.secrets import MAX_SECRET_BYTES, Secret
 from squish.layers.volumes import Volume
 from squish.model.host import host_paths
 from squish.model.squishfile import Layer, Squishfile, parse_squishfile
@@ -315,10 +315,7 @@ class DaemonControl:
     async def secrets(self) -> list[schema.Secret]:
         users = self._secret_users()
         found = await anyio.to_thread.run_sync(self.reconciler.store.secrets.list)
-        return [
-            {"name": s.name, "created_at": s.created_at, "containers": users.get(s.name, [])}
-            for s in found
-        ]
+        return [_secret_json(secret, users.get(secret.name, [])) for secret in found]
 
     async def create_secret(self, name: str, value: AsyncIterator[bytes]) -> schema.Secret:
         data = bytearray()
@@ -332,18 +329,14 @@ class DaemonControl:
         store = self.reconciler.store.secrets
         made = await anyio.to_thread.run_sync(store.create, name, bytes(data))
         self.reconciler.trigger()  # who waits for it starts; who uses it is replaced
-        return {
-            "name": made.name,
-            "created_at": made.created_at,
-            "containers": self._secret_users().get(name, []),
-        }
+        return _secret_json(made, self._secret_users().get(name, []))
 
     async def remove_secret(self, name: str) -> schema.Secret:
         store = self.reconciler.store.secrets
         found = await anyio.to_thread.run_sync(store.get, name)
         _refuse_while_named(f"secret {name}", self._secret_users().get(name, []))
         await anyio.to_thread.run_sync(store.remove, name)
-        return {"name": found.name, "created_at": found.created_at, "containers": []}
+        return _secret_json(found, [])
 
     async def export_volume(self, name: str, fd: int) -> None:
         volumes = self.reconciler.store.volumes
@@ -576,6 +569,11 @@ def _volume_json(volume: Volume, containers: list[str], size: int | None) -> sch
         "containers": containers,
         "size": size,
     }
+
+
+def _secret_json(secret: Secret, containers: list[str]) -> schema.Secret:
+    """A secret as the API shows it: never its value."""
+    return {"name": secret.name, "created_at": secret.created_at, "containers": containers}
 
 
 def _health_json(state: HealthState | None) -> schema.HealthDetail | None:
