@@ -206,3 +206,28 @@ async def test_import_is_refused_while_a_running_container_mounts_the_volume(
 
 async def not_an_archive() -> AsyncIterator[bytes]:
     yield b"plain text, not a tar\n"
+
+
+def test_an_import_whose_swap_fails_keeps_what_the_volume_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    volumes = Volumes(tmp_path / "volumes")
+    source = volumes.ensure("src")
+    (source / "new").write_text("new\n")
+    archive = tmp_path / "src.tar"
+    with archive.open("wb") as sink:
+        volumes.export("src", sink)
+    target = volumes.ensure("dst")
+    (target / "kept").write_text("kept\n")
+    real_rename = Path.rename
+
+    def rename(self: Path, to: Path) -> Path:
+        if ".import." in self.name:  # the unpacked archive, into place
+            raise OSError(28, "No space left on device")
+        return real_rename(self, to)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(LayerError, match="cannot import into volume dst"):
+        volumes.import_archive("dst", archive)
+    assert (target / "kept").read_text() == "kept\n"
+    assert not (target / "new").exists()

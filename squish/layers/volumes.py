@@ -5,7 +5,7 @@ A volume is made empty the first time a container that names it starts
 owned by the daemon's user; it outlives the container's replacement, its
 restarts and the daemon's, and every container that names it shares it.
 ``squish volume ...`` lists, inspects and removes them through the daemon
-(``squish.daemon.volume_admin``), which knows who uses which.
+(``squish.daemon.control``), which knows who uses which.
 
 Layout: ``ROOT/NAME/data`` is what containers mount; ``ROOT/NAME/created``
 holds when it was made (Unix seconds). A volume is made in a temporary
@@ -127,7 +127,11 @@ class Volumes:
                 unpack_file(file, fresh, name=label or str(archive))
             fresh.chmod(0o755)
             data.rename(old)
-            fresh.rename(data)
+            try:
+                fresh.rename(data)
+            except OSError:
+                old.rename(data)  # what it held, back in place
+                raise
         except OSError as exc:
             raise LayerError(f"cannot import into volume {name}: {exc}") from exc
         finally:
