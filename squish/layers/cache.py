@@ -356,6 +356,23 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+# As the squishfile's rule for the names of volumes and secrets
+# (squish.model.squishfile), which the layers may not import: a name is one
+# entry of a directory, never a path.
+_ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def checked_name(kind: str, name: str, *, longest: int | None = None) -> str:
+    """``name``, if it may name a ``kind`` (a volume, a secret) kept as one entry of a
+    directory, at most ``longest`` characters; ``LayerError`` otherwise."""
+    if not _ENTRY_NAME.fullmatch(name) or (longest is not None and len(name) > longest):
+        raise LayerError(
+            f"{kind} {name!r}: {kind} names may contain only letters, digits, '_', '.' "
+            "and '-' and must start with a letter or digit"
+        )
+    return name
+
+
 def entry_names(root: Path) -> list[str]:
     """The names in the directory ``root``, sorted, but the hidden (temporary) ones;
     none if it does not exist (yet)."""

@@ -15,18 +15,15 @@ that use it; it is not derived from the value, so it tells nothing of it.
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from squish.errors import LayerError, SecretNotFound
-from squish.layers.cache import entry_names
+from squish.layers.cache import checked_name, entry_names
 
 MAX_SECRET_BYTES = 512 << 10
 """A value is at most 512 KiB."""
-# As the squishfile's rule for the names it refers to: a name is one file.
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -42,12 +39,7 @@ class Secrets:
         self.root = root
 
     def _file(self, name: str) -> Path:
-        if not _NAME.fullmatch(name) or len(name) > 128:
-            raise LayerError(
-                f"secret {name!r}: secret names may contain only letters, digits, '_', '.' "
-                "and '-' and must start with a letter or digit"
-            )
-        return self.root / name
+        return self.root / checked_name("secret", name, longest=128)
 
     def create(self, name: str, value: bytes) -> Secret:
         """Store ``value`` as secret ``name``, replacing any earlier value."""

@@ -21,7 +21,6 @@ whole, so a refused archive leaves the volume as it was.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tarfile
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import IO
 
 from squish.errors import LayerError, VolumeNotFound
-from squish.layers.cache import entry_names, tree_size
+from squish.layers.cache import checked_name, entry_names, tree_size
 from squish.layers.unpack import unpack_file
 
 
@@ -42,22 +41,12 @@ class Volume:
     created_at: float
 
 
-# As the squishfile's rule for volume names (squish.model.squishfile.volume_name),
-# which this layer may not import: a name is one directory, never a path.
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
 class Volumes:
     def __init__(self, root: Path) -> None:
         self.root = root
 
     def _dir(self, name: str) -> Path:
-        if not _NAME.fullmatch(name):
-            raise LayerError(
-                f"volume {name!r}: volume names may contain only letters, digits, '_', '.' "
-                "and '-' and must start with a letter or digit"
-            )
-        return self.root / name
+        return self.root / checked_name("volume", name)
 
     def ensure(self, name: str) -> Path:
         """The data directory of volume ``name``, made empty if there is none yet."""
